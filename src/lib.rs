@@ -1,0 +1,21 @@
+//! podagent: a node agent that hot-plugs network interfaces into running Kubernetes pods.
+//!
+//! It watches the pods of its node, reads each pod's `networks` annotation, finds the pod's
+//! network namespace through the container runtime and runs the node's CNI plugin to add or
+//! remove the matching `net<md5(name)[:12]>` interface, without restarting the pod.
+//!
+//! One module per noun (see `DESIGN` in the README): the pure decision (`plan`) sits in the
+//! middle; every outside system (API server, runtime, CNI plugins, netns, systemd, filesystem)
+//! sits behind its own module at the edge.
+
+pub mod annotation;
+pub mod cni;
+pub mod config;
+pub mod daemon;
+pub mod kubeapi;
+pub mod netns;
+pub mod plan;
+pub mod runtime;
+pub mod store;
+pub mod systemd;
+pub mod telemetry;
