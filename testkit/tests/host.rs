@@ -1,0 +1,321 @@
+//! The real test host works: private containerd and dockerd give pod sandboxes with findable
+//! network namespaces, the Debian CNI plugins plug interfaces into a netns, and the fixtures
+//! leave nothing behind. Runs as root against the real daemons.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use k8s_cri::v1::PodSandboxStatusRequest;
+use testkit::host::{Containerd, Dockerd, SubnetLease};
+use testkit::netns::{TestNetns, unique_name};
+use testkit::prereq;
+
+/// Interface name → IPv4 addresses inside the netns at `path` (`nsenter --net ip -j addr`).
+fn addresses_in(netns: &Path) -> Vec<(String, Vec<String>)> {
+    prereq::require_command("nsenter", "util-linux");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-j", "addr", "show"])
+        .output()
+        .expect("nsenter runs");
+    assert!(
+        out.status.success(),
+        "nsenter --net={} ip addr failed: {}",
+        netns.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+    links
+        .iter()
+        .map(|link| {
+            let name = link["ifname"].as_str().unwrap_or_default().to_owned();
+            let addrs = link["addr_info"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|addr| addr["family"] == "inet")
+                .filter_map(|addr| addr["local"].as_str().map(str::to_owned))
+                .collect();
+            (name, addrs)
+        })
+        .collect()
+}
+
+/// The addresses of interface `ifname` inside `netns`, or `None` when it is absent.
+fn interface_addresses(netns: &Path, ifname: &str) -> Option<Vec<String>> {
+    addresses_in(netns)
+        .into_iter()
+        .find(|(name, _)| name == ifname)
+        .map(|(_, addrs)| addrs)
+}
+
+/// `198.19.<n>.` for `198.19.<n>.0/24`.
+fn prefix_of(subnet: &str) -> String {
+    subnet.trim_end_matches("0/24").to_owned()
+}
+
+#[tokio::test]
+async fn cri_sandbox_has_eth0_in_its_netns_until_stopped() {
+    let started = Instant::now();
+    let containerd = Containerd::start().await;
+    eprintln!("containerd started with images in {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let id = containerd
+        .run_pod_sandbox("uid-cri-1", "web", "default")
+        .await;
+    eprintln!("RunPodSandbox took {:?}", started.elapsed());
+
+    // Find the netns the way podagent will: the verbose status JSON.
+    let status = containerd
+        .runtime_client()
+        .await
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus answers")
+        .into_inner();
+    let metadata = status
+        .status
+        .and_then(|s| s.metadata)
+        .expect("status has metadata");
+    assert_eq!(metadata.uid, "uid-cri-1");
+    let info: serde_json::Value =
+        serde_json::from_str(&status.info["info"]).expect("info[\"info\"] is JSON");
+    let netns = info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .expect("runtimeSpec.linux.namespaces is a list")
+        .iter()
+        .find(|ns| ns["type"] == "network")
+        .and_then(|ns| ns["path"].as_str())
+        .map(PathBuf::from)
+        .expect("a network namespace with a path");
+    assert!(
+        netns.starts_with("/var/run/netns") && netns.exists(),
+        "netns {} should be a live file under /var/run/netns",
+        netns.display()
+    );
+    assert_eq!(containerd.sandbox_netns(&id).await, netns);
+
+    let eth0 = interface_addresses(&netns, "eth0").expect("eth0 inside the sandbox netns");
+    let prefix = prefix_of(&containerd.subnet());
+    assert!(
+        eth0.iter().any(|addr| addr.starts_with(&prefix)),
+        "eth0 addresses {eth0:?} should be in {}",
+        containerd.subnet()
+    );
+
+    containerd.stop_pod_sandbox(&id).await;
+    assert!(
+        !netns.exists(),
+        "{} should be gone after StopPodSandbox",
+        netns.display()
+    );
+    containerd.remove_pod_sandbox(&id).await;
+}
+
+#[tokio::test]
+async fn cri_sandbox_survives_a_containerd_restart() {
+    let mut containerd = Containerd::start().await;
+    let id = containerd
+        .run_pod_sandbox("uid-cri-2", "db", "default")
+        .await;
+    let netns = containerd.sandbox_netns(&id).await;
+    let old_pid = containerd.pid();
+
+    let started = Instant::now();
+    containerd.restart().await;
+    eprintln!("containerd restart took {:?}", started.elapsed());
+
+    assert_ne!(containerd.pid(), old_pid, "a new daemon process runs");
+    assert_eq!(containerd.sandbox_netns(&id).await, netns);
+    assert!(
+        interface_addresses(&netns, "eth0").is_some(),
+        "the sandbox keeps eth0 across the restart"
+    );
+}
+
+#[tokio::test]
+async fn dropping_containerd_leaves_no_process_mount_netns_or_dir() {
+    let containerd = Containerd::start().await;
+    let id = containerd
+        .run_pod_sandbox("uid-cri-3", "cache", "default")
+        .await;
+    let netns = containerd.sandbox_netns(&id).await;
+    let pid = containerd.pid();
+    let dir = containerd.dir().to_path_buf();
+    let bridge = containerd.bridge().to_owned();
+    assert!(
+        Path::new("/sys/class/net").join(&bridge).exists(),
+        "the CNI bridge exists"
+    );
+
+    drop(containerd);
+
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "containerd {pid} is gone"
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo readable");
+    let dir_text = dir.display().to_string();
+    assert!(
+        !mountinfo.contains(&dir_text),
+        "no mount under {dir_text} should remain"
+    );
+    assert!(!dir.exists(), "{dir_text} should be removed");
+    assert!(!netns.exists(), "{} should be removed", netns.display());
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "bridge {bridge} should be removed"
+    );
+    let shims = Command::new("pgrep")
+        .args(["-f", &dir_text])
+        .stdout(Stdio::null())
+        .status()
+        .expect("pgrep runs");
+    assert!(
+        !shims.success(),
+        "no process naming {dir_text} should remain"
+    );
+}
+
+#[tokio::test]
+async fn docker_sandbox_with_kubernetes_labels_has_only_loopback() {
+    let started = Instant::now();
+    let dockerd = Dockerd::start().await;
+    eprintln!("dockerd started with images in {:?}", started.elapsed());
+
+    let id = dockerd.run_sandbox("uid-dkr-1", "web", "default").await;
+    let inspect = dockerd
+        .client()
+        .inspect_container(
+            &id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .expect("inspect answers");
+    let labels = inspect.config.and_then(|c| c.labels).expect("labels");
+    assert_eq!(labels["io.kubernetes.pod.uid"], "uid-dkr-1");
+    assert_eq!(labels["io.kubernetes.docker.type"], "podsandbox");
+    let pid = inspect.state.and_then(|s| s.pid).expect("a running pid");
+    let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    assert_eq!(dockerd.sandbox_netns(&id).await, netns);
+
+    let names: Vec<String> = addresses_in(&netns)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["lo".to_owned()],
+        "a --network none sandbox has only lo"
+    );
+
+    dockerd.stop(&id).await;
+    let state = dockerd
+        .client()
+        .inspect_container(
+            &id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .expect("inspect answers")
+        .state
+        .expect("state");
+    assert_eq!(state.running, Some(false), "the sandbox is stopped");
+}
+
+#[test]
+fn bridge_plugin_adds_and_deletes_an_interface_in_a_netns() {
+    prereq::require_root();
+    prereq::require_path(
+        Path::new("/usr/lib/cni/bridge"),
+        "the Debian package containernetworking-plugins",
+    );
+    let netns = TestNetns::new();
+    let lease = SubnetLease::acquire();
+    let bridge = BridgeGuard(unique_name("tbr"));
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podagent-host-test",
+        "type": "bridge",
+        "bridge": bridge.0,
+        "isGateway": false,
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": lease.subnet() }]],
+            "dataDir": data_dir.path(),
+        },
+    });
+
+    let result = run_bridge_plugin("ADD", &netns, &config);
+    let result: serde_json::Value = serde_json::from_slice(&result).expect("ADD prints a result");
+    assert_eq!(result["cniVersion"], "1.0.0");
+    let addrs = interface_addresses(&netns.path(), "net1").expect("net1 inside the netns");
+    assert!(
+        addrs
+            .iter()
+            .any(|addr| addr.starts_with(&lease.address_prefix())),
+        "net1 addresses {addrs:?} should be in {}",
+        lease.subnet()
+    );
+    assert!(
+        Path::new("/sys/class/net").join(&bridge.0).exists(),
+        "bridge on the host"
+    );
+
+    run_bridge_plugin("DEL", &netns, &config);
+    assert_eq!(
+        interface_addresses(&netns.path(), "net1"),
+        None,
+        "DEL removes net1"
+    );
+}
+
+/// Runs `/usr/lib/cni/bridge` with `CNI_COMMAND=<command>` for `net1` in `netns`; returns stdout.
+fn run_bridge_plugin(command: &str, netns: &TestNetns, config: &serde_json::Value) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("/usr/lib/cni/bridge")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", netns.name())
+        .env("CNI_NETNS", netns.path())
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bridge plugin starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(config.to_string().as_bytes())
+        .expect("config written");
+    let out = child.wait_with_output().expect("bridge plugin exits");
+    assert!(
+        out.status.success(),
+        "bridge {command} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Deletes the host bridge the plugin created, also when the test fails.
+struct BridgeGuard(String);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
