@@ -60,7 +60,11 @@ fn prefix_of(subnet: &str) -> String {
 async fn cri_sandbox_has_eth0_in_its_netns_until_stopped() {
     let started = Instant::now();
     let containerd = Containerd::start().await;
-    eprintln!("containerd started with images in {:?}", started.elapsed());
+    eprintln!(
+        "containerd ({} snapshotter) started with images in {:?}",
+        containerd.snapshotter(),
+        started.elapsed()
+    );
 
     let started = Instant::now();
     let id = containerd
@@ -100,6 +104,14 @@ async fn cri_sandbox_has_eth0_in_its_netns_until_stopped() {
         netns.display()
     );
     assert_eq!(containerd.sandbox_netns(&id).await, netns);
+    assert!(
+        containerd.runc_root().join(&id).is_dir(),
+        "runc state lives in the instance's own runc root"
+    );
+    assert!(
+        !Path::new("/run/containerd/runc/k8s.io").join(&id).exists(),
+        "nothing lands in the host's default runc root"
+    );
 
     let eth0 = interface_addresses(&netns, "eth0").expect("eth0 inside the sandbox netns");
     let prefix = prefix_of(&containerd.subnet());
@@ -126,6 +138,24 @@ async fn cri_sandbox_survives_a_containerd_restart() {
         .await;
     let netns = containerd.sandbox_netns(&id).await;
     let old_pid = containerd.pid();
+
+    let mut client = containerd.runtime_client().await;
+    containerd.stop_daemon().await;
+    assert!(
+        client
+            .version(k8s_cri::v1::VersionRequest::default())
+            .await
+            .is_err(),
+        "CRI does not answer while the daemon is down"
+    );
+    containerd.start_daemon().await;
+    assert!(
+        client
+            .version(k8s_cri::v1::VersionRequest::default())
+            .await
+            .is_ok(),
+        "the same client works again once the daemon is back"
+    );
 
     let started = Instant::now();
     containerd.restart().await;
@@ -172,15 +202,52 @@ async fn dropping_containerd_leaves_no_process_mount_netns_or_dir() {
         !Path::new("/sys/class/net").join(&bridge).exists(),
         "bridge {bridge} should be removed"
     );
-    let shims = Command::new("pgrep")
-        .args(["-f", &dir_text])
-        .stdout(Stdio::null())
-        .status()
-        .expect("pgrep runs");
+    assert_no_process_names(&dir);
+}
+
+/// Fails when a process (a shim, docker's containerd) still names `dir` on its command line.
+fn assert_no_process_names(dir: &Path) {
+    let marker = dir.join("").display().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc readable")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&marker))
+        .collect();
     assert!(
-        !shims.success(),
-        "no process naming {dir_text} should remain"
+        leftovers.is_empty(),
+        "processes naming {marker} remain: {leftovers:?}"
     );
+}
+
+#[tokio::test]
+async fn containerd_is_cleaned_up_when_the_test_panics() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = seen.clone();
+    let failing_test = tokio::spawn(async move {
+        let containerd = Containerd::start().await;
+        let id = containerd
+            .run_pod_sandbox("uid-cri-4", "crash", "default")
+            .await;
+        let netns = containerd.sandbox_netns(&id).await;
+        *record.lock().unwrap() = Some((containerd.pid(), containerd.dir().to_path_buf(), netns));
+        panic!("the test fails while its sandbox runs");
+    });
+    assert!(failing_test.await.is_err_and(|err| err.is_panic()));
+
+    let (pid, dir, netns) = seen
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the sandbox was created");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "containerd {pid} is gone"
+    );
+    assert!(!dir.exists(), "{} should be removed", dir.display());
+    assert!(!netns.exists(), "{} should be removed", netns.display());
+    assert_no_process_names(&dir);
 }
 
 #[tokio::test]
@@ -227,6 +294,20 @@ async fn docker_sandbox_with_kubernetes_labels_has_only_loopback() {
         .state
         .expect("state");
     assert_eq!(state.running, Some(false), "the sandbox is stopped");
+
+    let pid = dockerd.pid();
+    let dir = dockerd
+        .socket()
+        .parent()
+        .expect("socket in its dir")
+        .to_path_buf();
+    drop(dockerd);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "dockerd {pid} is gone"
+    );
+    assert!(!dir.exists(), "{} should be removed", dir.display());
+    assert_no_process_names(&dir);
 }
 
 #[test]

@@ -7,7 +7,10 @@
 //! appears in the host's namespace. `restrict_oom_score_adj` is required on hosts without
 //! CAP_SYS_RESOURCE, where runc cannot lower the sandbox's oom_score_adj.
 //!
-//! The snapshotter is overlayfs; test hosts keep `/tmp` on ext4 where it works.
+//! The snapshotter is overlayfs, like on real nodes. Where the temp dir cannot hold an overlay
+//! upper dir (a test host whose `/tmp` is itself overlayfs, as inside a container, or a kernel
+//! without overlay) a probe mount fails and the instance falls back to the `native` snapshotter,
+//! which copies layers instead: slower to unpack, identical for sandboxes and their netns.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -44,6 +47,7 @@ pub struct Containerd {
     daemon: Daemon,
     bridge: String,
     lease: SubnetLease,
+    snapshotter: &'static str,
     /// Netns files of sandboxes seen, removed by hand on drop if the runtime left them.
     netns: Mutex<BTreeSet<PathBuf>>,
 }
@@ -72,7 +76,12 @@ impl Containerd {
         let socket = dir.join("containerd.sock");
         let bridge = unique_name("cbr");
         let lease = SubnetLease::acquire();
-        write_config(&dir, &socket, &bridge, &lease);
+        let snapshotter = if overlay_works(&dir) {
+            "overlayfs"
+        } else {
+            "native"
+        };
+        write_config(&dir, &socket, snapshotter, &bridge, &lease);
 
         let daemon = Daemon::spawn(
             "containerd",
@@ -85,6 +94,7 @@ impl Containerd {
             daemon,
             bridge,
             lease,
+            snapshotter,
             netns: Mutex::new(BTreeSet::new()),
         };
         containerd.wait_ready().await;
@@ -112,6 +122,16 @@ impl Containerd {
     /// The subnet the instance's CNI network hands out, `198.19.<n>.0/24`.
     pub fn subnet(&self) -> String {
         self.lease.subnet()
+    }
+
+    /// The snapshotter in use: `overlayfs`, or `native` where an overlay mount fails.
+    pub fn snapshotter(&self) -> &str {
+        self.snapshotter
+    }
+
+    /// The directory runc keeps the CRI containers' state in (private to this instance).
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("runc").join(CRI_NAMESPACE)
     }
 
     /// The host bridge the instance's CNI network attaches sandboxes to.
@@ -207,7 +227,21 @@ impl Containerd {
     /// Stops the daemon and starts it again on the same dirs and socket; sandboxes keep running
     /// (their shims outlive the daemon), as with a containerd upgrade on a real node.
     pub async fn restart(&mut self) {
-        self.daemon.stop();
+        self.stop_daemon().await;
+        self.start_daemon().await;
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 2 s) and leaves it down, so a
+    /// test can watch a client fail and then recover after [`Containerd::start_daemon`].
+    /// Sandboxes keep running.
+    pub async fn stop_daemon(&mut self) {
+        self.daemon.stop_async().await;
+    }
+
+    /// Starts the daemon again on the same dirs and socket (stopping it first if it runs) and
+    /// waits until CRI answers.
+    pub async fn start_daemon(&mut self) {
+        self.daemon.stop_async().await;
         self.daemon = Daemon::spawn(
             "containerd",
             daemon_command(&self.dir),
@@ -309,7 +343,7 @@ impl Containerd {
     /// Force-deletes containers runc still knows in the private runc root (when CRI could not
     /// stop them), so no container process outlives the instance.
     fn delete_runc_leftovers(&self) {
-        let root = self.dir.join("runc").join(CRI_NAMESPACE);
+        let root = self.runc_root();
         if !root.is_dir() {
             return;
         }
@@ -396,6 +430,36 @@ async fn sandbox_netns_at(socket: &Path, id: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| "runtimeSpec.linux.namespaces has no network path".to_owned())
 }
 
+/// Whether an overlay mount with its upper dir in `dir` succeeds (probe mounted and unmounted).
+fn overlay_works(dir: &Path) -> bool {
+    let probe = dir.join("overlay-probe");
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
+    for d in [&lower, &upper, &work, &merged] {
+        if fs::create_dir_all(d).is_err() {
+            return false;
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let mounted = nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .is_ok();
+    if mounted {
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = fs::remove_dir_all(&probe);
+    mounted
+}
+
 /// The daemon command line: only the config, which names every path.
 fn daemon_command(dir: &Path) -> Command {
     let mut command = Command::new("containerd");
@@ -404,7 +468,7 @@ fn daemon_command(dir: &Path) -> Command {
 }
 
 /// Writes `config.toml` and the CNI conflist for the instance in `dir`.
-fn write_config(dir: &Path, socket: &Path, bridge: &str, lease: &SubnetLease) {
+fn write_config(dir: &Path, socket: &Path, snapshotter: &str, bridge: &str, lease: &SubnetLease) {
     let d = dir.display();
     let config = format!(
         r#"version = 2
@@ -418,7 +482,7 @@ state = "{d}/state"
   sandbox_image = "{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+    snapshotter = "{snapshotter}"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"

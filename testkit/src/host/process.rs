@@ -16,8 +16,10 @@ use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-/// How long a daemon gets to exit on SIGTERM before its group is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a daemon gets to exit on SIGTERM before its group is killed. containerd's SIGTERM
+/// handling waits for connected gRPC clients to hang up, which a client on a runtime blocked by
+/// a synchronous `Drop` cannot do; a node's service manager would SIGKILL it too, only later.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// A daemon we spawned as the leader of its own process group, with its output in a log file.
 #[derive(Debug)]
@@ -81,25 +83,51 @@ impl Daemon {
     }
 
     /// Sends SIGTERM to the daemon's group, waits for the leader, kills the group if it lingers,
-    /// and reaps the leader. Safe to call twice.
+    /// and reaps the leader. Safe to call twice. Blocks the thread: for `Drop`.
     pub(crate) fn stop(&mut self) {
+        if self.begin_stop() {
+            while !self.exited_or_past(Instant::now() + STOP_GRACE) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.finish_stop();
+        }
+    }
+
+    /// [`Daemon::stop`] for async callers: while it waits, the caller's runtime keeps serving
+    /// its connections to the daemon, whose graceful shutdown waits for clients to hang up.
+    pub(crate) async fn stop_async(&mut self) {
+        if self.begin_stop() {
+            let deadline = Instant::now() + STOP_GRACE;
+            while !self.exited_or_past(deadline) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.finish_stop();
+        }
+    }
+
+    /// Sends SIGTERM to the group unless already stopped; whether there is something to wait for.
+    fn begin_stop(&mut self) -> bool {
         if self.stopped {
-            return;
+            return false;
         }
         self.stopped = true;
-        let group = Pid::from_raw(self.child.id() as i32);
-        let _ = killpg(group, Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        let _ = killpg(self.group(), Signal::SIGTERM);
+        true
+    }
+
+    fn exited_or_past(&mut self, deadline: Instant) -> bool {
+        !matches!(self.child.try_wait(), Ok(None)) || Instant::now() >= deadline
+    }
+
+    fn finish_stop(&mut self) {
         // The leader is a zombie or still running until reaped, so its pid (the group id) cannot
         // have been reused: killing the group here reaches only what we started.
-        let _ = killpg(group, Signal::SIGKILL);
+        let _ = killpg(self.group(), Signal::SIGKILL);
         let _ = self.child.wait();
+    }
+
+    fn group(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
     }
 }
 
@@ -113,7 +141,8 @@ impl Drop for Daemon {
 /// socket, docker's managed containerd its config) and waits until they are gone. They were
 /// started by our daemon but left its process group, so the group kill does not reach them.
 pub(crate) fn kill_processes_naming(dir: &Path) {
-    let marker = dir.as_os_str().as_encoded_bytes();
+    // With the trailing slash, so a sibling dir sharing our name as a prefix never matches.
+    let marker = dir.join("").into_os_string().into_encoded_bytes();
     let me = std::process::id();
     let mut victims = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -133,7 +162,10 @@ pub(crate) fn kill_processes_naming(dir: &Path) {
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        if cmdline.windows(marker.len()).any(|w| w == marker) {
+        if cmdline
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice())
+        {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             victims.push(pid);
         }
