@@ -6,20 +6,14 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use podagent::netns::{self, NetnsError, OperState};
 use testkit::netns::{TestNetns, run_ip, unique_name};
 use testkit::prereq;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// Async so a test holding it may await; tokio's mutex does not poison when a test fails.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Deletes the host end of a veth pair, also when the test fails.
 struct HostLink(String);
@@ -102,7 +96,7 @@ fn threads() -> Vec<(String, String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn veth_moved_into_namespace_is_listed_with_its_mac() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let netns = TestNetns::new();
     let host_end = unique_name("vh");
     let pod_end = unique_name("vp");
@@ -148,7 +142,7 @@ async fn veth_moved_into_namespace_is_listed_with_its_mac() {
 
 #[tokio::test]
 async fn deleted_namespace_is_a_typed_gone_error() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let netns = TestNetns::new();
     let path = netns.path();
     drop(netns);
@@ -165,7 +159,7 @@ async fn deleted_namespace_is_a_typed_gone_error() {
 
 #[tokio::test]
 async fn namespace_of_an_exited_process_is_gone() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let mut process = NetnsProcess::start();
     let path = process.netns();
     let live = netns::links(&path).await.expect("live process netns");
@@ -183,7 +177,7 @@ async fn namespace_of_an_exited_process_is_gone() {
 
 #[tokio::test]
 async fn a_file_that_is_not_a_namespace_is_refused() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let file = tempfile::NamedTempFile::new().expect("temp file");
     let error = netns::links(file.path())
         .await
@@ -193,7 +187,7 @@ async fn a_file_that_is_not_a_namespace_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_lookups_leave_every_thread_home_and_leak_no_descriptors() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let netns = TestNetns::new();
     let path = netns.path();
     let host = inode(Path::new("/proc/self/ns/net"));

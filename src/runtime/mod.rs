@@ -1,0 +1,455 @@
+//! The container runtime: from a pod's UID to its sandbox id and network namespace path.
+//!
+//! Hot-plugging needs two facts the Kubernetes API does not carry: the id of the pod sandbox
+//! (`CNI_CONTAINERID`, `K8S_POD_INFRA_CONTAINER_ID`) and the path of its network namespace
+//! (`CNI_NETNS`). Only the node's runtime knows them (DESIGN.md §5):
+//! - CRI v1 runtimes (containerd, CRI-O, and cri-dockerd in front of Docker) through
+//!   `ListPodSandbox` + verbose `PodSandboxStatus` ([`cri`]);
+//! - the Docker Engine API for nodes that run pods through dockershim-style sandbox containers
+//!   ([`docker`]).
+//!
+//! Every call carries a deadline, errors say whether to retry later (no sandbox yet, not ready,
+//! unreachable, deadline) or whether the runtime answered something podagent cannot use, and
+//! the namespace path is used exactly as the runtime reports it.
+//!
+//! The [`Runtime`] trait uses `async fn`-style methods returning `Send` futures rather than
+//! boxed ones: the daemon picks one runtime at start-up and holds an [`AnyRuntime`] (an enum
+//! that dispatches statically), while unit tests of the reconciler plug in a fake through the
+//! generic parameter. No `dyn Runtime` is needed, so no allocation per call.
+
+pub mod cri;
+pub mod docker;
+mod verbose;
+
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub use cri::CriRuntime;
+pub use docker::DockerRuntime;
+pub use verbose::VerboseInfoError;
+
+/// Label every kubelet-created sandbox carries (CRI runtimes and cri-dockerd alike).
+pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+
+/// Which pod podagent asks about. The UID is the key; namespace and name make logs readable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodRef {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} ({})", self.namespace, self.name, self.uid)
+    }
+}
+
+/// A ready pod sandbox. Only ready sandboxes are returned: every other state is an error that
+/// says why, so a value of this type always has a live network namespace behind `netns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub id: String,
+    /// The namespace path, verbatim from the runtime (`/var/run/netns/cni-…`) or
+    /// `/proc/<pid>/ns/net` of the sandbox's process.
+    pub netns: PathBuf,
+    pub created_at: SystemTime,
+}
+
+/// What answered at the endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeVersion {
+    /// The runtime recognised from its name (`containerd`, `cri-o`, `docker`); for a CRI
+    /// runtime with another name, the configured kind.
+    pub kind: RuntimeKind,
+    pub name: String,
+    pub version: String,
+    /// The runtime's API version (CRI `runtime_api_version`, Docker `ApiVersion`).
+    pub api_version: String,
+}
+
+/// The configured runtime, `auto` probing the default sockets in order.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    #[default]
+    Auto,
+    Containerd,
+    Crio,
+    Docker,
+}
+
+impl RuntimeKind {
+    /// The kind a CRI runtime name stands for, if podagent knows it.
+    fn from_runtime_name(name: &str) -> Option<RuntimeKind> {
+        match name {
+            "containerd" => Some(RuntimeKind::Containerd),
+            "cri-o" => Some(RuntimeKind::Crio),
+            // cri-dockerd reports the engine underneath.
+            "docker" | "cri-dockerd" => Some(RuntimeKind::Docker),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Auto => "auto",
+            RuntimeKind::Containerd => "containerd",
+            RuntimeKind::Crio => "crio",
+            RuntimeKind::Docker => "docker",
+        })
+    }
+}
+
+/// How to reach the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub kind: RuntimeKind,
+    /// A socket path, bare or as `unix:///path`; `None` uses the kind's default sockets.
+    pub endpoint: Option<PathBuf>,
+    /// Deadline of every single runtime call.
+    pub timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kind: RuntimeKind::Auto,
+            endpoint: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+pub const CRIO_SOCKET: &str = "/var/run/crio/crio.sock";
+pub const CRI_DOCKERD_SOCKET: &str = "/var/run/cri-dockerd.sock";
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Why a runtime question got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The pod has no sandbox (yet, or any more): retry when the pod changes.
+    #[error("pod {pod} has no sandbox")]
+    NoSandbox { pod: String },
+    /// The newest sandbox exists but is not ready (stopped, or still being set up): retry later.
+    #[error("sandbox {sandbox_id} of pod {pod} is not ready: {reason}")]
+    NotReady {
+        pod: String,
+        sandbox_id: String,
+        reason: String,
+    },
+    /// Nothing answered on the socket (missing, refused, runtime restarting): retry later.
+    #[error("container runtime at {} is unreachable ({call}): {reason}", endpoint.display())]
+    Unreachable {
+        endpoint: PathBuf,
+        call: &'static str,
+        reason: String,
+    },
+    #[error("{call} on container runtime at {} exceeded its {timeout:?} deadline", endpoint.display())]
+    DeadlineExceeded {
+        endpoint: PathBuf,
+        call: &'static str,
+        timeout: Duration,
+    },
+    /// The runtime answered, but not something podagent can use.
+    #[error("unexpected answer to {call} from container runtime at {}: {what}", endpoint.display())]
+    UnexpectedResponse {
+        endpoint: PathBuf,
+        call: &'static str,
+        what: String,
+    },
+    #[error("cannot find the network namespace of sandbox {sandbox_id} of pod {pod} in the verbose status from {}", endpoint.display())]
+    SandboxInfo {
+        endpoint: PathBuf,
+        pod: String,
+        sandbox_id: String,
+        #[source]
+        source: VerboseInfoError,
+    },
+    #[error("invalid runtime endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error("no container runtime answered a version call (kind {kind}); tried: {tried}")]
+    NoneAnswered { kind: RuntimeKind, tried: String },
+}
+
+/// A pod sandbox runtime.
+pub trait Runtime: Send + Sync {
+    /// The ready sandbox of `pod`, with its network namespace path.
+    fn sandbox(&self, pod: &PodRef) -> impl Future<Output = Result<Sandbox, RuntimeError>> + Send;
+    /// What the runtime says it is; also the liveness probe used by `auto` selection.
+    fn version(&self) -> impl Future<Output = Result<RuntimeVersion, RuntimeError>> + Send;
+}
+
+/// The runtime the daemon talks to, chosen once by [`connect`].
+#[derive(Debug, Clone)]
+pub enum AnyRuntime {
+    Cri(CriRuntime),
+    Docker(DockerRuntime),
+}
+
+impl AnyRuntime {
+    /// The socket this runtime is reached through.
+    pub fn endpoint(&self) -> &Path {
+        match self {
+            AnyRuntime::Cri(runtime) => runtime.endpoint(),
+            AnyRuntime::Docker(runtime) => runtime.endpoint(),
+        }
+    }
+}
+
+impl Runtime for AnyRuntime {
+    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+        match self {
+            AnyRuntime::Cri(runtime) => runtime.sandbox(pod).await,
+            AnyRuntime::Docker(runtime) => runtime.sandbox(pod).await,
+        }
+    }
+
+    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+        match self {
+            AnyRuntime::Cri(runtime) => runtime.version().await,
+            AnyRuntime::Docker(runtime) => runtime.version().await,
+        }
+    }
+}
+
+/// The wire protocol spoken at a candidate socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Cri,
+    DockerEngine,
+}
+
+/// One socket [`connect`] may try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    kind: RuntimeKind,
+    protocol: Protocol,
+    path: PathBuf,
+}
+
+/// Opens the configured runtime: the first candidate socket whose version call answers
+/// (DESIGN.md §5: containerd, CRI-O, then Docker through cri-dockerd or the Engine API).
+///
+/// Must run inside a tokio runtime: the CRI channel's connection task is spawned on it.
+pub async fn connect(settings: &Settings) -> Result<AnyRuntime, RuntimeError> {
+    let mut tried = Vec::new();
+    for candidate in candidates(settings)? {
+        let runtime = match candidate.protocol {
+            Protocol::Cri => AnyRuntime::Cri(CriRuntime::new(
+                candidate.kind,
+                candidate.path.clone(),
+                settings.timeout,
+            )),
+            Protocol::DockerEngine => {
+                match DockerRuntime::new(candidate.path.clone(), settings.timeout) {
+                    Ok(runtime) => AnyRuntime::Docker(runtime),
+                    Err(error) => {
+                        tried.push(error.to_string());
+                        continue;
+                    }
+                }
+            }
+        };
+        match runtime.version().await {
+            Ok(version) => {
+                tracing::info!(
+                    configured = %settings.kind,
+                    runtime = %version.kind,
+                    name = %version.name,
+                    version = %version.version,
+                    api_version = %version.api_version,
+                    endpoint = %candidate.path.display(),
+                    "container runtime selected"
+                );
+                return Ok(runtime);
+            }
+            Err(error) => {
+                tracing::debug!(endpoint = %candidate.path.display(), %error, "runtime candidate did not answer");
+                tried.push(error.to_string());
+            }
+        }
+    }
+    Err(RuntimeError::NoneAnswered {
+        kind: settings.kind,
+        tried: tried.join("; "),
+    })
+}
+
+/// The sockets to try, in order, for the configured kind and endpoint.
+fn candidates(settings: &Settings) -> Result<Vec<Candidate>, RuntimeError> {
+    let candidate = |kind, protocol, path: PathBuf| Candidate {
+        kind,
+        protocol,
+        path,
+    };
+    if let Some(endpoint) = &settings.endpoint {
+        let path = socket_path(endpoint)?;
+        // An explicit Docker endpoint may be the Engine socket or cri-dockerd's CRI socket:
+        // the Engine API is tried first since that is what `docker` usually means.
+        let order: &[Protocol] = match settings.kind {
+            RuntimeKind::Containerd | RuntimeKind::Crio => &[Protocol::Cri],
+            RuntimeKind::Docker => &[Protocol::DockerEngine, Protocol::Cri],
+            RuntimeKind::Auto => &[Protocol::Cri, Protocol::DockerEngine],
+        };
+        return Ok(order
+            .iter()
+            .map(|protocol| candidate(settings.kind, *protocol, path.clone()))
+            .collect());
+    }
+    let containerd = candidate(
+        RuntimeKind::Containerd,
+        Protocol::Cri,
+        CONTAINERD_SOCKET.into(),
+    );
+    let crio = candidate(RuntimeKind::Crio, Protocol::Cri, CRIO_SOCKET.into());
+    let cri_dockerd = candidate(
+        RuntimeKind::Docker,
+        Protocol::Cri,
+        CRI_DOCKERD_SOCKET.into(),
+    );
+    let docker = candidate(
+        RuntimeKind::Docker,
+        Protocol::DockerEngine,
+        DOCKER_SOCKET.into(),
+    );
+    Ok(match settings.kind {
+        RuntimeKind::Containerd => vec![containerd],
+        RuntimeKind::Crio => vec![crio],
+        RuntimeKind::Docker => vec![cri_dockerd, docker],
+        RuntimeKind::Auto => vec![containerd, crio, cri_dockerd, docker],
+    })
+}
+
+/// The socket path of an endpoint given as `unix:///path` or as a bare absolute path.
+pub fn socket_path(endpoint: &Path) -> Result<PathBuf, RuntimeError> {
+    let invalid = |reason: &str| RuntimeError::InvalidEndpoint {
+        endpoint: endpoint.display().to_string(),
+        reason: reason.to_owned(),
+    };
+    let text = endpoint
+        .to_str()
+        .ok_or_else(|| invalid("not valid UTF-8"))?;
+    let path = match text.split_once("://") {
+        Some(("unix", path)) => path,
+        Some((scheme, _)) => {
+            return Err(invalid(&format!(
+                "scheme {scheme:?} is not supported, only unix sockets are"
+            )));
+        }
+        None => text,
+    };
+    if !path.starts_with('/') {
+        return Err(invalid("the socket path must be absolute"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(kind: RuntimeKind, endpoint: Option<&str>) -> Settings {
+        Settings {
+            kind,
+            endpoint: endpoint.map(PathBuf::from),
+            ..Settings::default()
+        }
+    }
+
+    fn paths(candidates: &[Candidate]) -> Vec<(&str, Protocol)> {
+        candidates
+            .iter()
+            .map(|c| (c.path.to_str().unwrap_or_default(), c.protocol))
+            .collect()
+    }
+
+    #[test]
+    fn auto_probes_containerd_then_crio_then_docker() {
+        let list = candidates(&settings(RuntimeKind::Auto, None)).expect("defaults are valid");
+        assert_eq!(
+            paths(&list),
+            vec![
+                (CONTAINERD_SOCKET, Protocol::Cri),
+                (CRIO_SOCKET, Protocol::Cri),
+                (CRI_DOCKERD_SOCKET, Protocol::Cri),
+                (DOCKER_SOCKET, Protocol::DockerEngine),
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_prefers_cri_dockerd_socket_over_engine_socket() {
+        let list = candidates(&settings(RuntimeKind::Docker, None)).expect("defaults are valid");
+        assert_eq!(
+            paths(&list),
+            vec![
+                (CRI_DOCKERD_SOCKET, Protocol::Cri),
+                (DOCKER_SOCKET, Protocol::DockerEngine)
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_endpoint_replaces_the_defaults() {
+        let list = candidates(&settings(
+            RuntimeKind::Crio,
+            Some("unix:///run/custom/crio.sock"),
+        ))
+        .expect("valid endpoint");
+        assert_eq!(paths(&list), vec![("/run/custom/crio.sock", Protocol::Cri)]);
+        assert_eq!(list[0].kind, RuntimeKind::Crio);
+    }
+
+    #[test]
+    fn endpoint_accepts_unix_url_and_bare_path() {
+        assert_eq!(
+            socket_path(Path::new("unix:///run/containerd/containerd.sock")).ok(),
+            Some(PathBuf::from("/run/containerd/containerd.sock"))
+        );
+        assert_eq!(
+            socket_path(Path::new("/var/run/crio/crio.sock")).ok(),
+            Some(PathBuf::from("/var/run/crio/crio.sock"))
+        );
+    }
+
+    #[test]
+    fn endpoint_rejects_tcp_and_relative_paths() {
+        assert!(matches!(
+            socket_path(Path::new("tcp://127.0.0.1:2375")),
+            Err(RuntimeError::InvalidEndpoint { .. })
+        ));
+        assert!(matches!(
+            socket_path(Path::new("run/crio.sock")),
+            Err(RuntimeError::InvalidEndpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn runtime_names_map_to_kinds() {
+        assert_eq!(
+            RuntimeKind::from_runtime_name("cri-o"),
+            Some(RuntimeKind::Crio)
+        );
+        assert_eq!(
+            RuntimeKind::from_runtime_name("containerd"),
+            Some(RuntimeKind::Containerd)
+        );
+        assert_eq!(RuntimeKind::from_runtime_name("kata"), None);
+    }
+}
