@@ -1,0 +1,333 @@
+//! What a plugin sees besides its stdin: `CNI_ARGS`, its environment, where it is looked up.
+//!
+//! The attachment's fields end up in environment variables, a `key=value;` list and cache
+//! file names, so they are validated here once: a pod name with a `;` must not be able to
+//! smuggle an extra `CNI_ARGS` key (such as `IP=`) to the plugin, and a sandbox id with a `/`
+//! must not be able to name a file outside the cache. The environment is minimal (`CNI_*`,
+//! `PATH` and an explicit pass-through list) so that nothing of the agent's own environment,
+//! such as credentials, leaks into third-party plugins.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::error::{CniError, Op};
+use super::{Attachment, Settings};
+
+/// `PATH` for plugins when the agent itself has none (systemd gives services one).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The validated, per-attachment part of a plugin run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub sandbox_id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub cni_args: String,
+    /// Values for the capabilities plugins may advertise (`runtimeConfig`).
+    pub capability_args: Map<String, Value>,
+}
+
+impl Target {
+    pub fn new(a: &Attachment) -> Result<Target, CniError> {
+        validate_sandbox_id(&a.sandbox_id)?;
+        validate_ifname(&a.ifname)?;
+        if !a.netns.is_absolute() {
+            return Err(invalid(
+                "netns",
+                &a.netns.display().to_string(),
+                "not an absolute path",
+            ));
+        }
+        let mut pairs = vec![
+            (
+                "K8S_POD_NAMESPACE",
+                "pod namespace",
+                a.pod_namespace.as_str(),
+            ),
+            ("K8S_POD_NAME", "pod name", &a.pod_name),
+            ("K8S_POD_INFRA_CONTAINER_ID", "sandbox id", &a.sandbox_id),
+            ("K8S_POD_UID", "pod uid", &a.pod_uid),
+            ("K8S_POD_NETWORK", "network", &a.network),
+        ];
+        if let Some(mac) = &a.if_mac {
+            pairs.push(("K8S_POD_IFMAC", "ifMac", mac));
+        }
+        let mut cni_args = String::from("IgnoreUnknown=1");
+        for (key, field, value) in pairs {
+            validate_arg(field, value)?;
+            cni_args.push(';');
+            cni_args.push_str(key);
+            cni_args.push('=');
+            cni_args.push_str(value);
+        }
+        let mut capability_args = Map::new();
+        if let Some(mac) = &a.if_mac {
+            capability_args.insert("mac".to_owned(), Value::String(mac.clone()));
+        }
+        Ok(Target {
+            sandbox_id: a.sandbox_id.clone(),
+            netns: a.netns.clone(),
+            ifname: a.ifname.clone(),
+            cni_args,
+            capability_args,
+        })
+    }
+}
+
+fn invalid(field: &'static str, value: &str, reason: &'static str) -> CniError {
+    CniError::InvalidAttachment {
+        field,
+        value: value.to_owned(),
+        reason,
+    }
+}
+
+fn validate_arg(field: &'static str, value: &str) -> Result<(), CniError> {
+    if value.is_empty() {
+        return Err(invalid(field, value, "is empty"));
+    }
+    if value.contains([';', '=']) {
+        return Err(invalid(
+            field,
+            value,
+            "contains ';' or '=', which would forge CNI_ARGS keys",
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, value, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// Sandbox ids are hex in every runtime; the check keeps them safe in cache file names.
+pub(crate) fn validate_sandbox_id(id: &str) -> Result<(), CniError> {
+    let ok = id.len() <= 256
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "sandbox id",
+            id,
+            "must be letters, digits, '_', '.' or '-' (at most 256), starting with a letter or digit",
+        ))
+    }
+}
+
+/// The kernel's rules for interface names (`dev_valid_name`).
+fn validate_ifname(name: &str) -> Result<(), CniError> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "interface name",
+            name,
+            "must be 1-15 bytes without '/', ':', whitespace, and not '.' or '..'",
+        ))
+    }
+}
+
+/// The directories a plugin type is looked up in, which are also its `CNI_PATH` (delegating
+/// plugins such as kactus find their delegates there): the vendor's directory, then the
+/// configured bin dirs.
+pub(crate) fn search_dirs(settings: &Settings, plugin_type: &str) -> Vec<PathBuf> {
+    let first = match &settings.vendor {
+        Some(vendor) => Path::new("/opt").join(vendor).join("cni/bin"),
+        None => Path::new("/opt").join(plugin_type).join("bin"),
+    };
+    let mut dirs = vec![first];
+    for dir in &settings.bin_dirs {
+        if !dirs.contains(dir) {
+            dirs.push(dir.clone());
+        }
+    }
+    dirs
+}
+
+/// Why a plugin binary could not be found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    Missing,
+    /// The first file of that name found; none was executable.
+    NotExecutable(PathBuf),
+}
+
+/// The first executable regular file named `plugin_type` in `dirs`.
+pub(crate) fn find_plugin(dirs: &[PathBuf], plugin_type: &str) -> Result<PathBuf, Lookup> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut not_executable = None;
+    for dir in dirs {
+        let candidate = dir.join(plugin_type);
+        match std::fs::metadata(&candidate) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+                return Ok(candidate);
+            }
+            Ok(meta) if meta.is_file() => {
+                not_executable.get_or_insert(candidate);
+            }
+            _ => {}
+        }
+    }
+    Err(not_executable.map_or(Lookup::Missing, Lookup::NotExecutable))
+}
+
+/// The whole environment of a plugin run.
+pub(crate) fn plugin_env(
+    op: Op,
+    dirs: &[PathBuf],
+    target: Option<(&Target, &str)>,
+    passthrough: &[String],
+) -> Vec<(String, OsString)> {
+    let mut env: Vec<(String, OsString)> = vec![("CNI_COMMAND".into(), op.as_str().into())];
+    if op != Op::Version {
+        let cni_path = std::env::join_paths(dirs).unwrap_or_default();
+        env.push(("CNI_PATH".into(), cni_path));
+    }
+    if let Some((target, cni_args)) = target {
+        env.push(("CNI_CONTAINERID".into(), target.sandbox_id.clone().into()));
+        env.push(("CNI_NETNS".into(), target.netns.clone().into()));
+        env.push(("CNI_IFNAME".into(), target.ifname.clone().into()));
+        env.push(("CNI_ARGS".into(), cni_args.into()));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    env.push(("PATH".into(), path));
+    for name in passthrough {
+        if let Some(value) = std::env::var_os(name) {
+            env.push((name.clone(), value));
+        }
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment() -> Attachment {
+        Attachment {
+            sandbox_id: "0123abcd".into(),
+            netns: "/var/run/netns/cni-1".into(),
+            ifname: "net9f27410725ab".into(),
+            pod_namespace: "ns".into(),
+            pod_name: "pod-0".into(),
+            pod_uid: "c6a6e0c4-1b7c-4b8e-9d3f-0a1b2c3d4e5f".into(),
+            network: "green".into(),
+            if_mac: None,
+        }
+    }
+
+    #[test]
+    fn cni_args_follow_the_kactus_contract() {
+        let target = Target::new(&attachment()).unwrap();
+        assert_eq!(
+            target.cni_args,
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=pod-0;\
+             K8S_POD_INFRA_CONTAINER_ID=0123abcd;K8S_POD_UID=c6a6e0c4-1b7c-4b8e-9d3f-0a1b2c3d4e5f;\
+             K8S_POD_NETWORK=green"
+        );
+        assert!(target.capability_args.is_empty());
+    }
+
+    #[test]
+    fn if_mac_is_appended_and_offered_as_mac_capability() {
+        let mut a = attachment();
+        a.if_mac = Some("02:00:00:00:00:01".into());
+        let target = Target::new(&a).unwrap();
+        assert!(
+            target
+                .cni_args
+                .ends_with(";K8S_POD_NETWORK=green;K8S_POD_IFMAC=02:00:00:00:00:01")
+        );
+        assert_eq!(target.capability_args["mac"], "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn separators_in_values_cannot_forge_keys() {
+        for (field, value) in [
+            ("pod name", "x;IP=1.2.3.4"),
+            ("network", "a=b"),
+            ("pod uid", ""),
+        ] {
+            let mut a = attachment();
+            match field {
+                "pod name" => a.pod_name = value.into(),
+                "network" => a.network = value.into(),
+                _ => a.pod_uid = value.into(),
+            }
+            let err = Target::new(&a).unwrap_err();
+            assert!(
+                matches!(&err, CniError::InvalidAttachment { field: f, .. } if *f == field),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsafe_sandbox_ids_and_ifnames_are_rejected() {
+        for id in ["", "../x", "a/b", ".hidden"] {
+            assert!(validate_sandbox_id(id).is_err(), "{id:?}");
+        }
+        for name in ["", "a/b", "a:b", "a b", "..", "sixteen_chars_xx"] {
+            assert!(validate_ifname(name).is_err(), "{name:?}");
+        }
+        assert!(validate_ifname("net9f27410725ab").is_ok());
+    }
+
+    #[test]
+    fn search_dirs_start_with_vendor_or_type_dir() {
+        let mut settings = Settings {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            vendor: None,
+            timeout: std::time::Duration::from_secs(1),
+            env_passthrough: vec![],
+            cache_dir: "/var/lib/podagent/cni".into(),
+        };
+        let dirs = search_dirs(&settings, "kactus");
+        assert_eq!(dirs[0], Path::new("/opt/kactus/bin"));
+        assert_eq!(dirs[1..], settings.bin_dirs[..]);
+        settings.vendor = Some("kaloom".into());
+        assert_eq!(
+            search_dirs(&settings, "kactus")[0],
+            Path::new("/opt/kaloom/cni/bin")
+        );
+    }
+
+    #[test]
+    fn environment_is_minimal() {
+        let target = Target::new(&attachment()).unwrap();
+        let env = plugin_env(
+            Op::Del,
+            &["/a".into(), "/b".into()],
+            Some((&target, "X=1")),
+            &["PODAGENT_SURELY_UNSET_VAR".into()],
+        );
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "CNI_COMMAND",
+                "CNI_PATH",
+                "CNI_CONTAINERID",
+                "CNI_NETNS",
+                "CNI_IFNAME",
+                "CNI_ARGS",
+                "PATH"
+            ]
+        );
+        assert_eq!(env[1].1, "/a:/b");
+        assert_eq!(env[5].1, "X=1");
+    }
+}

@@ -1,0 +1,99 @@
+//! The CNI engine: runs the node's CNI plugins to attach and detach pod interfaces.
+//!
+//! Every hot-plug ends in a plugin run, so this module has to be at least as correct as libcni
+//! (the Go library runtimes use) and safer: no hung plugin may block the agent, no plugin error
+//! may be lost, and a DEL must still work after an agent restart or a CNI config change.
+//!
+//! The parts, split by operation:
+//! - `config`: finds the primary network config (first parseable file in lexical order,
+//!   re-read when the directory changes), lifts a `.conf` into a one-plugin list and builds
+//!   each plugin's stdin (`name`, `cniVersion`, `runtimeConfig`, `prevResult` injected);
+//! - `env`: what a plugin sees besides stdin: validated `CNI_ARGS`, the minimal environment,
+//!   the `CNI_PATH` search for its binary;
+//! - `exec`: spawns one plugin in its own process group, with a timeout that kills the group;
+//! - `result`: typed results (0.2.0 to 1.1.0) and plugin error objects;
+//! - `cache`: the private result cache that lets DEL and CHECK use exactly what ADD used;
+//! - `invoker`: the chains (ADD in order with rollback, DEL in reverse, CHECK, STATUS, GC,
+//!   VERSION) behind the [`Cni`] trait.
+//!
+//! The contract is DESIGN.md §1 and §4 (kactus-compatible "primary" mode); the CNI
+//! specification 1.0/1.1 decides where they are silent.
+
+mod cache;
+mod config;
+mod env;
+mod error;
+mod exec;
+mod invoker;
+mod result;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::{CniError, Op, PluginRun};
+pub use invoker::{Invoker, NetworkSummary, PluginVersion, ValidAttachment};
+pub use result::{Cidr, CniResult, Dns, Interface, IpConfig, Route};
+
+/// How the invoker finds configs and plugins, validated by the config module.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory holding the node's network configs (`/etc/cni/net.d`).
+    pub conf_dir: PathBuf,
+    /// Plugin directories searched after the vendor directory (`/opt/cni/bin`).
+    pub bin_dirs: Vec<PathBuf>,
+    /// When set, `/opt/<vendor>/cni/bin` is searched first; otherwise `/opt/<plugin type>/bin`.
+    pub vendor: Option<String>,
+    /// Upper bound for one plugin run; the plugin's process group is killed after it.
+    pub timeout: Duration,
+    /// Variables handed to plugins unchanged besides `CNI_*` and `PATH`.
+    pub env_passthrough: Vec<String>,
+    /// podagent's own result cache directory (under its state dir, never
+    /// `/var/lib/cni/results`, where a runtime's CNI GC could delete it).
+    pub cache_dir: PathBuf,
+}
+
+/// One network attachment of one pod sandbox: everything a plugin run needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The pod sandbox id (`CNI_CONTAINERID`).
+    pub sandbox_id: String,
+    /// The sandbox's network namespace path (`CNI_NETNS`).
+    pub netns: PathBuf,
+    /// The interface name inside the sandbox (`CNI_IFNAME`).
+    pub ifname: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    /// The attachment's network name from the pod annotation (`K8S_POD_NETWORK`).
+    pub network: String,
+    /// A MAC address already validated by the annotation module (`K8S_POD_IFMAC`, and the
+    /// `mac` capability for plugins that advertise it).
+    pub if_mac: Option<String>,
+}
+
+/// The CNI operations the reconciler needs, so it can be unit-tested against a fake.
+///
+/// The futures are `Send` so reconciles can run on any runtime worker. The trait is meant to be
+/// used generically (`R: Cni`): methods returning `impl Future` are not object safe, and a
+/// generic parameter costs nothing where the implementation is chosen once at startup.
+pub trait Cni: Send + Sync {
+    /// Attaches the interface; returns the final result of the plugin chain.
+    fn add(&self, a: &Attachment) -> impl Future<Output = Result<CniResult, CniError>> + Send;
+
+    /// Detaches the interface; succeeds when it is already gone or the netns no longer exists.
+    fn del(&self, a: &Attachment) -> impl Future<Output = Result<(), CniError>> + Send;
+
+    /// Asks the plugins whether the attachment is still as ADD left it.
+    fn check(&self, a: &Attachment) -> impl Future<Output = Result<(), CniError>> + Send;
+
+    /// Drops what is remembered about a sandbox that is gone (the runtime's own teardown
+    /// removed its netns). Fakes may keep this default, which remembers nothing.
+    fn forget_sandbox(
+        &self,
+        sandbox_id: &str,
+    ) -> impl Future<Output = Result<(), CniError>> + Send {
+        let _ = sandbox_id;
+        async { Ok(()) }
+    }
+}
