@@ -34,7 +34,9 @@ echo "setup-test-host: packages present"
 # applet and a minimal /etc/passwd; the two images differ only in their entrypoint.
 image_dir=/var/lib/podagent-test/images
 busybox_bin=/bin/busybox
-busybox_sum=$(sha256sum "$busybox_bin" | cut -d' ' -f1)
+# Bump when the image recipe below changes, so existing hosts rebuild.
+image_recipe=1
+busybox_sum="$(sha256sum "$busybox_bin" | cut -d' ' -f1) recipe-$image_recipe"
 stamp="$image_dir/busybox.sha256"
 
 # build_image TAG ENTRYPOINT_JSON OUTPUT_TAR LAYER_TAR WORK_DIR

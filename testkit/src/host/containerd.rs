@@ -68,6 +68,7 @@ impl Containerd {
         let pause = image_tar(PAUSE_IMAGE);
         let busybox = image_tar(BUSYBOX_IMAGE);
 
+        let lease = SubnetLease::acquire();
         let dir = tempfile::Builder::new()
             .prefix("pa-ctd")
             .tempdir()
@@ -75,7 +76,6 @@ impl Containerd {
             .keep();
         let socket = dir.join("containerd.sock");
         let bridge = unique_name("cbr");
-        let lease = SubnetLease::acquire();
         let snapshotter = if overlay_works(&dir) {
             "overlayfs"
         } else {
