@@ -246,7 +246,7 @@ async fn bridge_0_3_1_attaches_detaches_and_releases_the_address() {
 }
 
 #[tokio::test]
-async fn bridge_1_0_0_checks_and_del_succeeds_on_a_deleted_netns() {
+async fn bridge_1_0_0_checks_re_adds_after_drift_and_dels_on_a_deleted_netns() {
     let mut lab = Lab::new();
     let netns = TestNetns::new();
     let conf = lab.bridge_conf("1.0.0", "pa-br100", 202);
@@ -259,15 +259,52 @@ async fn bridge_1_0_0_checks_and_del_succeeds_on_a_deleted_netns() {
     assert_eq!(addresses(&netns, &a.ifname), ["198.18.202.10/24"]);
     cni.check(&a).await.expect("CHECK of an intact attachment");
 
-    // A second ADD of the same interface is an error, never a silent success.
-    let err = cni.add(&a).await.expect_err("ADD of an existing interface");
-    assert!(matches!(err, CniError::Failed { .. }), "{err}");
+    // The interface deleted by hand: the next ADD first releases the stale lease (the pool
+    // has a single address) and attaches it again.
+    netns.ip(&["link", "del", &a.ifname]);
+    let again = cni
+        .add(&a)
+        .await
+        .expect("ADD after the interface was deleted by hand");
+    assert_eq!(
+        again.ips_of(&a.ifname),
+        ["198.18.202.10/24".parse().unwrap()]
+    );
+    assert_eq!(addresses(&netns, &a.ifname), ["198.18.202.10/24"]);
+    assert_eq!(lab.cache_files().len(), 1);
 
     drop(netns);
     cni.del(&a).await.expect("DEL with the netns gone");
     assert_eq!(lab.leases("pa-br100"), Vec::<String>::new());
     assert_eq!(lab.cache_files(), Vec::<PathBuf>::new());
     cni.del(&a).await.expect("DEL again with the netns gone");
+}
+
+#[tokio::test]
+async fn add_of_an_interface_that_already_exists_is_an_error() {
+    let mut lab = Lab::new();
+    let netns = TestNetns::new();
+    let conf = lab.bridge_conf("1.0.0", "pa-exists", 207);
+    lab.write_conf("10-bridge.conf", &conf);
+    let a = attachment(&netns.path(), "green");
+    netns.ip(&[
+        "link", "add", &a.ifname, "type", "veth", "peer", "name", "pa-peer",
+    ]);
+
+    let err = lab
+        .invoker()
+        .add(&a)
+        .await
+        .expect_err("ADD over an existing interface");
+    match &err {
+        CniError::Failed { run, msg, .. } => {
+            assert_eq!((run.op, run.plugin.as_str()), (Op::Add, "bridge"));
+            assert!(msg.contains("already exists"), "{msg}");
+        }
+        other => panic!("expected Failed, got {other}"),
+    }
+    assert_eq!(lab.leases("pa-exists"), Vec::<String>::new());
+    assert_eq!(lab.cache_files(), Vec::<PathBuf>::new());
 }
 
 #[tokio::test]

@@ -252,6 +252,14 @@ impl Cni for Invoker {
     async fn add(&self, a: &Attachment) -> Result<CniResult, CniError> {
         let target = Target::new(a)?;
         let primary = self.primary().await?;
+        if let Some((path, entry)) = self.cached(&target).await? {
+            // The reconciler only adds what it saw missing, so an entry here is a leftover of
+            // an interface removed behind our back: release what it still holds (an IPAM
+            // lease, host-side links) before making a new one.
+            warn!(sandbox = %target.sandbox_id, ifname = %target.ifname, network = %entry.network_name,
+                "deleting a stale cached attachment before ADD");
+            self.del_cached(&target, path, entry).await?;
+        }
         let list = &primary.list;
         let result = match self.add_list(list, &target).await {
             Ok(result) => result,
@@ -293,17 +301,7 @@ impl Cni for Invoker {
                 .del_list(&primary.list, &target, args, caps, None)
                 .await;
         };
-        let list = NetworkList::parse(entry.config.as_bytes()).map_err(|reason| {
-            CniError::CacheCorrupt {
-                path: path.clone(),
-                reason,
-            }
-        })?;
-        let (args, caps) = (&entry.cni_args, &entry.capability_args);
-        self.del_list(&list, &target, args, caps, Some(&entry.result))
-            .await?;
-        let cache = self.cache.clone();
-        blocking(move || cache.remove(&path)).await
+        self.del_cached(&target, path, entry).await
     }
 
     async fn check(&self, a: &Attachment) -> Result<(), CniError> {
@@ -348,6 +346,26 @@ impl Cni for Invoker {
 }
 
 impl Invoker {
+    /// DEL with what the cached ADD used; the entry goes once every plugin succeeded.
+    async fn del_cached(
+        &self,
+        target: &Target,
+        path: PathBuf,
+        entry: Entry,
+    ) -> Result<(), CniError> {
+        let list = NetworkList::parse(entry.config.as_bytes()).map_err(|reason| {
+            CniError::CacheCorrupt {
+                path: path.clone(),
+                reason,
+            }
+        })?;
+        let (args, caps) = (&entry.cni_args, &entry.capability_args);
+        self.del_list(&list, target, args, caps, Some(&entry.result))
+            .await?;
+        let cache = self.cache.clone();
+        blocking(move || cache.remove(&path)).await
+    }
+
     /// DEL after a failed ADD, with the attachment's own args.
     async fn rollback(
         &self,

@@ -78,7 +78,10 @@ pub struct Attachment {
 /// used generically (`R: Cni`): methods returning `impl Future` are not object safe, and a
 /// generic parameter costs nothing where the implementation is chosen once at startup.
 pub trait Cni: Send + Sync {
-    /// Attaches the interface; returns the final result of the plugin chain.
+    /// Attaches the interface; returns the final result of the plugin chain. Call it only for
+    /// an interface missing from the netns: plugins refuse an existing one, and the DEL that
+    /// follows any failed ADD then removes it. An attachment still cached from an earlier ADD
+    /// (its interface was deleted by hand) is DELeted first, so its IPAM lease is released.
     fn add(&self, a: &Attachment) -> impl Future<Output = Result<CniResult, CniError>> + Send;
 
     /// Detaches the interface; succeeds when it is already gone or the netns no longer exists.
