@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tracing::{debug, warn};
+use tracing::{debug, instrument, warn};
 
 use super::cache::{Entry, ResultCache};
 use super::config::{ConfDir, NetworkList, Primary, SpecVersion};
@@ -249,6 +249,7 @@ impl Invoker {
 }
 
 impl Cni for Invoker {
+    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
     async fn add(&self, a: &Attachment) -> Result<CniResult, CniError> {
         let target = Target::new(a)?;
         let primary = self.primary().await?;
@@ -290,6 +291,7 @@ impl Cni for Invoker {
         Ok(result)
     }
 
+    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
     async fn del(&self, a: &Attachment) -> Result<(), CniError> {
         let target = Target::new(a)?;
         let Some((path, entry)) = self.cached(&target).await? else {
@@ -304,6 +306,7 @@ impl Cni for Invoker {
         self.del_cached(&target, path, entry).await
     }
 
+    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
     async fn check(&self, a: &Attachment) -> Result<(), CniError> {
         let target = Target::new(a)?;
         let Some((path, entry)) = self.cached(&target).await? else {
