@@ -33,9 +33,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let opts = Options {
         listen: args.listen,
         tls: args.tls,
@@ -43,7 +46,10 @@ async fn main() -> ExitCode {
         kubeconfig: Some(args.kubeconfig),
         ..Options::default()
     };
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(error), _) | (_, Err(error)) => {
             eprintln!("kube-sim: installing signal handlers: {error}");
@@ -58,7 +64,10 @@ async fn main() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout();
-    if writeln!(stdout, "kube-sim listening on {}", sim.url()).and_then(|()| stdout.flush()).is_err() {
+    if writeln!(stdout, "kube-sim listening on {}", sim.url())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
         eprintln!("kube-sim: cannot write to stdout");
     }
     tokio::select! {

@@ -51,7 +51,12 @@ pub(crate) fn internal(message: &str) -> ApiError {
 }
 
 impl Cluster {
-    pub fn new(store: Arc<Store>, ca_pem: String, token: Option<String>, bookmark_interval: Duration) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        ca_pem: String,
+        token: Option<String>,
+        bookmark_interval: Duration,
+    ) -> Self {
         Cluster {
             registry: RwLock::new(Registry::with_builtins()),
             faults: Faults::new(store.clone()),
@@ -75,17 +80,31 @@ impl Cluster {
     /// Without a configured token every request is accepted; with one, the request must carry
     /// it or a token issued into a service-account secret.
     pub fn authorized(&self, bearer: Option<&str>) -> bool {
-        let Some(expected) = &self.token else { return true };
+        let Some(expected) = &self.token else {
+            return true;
+        };
         let Some(bearer) = bearer else { return false };
-        bearer == expected || self.issued_tokens.lock().unwrap_or_else(|p| p.into_inner()).contains(bearer)
+        bearer == expected
+            || self
+                .issued_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(bearer)
     }
 
     pub fn issue_token(&self, token: String) {
-        self.issued_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(token);
+        self.issued_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token);
     }
 
     pub fn key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Key {
-        let ns = if rt.namespaced { namespace.unwrap_or("default") } else { "" };
+        let ns = if rt.namespaced {
+            namespace.unwrap_or("default")
+        } else {
+            ""
+        };
         (rt.storage.clone(), ns.to_string(), name.to_string())
     }
 
@@ -98,7 +117,10 @@ impl Cluster {
             }
             return Ok(String::new());
         }
-        let own = meta["namespace"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let own = meta["namespace"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         if let (Some(url), Some(own)) = (url_ns, &own)
             && url != own
         {
@@ -106,7 +128,10 @@ impl Cluster {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let ns = url_ns.map(str::to_string).or(own).unwrap_or_else(|| "default".to_string());
+        let ns = url_ns
+            .map(str::to_string)
+            .or(own)
+            .unwrap_or_else(|| "default".to_string());
         meta["namespace"] = json!(ns);
         Ok(ns)
     }
@@ -129,16 +154,31 @@ impl Cluster {
         }
     }
 
-    pub fn create(&self, rt: &Arc<ResourceType>, url_ns: Option<&str>, body: Value, mode: Mode) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        rt: &Arc<ResourceType>,
+        url_ns: Option<&str>,
+        body: Value,
+        mode: Mode,
+    ) -> Result<Value, ApiError> {
         if !body.is_object() {
             return Err(ApiError::bad_request("the request body is not an object"));
         }
-        let hint = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let hint = body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         objects::validate_external(rt, &body, &hint)?;
         let mut obj = objects::to_internal(rt, body);
         let ns = Self::scope(rt, url_ns, &mut obj)?;
-        if mode == Mode::Api && obj["metadata"]["resourceVersion"].as_str().is_some_and(|rv| !rv.is_empty()) {
-            return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+        if mode == Mode::Api
+            && obj["metadata"]["resourceVersion"]
+                .as_str()
+                .is_some_and(|rv| !rv.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         let name = objects::init_metadata(rt, &mut obj)?;
         objects::apply_defaults(rt, &mut obj, mode == Mode::Direct);
@@ -157,7 +197,12 @@ impl Cluster {
         Ok(objects::to_external(rt, &stored))
     }
 
-    pub fn get(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn get(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.store
             .get(&Self::key(rt, namespace, name))
             .map(|obj| objects::to_external(rt, &obj))
@@ -186,8 +231,14 @@ impl Cluster {
             let next = objects::to_internal(rt, candidate);
             let next = Self::prepare_update(rt, previous, next, target, mode, name)?;
             let terminating = !next["metadata"]["deletionTimestamp"].is_null();
-            let finalizers = next["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-            Ok(if terminating && !finalizers { None } else { Some(next) })
+            let finalizers = next["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            Ok(if terminating && !finalizers {
+                None
+            } else {
+                Some(next)
+            })
         })?;
         self.react(rt, &key);
         stored
@@ -204,14 +255,21 @@ impl Cluster {
         name: &str,
     ) -> Result<Value, ApiError> {
         let qualified = rt.qualified();
-        let old_rv = previous["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        let old_rv = previous["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
         match next["metadata"]["resourceVersion"].as_str() {
-            Some(rv) if !rv.is_empty() && rv != old_rv => return Err(ApiError::conflict(&qualified, name)),
+            Some(rv) if !rv.is_empty() && rv != old_rv => {
+                return Err(ApiError::conflict(&qualified, name));
+            }
             None | Some("") if rt.custom && mode == Mode::Api => {
                 return Err(ApiError::invalid(
                     &qualified,
                     name,
-                    format!("{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update", rt.kind),
+                    format!(
+                        "{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+                        rt.kind
+                    ),
                 ));
             }
             _ => {}
@@ -240,7 +298,15 @@ impl Cluster {
             return Err(ApiError::bad_request("metadata must be an object"));
         };
         meta.retain(|_, v| !v.is_null());
-        for owned in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "generation", "resourceVersion"] {
+        for owned in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+            "generation",
+            "resourceVersion",
+        ] {
             match previous["metadata"].get(owned) {
                 Some(v) => meta.insert(owned.to_string(), v.clone()),
                 None => meta.remove(owned),
@@ -257,7 +323,13 @@ impl Cluster {
     }
 
     /// Deletes now, or marks the object terminating while finalizers remain.
-    pub fn delete(&self, rt: &Arc<ResourceType>, namespace: Option<&str>, name: &str, options: &Value) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        rt: &Arc<ResourceType>,
+        namespace: Option<&str>,
+        name: &str,
+        options: &Value,
+    ) -> Result<Value, ApiError> {
         let key = Self::key(rt, namespace, name);
         let qualified = rt.qualified();
         let stored = self.store.write(&key, |previous| {
@@ -293,7 +365,11 @@ impl Cluster {
     pub fn remove(&self, key: &Key) {
         let removed = self.store.write::<ApiError>(key, |_| Ok(None));
         if matches!(removed, Ok(Some(_))) {
-            let rt = self.registry().all().find(|rt| rt.storage == key.0).cloned();
+            let rt = self
+                .registry()
+                .all()
+                .find(|rt| rt.storage == key.0)
+                .cloned();
             if let Some(rt) = rt {
                 self.react(&rt, key);
             }

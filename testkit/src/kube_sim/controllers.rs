@@ -29,9 +29,13 @@ impl Cluster {
     pub(crate) fn react(&self, rt: &ResourceType, key: &Key) {
         let current = self.store.get(key);
         match (rt.kind.as_str(), current) {
-            ("Namespace", Some(ns)) if ns["metadata"]["deletionTimestamp"].is_null() => self.default_service_account(&key.2),
+            ("Namespace", Some(ns)) if ns["metadata"]["deletionTimestamp"].is_null() => {
+                self.default_service_account(&key.2)
+            }
             ("Namespace", None) => self.empty_namespace(&key.2),
-            ("Secret", Some(secret)) if secret["type"] == TOKEN_TYPE && secret["data"]["token"].is_null() => {
+            ("Secret", Some(secret))
+                if secret["type"] == TOKEN_TYPE && secret["data"]["token"].is_null() =>
+            {
                 self.fill_token(key, &secret)
             }
             ("CustomResourceDefinition", Some(crd)) => self.establish(key, &crd),
@@ -41,7 +45,9 @@ impl Cluster {
     }
 
     fn default_service_account(&self, namespace: &str) {
-        let Some(sa) = self.registry().by_path("", "v1", "serviceaccounts") else { return };
+        let Some(sa) = self.registry().by_path("", "v1", "serviceaccounts") else {
+            return;
+        };
         let key = Cluster::key(&sa, Some(namespace), "default");
         if self.store.get(&key).is_none() {
             let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -75,7 +81,9 @@ impl Cluster {
 
     fn establish(&self, key: &Key, crd: &Value) {
         let served = resources::from_crd(crd);
-        let Some(storage) = served.first().map(|rt| rt.storage.clone()) else { return };
+        let Some(storage) = served.first().map(|rt| rt.storage.clone()) else {
+            return;
+        };
         {
             let mut registry = self.registry_mut();
             registry.remove_storage(&storage);
@@ -84,19 +92,23 @@ impl Cluster {
             }
         }
         let conditions = &crd["status"]["conditions"];
-        let established = conditions
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+        let established = conditions.as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+        });
         if established {
             return;
         }
         let now = super::objects::now();
-        let condition = |kind: &str, reason: &str, message: &str| {
-            json!({"type": kind, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message})
-        };
+        let condition = |kind: &str, reason: &str, message: &str| json!({"type": kind, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message});
         let versions: Vec<Value> = crd["spec"]["versions"]
             .as_array()
-            .map(|v| v.iter().filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|v| v["storage"] == true)
+                    .map(|v| v["name"].clone())
+                    .collect()
+            })
             .unwrap_or_default();
         let status = json!({
             "acceptedNames": crd["spec"]["names"],
@@ -130,7 +142,11 @@ impl Cluster {
     }
 
     /// Resolves a kind for the library API.
-    pub(crate) fn kind(&self, api_version: &str, kind: &str) -> Result<Arc<ResourceType>, ApiError> {
+    pub(crate) fn kind(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Arc<ResourceType>, ApiError> {
         self.registry().by_kind(api_version, kind).ok_or_else(|| {
             ApiError::new(
                 404,

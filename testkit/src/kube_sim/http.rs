@@ -32,7 +32,12 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
 
 fn json_response(code: u16, body: &Value) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn error_response(err: &ApiError) -> Response {
@@ -40,10 +45,21 @@ fn error_response(err: &ApiError) -> Response {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
-async fn handle(State(cluster): State<Arc<Cluster>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(cluster): State<Arc<Cluster>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     cluster.requests.fetch_add(1, Ordering::SeqCst);
     let latency = cluster.faults.latency();
     if !latency.is_zero() {
@@ -59,8 +75,16 @@ async fn handle(State(cluster): State<Arc<Cluster>>, method: Method, uri: Uri, h
     if !cluster.authorized(bearer(&headers)) {
         return error_response(&ApiError::unauthorized());
     }
-    let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|Query(q)| q).unwrap_or_default();
-    let request = Request { cluster, method, headers, body, query };
+    let query: HashMap<String, String> = Query::try_from_uri(&uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let request = Request {
+        cluster,
+        method,
+        headers,
+        body,
+        query,
+    };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match request.route(&segments) {
         Ok(response) => response,
@@ -69,7 +93,11 @@ async fn handle(State(cluster): State<Arc<Cluster>>, method: Method, uri: Uri, h
 }
 
 fn not_found() -> ApiError {
-    ApiError::new(404, "NotFound", "the server could not find the requested resource")
+    ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
 struct Request {
@@ -100,7 +128,8 @@ impl Request {
 
     fn route(&self, segments: &[&str]) -> Result<Response, ApiError> {
         let registry = || self.cluster.registry();
-        let discovery = |doc: Option<Value>| doc.map(|d| json_response(200, &d)).ok_or_else(not_found);
+        let discovery =
+            |doc: Option<Value>| doc.map(|d| json_response(200, &d)).ok_or_else(not_found);
         match segments {
             ["version"] => Ok(json_response(200, &version())),
             ["api"] => discovery(Some(registry().api_versions(&self.host()))),
@@ -111,8 +140,12 @@ impl Request {
             ["api", "v1", rest @ ..] => self.resource("", "v1", rest),
             ["apis", group, version, rest @ ..] => self.resource(group, version, rest),
             ["openapi", "v3"] => discovery(Some(openapi::root(&registry()))),
-            ["openapi", "v3", "api", version] => discovery(openapi::document(&registry(), "", version)),
-            ["openapi", "v3", "apis", group, version] => discovery(openapi::document(&registry(), group, version)),
+            ["openapi", "v3", "api", version] => {
+                discovery(openapi::document(&registry(), "", version))
+            }
+            ["openapi", "v3", "apis", group, version] => {
+                discovery(openapi::document(&registry(), group, version))
+            }
             _ => Err(not_found()),
         }
     }
@@ -151,13 +184,22 @@ impl Request {
             return Err(not_found());
         }
         let watch = watch_prefix || self.flag("watch");
-        self.dispatch(Resource { rt, namespace, name, target, watch })
+        self.dispatch(Resource {
+            rt,
+            namespace,
+            name,
+            target,
+            watch,
+        })
     }
 
     fn selector(&self, rt: &ResourceType, name: Option<&str>) -> Result<Selector, ApiError> {
         // The legacy watch path `watch/.../<name>` is a watch on that one object.
         let by_name = name.map(|n| format!("metadata.name={n}"));
-        let fields = match (self.param("fieldSelector").filter(|s| !s.is_empty()), by_name) {
+        let fields = match (
+            self.param("fieldSelector").filter(|s| !s.is_empty()),
+            by_name,
+        ) {
             (Some(f), Some(n)) => Some(format!("{f},{n}")),
             (f, n) => f.map(str::to_string).or(n),
         };
@@ -165,14 +207,20 @@ impl Request {
     }
 
     fn decode_body(&self) -> Result<Value, ApiError> {
-        let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
         if content_type.contains("yaml") {
-            return serde_yaml::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
+            return serde_yaml::from_slice(&self.body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
         }
         if content_type.contains("protobuf") || content_type.contains("cbor") {
             return Err(patch::unsupported(content_type));
         }
-        serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
     }
 
     fn dispatch(&self, r: Resource<'_>) -> Result<Response, ApiError> {
@@ -199,33 +247,53 @@ impl Request {
             }
             (&Method::PATCH, Some(name)) => self.patch(&r, name),
             (&Method::DELETE, Some(name)) => {
-                let options = if self.body.is_empty() { json!({}) } else { self.decode_body()? };
+                let options = if self.body.is_empty() {
+                    json!({})
+                } else {
+                    self.decode_body()?
+                };
                 ok(c.delete(rt, ns, name, &options)?)
             }
             (&Method::DELETE, None) => {
-                let query = ListQuery { selector: self.selector(rt, None)?, ..ListQuery::default() };
+                let query = ListQuery {
+                    selector: self.selector(rt, None)?,
+                    ..ListQuery::default()
+                };
                 let list = c.list(rt, ns, &query)?;
                 for item in list["items"].as_array().into_iter().flatten() {
-                    let (item_ns, item_name) = (item["metadata"]["namespace"].as_str(), item["metadata"]["name"].as_str());
+                    let (item_ns, item_name) = (
+                        item["metadata"]["namespace"].as_str(),
+                        item["metadata"]["name"].as_str(),
+                    );
                     if let Some(item_name) = item_name {
                         c.delete(rt, item_ns, item_name, &json!({}))?;
                     }
                 }
                 ok(list)
             }
-            _ => Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")),
+            _ => Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )),
         }
     }
 
     fn patch(&self, r: &Resource<'_>, name: &str) -> Result<Response, ApiError> {
-        let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let kind = PatchType::from_content_type(content_type)?;
         if kind == PatchType::Strategic && r.rt.custom {
             return Err(patch::unsupported(content_type));
         }
         let body = patch::parse(kind, &self.body)?;
         let c = &self.cluster;
-        match c.update(&r.rt, r.namespace, name, r.target, Mode::Api, |current| patch::apply(kind, &current, &body)) {
+        match c.update(&r.rt, r.namespace, name, r.target, Mode::Api, |current| {
+            patch::apply(kind, &current, &body)
+        }) {
             Err(err) if err.code == 404 && kind == PatchType::Apply && r.target == Target::Main => {
                 let created = c.create(&r.rt, r.namespace, body.clone(), Mode::Api)?;
                 Ok(json_response(201, &created))
@@ -238,9 +306,15 @@ impl Request {
         Ok(ListQuery {
             selector: self.selector(rt, None)?,
             resource_version: self.param("resourceVersion").map(str::to_string),
-            resource_version_match: self.param("resourceVersionMatch").filter(|s| !s.is_empty()).map(str::to_string),
+            resource_version_match: self
+                .param("resourceVersionMatch")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
             limit: self.param("limit").and_then(|l| l.parse().ok()),
-            continue_token: self.param("continue").filter(|s| !s.is_empty()).map(str::to_string),
+            continue_token: self
+                .param("continue")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
         })
     }
 
@@ -249,10 +323,18 @@ impl Request {
             selector: self.selector(&r.rt, r.name)?,
             resource_version: self.param("resourceVersion").map(str::to_string),
             bookmarks: self.flag("allowWatchBookmarks"),
-            timeout: self.param("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs),
+            timeout: self
+                .param("timeoutSeconds")
+                .and_then(|t| t.parse().ok())
+                .map(Duration::from_secs),
             send_initial_events: self.flag("sendInitialEvents"),
         };
-        let stream = watch::start(self.cluster.clone(), r.rt.clone(), r.namespace.map(str::to_string), query)?;
+        let stream = watch::start(
+            self.cluster.clone(),
+            r.rt.clone(),
+            r.namespace.map(str::to_string),
+            query,
+        )?;
         Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
@@ -261,7 +343,11 @@ impl Request {
     }
 
     fn maybe_table(&self, rt: &ResourceType, value: Value) -> Value {
-        let accept = self.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = self
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if table::wanted(accept) {
             table::render(rt, &value, self.param("includeObject"))
         } else {

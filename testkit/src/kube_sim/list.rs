@@ -37,16 +37,23 @@ fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
 
 fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid: invalid continue token");
-    let ByteString(bytes) = serde_json::from_value(Value::String(token.to_string())).map_err(|_| bad())?;
+    let ByteString(bytes) =
+        serde_json::from_value(Value::String(token.to_string())).map_err(|_| bad())?;
     let decoded: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     let rv = decoded["rv"].as_u64().ok_or_else(bad)?;
-    let (ns, name) = decoded["start"].as_str().and_then(|s| s.split_once('/')).ok_or_else(bad)?;
+    let (ns, name) = decoded["start"]
+        .as_str()
+        .and_then(|s| s.split_once('/'))
+        .ok_or_else(bad)?;
     Ok((rv, ns.to_string(), name.to_string()))
 }
 
 pub(crate) fn parse_rv(rv: &str) -> Result<u64, ApiError> {
-    rv.parse()
-        .map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: \"{rv}\": must be a valid resourceVersion")))
+    rv.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: \"{rv}\": must be a valid resourceVersion"
+        ))
+    })
 }
 
 impl Cluster {
@@ -59,7 +66,12 @@ impl Cluster {
     }
 
     /// A `<Kind>List` answer to a list request.
-    pub(crate) fn list(&self, rt: &ResourceType, namespace: Option<&str>, query: &ListQuery) -> Result<Value, ApiError> {
+    pub(crate) fn list(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        query: &ListQuery,
+    ) -> Result<Value, ApiError> {
         let current = self.store.current_rv();
         let mut start = None;
         let at = if let Some(token) = &query.continue_token {
@@ -67,15 +79,24 @@ impl Cluster {
             start = Some((ns, name));
             Some(rv)
         } else {
-            match (query.resource_version.as_deref(), query.resource_version_match.as_deref()) {
+            match (
+                query.resource_version.as_deref(),
+                query.resource_version_match.as_deref(),
+            ) {
                 (None | Some(""), Some(m)) if !m.is_empty() => {
-                    return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                    ));
                 }
                 (Some(rv), Some("Exact")) => Some(parse_rv(rv)?),
                 (Some(rv), None | Some("NotOlderThan")) if !rv.is_empty() && rv != "0" => {
                     let wanted = parse_rv(rv)?;
                     if wanted > current {
-                        let mut err = ApiError::new(504, "Timeout", format!("Too large resource version: {wanted}, current: {current}"));
+                        let mut err = ApiError::new(
+                            504,
+                            "Timeout",
+                            format!("Too large resource version: {wanted}, current: {current}"),
+                        );
                         err.details = Some((rt.qualified(), String::new()));
                         return Err(err);
                     }
@@ -83,7 +104,9 @@ impl Cluster {
                 }
                 (_, None | Some("NotOlderThan")) => None,
                 (_, Some(other)) => {
-                    return Err(ApiError::bad_request(format!("resourceVersionMatch: Unsupported value: \"{other}\"")));
+                    return Err(ApiError::bad_request(format!(
+                        "resourceVersionMatch: Unsupported value: \"{other}\""
+                    )));
                 }
             }
         };
@@ -100,7 +123,11 @@ impl Cluster {
         })?;
         let mut selected = items
             .iter()
-            .filter(|(key, _)| start.as_ref().is_none_or(|(ns, name)| (&key.1, &key.2) > (ns, name)))
+            .filter(|(key, _)| {
+                start
+                    .as_ref()
+                    .is_none_or(|(ns, name)| (&key.1, &key.2) > (ns, name))
+            })
             .map(|(key, obj)| (key, to_external(rt, obj)))
             .filter(|(_, obj)| query.selector.matches(obj));
         let limit = query.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
@@ -140,7 +167,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip() {
         let token = encode_continue(42, "ns", "pod-7");
-        assert_eq!(decode_continue(&token).expect("valid"), (42, "ns".into(), "pod-7".into()));
+        assert_eq!(
+            decode_continue(&token).expect("valid"),
+            (42, "ns".into(), "pod-7".into())
+        );
         assert_eq!(decode_continue("garbage!").expect_err("invalid").code, 400);
     }
 }

@@ -61,15 +61,26 @@ use cluster::{Cluster, Mode, Target};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("binding the API server to {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("creating the serving certificate: {reason}")]
     Certificate { reason: String },
     #[error("writing the kubeconfig {path}: {source}")]
-    Kubeconfig { path: PathBuf, source: std::io::Error },
+    Kubeconfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("creating a temporary directory for the kubeconfig: {0}")]
     TempDir(std::io::Error),
     #[error("{operation} {kind} {name}: {source}")]
-    Rejected { operation: &'static str, kind: String, name: String, source: ApiError },
+    Rejected {
+        operation: &'static str,
+        kind: String,
+        name: String,
+        source: Box<ApiError>,
+    },
 }
 
 /// How to start kube-sim.
@@ -114,40 +125,82 @@ pub struct KubeSim {
 
 fn rejected(operation: &'static str, kind: &str, name: &str) -> impl FnOnce(ApiError) -> Error {
     let (kind, name) = (kind.to_string(), name.to_string());
-    move |source| Error::Rejected { operation, kind, name, source }
+    move |source| Error::Rejected {
+        operation,
+        kind,
+        name,
+        source: Box::new(source),
+    }
 }
 
 impl KubeSim {
     /// Binds, writes the kubeconfig and serves on the current tokio runtime.
     pub async fn start(opts: Options) -> Result<KubeSim, Error> {
-        let listener = TcpListener::bind(opts.listen).await.map_err(|source| Error::Bind { addr: opts.listen, source })?;
-        let local = listener.local_addr().map_err(|source| Error::Bind { addr: opts.listen, source })?;
-        let host = if local.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], local.port())) } else { local };
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| Error::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+        let host = if local.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], local.port()))
+        } else {
+            local
+        };
         // The CA also goes into service-account token secrets, so it exists without TLS too.
         let tls = server::make_tls()?;
         let url = format!("{}://{host}", if opts.tls { "https" } else { "http" });
         let (tempdir, kubeconfig) = match &opts.kubeconfig {
             Some(path) => (None, path.clone()),
             None => {
-                let dir = tempfile::Builder::new().prefix("kube-sim-").tempdir().map_err(Error::TempDir)?;
+                let dir = tempfile::Builder::new()
+                    .prefix("kube-sim-")
+                    .tempdir()
+                    .map_err(Error::TempDir)?;
                 let path = dir.path().join("kubeconfig");
                 (Some(dir), path)
             }
         };
-        server::write_kubeconfig(&kubeconfig, &url, opts.tls.then_some(tls.ca_pem.as_str()), opts.token.as_deref())?;
+        server::write_kubeconfig(
+            &kubeconfig,
+            &url,
+            opts.tls.then_some(tls.ca_pem.as_str()),
+            opts.token.as_deref(),
+        )?;
         let store = Arc::new(store::Store::new(opts.history));
-        let cluster = Arc::new(Cluster::new(store, tls.ca_pem.clone(), opts.token.clone(), opts.bookmark_interval));
+        let cluster = Arc::new(Cluster::new(
+            store,
+            tls.ca_pem.clone(),
+            opts.token.clone(),
+            opts.bookmark_interval,
+        ));
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            let rt = cluster.kind("v1", "Namespace").map_err(rejected("create", "Namespace", ns))?;
-            cluster.create(&rt, None, namespace, Mode::Direct).map_err(rejected("create", "Namespace", ns))?;
+            let rt =
+                cluster
+                    .kind("v1", "Namespace")
+                    .map_err(rejected("create", "Namespace", ns))?;
+            cluster
+                .create(&rt, None, namespace, Mode::Direct)
+                .map_err(rejected("create", "Namespace", ns))?;
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let acceptor = opts.tls.then_some(tls.acceptor);
         let router = http::router(cluster.clone());
         let server = tokio::spawn(server::serve(listener, acceptor, router, stopped));
         tracing::info!(%url, kubeconfig = %kubeconfig.display(), "kube-sim serving");
-        Ok(KubeSim { cluster, url, kubeconfig, _tempdir: tempdir, stop, server: Some(server) })
+        Ok(KubeSim {
+            cluster,
+            url,
+            kubeconfig,
+            _tempdir: tempdir,
+            stop,
+            server: Some(server),
+        })
     }
 
     pub fn url(&self) -> String {
@@ -165,12 +218,27 @@ impl KubeSim {
     /// Stores any registered kind (by apiVersion/kind) as given, status included.
     pub fn create(&self, obj: Value) -> Result<Value, Error> {
         let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-        let (api_version, kind, name) = (text(&obj["apiVersion"]), text(&obj["kind"]), text(&obj["metadata"]["name"]));
-        let rt = self.cluster.kind(&api_version, &kind).map_err(rejected("create", &kind, &name))?;
-        self.cluster.create(&rt, None, obj, Mode::Direct).map_err(rejected("create", &kind, &name))
+        let (api_version, kind, name) = (
+            text(&obj["apiVersion"]),
+            text(&obj["kind"]),
+            text(&obj["metadata"]["name"]),
+        );
+        let rt = self
+            .cluster
+            .kind(&api_version, &kind)
+            .map_err(rejected("create", &kind, &name))?;
+        self.cluster
+            .create(&rt, None, obj, Mode::Direct)
+            .map_err(rejected("create", &kind, &name))
     }
 
-    pub fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         let rt = self.cluster.kind(api_version, kind).ok()?;
         self.cluster.get(&rt, namespace, name).ok()
     }
@@ -184,19 +252,46 @@ impl KubeSim {
     }
 
     /// A JSON merge patch on the whole object (status included, no subresource rules).
-    pub fn patch_merge(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str, patch: Value) -> Result<Value, Error> {
-        let rt = self.cluster.kind(api_version, kind).map_err(rejected("patch", kind, name))?;
+    pub fn patch_merge(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, Error> {
+        let rt = self
+            .cluster
+            .kind(api_version, kind)
+            .map_err(rejected("patch", kind, name))?;
         self.cluster
-            .update(&rt, namespace, name, Target::Main, Mode::Direct, |current| {
-                patch::apply(patch::PatchType::Merge, &current, &patch)
-            })
+            .update(
+                &rt,
+                namespace,
+                name,
+                Target::Main,
+                Mode::Direct,
+                |current| patch::apply(patch::PatchType::Merge, &current, &patch),
+            )
             .map_err(rejected("patch", kind, name))
     }
 
     /// Deletes like an API DELETE (finalizers are honoured).
-    pub fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Result<(), Error> {
-        let rt = self.cluster.kind(api_version, kind).map_err(rejected("delete", kind, name))?;
-        self.cluster.delete(&rt, namespace, name, &Value::Null).map(drop).map_err(rejected("delete", kind, name))
+    pub fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), Error> {
+        let rt = self
+            .cluster
+            .kind(api_version, kind)
+            .map_err(rejected("delete", kind, name))?;
+        self.cluster
+            .delete(&rt, namespace, name, &Value::Null)
+            .map(drop)
+            .map_err(rejected("delete", kind, name))
     }
 
     /// HTTP requests received so far (every path, including rejected ones).

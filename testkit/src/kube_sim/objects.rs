@@ -101,7 +101,8 @@ pub(crate) fn now_timestamp() -> Timestamp {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    Timestamp::from_second(i64::try_from(since_epoch).unwrap_or_default()).unwrap_or(Timestamp::UNIX_EPOCH)
+    Timestamp::from_second(i64::try_from(since_epoch).unwrap_or_default())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 pub(crate) fn now() -> String {
@@ -123,10 +124,19 @@ fn name_suffix() -> String {
 
 /// Validation a client can hit; the real server checks far more, but nothing here checks
 /// less than it for these fields.
-pub(crate) fn validate_external(rt: &ResourceType, obj: &Value, name: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_external(
+    rt: &ResourceType,
+    obj: &Value,
+    name: &str,
+) -> Result<(), ApiError> {
     if rt.codec == Codec::EventsV1 {
         let mut missing = Vec::new();
-        for field in ["eventTime", "reportingController", "reportingInstance", "action"] {
+        for field in [
+            "eventTime",
+            "reportingController",
+            "reportingInstance",
+            "action",
+        ] {
             if obj.get(field).is_none_or(|v| v.is_null() || v == "") {
                 missing.push(format!("{field}: Required value"));
             }
@@ -138,7 +148,10 @@ pub(crate) fn validate_external(rt: &ResourceType, obj: &Value, name: &str) -> R
             return Err(ApiError::invalid(
                 &rt.qualified(),
                 name,
-                format!("Event.events.k8s.io \"{name}\" is invalid: {}", missing.join(", ")),
+                format!(
+                    "Event.events.k8s.io \"{name}\" is invalid: {}",
+                    missing.join(", ")
+                ),
             ));
         }
     }
@@ -154,12 +167,17 @@ pub(crate) fn init_metadata(rt: &ResourceType, obj: &mut Value) -> Result<String
     let meta = &mut obj["metadata"];
     if meta["name"].as_str().is_none_or(str::is_empty) {
         match meta["generateName"].as_str() {
-            Some(prefix) if !prefix.is_empty() => meta["name"] = json!(format!("{prefix}{}", name_suffix())),
+            Some(prefix) if !prefix.is_empty() => {
+                meta["name"] = json!(format!("{prefix}{}", name_suffix()))
+            }
             _ => {
                 return Err(ApiError::invalid(
                     &rt.qualified(),
                     "",
-                    format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", rt.kind),
+                    format!(
+                        "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                        rt.kind
+                    ),
                 ));
             }
         }
@@ -169,7 +187,12 @@ pub(crate) fn init_metadata(rt: &ResourceType, obj: &mut Value) -> Result<String
         meta.insert("uid".into(), json!(uid()));
         meta.insert("creationTimestamp".into(), json!(now()));
         meta.insert("generation".into(), json!(1));
-        for owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for owned in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(owned);
         }
     }
@@ -215,9 +238,14 @@ fn default_pod(obj: &mut Value, keep_status: bool) {
     }
     if let Some(containers) = spec["containers"].as_array_mut() {
         for c in containers {
-            let latest = c["image"].as_str().is_none_or(|i| !i.contains(':') || i.ends_with(":latest"));
+            let latest = c["image"]
+                .as_str()
+                .is_none_or(|i| !i.contains(':') || i.ends_with(":latest"));
             for (field, value) in [
-                ("imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" })),
+                (
+                    "imagePullPolicy",
+                    json!(if latest { "Always" } else { "IfNotPresent" }),
+                ),
                 ("terminationMessagePath", json!("/dev/termination-log")),
                 ("terminationMessagePolicy", json!("File")),
                 ("resources", json!({})),
@@ -252,7 +280,9 @@ mod tests {
     #[test]
     fn events_round_trip_between_the_two_shapes() {
         let registry = Registry::with_builtins();
-        let new = registry.by_path("events.k8s.io", "v1", "events").expect("events.k8s.io");
+        let new = registry
+            .by_path("events.k8s.io", "v1", "events")
+            .expect("events.k8s.io");
         let core = registry.by_path("", "v1", "events").expect("core");
         let external = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
             "metadata": {"name": "e", "namespace": "default"}, "note": "attached",
@@ -274,7 +304,10 @@ mod tests {
         let pods = registry.by_path("", "v1", "pods").expect("pods");
         let mut a = json!({"metadata": {"generateName": "web-"}});
         let mut b = a.clone();
-        let (na, nb) = (init_metadata(&pods, &mut a).expect("a"), init_metadata(&pods, &mut b).expect("b"));
+        let (na, nb) = (
+            init_metadata(&pods, &mut a).expect("a"),
+            init_metadata(&pods, &mut b).expect("b"),
+        );
         assert!(na.starts_with("web-") && na.len() == 9);
         assert_ne!(na, nb);
         assert_ne!(a["metadata"]["uid"], b["metadata"]["uid"]);

@@ -30,8 +30,15 @@ fn hash(doc: &Value) -> String {
 /// `/openapi/v3/<api/v1 | apis/g/v>`.
 pub(crate) fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut paths = Map::new();
-    for rt in registry.all().filter(|rt| rt.group == group && rt.version == version) {
-        let scope = if rt.namespaced { "namespaces/{namespace}/" } else { "" };
+    for rt in registry
+        .all()
+        .filter(|rt| rt.group == group && rt.version == version)
+    {
+        let scope = if rt.namespaced {
+            "namespaces/{namespace}/"
+        } else {
+            ""
+        };
         let path = format!("/{}/{scope}{}/{{name}}", gv_path(group, version), rt.plural);
         let operation = json!({
             "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": rt.kind},

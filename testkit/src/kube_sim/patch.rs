@@ -63,8 +63,13 @@ pub(crate) fn apply(kind: PatchType, target: &Value, patch: &Value) -> Result<Va
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            json_patch::patch(&mut out, &ops)
-                .map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?;
+            json_patch::patch(&mut out, &ops).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
+            })?;
         }
     }
     Ok(out)
@@ -93,8 +98,14 @@ pub(crate) fn merge(target: &mut Value, patch: &Value) {
 /// The patch merge key of a list field, by field name; None: the list is replaced.
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "containerStatuses" | "initContainerStatuses" => Some("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "containerStatuses"
+        | "initContainerStatuses" => Some("name"),
         "ports" => Some("containerPort"),
         "volumeMounts" => Some("mountPath"),
         "volumeDevices" => Some("devicePath"),
@@ -131,13 +142,17 @@ fn strategic(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let Value::Object(target) = target else { return };
+    let Value::Object(target) = target else {
+        return;
+    };
     for (key, value) in patch {
         if key.starts_with("$setElementOrder/") || key == "$retainKeys" || key == "$patch" {
             continue;
         }
         if let Some(list_field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(items)), Value::Array(gone)) = (target.get_mut(list_field), value) {
+            if let (Some(Value::Array(items)), Value::Array(gone)) =
+                (target.get_mut(list_field), value)
+            {
                 items.retain(|item| !gone.contains(item));
             }
             continue;
@@ -207,8 +222,12 @@ mod tests {
     #[test]
     fn merge_patch_sets_and_removes_annotations() {
         let pod = json!({"metadata": {"annotations": {"a": "1", "b": "2"}}});
-        let out = apply(PatchType::Merge, &pod, &json!({"metadata": {"annotations": {"a": null, "c": "3"}}}))
-            .expect("patch");
+        let out = apply(
+            PatchType::Merge,
+            &pod,
+            &json!({"metadata": {"annotations": {"a": null, "c": "3"}}}),
+        )
+        .expect("patch");
         assert_eq!(out["metadata"]["annotations"], json!({"b": "2", "c": "3"}));
     }
 
@@ -222,7 +241,10 @@ mod tests {
                                     "tolerations": [{"key": "u"}]},
                            "metadata": {"finalizers": ["f2"]}});
         let out = apply(PatchType::Strategic, &pod, &patch).expect("patch");
-        assert_eq!(out["spec"]["containers"], json!([{"name": "b", "image": "z"}]));
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "b", "image": "z"}])
+        );
         assert_eq!(out["spec"]["tolerations"], json!([{"key": "u"}]));
         assert_eq!(out["metadata"]["finalizers"], json!(["f1", "f2"]));
     }
@@ -230,9 +252,18 @@ mod tests {
     #[test]
     fn json_patch_and_bad_media_type() {
         let obj = json!({"metadata": {"labels": {"a": "1"}}});
-        let out = apply(PatchType::Json, &obj, &json!([{"op": "replace", "path": "/metadata/labels/a", "value": "2"}]))
-            .expect("patch");
+        let out = apply(
+            PatchType::Json,
+            &obj,
+            &json!([{"op": "replace", "path": "/metadata/labels/a", "value": "2"}]),
+        )
+        .expect("patch");
         assert_eq!(out["metadata"]["labels"]["a"], "2");
-        assert_eq!(PatchType::from_content_type("text/plain").expect_err("415").code, 415);
+        assert_eq!(
+            PatchType::from_content_type("text/plain")
+                .expect_err("415")
+                .code,
+            415
+        );
     }
 }

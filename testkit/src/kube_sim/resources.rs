@@ -250,12 +250,20 @@ impl Registry {
                 singular: b.kind.to_lowercase(),
                 namespaced: b.namespaced,
                 short_names: b.short.iter().map(|s| s.to_string()).collect(),
-                categories: if b.plural == "pods" { vec!["all".to_string()] } else { vec![] },
+                categories: if b.plural == "pods" {
+                    vec!["all".to_string()]
+                } else {
+                    vec![]
+                },
                 storage,
                 has_status: b.has_status,
                 status_writes_metadata: b.plural == "pods",
                 custom: false,
-                codec: if b.group == "events.k8s.io" { Codec::EventsV1 } else { Codec::Identity },
+                codec: if b.group == "events.k8s.io" {
+                    Codec::EventsV1
+                } else {
+                    Codec::Identity
+                },
                 field_labels: b.fields.iter().map(|s| s.to_string()).collect(),
             });
         }
@@ -383,7 +391,11 @@ pub(crate) fn from_crd(crd: &Value) -> Vec<ResourceType> {
     };
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
@@ -430,7 +442,13 @@ mod tests {
         assert_eq!(list["resources"][0]["kind"], "Network");
         assert_eq!(list["resources"][0]["shortNames"][0], "net");
         let groups = registry.api_group_list();
-        assert!(groups["groups"].as_array().expect("groups").iter().any(|g| g["name"] == "kaloom.com"));
+        assert!(
+            groups["groups"]
+                .as_array()
+                .expect("groups")
+                .iter()
+                .any(|g| g["name"] == "kaloom.com")
+        );
         registry.remove_storage("networks.kaloom.com");
         assert!(registry.resource_list("kaloom.com", "v1").is_none());
     }
@@ -439,7 +457,9 @@ mod tests {
     fn both_event_apis_share_one_storage() {
         let registry = Registry::with_builtins();
         let core = registry.by_path("", "v1", "events").expect("core events");
-        let new = registry.by_path("events.k8s.io", "v1", "events").expect("events.k8s.io");
+        let new = registry
+            .by_path("events.k8s.io", "v1", "events")
+            .expect("events.k8s.io");
         assert_eq!(core.storage, new.storage);
         assert_eq!(new.codec, Codec::EventsV1);
     }

@@ -52,7 +52,11 @@ fn split_top(s: &str) -> Vec<&str> {
         }
     }
     parts.push(&s[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn parse_set(key: &str, rest: &str, selector: &str) -> Result<(String, Vec<String>), ApiError> {
@@ -61,7 +65,10 @@ fn parse_set(key: &str, rest: &str, selector: &str) -> Result<(String, Vec<Strin
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: {selector}")))?;
-    let values = inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let values = inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
     Ok((key.trim().to_string(), values.collect()))
 }
 
@@ -71,7 +78,10 @@ fn parse_label(req: &str) -> Result<LabelReq, ApiError> {
         return Ok(LabelReq::NotExists(key.trim().to_string()));
     }
     for (op, build) in [
-        (" notin ", LabelReq::NotIn as fn(String, Vec<String>) -> LabelReq),
+        (
+            " notin ",
+            LabelReq::NotIn as fn(String, Vec<String>) -> LabelReq,
+        ),
         (" in ", LabelReq::In),
     ] {
         if let Some((key, rest)) = req.split_once(op) {
@@ -79,7 +89,10 @@ fn parse_label(req: &str) -> Result<LabelReq, ApiError> {
             return Ok(build(key, values));
         }
     }
-    let pair = |op: &str| req.split_once(op).map(|(k, v)| (k.trim().to_string(), v.trim().to_string()));
+    let pair = |op: &str| {
+        req.split_once(op)
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+    };
     if let Some((k, v)) = pair("!=") {
         return Ok(LabelReq::NotEq(k, v));
     }
@@ -105,7 +118,12 @@ impl Selector {
         field_selector: Option<&str>,
     ) -> Result<Self, ApiError> {
         let labels = label_selector
-            .map(|s| split_top(s).into_iter().map(parse_label).collect::<Result<Vec<_>, _>>())
+            .map(|s| {
+                split_top(s)
+                    .into_iter()
+                    .map(parse_label)
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .transpose()?
             .unwrap_or_default();
         let mut fields = Vec::new();
@@ -196,7 +214,11 @@ mod tests {
 
     #[test]
     fn set_based_and_equality_label_selectors_match_like_the_server() {
-        let p = pod(json!({"app": "web", "tier": "front", "n": "5"}), "n1", "Running");
+        let p = pod(
+            json!({"app": "web", "tier": "front", "n": "5"}),
+            "n1",
+            "Running",
+        );
         for (selector, expected) in [
             ("app=web", true),
             ("app==web,tier=front", true),
@@ -220,9 +242,21 @@ mod tests {
         let p = pod(json!({}), "n1", "Running");
         assert!(sel(None, Some("spec.nodeName=n1")).expect("ok").matches(&p));
         assert!(!sel(None, Some("spec.nodeName=n2")).expect("ok").matches(&p));
-        assert!(sel(None, Some("status.phase!=Pending,metadata.name=p")).expect("ok").matches(&p));
-        assert!(sel(None, Some("metadata.namespace==ns")).expect("ok").matches(&p));
-        assert!(sel(None, Some("spec.hostNetwork=false")).expect("ok").matches(&p));
+        assert!(
+            sel(None, Some("status.phase!=Pending,metadata.name=p"))
+                .expect("ok")
+                .matches(&p)
+        );
+        assert!(
+            sel(None, Some("metadata.namespace==ns"))
+                .expect("ok")
+                .matches(&p)
+        );
+        assert!(
+            sel(None, Some("spec.hostNetwork=false"))
+                .expect("ok")
+                .matches(&p)
+        );
     }
 
     #[test]

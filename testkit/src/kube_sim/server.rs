@@ -13,7 +13,10 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -30,25 +33,44 @@ pub(crate) struct Tls {
 }
 
 fn cert_error(source: impl std::fmt::Display) -> Error {
-    Error::Certificate { reason: source.to_string() }
+    Error::Certificate {
+        reason: source.to_string(),
+    }
 }
 
 pub(crate) fn make_tls() -> Result<Tls, Error> {
     let ca_key = KeyPair::generate().map_err(cert_error)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
-    ca_params.distinguished_name.push(DnType::CommonName, "kube-sim-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-sim-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_error)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate().map_err(cert_error)?;
-    let sans = vec!["127.0.0.1".to_string(), "::1".to_string(), "localhost".to_string()];
+    let sans = vec![
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+        "localhost".to_string(),
+    ];
     let mut leaf_params = CertificateParams::new(sans).map_err(cert_error)?;
-    leaf_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    leaf_params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).map_err(cert_error)?;
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &issuer)
+        .map_err(cert_error)?;
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca_cert.der().clone()];
@@ -60,18 +82,36 @@ pub(crate) fn make_tls() -> Result<Tls, Error> {
         .with_single_cert(chain, key)
         .map_err(cert_error)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Tls { ca_pem: ca_cert.pem(), acceptor: TlsAcceptor::from(Arc::new(config)) })
+    Ok(Tls {
+        ca_pem: ca_cert.pem(),
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+    })
 }
 
 /// Writes a kubeconfig for `url` (and the CA next to it as `<stem>-ca.crt` when TLS is on).
-pub(crate) fn write_kubeconfig(path: &Path, url: &str, ca_pem: Option<&str>, token: Option<&str>) -> Result<(), Error> {
-    let io = |source| Error::Kubeconfig { path: path.to_path_buf(), source };
+pub(crate) fn write_kubeconfig(
+    path: &Path,
+    url: &str,
+    ca_pem: Option<&str>,
+    token: Option<&str>,
+) -> Result<(), Error> {
+    let io = |source| Error::Kubeconfig {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut cluster = json!({"server": url});
     if let Some(ca) = ca_pem {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("kubeconfig");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("kubeconfig");
         let ca_path = path.with_file_name(format!("{stem}-ca.crt"));
-        std::fs::write(&ca_path, ca).map_err(|source| Error::Kubeconfig { path: ca_path.clone(), source })?;
-        let ca_data = serde_json::to_value(k8s_openapi::ByteString(ca.as_bytes().to_vec())).unwrap_or_default();
+        std::fs::write(&ca_path, ca).map_err(|source| Error::Kubeconfig {
+            path: ca_path.clone(),
+            source,
+        })?;
+        let ca_data = serde_json::to_value(k8s_openapi::ByteString(ca.as_bytes().to_vec()))
+            .unwrap_or_default();
         cluster["certificate-authority-data"] = ca_data;
     }
     let user = match token {
@@ -95,7 +135,12 @@ pub(crate) fn write_kubeconfig(path: &Path, url: &str, ca_pem: Option<&str>, tok
 }
 
 /// Accepts connections until `shutdown` turns true, then drops every connection.
-pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, router: Router, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -103,7 +148,9 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, route
             accepted = listener.accept() => accepted,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let Ok((stream, peer)) = accepted else { continue };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
@@ -111,13 +158,21 @@ pub(crate) async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, route
             let builder = auto::Builder::new(TokioExecutor::new());
             let result = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                    Ok(stream) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
                     Err(error) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
                         return;
                     }
                 },
-                None => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
             };
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");

@@ -37,8 +37,12 @@ impl ApiError {
     }
 
     pub fn already_exists(resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
-            .about(resource, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} \"{name}\" already exists"),
+        )
+        .about(resource, name)
     }
 
     pub fn conflict(resource: &str, name: &str) -> Self {

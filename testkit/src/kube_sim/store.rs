@@ -24,6 +24,9 @@ pub(crate) enum ChangeKind {
     Deleted,
 }
 
+/// A list result: the revision it is consistent with and the objects in key order.
+pub(crate) type Snapshot = (u64, Vec<(Key, Arc<Value>)>);
+
 /// One committed write.
 #[derive(Debug)]
 pub(crate) struct Change {
@@ -79,7 +82,9 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written map (writes are single
         // inserts), so a poisoned lock is still consistent.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn current_rv(&self) -> u64 {
@@ -92,7 +97,12 @@ impl Store {
 
     /// The keys that satisfy `filter` (for cascading deletes).
     pub fn keys(&self, filter: impl Fn(&Key) -> bool) -> Vec<Key> {
-        self.lock().objects.keys().filter(|k| filter(k)).cloned().collect()
+        self.lock()
+            .objects
+            .keys()
+            .filter(|k| filter(k))
+            .cloned()
+            .collect()
     }
 
     /// Runs `write` against the current state of `key` under the store lock and commits what it
@@ -116,7 +126,13 @@ impl Store {
             let mut last = (*previous).clone();
             set_rv(&mut last, rv);
             let last = Arc::new(last);
-            inner.commit(&self.changes, key, ChangeKind::Deleted, last.clone(), Some(previous));
+            inner.commit(
+                &self.changes,
+                key,
+                ChangeKind::Deleted,
+                last.clone(),
+                Some(previous),
+            );
             return Ok(Some(last));
         };
         if let Some(previous) = &previous
@@ -129,7 +145,11 @@ impl Store {
         set_rv(&mut next, rv);
         let next = Arc::new(next);
         inner.objects.insert(key.clone(), next.clone());
-        let kind = if previous.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
+        let kind = if previous.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
         inner.commit(&self.changes, key, kind, next.clone(), previous);
         Ok(Some(next))
     }
@@ -141,7 +161,7 @@ impl Store {
         storage: &str,
         namespace: Option<&str>,
         at: Option<u64>,
-    ) -> Result<(u64, Vec<(Key, Arc<Value>)>), TooOld> {
+    ) -> Result<Snapshot, TooOld> {
         let inner = self.lock();
         let in_scope = |key: &Key| key.0 == storage && namespace.is_none_or(|ns| key.1 == ns);
         let mut objects: BTreeMap<Key, Arc<Value>> = inner
@@ -153,7 +173,9 @@ impl Store {
         let at = at.unwrap_or(inner.rv).min(inner.rv);
         if at < inner.rv {
             if at < inner.compacted {
-                return Err(TooOld { oldest: inner.compacted });
+                return Err(TooOld {
+                    oldest: inner.compacted,
+                });
             }
             for change in inner.history.iter().rev().take_while(|c| c.rv > at) {
                 if !in_scope(&change.key) {
@@ -177,9 +199,16 @@ impl Store {
     pub fn subscribe(&self, since: u64) -> Result<Subscription, TooOld> {
         let inner = self.lock();
         if since < inner.compacted {
-            return Err(TooOld { oldest: inner.compacted });
+            return Err(TooOld {
+                oldest: inner.compacted,
+            });
         }
-        let replay = inner.history.iter().filter(|c| c.rv > since).cloned().collect();
+        let replay = inner
+            .history
+            .iter()
+            .filter(|c| c.rv > since)
+            .cloned()
+            .collect();
         Ok(Subscription {
             replay,
             live: self.changes.subscribe(),
@@ -254,7 +283,11 @@ mod tests {
             .write::<()>(&key(name), |_| Ok(Some(obj)))
             .expect("write")
             .expect("stored");
-        stored["metadata"]["resourceVersion"].as_str().expect("rv").parse().expect("number")
+        stored["metadata"]["resourceVersion"]
+            .as_str()
+            .expect("rv")
+            .parse()
+            .expect("number")
     }
 
     #[test]

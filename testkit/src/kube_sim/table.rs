@@ -41,14 +41,22 @@ fn age(timestamp: &Value) -> String {
 }
 
 fn pod_cells(pod: &Value) -> Vec<Value> {
-    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let total = pod["spec"]["containers"].as_array().map_or(0, Vec::len);
     let ready = statuses.iter().filter(|s| s["ready"] == true).count();
-    let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|s| s["restartCount"].as_i64())
+        .sum();
     let status = if !pod["metadata"]["deletionTimestamp"].is_null() {
         "Terminating".to_string()
     } else {
-        let reason = pod["status"]["reason"].as_str().or(pod["status"]["phase"].as_str());
+        let reason = pod["status"]["reason"]
+            .as_str()
+            .or(pod["status"]["phase"].as_str());
         reason.unwrap_or("Unknown").to_string()
     };
     let text = |v: &Value| json!(v.as_str().unwrap_or("<none>"));
@@ -65,21 +73,40 @@ fn pod_cells(pod: &Value) -> Vec<Value> {
 
 fn event_cells(event: &Value) -> Vec<Value> {
     let (object, message, last) = if event["regarding"].is_object() {
-        (&event["regarding"], &event["note"], &event["deprecatedLastTimestamp"])
+        (
+            &event["regarding"],
+            &event["note"],
+            &event["deprecatedLastTimestamp"],
+        )
     } else {
-        (&event["involvedObject"], &event["message"], &event["lastTimestamp"])
+        (
+            &event["involvedObject"],
+            &event["message"],
+            &event["lastTimestamp"],
+        )
     };
-    let seen = if last.is_null() { &event["eventTime"] } else { last };
+    let seen = if last.is_null() {
+        &event["eventTime"]
+    } else {
+        last
+    };
     vec![
         json!(age(seen)),
         event["type"].clone(),
         event["reason"].clone(),
-        json!(format!("{}/{}", object["kind"].as_str().unwrap_or("").to_lowercase(), object["name"].as_str().unwrap_or(""))),
+        json!(format!(
+            "{}/{}",
+            object["kind"].as_str().unwrap_or("").to_lowercase(),
+            object["name"].as_str().unwrap_or("")
+        )),
         message.clone(),
     ]
 }
 
-fn columns(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>) {
+/// Renders one object's cells.
+type Cells = fn(&Value) -> Vec<Value>;
+
+fn columns(rt: &ResourceType) -> (Vec<Value>, Cells) {
     match (rt.custom, rt.kind.as_str()) {
         (false, "Pod") => (
             vec![
@@ -103,9 +130,15 @@ fn columns(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>) {
             ],
             event_cells,
         ),
-        _ => (vec![column("Name", "string", 0), column("Age", "string", 0)], |obj| {
-            vec![obj["metadata"]["name"].clone(), json!(age(&obj["metadata"]["creationTimestamp"]))]
-        }),
+        _ => (
+            vec![column("Name", "string", 0), column("Age", "string", 0)],
+            |obj| {
+                vec![
+                    obj["metadata"]["name"].clone(),
+                    json!(age(&obj["metadata"]["creationTimestamp"])),
+                ]
+            },
+        ),
     }
 }
 

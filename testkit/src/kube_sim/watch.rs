@@ -41,7 +41,8 @@ pub(crate) struct WatchQuery {
 }
 
 fn line(kind: &str, object: Value) -> Result<Bytes, Infallible> {
-    let mut bytes = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    let mut bytes =
+        serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     bytes.push(b'\n');
     Ok(Bytes::from(bytes))
 }
@@ -86,7 +87,9 @@ impl Watcher {
         let before_matches = before.as_ref().is_some_and(|b| self.selector.matches(b));
         match change.kind {
             ChangeKind::Added if now_matches => self.send("ADDED", now).await,
-            ChangeKind::Modified if now_matches && before_matches => self.send("MODIFIED", now).await,
+            ChangeKind::Modified if now_matches && before_matches => {
+                self.send("MODIFIED", now).await
+            }
             ChangeKind::Modified if now_matches => self.send("ADDED", now).await,
             ChangeKind::Modified if before_matches => {
                 let mut last = before.unwrap_or_default();
@@ -109,13 +112,21 @@ impl Watcher {
 }
 
 /// Starts a watch; the stream ends when the watch does.
-pub(crate) fn start(cluster: Arc<Cluster>, rt: Arc<ResourceType>, namespace: Option<String>, query: WatchQuery) -> Result<EventStream, ApiError> {
+pub(crate) fn start(
+    cluster: Arc<Cluster>,
+    rt: Arc<ResourceType>,
+    namespace: Option<String>,
+    query: WatchQuery,
+) -> Result<EventStream, ApiError> {
     let store = cluster.store.clone();
     if cluster.faults.take_forced_gone() {
         let rv = store.current_rv();
         return Ok(gone(format!("too old resource version: {rv} ({})", rv + 1)));
     }
-    let requested = query.resource_version.as_deref().filter(|rv| !rv.is_empty() && *rv != "0");
+    let requested = query
+        .resource_version
+        .as_deref()
+        .filter(|rv| !rv.is_empty() && *rv != "0");
     let snapshot = query.send_initial_events || requested.is_none();
     let since = match requested {
         Some(rv) if !query.send_initial_events => parse_rv(rv)?,
@@ -123,18 +134,35 @@ pub(crate) fn start(cluster: Arc<Cluster>, rt: Arc<ResourceType>, namespace: Opt
     };
     let subscription = match store.subscribe(since) {
         Ok(s) => s,
-        Err(old) => return Ok(gone(format!("too old resource version: {since} ({})", old.oldest))),
+        Err(old) => {
+            return Ok(gone(format!(
+                "too old resource version: {since} ({})",
+                old.oldest
+            )));
+        }
     };
     let initial = if snapshot {
         match store.list(&rt.storage, namespace.as_deref(), Some(since)) {
             Ok((_, items)) => items,
-            Err(old) => return Ok(gone(format!("too old resource version: {since} ({})", old.oldest))),
+            Err(old) => {
+                return Ok(gone(format!(
+                    "too old resource version: {since} ({})",
+                    old.oldest
+                )));
+            }
         }
     } else {
         Vec::new()
     };
     let (tx, rx) = mpsc::channel(256);
-    let mut watcher = Watcher { cluster, rt, namespace, selector: query.selector, tx, seen: since };
+    let mut watcher = Watcher {
+        cluster,
+        rt,
+        namespace,
+        selector: query.selector,
+        tx,
+        seen: since,
+    };
     let mut live = subscription.live;
     let replay = subscription.replay;
     tokio::spawn(async move {
@@ -152,15 +180,26 @@ pub(crate) fn start(cluster: Arc<Cluster>, rt: Arc<ResourceType>, namespace: Opt
                 return;
             }
         }
-        watcher.follow(&mut live, query.bookmarks, query.timeout).await;
+        watcher
+            .follow(&mut live, query.bookmarks, query.timeout)
+            .await;
     });
     Ok(ReceiverStream::new(rx))
 }
 
 impl Watcher {
-    async fn follow(&mut self, live: &mut broadcast::Receiver<Arc<Change>>, bookmarks: bool, timeout: Option<Duration>) {
-        let deadline = tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
-        let interval = self.cluster.bookmark_interval.max(Duration::from_millis(10));
+    async fn follow(
+        &mut self,
+        live: &mut broadcast::Receiver<Arc<Change>>,
+        bookmarks: bool,
+        timeout: Option<Duration>,
+    ) {
+        let deadline =
+            tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        let interval = self
+            .cluster
+            .bookmark_interval
+            .max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut closed = self.cluster.faults.closed();
         let mut stall = self.cluster.faults.stalled();
