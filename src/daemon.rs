@@ -1,1 +1,297 @@
-//! Not yet implemented.
+//! The daemon: startup order, the watch and work loops, the watchdog, and graceful shutdown.
+//!
+//! Startup is ordered so that `READY=1` means something: the API server has answered the
+//! initial list of this node's pods and the container runtime has answered a version call.
+//! Until then podagent keeps retrying with backoff and says what it is waiting for in
+//! `STATUS=`, because at boot the API server or the runtime are often simply not up yet, and
+//! exiting would only make systemd restart it into the same wait. A kubeconfig that cannot be
+//! read is different: no retry fixes it, so it ends the process.
+//!
+//! Shutdown is handled once (SIGTERM or SIGINT, also during startup): `STOPPING=1`, stop the
+//! watch, let the work loop finish what it is doing within the configured grace period, exit 0.
+//!
+//! Attachments are not acted upon yet: the reconciler is a later step. The daemon keeps the pod
+//! cache and counts the attachments the annotations ask for, and says so in its log, so nobody
+//! mistakes the count for hot-plugged interfaces.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::kubeapi::{self, Credentials, KubeClient, KubeError, PodCache, PodEvent, PodWatcher};
+use crate::runtime::{self, Runtime};
+use crate::systemd::{self, Liveness, Message, Notifier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+const RETRY_START: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+/// Longest watch request: kube-apiserver's own default range ends near five minutes.
+const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(290);
+/// Events from the watch waiting for the work loop; a full channel blocks the watch, which the
+/// watchdog then notices.
+const EVENT_BACKLOG: usize = 256;
+
+/// How often the loops must show progress, derived from systemd's watchdog timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// `timeoutSeconds` of each watch request: the server answers at least this often.
+    pub watch_timeout: Duration,
+    /// How often the idle work loop beats.
+    pub work_tick: Duration,
+    /// Silence after which a loop counts as stalled.
+    pub stale_after: Duration,
+}
+
+impl Cadence {
+    /// With a watchdog timeout W, the watch is renewed every W/4 (1 s to 290 s) and a loop is
+    /// stalled after three missed renewals; without a watchdog, watches last the usual
+    /// five minutes.
+    pub fn for_watchdog(timeout: Option<Duration>) -> Cadence {
+        let watch_timeout = timeout.map_or(MAX_WATCH_TIMEOUT, |w| {
+            Duration::from_secs((w / 4).as_secs()).clamp(Duration::from_secs(1), MAX_WATCH_TIMEOUT)
+        });
+        Cadence {
+            watch_timeout,
+            work_tick: (watch_timeout / 2).max(Duration::from_millis(500)),
+            stale_after: watch_timeout * 3,
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl Future<Output = &'static str>, DaemonError> {
+    let install = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| DaemonError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
+/// Runs `attempt` until it succeeds, reporting each failure in the log and in `STATUS=`.
+async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    notifier: &dyn Notifier,
+    waiting_for: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let mut delay = RETRY_START;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "waiting for {waiting_for}");
+                notifier.notify(Message::Status(format!("waiting for {waiting_for}: {e}")));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_CAP);
+            }
+        }
+    }
+}
+
+/// The attachments the node's pods ask for (valid annotations only).
+fn attachment_count(cache: &PodCache) -> usize {
+    cache
+        .pods()
+        .filter_map(|pod| crate::annotation::parse(pod.networks.as_deref()).ok())
+        .map(|selections| selections.iter().filter(|s| s.is_managed()).count())
+        .sum()
+}
+
+fn status_line(cache: &PodCache, node: &str) -> String {
+    format!(
+        "watching {} pods on {node}, {} attachments",
+        cache.len(),
+        attachment_count(cache)
+    )
+}
+
+/// Runs podagent until SIGTERM/SIGINT.
+pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), DaemonError> {
+    let shutdown = shutdown_signal()?;
+    tokio::pin!(shutdown);
+    let node = config.node_name.clone();
+    tracing::info!(
+        node = %node,
+        annotation_key = %config.annotation_key,
+        "podagent starting; attachments are watched and counted but not yet acted upon \
+         (no interface is hot-plugged by this version)"
+    );
+
+    let watchdog = systemd::watchdog_interval();
+    let cadence = Cadence::for_watchdog(watchdog.map(|interval| interval * 2));
+    let startup = start(&config, notifier.as_ref(), &cadence);
+    let (kube, pods, version) = tokio::select! {
+        started = startup => started?,
+        signal = &mut shutdown => {
+            tracing::info!(signal, "stopping during startup");
+            notifier.notify(Message::Stopping);
+            return Ok(());
+        }
+    };
+
+    let mut cache = PodCache::default();
+    cache.apply(PodEvent::Listed(pods));
+    let status = status_line(&cache, &node);
+    tracing::info!(pods = cache.len(), node = %node, "ready");
+    notifier.notify(Message::Ready);
+    notifier.notify(Message::Status(status));
+
+    let liveness = Liveness::new(cadence.stale_after);
+    let (events, receiver) = mpsc::channel(EVENT_BACKLOG);
+    let watcher = PodWatcher::new(kube, &node, &config.annotation_key, cadence.watch_timeout);
+    let watch = tokio::spawn(watcher.run(version, events, liveness.clone()));
+    let mut work = tokio::spawn(work_loop(
+        receiver,
+        cache,
+        liveness.clone(),
+        notifier.clone(),
+        node,
+        cadence.work_tick,
+    ));
+    let watchdog = watchdog
+        .map(|interval| tokio::spawn(systemd::watchdog(notifier.clone(), liveness, interval)));
+
+    let signal = tokio::select! {
+        signal = &mut shutdown => signal,
+        ended = &mut work => {
+            // The work loop only ends when the watch does, which only happens on shutdown.
+            tracing::error!(?ended, "work loop ended unexpectedly");
+            "work loop ended"
+        }
+    };
+    tracing::info!(signal, grace = ?config.shutdown_grace, "stopping");
+    notifier.notify(Message::Stopping);
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    // Ending the watch closes the event channel: the work loop drains it and returns.
+    watch.abort();
+    if tokio::time::timeout(config.shutdown_grace, &mut work)
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?config.shutdown_grace, "work still running after the grace period, exiting anyway");
+        work.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects to the API server and the runtime; returns once both have answered.
+async fn start(
+    config: &Config,
+    notifier: &dyn Notifier,
+    cadence: &Cadence,
+) -> Result<(KubeClient, Vec<kubeapi::PodView>, String), DaemonError> {
+    let credentials = Credentials::resolve(&config.kube);
+    let kube = kubeapi::connect(&credentials).await?;
+    tracing::info!(url = %kube.url, credentials = %credentials, "connecting to the API server");
+    notifier.notify(Message::Status(format!("connecting to {}", kube.url)));
+    let watcher = PodWatcher::new(
+        kube.clone(),
+        &config.node_name,
+        &config.annotation_key,
+        cadence.watch_timeout,
+    );
+    let waiting = format!("API server {}", kube.url);
+    let (pods, version) = retry(notifier, &waiting, || watcher.list()).await;
+    tracing::info!(pods = pods.len(), node = %config.node_name, "listed this node's pods");
+
+    let settings = config.runtime_settings();
+    let target = settings.endpoint.as_ref().map_or_else(
+        || format!("{} (default sockets)", settings.kind),
+        |endpoint| endpoint.display().to_string(),
+    );
+    notifier.notify(Message::Status(format!(
+        "waiting for container runtime at {target}"
+    )));
+    let waiting = format!("container runtime at {target}");
+    let answered = retry(notifier, &waiting, || async {
+        let runtime = runtime::connect(&settings).await?;
+        let version = runtime.version().await?;
+        Ok::<_, runtime::RuntimeError>((runtime.endpoint().to_path_buf(), version))
+    })
+    .await;
+    let (endpoint, version_info) = answered;
+    tracing::info!(
+        runtime = %version_info.name,
+        version = %version_info.version,
+        endpoint = %endpoint.display(),
+        "container runtime answered"
+    );
+    Ok((kube, pods, version))
+}
+
+/// Applies watch events to the cache (the reconciler will hang off this loop) and beats.
+async fn work_loop(
+    mut events: mpsc::Receiver<PodEvent>,
+    mut cache: PodCache,
+    liveness: Arc<Liveness>,
+    notifier: Arc<dyn Notifier>,
+    node: String,
+    tick: Duration,
+) {
+    let mut ticker = tokio::time::interval(tick);
+    let mut status = status_line(&cache, &node);
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                if let PodEvent::Applied(pod) | PodEvent::Deleted(pod) = &event {
+                    tracing::debug!(pod = %pod.key(), namespace = %pod.namespace, phase = %pod.phase, "pod changed");
+                }
+                cache.apply(event);
+                let fresh = status_line(&cache, &node);
+                if fresh != status {
+                    notifier.notify(Message::Status(fresh.clone()));
+                    status = fresh;
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+        liveness.work_beat();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cadence_follows_the_watchdog() {
+        let c = Cadence::for_watchdog(Some(Duration::from_secs(120)));
+        assert_eq!(c.watch_timeout, Duration::from_secs(30));
+        assert_eq!(c.stale_after, Duration::from_secs(90));
+        assert!(c.stale_after < Duration::from_secs(120) + c.watch_timeout);
+        let short = Cadence::for_watchdog(Some(Duration::from_secs(2)));
+        assert_eq!(
+            short.watch_timeout,
+            Duration::from_secs(1),
+            "at least one second"
+        );
+        let none = Cadence::for_watchdog(None);
+        assert_eq!(none.watch_timeout, MAX_WATCH_TIMEOUT);
+    }
+}

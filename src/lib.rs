@@ -9,6 +9,7 @@
 //! sits behind its own module at the edge.
 
 pub mod annotation;
+pub mod check;
 pub mod cni;
 pub mod config;
 pub mod daemon;

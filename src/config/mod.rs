@@ -21,6 +21,9 @@ use std::time::Duration;
 pub use cli::{Cli, Command, Flags};
 pub use layers::Origin;
 
+/// The runtime kinds are the runtime module's own; configuration only chooses one.
+pub use crate::runtime::RuntimeKind;
+
 /// The configuration file read when `--config` is not given (absent is fine).
 pub const DEFAULT_CONFIG_FILE: &str = "/opt/kaloom/etc/podagent.toml";
 /// The kubeconfig written by the RPM's `create-kubeconfig.sh`.
@@ -53,33 +56,6 @@ pub struct KubeSettings {
     /// Whether the path was configured rather than defaulted: only a defaulted, absent
     /// kubeconfig may fall back to the in-cluster service account.
     pub kubeconfig_explicit: bool,
-}
-
-/// Which container runtime to ask for pod sandboxes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeKind {
-    /// The first runtime whose default socket answers: containerd, CRI-O, then Docker.
-    Auto,
-    Containerd,
-    Crio,
-    Docker,
-}
-
-impl RuntimeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeKind::Auto => "auto",
-            RuntimeKind::Containerd => "containerd",
-            RuntimeKind::Crio => "crio",
-            RuntimeKind::Docker => "docker",
-        }
-    }
-}
-
-impl fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +151,29 @@ impl Config {
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid { problems }),
+        }
+    }
+}
+
+impl Config {
+    /// What the runtime module needs to reach the configured runtime.
+    pub fn runtime_settings(&self) -> crate::runtime::Settings {
+        crate::runtime::Settings {
+            kind: self.runtime.kind,
+            endpoint: self.runtime.endpoint.clone(),
+            timeout: self.runtime.timeout,
+        }
+    }
+
+    /// What the CNI invoker needs; its result cache lives in podagent's state dir.
+    pub fn cni_settings(&self) -> crate::cni::Settings {
+        crate::cni::Settings {
+            conf_dir: self.cni.conf_dir.clone(),
+            bin_dirs: self.cni.bin_dirs.clone(),
+            vendor: self.cni.vendor.clone(),
+            timeout: self.cni.plugin_timeout,
+            env_passthrough: self.cni.env_passthrough.clone(),
+            cache_dir: self.state_dir.join("cni-results"),
         }
     }
 }

@@ -1,0 +1,268 @@
+//! `podagent check`: what an operator runs after installing the RPM.
+//!
+//! Each dependency the daemon needs gets one line, `✓` or `✗`, with the detail that proves it
+//! (the server URL, the runtime version, the CNI config file) or the reason it failed, phrased
+//! so the fix is obvious. Checks use the same code paths as the daemon (the same client, the
+//! same runtime connection, the same CNI invoker), so a passing check means the daemon will get
+//! as far. The exit code is 0 only when every line is a `✓`.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cni::Invoker;
+use crate::config::{Config, DEFAULT_CONFIG_FILE, EXIT_BAD_CONFIG, Flags};
+use crate::kubeapi::{self, Credentials, KubeClient, PodWatcher};
+use crate::runtime::{self, Runtime};
+
+/// No single check may hang the command: an unreachable server fails within this.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub passed: bool,
+    pub what: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mark = if self.passed { '✓' } else { '✗' };
+        write!(f, "{mark} {}: {}", self.what, self.detail)
+    }
+}
+
+fn line(what: &'static str, outcome: Result<String, String>) -> Line {
+    let (passed, detail) = match outcome {
+        Ok(detail) => (true, detail),
+        Err(reason) => (false, reason),
+    };
+    Line {
+        passed,
+        what,
+        detail,
+    }
+}
+
+async fn bounded<T>(work: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(CHECK_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
+}
+
+/// Loads the configuration and runs every check, printing each line as it completes.
+pub fn run(flags: &Flags) -> ExitCode {
+    let config = match Config::load(flags) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("{}", line("config valid", Err(e.to_string())));
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let file = match &flags.config {
+        Some(path) => path.display().to_string(),
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => DEFAULT_CONFIG_FILE.to_string(),
+        None => "built-in defaults".to_string(),
+    };
+    println!(
+        "{}",
+        line(
+            "config valid",
+            Ok(format!("{file}, node {}", config.node_name))
+        )
+    );
+    // Warnings (a world-readable kubeconfig) belong on the terminal too.
+    let _ = crate::telemetry::init("warn", false);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            println!("{}", line("async runtime", Err(e.to_string())));
+            return ExitCode::FAILURE;
+        }
+    };
+    let all_passed = runtime.block_on(checks(&config, |l| println!("{l}")));
+    if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs the checks after "config valid", reporting each line; true when all passed.
+pub async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bool {
+    let mut all_passed = true;
+    let mut emit = |l: Line| {
+        all_passed &= l.passed;
+        report(&l);
+    };
+
+    let credentials = Credentials::resolve(&config.kube);
+    let kube = bounded(async {
+        kubeapi::connect(&credentials)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    emit(line(
+        "kubeconfig readable",
+        kube.as_ref()
+            .map(|k| kubeconfig_detail(&credentials, k))
+            .map_err(Clone::clone),
+    ));
+    match &kube {
+        Ok(kube) => {
+            emit(line(
+                "pods on this node listable",
+                list_pods(config, kube).await,
+            ));
+            emit(line("events creatable", create_event(config, kube).await));
+        }
+        Err(_) => {
+            let skipped = || Err("not checked: no usable kubeconfig".to_string());
+            emit(line("pods on this node listable", skipped()));
+            emit(line("events creatable", skipped()));
+        }
+    }
+
+    emit(line(
+        "container runtime reachable",
+        container_runtime(config).await,
+    ));
+
+    let invoker = Invoker::new(config.cni_settings());
+    let primary =
+        bounded(async { invoker.primary_config().await.map_err(|e| e.to_string()) }).await;
+    emit(line(
+        "CNI primary config usable",
+        primary
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "network {}, type {}, cniVersion {}, file {}",
+                    p.name,
+                    p.plugin_types.join(" → "),
+                    p.cni_version,
+                    p.file.display()
+                )
+            })
+            .map_err(Clone::clone),
+    ));
+    let plugins = match primary {
+        Ok(_) => plugin_binaries(&invoker).await,
+        Err(_) => Err("not checked: no usable CNI config".to_string()),
+    };
+    emit(line("CNI plugin binaries present", plugins));
+
+    emit(line(
+        "state dir writable",
+        state_dir_writable(&config.state_dir),
+    ));
+    all_passed
+}
+
+fn kubeconfig_detail(credentials: &Credentials, kube: &KubeClient) -> String {
+    let warning = match credentials {
+        Credentials::Kubeconfig(path) if kubeapi::world_readable(path) => {
+            " (warning: world-readable, chmod 600 it)"
+        }
+        _ => "",
+    };
+    format!("{credentials}, server {}{warning}", kube.url)
+}
+
+async fn list_pods(config: &Config, kube: &KubeClient) -> Result<String, String> {
+    let watcher = PodWatcher::new(
+        kube.clone(),
+        &config.node_name,
+        &config.annotation_key,
+        Duration::from_secs(1),
+    );
+    let (pods, _) = bounded(async { watcher.list().await.map_err(|e| e.to_string()) }).await?;
+    Ok(format!(
+        "{}: {} pods on node {}",
+        kube.url,
+        pods.len(),
+        config.node_name
+    ))
+}
+
+async fn create_event(config: &Config, kube: &KubeClient) -> Result<String, String> {
+    bounded(async {
+        kubeapi::can_create_events(kube, &config.node_name)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    Ok("server-side dry run of an events.k8s.io/v1 Event accepted".to_string())
+}
+
+async fn container_runtime(config: &Config) -> Result<String, String> {
+    let settings = config.runtime_settings();
+    bounded(async {
+        let runtime = runtime::connect(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let version = runtime.version().await.map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{} ({} {}, API {}) at {}",
+            version.kind,
+            version.name,
+            version.version,
+            version.api_version,
+            runtime.endpoint().display()
+        ))
+    })
+    .await
+}
+
+async fn plugin_binaries(invoker: &Invoker) -> Result<String, String> {
+    let versions = bounded(async { invoker.version().await.map_err(|e| e.to_string()) }).await?;
+    let found: Vec<String> = versions
+        .iter()
+        .map(|v| format!("{} (cniVersion {})", v.plugin, v.cni_version))
+        .collect();
+    Ok(format!("{} answered VERSION", found.join(", ")))
+}
+
+/// Creates the state dir if needed and proves a file can be written and removed in it.
+fn state_dir_writable(dir: &Path) -> Result<String, String> {
+    let probe = dir.join(format!(".podagent-check-{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"check"))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_show_a_mark_and_the_detail() {
+        assert_eq!(
+            line("state dir writable", Ok("/var/lib/podagent".into())).to_string(),
+            "✓ state dir writable: /var/lib/podagent"
+        );
+        assert_eq!(
+            line("events creatable", Err("forbidden".into())).to_string(),
+            "✗ events creatable: forbidden"
+        );
+    }
+
+    #[test]
+    fn state_dir_check_creates_the_dir_and_leaves_nothing_behind() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let dir = parent.path().join("state");
+        assert!(state_dir_writable(&dir).is_ok());
+        assert_eq!(std::fs::read_dir(&dir).expect("dir exists").count(), 0);
+    }
+
+    #[test]
+    fn unwritable_state_dir_names_the_path() {
+        let err = state_dir_writable(Path::new("/proc/podagent-state")).expect_err("fails");
+        assert!(err.starts_with("/proc/podagent-state"), "{err}");
+    }
+}

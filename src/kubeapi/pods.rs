@@ -1,0 +1,350 @@
+//! The pods of this node: a list-then-watch loop that feeds a slim [`PodView`] cache.
+//!
+//! Only `spec.nodeName=<node>` pods are requested, and of each pod only what a reconcile needs
+//! is kept (see DESIGN §2a), so memory stays proportional to the node, not the cluster.
+//!
+//! The loop is hand-written rather than kube-runtime's `watcher` because the watchdog needs to
+//! see the API server answer even when nothing changes: kube-runtime swallows bookmarks and
+//! watch restarts. Here every accepted watch request, every item (bookmarks included) and
+//! every re-list is a [`Liveness::watch_beat`], and watches are asked with `timeoutSeconds` so
+//! a quiet cluster still answers regularly (see `crate::systemd`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use tokio::sync::mpsc;
+
+use super::{KubeClient, KubeError, Request};
+use crate::systemd::Liveness;
+
+/// The slim copy of a pod that podagent keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// `status.phase` (`Pending`, `Running`, …); empty when the kubelet has not reported yet.
+    pub phase: String,
+    /// The value of the configured networks annotation, if the pod has it.
+    pub networks: Option<String>,
+    pub host_network: bool,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `status.containerStatuses[].containerID`: they all change when the sandbox is re-created.
+    pub container_ids: Vec<String>,
+}
+
+impl PodView {
+    /// The view of `pod`; `None` for an object without uid, name or namespace (never a stored
+    /// pod).
+    pub fn from_pod(pod: &Pod, annotation_key: &str) -> Option<PodView> {
+        let meta = &pod.metadata;
+        let status = pod.status.as_ref();
+        Some(PodView {
+            uid: meta.uid.clone()?,
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+            networks: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotation_key).cloned()),
+            host_network: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false),
+            deleting: meta.deletion_timestamp.is_some(),
+            container_ids: status
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|all| all.iter().filter_map(|c| c.container_id.clone()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// `namespace/name`, the way people name pods.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the watch tells the work loop.
+#[derive(Debug, Clone)]
+pub enum PodEvent {
+    /// A full (re-)list: the cache becomes exactly this.
+    Listed(Vec<PodView>),
+    Applied(PodView),
+    Deleted(PodView),
+}
+
+/// The node's pods by uid.
+#[derive(Debug, Default)]
+pub struct PodCache {
+    pods: BTreeMap<String, PodView>,
+}
+
+impl PodCache {
+    pub fn apply(&mut self, event: PodEvent) {
+        match event {
+            PodEvent::Listed(pods) => {
+                self.pods = pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
+            }
+            PodEvent::Applied(pod) => {
+                self.pods.insert(pod.uid.clone(), pod);
+            }
+            PodEvent::Deleted(pod) => {
+                self.pods.remove(&pod.uid);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.values()
+    }
+}
+
+/// Lists and watches the pods of one node.
+pub struct PodWatcher {
+    kube: KubeClient,
+    api: Api<Pod>,
+    selector: String,
+    annotation_key: String,
+    /// `timeoutSeconds` of each watch request; also bounds how long a silent stream is trusted.
+    watch_timeout: Duration,
+}
+
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How long past its `timeoutSeconds` a watch may stay silent before the client drops it.
+const WATCH_GRACE: Duration = Duration::from_secs(5);
+
+impl PodWatcher {
+    pub fn new(
+        kube: KubeClient,
+        node: &str,
+        annotation_key: &str,
+        watch_timeout: Duration,
+    ) -> PodWatcher {
+        PodWatcher {
+            api: Api::all(kube.client.clone()),
+            kube,
+            selector: format!("spec.nodeName={node}"),
+            annotation_key: annotation_key.to_string(),
+            watch_timeout: watch_timeout.max(Duration::from_secs(1)),
+        }
+    }
+
+    fn request(&self, verb: &'static str) -> Request {
+        Request {
+            verb,
+            resource: "pods",
+            scope: format!("all namespaces, {}", self.selector),
+        }
+    }
+
+    /// The node's pods and the resourceVersion to watch from.
+    pub async fn list(&self) -> Result<(Vec<PodView>, String), KubeError> {
+        let params = ListParams::default().fields(&self.selector);
+        let list = self
+            .api
+            .list(&params)
+            .await
+            .map_err(|e| self.request("list").error(&self.kube.url, e))?;
+        let version = list.metadata.resource_version.clone().unwrap_or_default();
+        let pods = list
+            .items
+            .iter()
+            .filter_map(|pod| PodView::from_pod(pod, &self.annotation_key))
+            .collect();
+        Ok((pods, version))
+    }
+
+    /// Watches from `version` forever, sending changes to `events` and beating `liveness`
+    /// whenever the server answers. Errors are logged and retried with backoff: the watchdog,
+    /// not this loop, decides when it has been failing too long.
+    pub async fn run(
+        self,
+        mut version: String,
+        events: mpsc::Sender<PodEvent>,
+        liveness: Arc<Liveness>,
+    ) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            match self.watch_once(&mut version, &events, &liveness).await {
+                Ok(()) => backoff = BACKOFF_START,
+                Err(WatchEnd::Closed) => return,
+                Err(WatchEnd::Failed(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "pod watch failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                }
+            }
+        }
+    }
+
+    /// One watch request, until the server ends it. A `410 Gone` re-lists.
+    async fn watch_once(
+        &self,
+        version: &mut String,
+        events: &mpsc::Sender<PodEvent>,
+        liveness: &Liveness,
+    ) -> Result<(), WatchEnd> {
+        let seconds = u32::try_from(self.watch_timeout.as_secs()).unwrap_or(u32::MAX);
+        let params = WatchParams::default()
+            .fields(&self.selector)
+            .timeout(seconds);
+        let stream = self
+            .api
+            .watch(&params, version)
+            .await
+            .map_err(|e| WatchEnd::Failed(self.request("watch").error(&self.kube.url, e)))?;
+        liveness.watch_beat();
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let next = tokio::time::timeout(self.watch_timeout + WATCH_GRACE, stream.try_next());
+            let item = match next.await {
+                Ok(Ok(Some(item))) => item,
+                // The server ended the watch (its timeoutSeconds): watch again.
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => {
+                    return Err(WatchEnd::Failed(
+                        self.request("watch").error(&self.kube.url, e),
+                    ));
+                }
+                Err(_elapsed) => {
+                    tracing::warn!(
+                        timeout = ?self.watch_timeout,
+                        "pod watch silent past its timeout, restarting it"
+                    );
+                    return Ok(());
+                }
+            };
+            liveness.watch_beat();
+            let event = match item {
+                WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
+                    remember_version(version, &pod);
+                    PodView::from_pod(&pod, &self.annotation_key).map(PodEvent::Applied)
+                }
+                WatchEvent::Deleted(pod) => {
+                    remember_version(version, &pod);
+                    PodView::from_pod(&pod, &self.annotation_key).map(PodEvent::Deleted)
+                }
+                WatchEvent::Bookmark(bookmark) => {
+                    *version = bookmark.metadata.resource_version;
+                    None
+                }
+                WatchEvent::Error(status) if status.code == 410 => {
+                    tracing::info!("pod watch expired (410 Gone), re-listing");
+                    let (pods, fresh) = self.list().await.map_err(WatchEnd::Failed)?;
+                    liveness.watch_beat();
+                    *version = fresh;
+                    send(events, PodEvent::Listed(pods)).await?;
+                    return Ok(());
+                }
+                WatchEvent::Error(status) => {
+                    return Err(WatchEnd::Failed(
+                        self.request("watch")
+                            .error(&self.kube.url, kube::Error::Api(status)),
+                    ));
+                }
+            };
+            if let Some(event) = event {
+                send(events, event).await?;
+            }
+        }
+    }
+}
+
+/// Why a watch request ended other than normally.
+enum WatchEnd {
+    Failed(KubeError),
+    /// The work loop is gone: podagent is shutting down.
+    Closed,
+}
+
+async fn send(events: &mpsc::Sender<PodEvent>, event: PodEvent) -> Result<(), WatchEnd> {
+    events.send(event).await.map_err(|_| WatchEnd::Closed)
+}
+
+fn remember_version(version: &mut String, pod: &Pod) {
+    if let Some(v) = &pod.metadata.resource_version {
+        version.clone_from(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("valid pod")
+    }
+
+    #[test]
+    fn view_keeps_only_the_configured_annotation_and_sandbox_hints() {
+        let p = pod(serde_json::json!({
+            "metadata": {
+                "uid": "u1", "namespace": "ns", "name": "web",
+                "annotations": {"networks": "[{\"name\":\"green\"}]", "other": "x"},
+                "deletionTimestamp": "2026-01-01T00:00:00Z"
+            },
+            "spec": {"hostNetwork": true, "containers": []},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "c", "containerID": "containerd://abc", "image": "i", "imageID": "",
+                 "ready": true, "restartCount": 0}
+            ]}
+        }));
+        let view = PodView::from_pod(&p, "networks").expect("complete pod");
+        assert_eq!(view.key(), "ns/web");
+        assert_eq!(view.networks.as_deref(), Some("[{\"name\":\"green\"}]"));
+        assert!(view.host_network && view.deleting);
+        assert_eq!(view.phase, "Running");
+        assert_eq!(view.container_ids, ["containerd://abc"]);
+        assert_eq!(
+            PodView::from_pod(&p, "other")
+                .and_then(|v| v.networks)
+                .as_deref(),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn object_without_uid_has_no_view() {
+        let p = pod(serde_json::json!({"metadata": {"namespace": "ns", "name": "x"}}));
+        assert_eq!(PodView::from_pod(&p, "networks"), None);
+    }
+
+    #[test]
+    fn cache_follows_list_apply_delete() {
+        let view = |uid: &str| PodView {
+            uid: uid.into(),
+            namespace: "ns".into(),
+            name: uid.into(),
+            phase: "Running".into(),
+            networks: None,
+            host_network: false,
+            deleting: false,
+            container_ids: vec![],
+        };
+        let mut cache = PodCache::default();
+        cache.apply(PodEvent::Listed(vec![view("a"), view("b")]));
+        cache.apply(PodEvent::Applied(view("c")));
+        cache.apply(PodEvent::Deleted(view("a")));
+        let uids: Vec<&str> = cache.pods().map(|p| p.uid.as_str()).collect();
+        assert_eq!(uids, ["b", "c"]);
+        cache.apply(PodEvent::Listed(vec![view("d")]));
+        assert_eq!(cache.len(), 1);
+    }
+}
