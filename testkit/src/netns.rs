@@ -80,7 +80,9 @@ impl Default for TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -111,7 +113,11 @@ mod tests {
         assert!(path.exists(), "{} should exist", path.display());
         assert_eq!(netns.link_names(), vec!["lo".to_owned()]);
         drop(netns);
-        assert!(!path.exists(), "{} should be gone after drop", path.display());
+        assert!(
+            !path.exists(),
+            "{} should be gone after drop",
+            path.display()
+        );
     }
 
     #[test]
