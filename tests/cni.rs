@@ -735,6 +735,46 @@ async fn chain_gets_name_version_capabilities_prev_result_and_a_minimal_env() {
 }
 
 #[tokio::test]
+async fn del_keeps_going_past_a_failing_plugin_and_reports_the_first_error() {
+    let lab = Lab::new();
+    lab.write_conf(
+        "10-rec.conflist",
+        &json!({
+            "cniVersion": "1.0.0",
+            "name": "pa-delfail",
+            "plugins": [
+                recorder(&lab, "a", json!({})),
+                {"type": "fault-fail", "failOn": "DEL"},
+                recorder(&lab, "b", json!({})),
+            ],
+        }),
+    );
+    let cni = lab.invoker();
+    let a = attachment(Path::new("/var/run/netns/pa-rec"), "green");
+    cni.add(&a).await.expect("ADD");
+
+    let err = cni
+        .del(&a)
+        .await
+        .expect_err("DEL through a plugin failing DEL");
+    match &err {
+        CniError::Failed { run, code, .. } => {
+            assert_eq!(
+                (run.op, run.plugin.as_str(), *code),
+                (Op::Del, "fault-fail", Some(7))
+            );
+        }
+        other => panic!("expected Failed, got {other}"),
+    }
+    let expected: Vec<(String, String)> = [("a", "ADD"), ("b", "ADD"), ("b", "DEL"), ("a", "DEL")]
+        .iter()
+        .map(|(t, c)| ((*t).into(), (*c).into()))
+        .collect();
+    assert_eq!(calls(&lab.records()), expected, "every plugin gets its DEL");
+    assert_eq!(lab.cache_files().len(), 1, "kept for the next DEL attempt");
+}
+
+#[tokio::test]
 async fn del_of_a_0_3_1_list_omits_prev_result() {
     let lab = Lab::new();
     lab.write_conf(
