@@ -1,0 +1,229 @@
+//! Test doubles of the outside systems a reconcile touches, sharing one picture of the node:
+//! sandboxes by pod uid and the links in each netns. The fake CNI adds and removes links in
+//! that picture, so the fake observer sees what a real netns would. Every call is counted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use serde_json::json;
+
+use super::Context;
+use super::report::{Feedback, Notice, ReportError};
+use crate::cni::{Cni, CniError, CniResult, Op, PluginRun};
+use crate::config::ReconcileSettings;
+use crate::kubeapi::PodView;
+use crate::netns::{Link, LinkObserver, NetnsError, OperState};
+use crate::runtime::{PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
+use crate::store::Store;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Node {
+    /// Pod uid → (sandbox id, netns).
+    pub sandboxes: HashMap<String, (String, PathBuf)>,
+    /// Netns → link names.
+    pub links: HashMap<PathBuf, BTreeSet<String>>,
+    /// `ADD <pod name> <ifname>` / `DEL …`, in order.
+    pub cni_calls: Vec<String>,
+    pub forgotten_sandboxes: Vec<String>,
+    pub runtime_calls: usize,
+    /// Pod names whose ADDs fail, with the CNI error code.
+    pub failing: HashMap<String, u64>,
+    pub events: Vec<(String, Notice)>,
+    pub statuses: Vec<(String, Option<String>)>,
+}
+
+#[derive(Clone, Default)]
+pub struct Fakes(pub Arc<Mutex<Node>>);
+
+impl Fakes {
+    pub fn node(&self) -> std::sync::MutexGuard<'_, Node> {
+        self.0.lock().expect("fake node lock")
+    }
+
+    /// Gives `uid` a ready sandbox `id` whose netns holds `lo` and `eth0`.
+    pub fn sandbox(&self, uid: &str, id: &str) -> PathBuf {
+        let netns = PathBuf::from(format!("/var/run/netns/fake-{id}"));
+        let mut node = self.node();
+        node.sandboxes
+            .insert(uid.to_owned(), (id.to_owned(), netns.clone()));
+        node.links.insert(
+            netns.clone(),
+            ["lo", "eth0"].into_iter().map(String::from).collect(),
+        );
+        netns
+    }
+
+    pub fn cni_calls(&self) -> Vec<String> {
+        self.node().cni_calls.clone()
+    }
+
+    pub fn reasons(&self) -> Vec<&'static str> {
+        self.node().events.iter().map(|(_, n)| n.reason).collect()
+    }
+}
+
+impl Runtime for Fakes {
+    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+        let mut node = self.node();
+        node.runtime_calls += 1;
+        match node.sandboxes.get(&pod.uid) {
+            Some((id, netns)) => Ok(Sandbox {
+                id: id.clone(),
+                netns: netns.clone(),
+                created_at: SystemTime::UNIX_EPOCH,
+            }),
+            None => Err(RuntimeError::NoSandbox {
+                pod: pod.to_string(),
+            }),
+        }
+    }
+
+    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+        Ok(RuntimeVersion {
+            kind: RuntimeKind::Containerd,
+            name: "fake".into(),
+            version: "0".into(),
+            api_version: "v1".into(),
+        })
+    }
+}
+
+impl Cni for Fakes {
+    async fn add(&self, a: &crate::cni::Attachment) -> Result<CniResult, CniError> {
+        let mut node = self.node();
+        node.cni_calls
+            .push(format!("ADD {} {}", a.pod_name, a.ifname));
+        if let Some(code) = node.failing.get(&a.pod_name).copied() {
+            return Err(CniError::Failed {
+                run: Box::new(PluginRun {
+                    op: Op::Add,
+                    plugin: "fake".into(),
+                    network: "net".into(),
+                    netns: Some(a.netns.clone()),
+                    ifname: Some(a.ifname.clone()),
+                }),
+                exit_code: 1,
+                code: Some(code),
+                msg: "refused".into(),
+                details: String::new(),
+                stderr: String::new(),
+            });
+        }
+        node.links
+            .entry(a.netns.clone())
+            .or_default()
+            .insert(a.ifname.clone());
+        let raw = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": a.ifname, "mac": a.if_mac.clone().unwrap_or("0a:58:00:00:00:01".into()), "sandbox": a.netns}],
+            "ips": [{"address": "198.18.200.2/24", "interface": 0}]
+        });
+        Ok(CniResult::parse(raw).expect("fake result"))
+    }
+
+    async fn del(&self, a: &crate::cni::Attachment) -> Result<(), CniError> {
+        let mut node = self.node();
+        node.cni_calls
+            .push(format!("DEL {} {}", a.pod_name, a.ifname));
+        if let Some(links) = node.links.get_mut(&a.netns) {
+            links.remove(&a.ifname);
+        }
+        Ok(())
+    }
+
+    async fn check(&self, _: &crate::cni::Attachment) -> Result<(), CniError> {
+        Ok(())
+    }
+
+    async fn forget_sandbox(&self, sandbox_id: &str) -> Result<(), CniError> {
+        self.node().forgotten_sandboxes.push(sandbox_id.to_owned());
+        Ok(())
+    }
+}
+
+impl LinkObserver for Fakes {
+    fn links<'a>(
+        &'a self,
+        netns: &'a Path,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Link>, NetnsError>> + Send + 'a>> {
+        let names = self.node().links.get(netns).cloned();
+        Box::pin(async move {
+            let names = names.ok_or_else(|| NetnsError::Open {
+                path: netns.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })?;
+            Ok(names
+                .into_iter()
+                .enumerate()
+                .map(|(i, name)| Link {
+                    name,
+                    index: u32::try_from(i).unwrap_or(0) + 1,
+                    mac: None,
+                    oper_state: OperState::Up,
+                    addresses: Vec::new(),
+                })
+                .collect())
+        })
+    }
+}
+
+impl Feedback for Fakes {
+    fn event<'a>(
+        &'a self,
+        pod: &'a PodRef,
+        notice: Notice,
+    ) -> BoxFuture<'a, Result<(), ReportError>> {
+        self.node().events.push((pod.uid.clone(), notice));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn status<'a>(
+        &'a self,
+        pod: &'a PodRef,
+        value: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), ReportError>> {
+        self.node()
+            .statuses
+            .push((pod.uid.clone(), value.map(str::to_owned)));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn forget(&self, _uid: &str) {}
+}
+
+fn settings() -> ReconcileSettings {
+    ReconcileSettings {
+        concurrency: 4,
+        retry_base: Duration::from_millis(10),
+        retry_cap: Duration::from_millis(80),
+        resync_period: Duration::from_secs(300),
+    }
+}
+
+pub fn context(fakes: &Fakes, dir: &std::path::Path) -> Context<Fakes, Fakes> {
+    Context {
+        runtime: fakes.clone(),
+        cni: fakes.clone(),
+        links: Arc::new(fakes.clone()),
+        store: Store::open(dir).expect("store"),
+        feedback: Arc::new(fakes.clone()),
+        settings: settings(),
+    }
+}
+
+pub fn view(uid: &str, networks: Option<&str>) -> PodView {
+    PodView {
+        uid: uid.into(),
+        namespace: "ns".into(),
+        name: format!("pod-{uid}"),
+        phase: "Running".into(),
+        networks: networks.map(str::to_owned),
+        host_network: false,
+        deleting: false,
+        container_ids: vec!["containerd://c1".into()],
+    }
+}

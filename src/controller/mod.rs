@@ -1,0 +1,403 @@
+//! The hot-plug controller: turns pod changes into reconciles, one pod at a time, many pods at
+//! once, with backoff that never lets one broken pod hold up the others.
+//!
+//! The loop owns a small entry per pod (the slim view, the durable record, feedback memory and
+//! its schedule) and runs reconciles ([`reconcile`]) as tasks:
+//! - a pod is reconciled when what matters about it changes (its [`PodView`]: annotation,
+//!   phase, deletion flag, container ids), when its retry is due, or when its periodic resync
+//!   is due; watch events that change nothing else (status churn) cost nothing (DESIGN §2a);
+//! - at most one reconcile per pod runs at a time (a change during one re-runs it after), and
+//!   at most `concurrency` across pods;
+//! - a failure schedules that pod alone after an exponential, jittered backoff (CNI code 11:
+//!   the base delay), so the other pods keep being served and nothing spins;
+//! - at start every recorded pod and every listed pod is reconciled; records of pods that are
+//!   not listed are forgotten. Attachments already in place are adopted, never re-added;
+//! - when the event stream ends (shutdown), no new reconcile starts and the running ones,
+//!   with their CNI calls, are awaited; the daemon bounds that wait with its grace period.
+
+mod backoff;
+pub mod reconcile;
+pub mod report;
+
+#[cfg(test)]
+mod fakes;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub use backoff::{jittered, retry_delay};
+pub use reconcile::{Job, Memo, Outcome, ReconcileError, Verdict, reconcile};
+pub use report::{Feedback, KubeFeedback, STATUS_ANNOTATION};
+
+use crate::cni::Cni;
+use crate::config::ReconcileSettings;
+use crate::kubeapi::{PodEvent, PodView};
+use crate::netns::LinkObserver;
+use crate::runtime::{PodRef, Runtime};
+use crate::store::{PodRecord, Store};
+
+/// Everything a reconcile talks to.
+pub struct Context<R, C> {
+    pub runtime: R,
+    pub cni: C,
+    pub links: Arc<dyn LinkObserver>,
+    pub store: Store,
+    pub feedback: Arc<dyn Feedback>,
+    pub settings: ReconcileSettings,
+}
+
+/// What the controller tells the daemon after each turn of its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub pods: usize,
+    /// Attachments recorded in pods (any phase).
+    pub attachments: usize,
+    /// Pods waiting for a retry after a failure.
+    pub failing: usize,
+}
+
+/// A reconcile task's result: the pod uid and its outcome.
+type Finished = (String, Outcome);
+
+/// One pod as the loop knows it.
+#[derive(Debug)]
+struct Entry {
+    pod: PodRef,
+    /// `None`: the pod is gone (deleted, or recorded but not listed).
+    view: Option<PodView>,
+    /// `None` while a reconcile holds it, or when nothing is recorded.
+    record: Option<PodRecord>,
+    memo: Memo,
+    failures: u32,
+    /// When to reconcile next; `None` only while running.
+    due: Option<Instant>,
+    running: bool,
+    /// Changed while a reconcile ran: reconcile again when it ends.
+    dirty: bool,
+}
+
+impl Entry {
+    fn new(pod: PodRef, view: Option<PodView>, record: Option<PodRecord>) -> Entry {
+        Entry {
+            pod,
+            view,
+            record,
+            memo: Memo::default(),
+            failures: 0,
+            due: Some(Instant::now()),
+            running: false,
+            dirty: false,
+        }
+    }
+
+    /// Something that matters changed: reconcile as soon as possible, with a fresh backoff.
+    fn touch(&mut self) {
+        self.failures = 0;
+        if self.running {
+            self.dirty = true;
+        } else {
+            self.due = Some(Instant::now());
+        }
+    }
+}
+
+fn pod_ref(view: &PodView) -> PodRef {
+    PodRef {
+        uid: view.uid.clone(),
+        namespace: view.namespace.clone(),
+        name: view.name.clone(),
+    }
+}
+
+/// The work loop; see the module docs.
+pub struct Controller<R, C> {
+    ctx: Arc<Context<R, C>>,
+    pods: HashMap<String, Entry>,
+    running: HashMap<tokio::task::Id, String>,
+}
+
+impl<R, C> Controller<R, C>
+where
+    R: Runtime + 'static,
+    C: Cni + 'static,
+{
+    /// A controller that starts from the stored `records` and the initial list of `pods`:
+    /// every one of them is due at once, and records whose pod is not listed are forgotten.
+    pub fn new(ctx: Context<R, C>, records: Vec<PodRecord>, pods: Vec<PodView>) -> Self {
+        let mut controller = Controller {
+            ctx: Arc::new(ctx),
+            pods: HashMap::new(),
+            running: HashMap::new(),
+        };
+        for record in records {
+            let pod = PodRef {
+                uid: record.uid.clone(),
+                namespace: record.namespace.clone(),
+                name: record.name.clone(),
+            };
+            controller
+                .pods
+                .insert(record.uid.clone(), Entry::new(pod, None, Some(record)));
+        }
+        controller.apply(PodEvent::Listed(pods));
+        controller
+    }
+
+    /// Runs until `events` closes, then waits for the reconciles in flight. `beat` is called
+    /// after every turn of the loop, and at least every `tick` when idle.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<PodEvent>,
+        tick: Duration,
+        mut beat: impl FnMut(Summary) + Send,
+    ) {
+        let mut tasks = JoinSet::new();
+        loop {
+            self.start_due(&mut tasks);
+            beat(self.summary());
+            let next = self.next_due();
+            tokio::select! {
+                done = tasks.join_next_with_id(), if !tasks.is_empty() => self.finish(done),
+                event = events.recv() => match event {
+                    Some(event) => self.apply(event),
+                    None => break,
+                },
+                () = sleep_until(next), if next.is_some() => {}
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+        if !tasks.is_empty() {
+            info!(
+                in_flight = tasks.len(),
+                "waiting for running reconciles to finish"
+            );
+        }
+        while let Some(done) = tasks.join_next_with_id().await {
+            self.finish(Some(done));
+        }
+    }
+
+    /// Counts for the daemon's status line.
+    pub fn summary(&self) -> Summary {
+        let present = self.pods.values().filter(|e| e.view.is_some());
+        Summary {
+            pods: present.count(),
+            attachments: self
+                .pods
+                .values()
+                .filter_map(|e| e.record.as_ref())
+                .map(|r| r.attachments.len())
+                .sum(),
+            failing: self.pods.values().filter(|e| e.failures > 0).count(),
+        }
+    }
+
+    fn apply(&mut self, event: PodEvent) {
+        match event {
+            PodEvent::Listed(views) => {
+                let listed: BTreeSet<&str> = views.iter().map(|v| v.uid.as_str()).collect();
+                let vanished: Vec<String> = self
+                    .pods
+                    .keys()
+                    .filter(|uid| !listed.contains(uid.as_str()))
+                    .cloned()
+                    .collect();
+                for uid in vanished {
+                    self.vanish(&uid);
+                }
+                for view in views {
+                    self.applied(view);
+                }
+            }
+            PodEvent::Applied(view) => self.applied(view),
+            PodEvent::Deleted(view) => self.vanish(&view.uid),
+        }
+    }
+
+    fn applied(&mut self, view: PodView) {
+        match self.pods.get_mut(&view.uid) {
+            // The view holds exactly what a plan depends on: equal means status churn.
+            Some(entry) if entry.view.as_ref() == Some(&view) => {}
+            Some(entry) => {
+                debug!(pod = %entry.pod, phase = %view.phase, "pod changed");
+                entry.pod = pod_ref(&view);
+                entry.view = Some(view);
+                entry.touch();
+            }
+            None => {
+                let entry = Entry::new(pod_ref(&view), Some(view), None);
+                self.pods.insert(entry.pod.uid.clone(), entry);
+            }
+        }
+    }
+
+    fn vanish(&mut self, uid: &str) {
+        if let Some(entry) = self.pods.get_mut(uid)
+            && entry.view.is_some()
+        {
+            debug!(pod = %entry.pod, "pod gone");
+            entry.view = None;
+            entry.touch();
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.pods
+            .values()
+            .filter(|e| !e.running)
+            .filter_map(|e| e.due)
+            .min()
+    }
+
+    /// Starts the due reconciles, earliest first, as long as there is room.
+    fn start_due(&mut self, tasks: &mut JoinSet<Finished>) {
+        let room = self.ctx.settings.concurrency.saturating_sub(tasks.len());
+        if room == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut due: Vec<(Instant, String)> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| !e.running)
+            .filter_map(|(uid, e)| e.due.filter(|d| *d <= now).map(|d| (d, uid.clone())))
+            .collect();
+        due.sort();
+        for (_, uid) in due.into_iter().take(room) {
+            let Some(entry) = self.pods.get_mut(&uid) else {
+                continue;
+            };
+            entry.running = true;
+            entry.due = None;
+            let job = Job {
+                pod: entry.pod.clone(),
+                view: entry.view.clone(),
+                record: entry.record.take(),
+                memo: entry.memo.clone(),
+            };
+            let ctx = self.ctx.clone();
+            let handle = tasks.spawn(async move {
+                let uid = job.pod.uid.clone();
+                (uid, reconcile(&ctx, job).await)
+            });
+            self.running.insert(handle.id(), uid);
+        }
+    }
+
+    fn finish(
+        &mut self,
+        done: Option<Result<(tokio::task::Id, Finished), tokio::task::JoinError>>,
+    ) {
+        let (uid, outcome) = match done {
+            Some(Ok((id, (uid, outcome)))) => {
+                self.running.remove(&id);
+                (uid, outcome)
+            }
+            Some(Err(error)) => {
+                // A panicked reconcile: its record is lost from memory, so take it from disk
+                // again on the retry; the pod is retried like any failure.
+                let Some(uid) = self.running.remove(&error.id()) else {
+                    return;
+                };
+                warn!(uid = %uid, error = %error, "reconcile task ended abnormally");
+                let record = self.reload(&uid);
+                let outcome = Outcome {
+                    record,
+                    memo: Memo::default(),
+                    verdict: Verdict::Settled,
+                };
+                self.schedule_failure(&uid, outcome, false);
+                return;
+            }
+            None => return,
+        };
+        match outcome.verdict {
+            Verdict::Retry(ref error) => {
+                let soon = error.is_retry_later();
+                warn!(uid = %uid, error = %error, "reconcile failed");
+                self.schedule_failure(&uid, outcome, soon);
+            }
+            Verdict::Gone => {
+                let Some(entry) = self.pods.get_mut(&uid) else {
+                    return;
+                };
+                entry.running = false;
+                entry.record = outcome.record;
+                entry.memo = outcome.memo;
+                if entry.view.is_none() && entry.record.is_none() {
+                    self.pods.remove(&uid);
+                    self.ctx.feedback.forget(&uid);
+                } else {
+                    entry.due = Some(Instant::now());
+                }
+            }
+            Verdict::Settled => {
+                let resync = jittered(self.ctx.settings.resync_period, unit_random());
+                let Some(entry) = self.pods.get_mut(&uid) else {
+                    return;
+                };
+                entry.running = false;
+                entry.record = outcome.record;
+                entry.memo = outcome.memo;
+                entry.failures = 0;
+                entry.due = Some(if std::mem::take(&mut entry.dirty) {
+                    Instant::now()
+                } else {
+                    Instant::now() + resync
+                });
+            }
+        }
+    }
+
+    fn schedule_failure(&mut self, uid: &str, outcome: Outcome, retry_later: bool) {
+        let settings = &self.ctx.settings;
+        let Some(entry) = self.pods.get_mut(uid) else {
+            return;
+        };
+        entry.running = false;
+        entry.record = outcome.record;
+        entry.memo = outcome.memo;
+        entry.failures = entry.failures.saturating_add(1);
+        let delay = retry_delay(
+            entry.failures,
+            retry_later,
+            settings.retry_base,
+            settings.retry_cap,
+            unit_random(),
+        );
+        // A change that came in meanwhile may have fixed the cause, but it must not turn a
+        // failing pod into a hot loop: it waits for the retry like everything else.
+        entry.dirty = false;
+        debug!(pod = %entry.pod, failures = entry.failures, retry_in = ?delay, "retry scheduled");
+        entry.due = Some(Instant::now() + delay);
+    }
+
+    fn reload(&self, uid: &str) -> Option<PodRecord> {
+        let loaded = self.ctx.store.load_all().ok()?;
+        loaded.records.into_iter().find(|r| r.uid == uid)
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A number in [0, 1) that differs between calls, for jitter (no cryptographic quality
+/// needed, so no extra dependency).
+fn unit_random() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::time::SystemTime::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,609 @@
+//! One reconcile of one pod: look, plan, act, write down, report.
+//!
+//! The order of effects is what makes a crash at any point recoverable (DESIGN.md §2): an
+//! attachment is recorded `Adding` before its CNI ADD and `Attached` with the result after it,
+//! `Removing` before its DEL and forgotten after it. The next reconcile compares those records
+//! with the links really in the netns, so an ADD that finished before a crash is adopted
+//! without a second ADD and one that did not is cleaned up and redone.
+//!
+//! The runtime and the netns are only asked when something could need doing: a pod without a
+//! record and without a managed network costs nothing, and neither does one that is not
+//! running. Steps run in the plan's order and stop at the first failure; the caller retries
+//! with backoff and the plan is made again from whatever is then true.
+
+use tracing::{Instrument, debug, info, info_span, instrument, warn};
+
+use super::Context;
+use super::report::{Notice, Severity, status_value};
+use crate::annotation::{self, NetworkSelection};
+use crate::cni::{self, Cni, CniError, CniResult};
+use crate::kubeapi::PodView;
+use crate::netns::{Link, NetnsError};
+use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
+use crate::runtime::{PodRef, Runtime, RuntimeError};
+use crate::store::{Attachment, Phase, PodRecord, Store, StoreError};
+
+/// A failed reconcile; the pod is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("finding the sandbox of pod {pod}: {source}")]
+    Runtime {
+        pod: String,
+        source: Box<RuntimeError>,
+    },
+    #[error("pod {pod} is running but its sandbox is not ready yet")]
+    SandboxNotReady { pod: String },
+    #[error("reading the links of pod {pod}: {source}")]
+    Links {
+        pod: String,
+        source: Box<NetnsError>,
+    },
+    #[error("writing the record of pod {pod}: {source}")]
+    Store { pod: String, source: StoreError },
+    #[error("the record write of pod {pod} did not complete: {reason}")]
+    StoreTask { pod: String, reason: String },
+    #[error("adding network {network} ({ifname}) to pod {pod}: {source}")]
+    Add {
+        pod: String,
+        network: String,
+        ifname: String,
+        source: Box<CniError>,
+    },
+    #[error("removing network {network} ({ifname}) from pod {pod}: {source}")]
+    Del {
+        pod: String,
+        network: String,
+        ifname: String,
+        source: Box<CniError>,
+    },
+}
+
+impl ReconcileError {
+    /// The plugin asked to be called again later (CNI code 11): retry at the base delay.
+    pub fn is_retry_later(&self) -> bool {
+        match self {
+            ReconcileError::Add { source, .. } | ReconcileError::Del { source, .. } => {
+                source.is_retry_later()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the controller remembers about a pod's feedback between reconciles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memo {
+    /// The status annotation value last written: `None` until known, `Some(None)` when absent.
+    pub status: Option<Option<String>>,
+    /// The invalid annotation value already reported, so each distinct value is reported once.
+    pub invalid: Option<String>,
+    /// The HostNetworkPod warning was given.
+    pub host_network_warned: bool,
+}
+
+/// A reconcile's input: the pod (`view` is `None` when it is gone) and what is recorded.
+#[derive(Debug)]
+pub struct Job {
+    pub pod: PodRef,
+    pub view: Option<PodView>,
+    pub record: Option<PodRecord>,
+    pub memo: Memo,
+}
+
+/// How a reconcile ended.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Everything that can be done now is done; look again at the next change or resync.
+    Settled,
+    /// Try again after a backoff.
+    Retry(ReconcileError),
+    /// The pod is gone and forgotten.
+    Gone,
+}
+
+/// A reconcile's output: the record and memo to keep, and the verdict.
+#[derive(Debug)]
+pub struct Outcome {
+    pub record: Option<PodRecord>,
+    pub memo: Memo,
+    pub verdict: Verdict,
+}
+
+/// Reconciles one pod. Never fails as a whole: errors become [`Verdict::Retry`].
+#[instrument(skip_all, fields(pod = %job.pod.name, namespace = %job.pod.namespace, uid = %job.pod.uid))]
+pub async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job) -> Outcome {
+    let Job {
+        pod,
+        view,
+        record,
+        memo,
+    } = job;
+    let mut run = Run {
+        ctx,
+        pod: &pod,
+        record,
+        memo,
+        links: Vec::new(),
+    };
+    let verdict = match &view {
+        None => run.gone().await,
+        Some(view) => run.present(view).await,
+    };
+    Outcome {
+        record: run.record,
+        memo: run.memo,
+        verdict,
+    }
+}
+
+/// The state of one reconcile in progress.
+struct Run<'a, R, C> {
+    ctx: &'a Context<R, C>,
+    pod: &'a PodRef,
+    record: Option<PodRecord>,
+    memo: Memo,
+    /// The links seen in the netns at the start (for adopted attachments' status).
+    links: Vec<Link>,
+}
+
+impl<R: Runtime, C: Cni> Run<'_, R, C> {
+    /// The pod no longer exists: forget its record and cached CNI results. No DEL: the
+    /// runtime's own teardown removes the netns and everything in it.
+    async fn gone(&mut self) -> Verdict {
+        let steps = plan::plan(&PlanInput {
+            pod: None,
+            desired: &Ok(Vec::new()),
+            observed: &Observed::Unknown,
+            recorded: self.record.as_ref(),
+        });
+        if steps.contains(&Step::ForgetPod)
+            && let Some(record) = &self.record
+        {
+            let sandbox = record.sandbox_id.clone();
+            if let Err(error) = self.remove_record().await {
+                return Verdict::Retry(error);
+            }
+            self.forget_sandbox(&sandbox).await;
+            info!(sandbox = %sandbox, "pod is gone, forgot its record");
+        }
+        Verdict::Gone
+    }
+
+    async fn present(&mut self, view: &PodView) -> Verdict {
+        let desired = annotation::parse(view.networks.as_deref());
+        if desired.is_ok() {
+            self.memo.invalid = None;
+        }
+        let wants_nothing = desired
+            .as_ref()
+            .is_ok_and(|d| !d.iter().any(NetworkSelection::is_managed));
+        if self.record.is_none() && wants_nothing {
+            return Verdict::Settled;
+        }
+
+        let mut facts = PodFacts {
+            running: view.phase == "Running",
+            deleting: view.deleting,
+            host_network: view.host_network,
+            sandbox: None,
+        };
+        let mut observed = Observed::Unknown;
+        let mut unreadable = None;
+        if facts.running && !facts.deleting && !facts.host_network {
+            match self.ctx.runtime.sandbox(self.pod).await {
+                Ok(sandbox) => {
+                    match self.ctx.links.links(&sandbox.netns).await {
+                        Ok(links) => {
+                            observed =
+                                Observed::Links(links.iter().map(|l| l.name.clone()).collect());
+                            self.links = links;
+                        }
+                        Err(source) => unreadable = Some(source),
+                    }
+                    facts.sandbox = Some(plan::Sandbox {
+                        id: sandbox.id,
+                        netns: sandbox.netns,
+                    });
+                }
+                Err(RuntimeError::NoSandbox { .. } | RuntimeError::NotReady { .. }) => {}
+                Err(source) => {
+                    return Verdict::Retry(ReconcileError::Runtime {
+                        pod: self.pod.to_string(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+
+        let steps = plan::plan(&PlanInput {
+            pod: Some(&facts),
+            desired: &desired,
+            observed: &observed,
+            recorded: self.record.as_ref(),
+        });
+        let mut verdict = Verdict::Settled;
+        for step in steps {
+            let sandbox = facts.sandbox.as_ref();
+            if let Err(error) = self.step(step, view, sandbox, &mut unreadable).await {
+                verdict = Verdict::Retry(error);
+                break;
+            }
+        }
+        if let Err(error) = self.drop_empty_record().await
+            && matches!(verdict, Verdict::Settled)
+        {
+            verdict = Verdict::Retry(error);
+        }
+        self.report_status().await;
+        verdict
+    }
+
+    async fn step(
+        &mut self,
+        step: Step,
+        view: &PodView,
+        sandbox: Option<&plan::Sandbox>,
+        unreadable: &mut Option<NetnsError>,
+    ) -> Result<(), ReconcileError> {
+        match step {
+            Step::Skip(SkipReason::HostNetwork) => {
+                if !self.memo.host_network_warned {
+                    warn!("hostNetwork pod: its networks annotation is ignored");
+                    self.notify(Notice {
+                        severity: Severity::Warning,
+                        reason: "HostNetworkPod",
+                        action: "Plan",
+                        note: "podagent cannot plug interfaces into a pod that uses the node's \
+                               network namespace (hostNetwork: true); its networks annotation \
+                               is ignored"
+                            .to_owned(),
+                    })
+                    .await;
+                    self.memo.host_network_warned = true;
+                }
+                Ok(())
+            }
+            Step::Skip(reason) => self.skip(reason, unreadable),
+            Step::ReportInvalid(error) => {
+                if self.memo.invalid != view.networks {
+                    warn!(error = %error, "networks annotation refused; nothing changed");
+                    self.notify(Notice {
+                        severity: Severity::Warning,
+                        reason: "InvalidNetworksAnnotation",
+                        action: "ReadAnnotation",
+                        note: error.to_string(),
+                    })
+                    .await;
+                    self.memo.invalid.clone_from(&view.networks);
+                }
+                Ok(())
+            }
+            Step::DropStaleSandbox { old_sandbox } => {
+                let Some(sandbox) = sandbox else {
+                    return Ok(());
+                };
+                if let Some(record) = &mut self.record {
+                    info!(old_sandbox = %old_sandbox, sandbox = %sandbox.id, dropped = record.attachments.len(),
+                        "sandbox was re-created: its attachments died with the old netns");
+                    record.sandbox_id.clone_from(&sandbox.id);
+                    record.netns.clone_from(&sandbox.netns);
+                    record.attachments.clear();
+                }
+                self.persist().await?;
+                self.forget_sandbox(&old_sandbox).await;
+                Ok(())
+            }
+            Step::Del { attachment } => {
+                let Some(sandbox) = sandbox else {
+                    return Ok(());
+                };
+                self.del(attachment, sandbox).await
+            }
+            Step::Forget { network } => {
+                if let Some(record) = &mut self.record {
+                    record.attachments.remove(&network);
+                }
+                info!(network = %network, "attachment forgotten");
+                self.persist().await
+            }
+            Step::Adopt { selection } => {
+                let Some(sandbox) = sandbox else {
+                    return Ok(());
+                };
+                info!(network = %selection.name, ifname = %selection.ifname(), sandbox = %sandbox.id,
+                    "interface already present: adopted without a CNI call");
+                let attachment = Attachment::new(selection, Phase::Attached);
+                self.record_for(sandbox)
+                    .attachments
+                    .insert(attachment.selection.name.clone(), attachment);
+                self.persist().await
+            }
+            Step::Add { selection } => {
+                let Some(sandbox) = sandbox else {
+                    return Ok(());
+                };
+                self.add(selection, sandbox).await
+            }
+            Step::LeaveAlone { ifname } => {
+                info!(ifname = %ifname, "interface neither wanted nor made by podagent: left alone");
+                Ok(())
+            }
+            Step::ForgetPod => Ok(()),
+        }
+    }
+
+    fn skip(
+        &mut self,
+        reason: SkipReason,
+        unreadable: &mut Option<NetnsError>,
+    ) -> Result<(), ReconcileError> {
+        match reason {
+            SkipReason::NotRunning | SkipReason::Deleting | SkipReason::HostNetwork => {
+                debug!(?reason, "nothing to do for this pod now");
+                Ok(())
+            }
+            SkipReason::SandboxNotReady => Err(ReconcileError::SandboxNotReady {
+                pod: self.pod.to_string(),
+            }),
+            SkipReason::NetnsUnreadable => match unreadable.take() {
+                Some(source) => Err(ReconcileError::Links {
+                    pod: self.pod.to_string(),
+                    source: Box::new(source),
+                }),
+                None => Ok(()),
+            },
+        }
+    }
+
+    async fn add(
+        &mut self,
+        selection: NetworkSelection,
+        sandbox: &plan::Sandbox,
+    ) -> Result<(), ReconcileError> {
+        let target = self.target(sandbox, &selection);
+        let span = info_span!("add", network = %selection.name, ifname = %target.ifname, sandbox = %sandbox.id);
+        async {
+            let name = selection.name.clone();
+            let attachment = Attachment::new(selection, Phase::Adding);
+            self.record_for(sandbox)
+                .attachments
+                .insert(name.clone(), attachment);
+            self.persist().await?;
+            info!("CNI ADD");
+            match self.ctx.cni.add(&target).await {
+                Ok(result) => {
+                    if let Some(a) = self.attachment_mut(&name) {
+                        a.phase = Phase::Attached;
+                        a.result = Some(result.raw.clone());
+                    }
+                    let summary = summary(&result, &target.ifname);
+                    info!(addresses = %summary, "interface added");
+                    self.persist().await?;
+                    self.notify(Notice {
+                        severity: Severity::Normal,
+                        reason: "AddedInterface",
+                        action: "AddInterface",
+                        note: format!(
+                            "network {name}: added interface {} ({summary})",
+                            target.ifname
+                        ),
+                    })
+                    .await;
+                    Ok(())
+                }
+                Err(source) => {
+                    warn!(error = %source, code = ?source.code(), "CNI ADD failed");
+                    self.notify(Notice {
+                        severity: Severity::Warning,
+                        reason: "FailedAddingInterface",
+                        action: "AddInterface",
+                        note: format!(
+                            "network {name}: adding interface {} failed: {source}",
+                            target.ifname
+                        ),
+                    })
+                    .await;
+                    Err(ReconcileError::Add {
+                        pod: self.pod.to_string(),
+                        network: name,
+                        ifname: target.ifname,
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn del(
+        &mut self,
+        attachment: Attachment,
+        sandbox: &plan::Sandbox,
+    ) -> Result<(), ReconcileError> {
+        let target = self.target(sandbox, &attachment.selection);
+        let name = attachment.selection.name.clone();
+        let span =
+            info_span!("del", network = %name, ifname = %target.ifname, sandbox = %sandbox.id);
+        async {
+            if let Some(a) = self.attachment_mut(&name) {
+                a.phase = Phase::Removing;
+            }
+            self.persist().await?;
+            info!(was = ?attachment.phase, "CNI DEL");
+            match self.ctx.cni.del(&target).await {
+                Ok(()) => {
+                    info!("interface removed");
+                    // A DEL that cleans up an ADD which never completed removed nothing the
+                    // user saw; only report the removal of what was there.
+                    if attachment.phase != Phase::Adding {
+                        self.notify(Notice {
+                            severity: Severity::Normal,
+                            reason: "RemovedInterface",
+                            action: "RemoveInterface",
+                            note: format!(
+                                "network {name}: removed interface {}{}",
+                                target.ifname,
+                                removed_summary(&attachment)
+                            ),
+                        })
+                        .await;
+                    }
+                    Ok(())
+                }
+                Err(source) => {
+                    warn!(error = %source, code = ?source.code(), "CNI DEL failed");
+                    self.notify(Notice {
+                        severity: Severity::Warning,
+                        reason: "FailedRemovingInterface",
+                        action: "RemoveInterface",
+                        note: format!(
+                            "network {name}: removing interface {} failed: {source}",
+                            target.ifname
+                        ),
+                    })
+                    .await;
+                    Err(ReconcileError::Del {
+                        pod: self.pod.to_string(),
+                        network: name.clone(),
+                        ifname: target.ifname,
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn target(&self, sandbox: &plan::Sandbox, selection: &NetworkSelection) -> cni::Attachment {
+        cni::Attachment {
+            sandbox_id: sandbox.id.clone(),
+            netns: sandbox.netns.clone(),
+            ifname: selection.ifname(),
+            pod_namespace: self.pod.namespace.clone(),
+            pod_name: self.pod.name.clone(),
+            pod_uid: self.pod.uid.clone(),
+            network: selection.name.clone(),
+            if_mac: selection.if_mac.map(|mac| mac.to_string()),
+        }
+    }
+
+    /// The record for the current sandbox, created when the pod had none.
+    fn record_for(&mut self, sandbox: &plan::Sandbox) -> &mut PodRecord {
+        self.record.get_or_insert_with(|| PodRecord {
+            uid: self.pod.uid.clone(),
+            namespace: self.pod.namespace.clone(),
+            name: self.pod.name.clone(),
+            sandbox_id: sandbox.id.clone(),
+            netns: sandbox.netns.clone(),
+            attachments: Default::default(),
+        })
+    }
+
+    fn attachment_mut(&mut self, network: &str) -> Option<&mut Attachment> {
+        self.record.as_mut()?.attachments.get_mut(network)
+    }
+
+    /// Writes the record (durably, off the async workers).
+    async fn persist(&self) -> Result<(), ReconcileError> {
+        let Some(record) = self.record.clone() else {
+            return Ok(());
+        };
+        self.blocking(move |store| store.put(&record)).await
+    }
+
+    async fn remove_record(&mut self) -> Result<(), ReconcileError> {
+        let uid = self.pod.uid.clone();
+        self.blocking(move |store| store.remove(&uid)).await?;
+        self.record = None;
+        Ok(())
+    }
+
+    /// A record without attachments says nothing worth keeping.
+    async fn drop_empty_record(&mut self) -> Result<(), ReconcileError> {
+        match &self.record {
+            Some(record) if record.attachments.is_empty() => self.remove_record().await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn blocking(
+        &self,
+        work: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), ReconcileError> {
+        let store = self.ctx.store.clone();
+        let pod = self.pod.to_string();
+        match tokio::task::spawn_blocking(move || work(&store)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(ReconcileError::Store { pod, source }),
+            Err(e) => Err(ReconcileError::StoreTask {
+                pod,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn forget_sandbox(&self, sandbox_id: &str) {
+        if let Err(error) = self.ctx.cni.forget_sandbox(sandbox_id).await {
+            warn!(sandbox = %sandbox_id, error = %error, "cannot remove the cached CNI results of a gone sandbox");
+        }
+    }
+
+    async fn notify(&self, notice: Notice) {
+        if let Err(error) = self.ctx.feedback.event(self.pod, notice).await {
+            warn!(error = %error, "cannot record an Event");
+        }
+    }
+
+    /// Writes the status annotation when it changed; a pod podagent never managed anything in
+    /// is left untouched.
+    async fn report_status(&mut self) {
+        let value = status_value(self.record.as_ref(), &self.links);
+        match &self.memo.status {
+            Some(written) if *written == value => return,
+            None if value.is_none() => {
+                self.memo.status = Some(None);
+                return;
+            }
+            _ => {}
+        }
+        match self.ctx.feedback.status(self.pod, value.as_deref()).await {
+            Ok(()) => {
+                debug!(status = ?value, "status annotation written");
+                self.memo.status = Some(value);
+            }
+            Err(error) => warn!(error = %error, "cannot write the status annotation"),
+        }
+    }
+}
+
+/// Addresses and MAC of `ifname` from an ADD result, for logs and Events.
+fn summary(result: &CniResult, ifname: &str) -> String {
+    let ips: Vec<String> = result
+        .ips_of(ifname)
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let ips = if ips.is_empty() {
+        "no IPs".to_owned()
+    } else {
+        format!("IPs {}", ips.join(", "))
+    };
+    match result.mac_of(ifname) {
+        Some(mac) => format!("{ips}, MAC {mac}"),
+        None => ips,
+    }
+}
+
+fn removed_summary(attachment: &Attachment) -> String {
+    attachment
+        .result
+        .clone()
+        .and_then(|raw| CniResult::parse(raw).ok())
+        .map(|result| format!(" ({})", summary(&result, &attachment.ifname)))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

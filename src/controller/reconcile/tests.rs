@@ -1,0 +1,272 @@
+//! One pod, reconciled against the fakes: which CNI calls happen, what is recorded, what the
+//! user is told.
+
+use super::*;
+use crate::controller::fakes::{Fakes, context, view};
+
+const GREEN: &str = "net9f27410725ab";
+const BLUE: &str = "net48d6215903df";
+
+struct Pod {
+    fakes: Fakes,
+    ctx: Context<Fakes, Fakes>,
+    view: PodView,
+    record: Option<PodRecord>,
+    memo: Memo,
+    _dir: tempfile::TempDir,
+}
+
+impl Pod {
+    fn new(networks: Option<&str>) -> Pod {
+        let fakes = Fakes::default();
+        fakes.sandbox("u1", "s1");
+        let dir = tempfile::tempdir().expect("temp dir");
+        Pod {
+            ctx: context(&fakes, dir.path()),
+            fakes,
+            view: view("u1", networks),
+            record: None,
+            memo: Memo::default(),
+            _dir: dir,
+        }
+    }
+
+    fn want(&mut self, networks: &str) {
+        self.view.networks = Some(networks.to_owned());
+    }
+
+    async fn reconcile(&mut self) -> Verdict {
+        let outcome = reconcile(
+            &self.ctx,
+            Job {
+                pod: PodRef {
+                    uid: self.view.uid.clone(),
+                    namespace: self.view.namespace.clone(),
+                    name: self.view.name.clone(),
+                },
+                view: Some(self.view.clone()),
+                record: self.record.take(),
+                memo: self.memo.clone(),
+            },
+        )
+        .await;
+        self.record = outcome.record;
+        self.memo = outcome.memo;
+        outcome.verdict
+    }
+
+    fn stored(&self) -> Vec<PodRecord> {
+        self.ctx.store.load_all().expect("load").records
+    }
+
+    fn phases(&self) -> Vec<(String, Phase)> {
+        self.record
+            .iter()
+            .flat_map(|r| r.attachments.values())
+            .map(|a| (a.ifname.clone(), a.phase))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn added_network_is_recorded_attached_with_its_result_and_reported() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    assert_eq!(pod.fakes.cni_calls(), ["ADD pod-u1 net9f27410725ab"]);
+    assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Attached)]);
+    let stored = pod.stored();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].attachments["green"].result.is_some());
+    assert_eq!(pod.fakes.reasons(), ["AddedInterface"]);
+    let statuses = pod.fakes.node().statuses.clone();
+    assert_eq!(statuses.len(), 1);
+    let status = statuses[0].1.as_deref().expect("status written");
+    assert!(
+        status.contains(GREEN) && status.contains("198.18.200.2"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn removed_network_is_deleted_once() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"},{"name":"blue"}]"#));
+    pod.reconcile().await;
+    pod.want(r#"[{"name":"blue"}]"#);
+    pod.reconcile().await;
+    pod.reconcile().await;
+    assert_eq!(
+        pod.fakes.cni_calls(),
+        [
+            "ADD pod-u1 net48d6215903df",
+            "ADD pod-u1 net9f27410725ab",
+            "DEL pod-u1 net9f27410725ab"
+        ]
+    );
+    assert_eq!(pod.phases(), [(BLUE.to_owned(), Phase::Attached)]);
+    assert!(pod.fakes.reasons().contains(&"RemovedInterface"));
+    let last = pod.fakes.node().statuses.last().cloned().expect("status");
+    let last = last.1.expect("blue still attached");
+    assert!(last.contains(BLUE) && !last.contains(GREEN), "{last}");
+}
+
+#[tokio::test]
+async fn last_network_removed_deletes_the_record_and_the_status() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.reconcile().await;
+    pod.want("[]");
+    pod.reconcile().await;
+    assert!(pod.record.is_none());
+    assert!(pod.stored().is_empty());
+    assert_eq!(
+        pod.fakes.node().statuses.last().cloned().expect("status").1,
+        None
+    );
+}
+
+#[tokio::test]
+async fn attachment_in_place_after_restart_makes_no_cni_call() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.reconcile().await;
+    // A restart: memory gone, the record comes back from disk.
+    pod.record = pod.stored().pop();
+    pod.memo = Memo::default();
+    pod.reconcile().await;
+    assert_eq!(
+        pod.fakes.cni_calls().len(),
+        1,
+        "{:?}",
+        pod.fakes.cni_calls()
+    );
+}
+
+#[tokio::test]
+async fn present_unrecorded_interface_is_adopted_without_cni() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    let netns = pod.fakes.sandbox("u1", "s1");
+    pod.fakes
+        .node()
+        .links
+        .get_mut(&netns)
+        .expect("netns")
+        .insert(GREEN.into());
+    pod.reconcile().await;
+    assert!(pod.fakes.cni_calls().is_empty());
+    assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Attached)]);
+}
+
+#[tokio::test]
+async fn sandbox_restart_drops_old_records() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.reconcile().await;
+    pod.fakes.sandbox("u1", "s2");
+    pod.reconcile().await;
+    assert_eq!(
+        pod.fakes.cni_calls(),
+        ["ADD pod-u1 net9f27410725ab", "ADD pod-u1 net9f27410725ab"],
+        "no DEL into the dead sandbox"
+    );
+    assert_eq!(pod.fakes.node().forgotten_sandboxes, ["s1"]);
+    assert_eq!(pod.record.as_ref().expect("record").sandbox_id, "s2");
+}
+
+#[tokio::test]
+async fn failed_add_is_reported_and_left_adding_for_the_retry() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.fakes.node().failing.insert("pod-u1".into(), 7);
+    let Verdict::Retry(error) = pod.reconcile().await else {
+        panic!("a failed ADD must be retried");
+    };
+    assert!(!error.is_retry_later());
+    assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Adding)]);
+    assert_eq!(pod.fakes.reasons(), ["FailedAddingInterface"]);
+    let note = pod.fakes.node().events[0].1.note.clone();
+    assert!(
+        note.contains("code 7") && note.contains("refused"),
+        "{note}"
+    );
+
+    pod.fakes.node().failing.insert("pod-u1".into(), 11);
+    let Verdict::Retry(error) = pod.reconcile().await else {
+        panic!("still failing");
+    };
+    assert!(error.is_retry_later());
+
+    pod.fakes.node().failing.clear();
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Attached)]);
+}
+
+#[tokio::test]
+async fn invalid_annotation_changes_nothing_and_is_reported_once_per_value() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.reconcile().await;
+    for bad in [
+        r#"[{"name":"green"}"#,
+        r#"[{"name":"green"}"#,
+        r#"[{"name":"a"},{"name":"a"}]"#,
+    ] {
+        pod.want(bad);
+        assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    }
+    assert_eq!(pod.fakes.cni_calls().len(), 1, "nothing changed");
+    let warnings: Vec<_> = pod
+        .fakes
+        .reasons()
+        .into_iter()
+        .filter(|r| *r == "InvalidNetworksAnnotation")
+        .collect();
+    assert_eq!(warnings.len(), 2, "one per distinct value");
+    pod.want(r#"[{"name":"blue"}]"#);
+    pod.reconcile().await;
+    assert_eq!(pod.phases(), [(BLUE.to_owned(), Phase::Attached)]);
+}
+
+#[tokio::test]
+async fn pod_without_networks_costs_no_runtime_call() {
+    let mut pod = Pod::new(None);
+    pod.reconcile().await;
+    pod.want(r#"[{"name":"green","podagentSkip":true}]"#);
+    pod.reconcile().await;
+    let node = pod.fakes.node();
+    assert_eq!(node.runtime_calls, 0);
+    assert!(
+        node.statuses.is_empty(),
+        "a pod never managed is not annotated"
+    );
+}
+
+#[tokio::test]
+async fn host_network_pod_is_not_touched() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.view.host_network = true;
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    pod.reconcile().await;
+    assert!(pod.fakes.cni_calls().is_empty());
+    assert_eq!(pod.fakes.node().runtime_calls, 0);
+    assert_eq!(pod.fakes.reasons(), ["HostNetworkPod"], "warned once");
+}
+
+#[tokio::test]
+async fn gone_pod_forgets_record_and_cache_without_del() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.reconcile().await;
+    let outcome = reconcile(
+        &pod.ctx,
+        Job {
+            pod: PodRef {
+                uid: "u1".into(),
+                namespace: "ns".into(),
+                name: "pod-u1".into(),
+            },
+            view: None,
+            record: pod.record.take(),
+            memo: Memo::default(),
+        },
+    )
+    .await;
+    assert!(matches!(outcome.verdict, Verdict::Gone));
+    assert!(outcome.record.is_none());
+    assert!(pod.stored().is_empty());
+    assert_eq!(pod.fakes.cni_calls().len(), 1, "only the ADD");
+    assert_eq!(pod.fakes.node().forgotten_sandboxes, ["s1"]);
+}
