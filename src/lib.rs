@@ -12,6 +12,7 @@ pub mod annotation;
 pub mod check;
 pub mod cni;
 pub mod config;
+pub mod controller;
 pub mod daemon;
 pub mod kubeapi;
 pub mod netns;
