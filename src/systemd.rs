@@ -5,11 +5,14 @@
 //! that pings from a timer proves only that the timer runs; podagent pings only while its two
 //! loops show progress:
 //!
-//! - **the pod watch** beats whenever the API server answers: a watch request accepted, any
-//!   stream item (pod event or bookmark), a re-list. A quiet cluster sends no pod events, so the
-//!   watch is asked with `timeoutSeconds` shorter than the staleness limit: even with nothing
-//!   happening, the server ends each watch and answers the next one, and each answer is a beat.
-//!   A hung server, a dead connection or a stuck watch task all stop the beats.
+//! - **the pod watch** beats on every item the watch stream delivers, pod event or bookmark,
+//!   and on every re-list. A quiet cluster sends no pod events, so watches ask for bookmarks:
+//!   kube-apiserver sends one about every minute and shortly before each watch's
+//!   `timeoutSeconds` deadline, and watches are renewed well within the staleness limit. An
+//!   accepted or cleanly ended watch request is deliberately *not* a beat: a server whose watch
+//!   cache is hung still accepts watches and still ends them on time, it just delivers nothing.
+//!   A hung server, a dead connection, a hung watch cache or a stuck watch task all stop the
+//!   beats.
 //! - **the work loop** (the loop that applies watch events and, later, runs reconciles) beats
 //!   on every event and on a ticker; a deadlock or a blocked step stops it. A stuck work loop
 //!   also stops the watch, whose sends into the bounded event channel then block.
@@ -124,7 +127,7 @@ impl Liveness {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The API server answered the pod watch (request accepted, event, bookmark or re-list).
+    /// The pod watch delivered something (pod event, bookmark or re-list).
     pub fn watch_beat(&self) {
         self.watch.store(self.now_ms(), Ordering::Relaxed);
     }

@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -46,6 +47,18 @@ pub enum TelemetryError {
 /// output stream, or on a host whose journald listens.
 pub fn journald_expected() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some() || Path::new(JOURNALD_SOCKET).exists()
+}
+
+/// syslog's meaning of the levels: routine messages are `info` (6), not tracing-journald's
+/// default `notice` (5), so `journalctl -p notice` shows only what deserves attention.
+fn priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
 }
 
 /// The filter: `RUST_LOG` when set and not empty, else the configured level.
@@ -85,7 +98,8 @@ pub fn init(log_level: &str, prefer_journald: bool) -> Result<Sink, TelemetryErr
         Some(layer) => {
             let layer = layer
                 .with_field_prefix(None)
-                .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string());
+                .with_syslog_identifier(SYSLOG_IDENTIFIER.to_string())
+                .with_priority_mappings(priorities());
             tracing_subscriber::registry()
                 .with(filter)
                 .with(layer)

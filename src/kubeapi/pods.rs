@@ -4,10 +4,9 @@
 //! is kept (see DESIGN §2a), so memory stays proportional to the node, not the cluster.
 //!
 //! The loop is hand-written rather than kube-runtime's `watcher` because the watchdog needs to
-//! see the API server answer even when nothing changes: kube-runtime swallows bookmarks and
-//! watch restarts. Here every accepted watch request, every item (bookmarks included) and
-//! every re-list is a [`Liveness::watch_beat`], and watches are asked with `timeoutSeconds` so
-//! a quiet cluster still answers regularly (see `crate::systemd`).
+//! see the watch deliver even when nothing changes, and kube-runtime swallows bookmarks. Here
+//! every item (pod event or bookmark) and every re-list is a [`Liveness::watch_beat`]; see
+//! `crate::systemd` for why an accepted or cleanly ended watch request is not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -210,7 +209,6 @@ impl PodWatcher {
             .watch(&params, version)
             .await
             .map_err(|e| WatchEnd::Failed(self.request("watch").error(&self.kube.url, e)))?;
-        liveness.watch_beat();
         let mut stream = std::pin::pin!(stream);
         loop {
             let next = tokio::time::timeout(self.watch_timeout + WATCH_GRACE, stream.try_next());

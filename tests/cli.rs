@@ -1,0 +1,332 @@
+//! The `podagent` binary's command line, configuration errors and `podagent check`, run as an
+//! operator would: the real binary against kube-sim, a private containerd, the Debian CNI
+//! plugins and real directories.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::json;
+use testkit::host::Containerd;
+use testkit::kube_sim::{KubeSim, Options};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_podagent");
+const NODE: &str = "node-cli";
+const DEBIAN_CNI_BIN: &str = "/usr/lib/cni";
+
+/// Runs the binary with a clean environment for podagent (no stray PODAGENT_*, RUST_LOG or
+/// systemd variables from the caller) plus `env`.
+async fn podagent(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(BINARY);
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PODAGENT_")
+            || [
+                "RUST_LOG",
+                "NOTIFY_SOCKET",
+                "WATCHDOG_USEC",
+                "JOURNAL_STREAM",
+            ]
+            .contains(&name.as_str())
+        {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command
+        .output()
+        .await
+        .unwrap_or_else(|err| panic!("cannot run {BINARY}: {err}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A configuration file for the test host.
+struct ConfigFile {
+    dir: tempfile::TempDir,
+}
+
+impl ConfigFile {
+    fn write(body: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("podagent.toml"), body).expect("write config");
+        ConfigFile { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("podagent.toml")
+    }
+
+    fn path_str(&self) -> String {
+        self.path().display().to_string()
+    }
+}
+
+/// The settings of a healthy test host; each field can be broken on its own.
+struct Host {
+    kubeconfig: PathBuf,
+    runtime_socket: PathBuf,
+    conf_dir: PathBuf,
+    bin_dir: String,
+    state_dir: PathBuf,
+}
+
+impl Host {
+    fn config(&self) -> ConfigFile {
+        ConfigFile::write(&format!(
+            "node_name = \"{NODE}\"\nstate_dir = \"{}\"\n[kube]\nkubeconfig = \"{}\"\n\
+             [runtime]\nkind = \"containerd\"\nendpoint = \"unix://{}\"\n\
+             [cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\"]\n",
+            self.state_dir.display(),
+            self.kubeconfig.display(),
+            self.runtime_socket.display(),
+            self.conf_dir.display(),
+            self.bin_dir,
+        ))
+    }
+}
+
+async fn check(host: &Host) -> (Option<i32>, Vec<String>) {
+    let config = host.config();
+    let out = podagent(&["check", "--config", &config.path_str()], &[]).await;
+    let lines = text(&out.stdout).lines().map(str::to_string).collect();
+    (out.status.code(), lines)
+}
+
+fn line<'a>(lines: &'a [String], what: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l[l.char_indices().nth(2).map_or(0, |(i, _)| i)..].starts_with(what))
+        .unwrap_or_else(|| panic!("no `{what}` line in {lines:#?}"))
+}
+
+fn assert_only_failure(lines: &[String], what: &str) {
+    for l in lines {
+        let failed = l.starts_with('✗');
+        let is_it = l.contains(&format!(" {what}:"));
+        assert_eq!(failed, is_it, "only `{what}` should fail: {lines:#?}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_config_exits_64_naming_each_key_and_its_source() {
+    let config = ConfigFile::write("anotation_key = \"typo\"\nstate_dir = \"relative\"\n");
+    let out = podagent(
+        &[
+            "run",
+            "--config",
+            &config.path_str(),
+            "--cni-conf-path",
+            "net.d",
+        ],
+        &[("PODAGENT_RECONCILE__CONCURRENCY", "lots")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = text(&out.stderr);
+    let file = config.path().display().to_string();
+    for expected in [
+        format!("`anotation_key` (from file {file}): unknown key"),
+        format!("`state_dir` (from file {file}): must be an absolute path"),
+        "`cni.conf_dir` (from flag --cni-conf-dir)".to_string(),
+        "`reconcile.concurrency` (from environment variable PODAGENT_RECONCILE__CONCURRENCY)"
+            .to_string(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_explicit_config_file_exits_64_naming_it() {
+    let out = podagent(&["run", "--config", "/nonexistent/podagent.toml"], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("/nonexistent/podagent.toml"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_64() {
+    let out = podagent(&["run", "--no-such-flag"], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+}
+
+#[tokio::test]
+async fn go_podagent_option_names_are_accepted() {
+    // Invalid on purpose (relative paths), so the run stops at validation and the errors show
+    // which settings the Go-style flags reached.
+    let out = podagent(
+        &[
+            "--node=Node-Go",
+            "--cni-bin-path=a:/b",
+            "--cni-vendor-name=kaloom",
+            "--container-type=crio",
+            "--crio-endpoint=unix:///run/crio/crio.sock",
+            "--docker-endpoint=unix:///var/run/docker.sock",
+            "--kubeconfig=kc.yaml",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("`cni.bin_dirs` (from flag --cni-bin-dirs)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`kube.kubeconfig` (from flag --kubeconfig)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("\n  `").count(),
+        2,
+        "only those two: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn version_names_commit_build_date_and_runtimes() {
+    let out = podagent(&["version"], &[]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("podagent {}\n", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    for field in ["commit: ", "built: ", "runtimes: containerd"] {
+        assert!(stdout.contains(field), "{field} missing: {stdout}");
+    }
+}
+
+async fn seeded_sim(token: Option<&str>) -> KubeSim {
+    let sim = KubeSim::start(Options {
+        token: token.map(str::to_string),
+        ..Options::default()
+    })
+    .await
+    .expect("kube-sim starts");
+    sim.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "team", "uid": "uid-web",
+                     "annotations": {"networks": "[{\"name\":\"green\"}]"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": "Running"}
+    }))
+    .expect("seed pod");
+    sim
+}
+
+fn healthy(sim: &KubeSim, containerd: &Containerd, state: &Path) -> Host {
+    Host {
+        kubeconfig: sim.kubeconfig_path().to_path_buf(),
+        runtime_socket: containerd.socket().to_path_buf(),
+        conf_dir: containerd.dir().join("net.d"),
+        bin_dir: DEBIAN_CNI_BIN.to_string(),
+        state_dir: state.join("state"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() {
+    testkit::prereq::require_path(Path::new(DEBIAN_CNI_BIN), "containernetworking-plugins");
+    let token = "right-token";
+    let sim = seeded_sim(Some(token)).await;
+    let mut containerd = Containerd::start().await;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let host = healthy(&sim, &containerd, scratch.path());
+
+    let (code, lines) = check(&host).await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert_eq!(lines.len(), 8, "{lines:#?}");
+    assert!(lines.iter().all(|l| l.starts_with('✓')), "{lines:#?}");
+    assert!(line(&lines, "pods on this node listable").contains(&format!("1 pods on node {NODE}")));
+    assert!(
+        line(&lines, "container runtime reachable").contains("containerd"),
+        "{lines:#?}"
+    );
+    assert!(line(&lines, "CNI primary config usable").contains("10-podagent-test.conflist"));
+    assert!(
+        line(&lines, "CNI plugin binaries present").contains("bridge"),
+        "{lines:#?}"
+    );
+
+    // Wrong token: the API server rejects the credentials.
+    let wrong = scratch.path().join("wrong-kubeconfig.yaml");
+    let original = std::fs::read_to_string(sim.kubeconfig_path()).expect("read kubeconfig");
+    assert!(
+        original.contains(token),
+        "kube-sim's kubeconfig carries its token"
+    );
+    std::fs::write(&wrong, original.replace(token, "wrong-token")).expect("write kubeconfig");
+    let (code, lines) = check(&Host {
+        kubeconfig: wrong,
+        ..healthy(&sim, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert!(
+        line(&lines, "pods on this node listable").contains("401 Unauthorized"),
+        "{lines:#?}"
+    );
+    assert!(
+        line(&lines, "events creatable").starts_with('✗'),
+        "{lines:#?}"
+    );
+
+    // Empty CNI conf dir.
+    let empty = scratch.path().join("empty-net.d");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let (code, lines) = check(&Host {
+        conf_dir: empty.clone(),
+        ..healthy(&sim, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let cni = line(&lines, "CNI primary config usable");
+    assert!(
+        cni.starts_with('✗') && cni.contains(&empty.display().to_string()),
+        "{lines:#?}"
+    );
+
+    // The plugin binaries are not in the bin dir.
+    let no_plugins = scratch.path().join("empty-bin");
+    std::fs::create_dir(&no_plugins).expect("mkdir");
+    let (code, lines) = check(&Host {
+        bin_dir: no_plugins.display().to_string(),
+        ..healthy(&sim, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "CNI plugin binaries present");
+    assert!(
+        line(&lines, "CNI plugin binaries present").contains("no plugin binary `bridge`"),
+        "{lines:#?}"
+    );
+
+    // Stopped runtime.
+    containerd.stop_daemon().await;
+    let (code, lines) = check(&healthy(&sim, &containerd, scratch.path())).await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "container runtime reachable");
+    assert!(
+        line(&lines, "container runtime reachable")
+            .contains(&containerd.socket().display().to_string()),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn check_reports_an_invalid_config_and_exits_64() {
+    let config = ConfigFile::write("[cni]\nbin_dirs = []\n");
+    let out = podagent(&["check", "--config", &config.path_str()], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("✗ config valid: "), "{stdout}");
+    assert!(stdout.contains("`cni.bin_dirs`"), "{stdout}");
+}
