@@ -129,7 +129,7 @@ async fn invalid_config_exits_64_naming_each_key_and_its_source() {
     for expected in [
         format!("`anotation_key` (from file {file}): unknown key"),
         format!("`state_dir` (from file {file}): must be an absolute path"),
-        "`cni.conf_dir` (from flag --cni-conf-dir)".to_string(),
+        "`cni.conf_dir` (from flag --cni-conf-dir/--cni-conf-path)".to_string(),
         "`reconcile.concurrency` (from environment variable PODAGENT_RECONCILE__CONCURRENCY)"
             .to_string(),
     ] {
@@ -176,7 +176,7 @@ async fn go_podagent_option_names_are_accepted() {
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("`cni.bin_dirs` (from flag --cni-bin-dirs)"),
+        stderr.contains("`cni.bin_dirs` (from flag --cni-bin-dirs/--cni-bin-path)"),
         "{stderr}"
     );
     assert!(

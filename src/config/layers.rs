@@ -60,18 +60,34 @@ const fn key(path: &'static str, kind: Kind, flag: Option<&'static str>) -> Key 
 
 /// Every key podagent understands. Anything else in any layer is reported as unknown.
 const KEYS: &[Key] = &[
-    key("node_name", Kind::Text, Some("--node-name")),
+    key("node_name", Kind::Text, Some("--node-name/--node")),
     key("annotation_key", Kind::Text, Some("--annotation-key")),
     key("state_dir", Kind::Text, Some("--state-dir")),
     key("log_level", Kind::Text, Some("--log-level")),
     key("shutdown_grace", Kind::Text, None),
     key("kube.kubeconfig", Kind::Text, Some("--kubeconfig")),
-    key("runtime.kind", Kind::Text, Some("--runtime")),
+    key(
+        "runtime.kind",
+        Kind::Text,
+        Some("--runtime/--container-type"),
+    ),
     key("runtime.endpoint", Kind::Text, Some("--runtime-endpoint")),
     key("runtime.timeout", Kind::Text, None),
-    key("cni.conf_dir", Kind::Text, Some("--cni-conf-dir")),
-    key("cni.bin_dirs", Kind::List(':'), Some("--cni-bin-dirs")),
-    key("cni.vendor", Kind::Text, Some("--cni-vendor")),
+    key(
+        "cni.conf_dir",
+        Kind::Text,
+        Some("--cni-conf-dir/--cni-conf-path"),
+    ),
+    key(
+        "cni.bin_dirs",
+        Kind::List(':'),
+        Some("--cni-bin-dirs/--cni-bin-path"),
+    ),
+    key(
+        "cni.vendor",
+        Kind::Text,
+        Some("--cni-vendor/--cni-vendor-name"),
+    ),
     key("cni.plugin_timeout", Kind::Text, None),
     key("cni.env_passthrough", Kind::List(','), None),
     key("reconcile.concurrency", Kind::Number, None),
@@ -291,15 +307,21 @@ impl Layers {
     }
 
     fn flag_name(&self, path: &str) -> &'static str {
-        let legacy =
-            |given: &Option<String>| given.is_some() && self.flags.runtime_endpoint.is_none();
-        match path {
-            "runtime.endpoint" | "runtime.kind" if legacy(&self.flags.crio_endpoint) => {
-                "--crio-endpoint"
-            }
-            "runtime.endpoint" | "runtime.kind" if legacy(&self.flags.docker_endpoint) => {
-                "--docker-endpoint"
-            }
+        let flags = &self.flags;
+        // Which legacy endpoint flag supplied runtime.endpoint (and runtime.kind, when no
+        // --container-type was given); mirrors `flag_layer`.
+        let legacy = match (&flags.runtime, &flags.crio_endpoint, &flags.docker_endpoint) {
+            (Some(kind), Some(_), _) if kind == "crio" => Some("--crio-endpoint"),
+            (Some(kind), _, Some(_)) if kind == "docker" => Some("--docker-endpoint"),
+            (None, Some(_), None) => Some("--crio-endpoint"),
+            (None, None, Some(_)) => Some("--docker-endpoint"),
+            _ => None,
+        }
+        .filter(|_| flags.runtime_endpoint.is_none());
+        match (path, legacy) {
+            ("runtime.endpoint", Some(flag)) => flag,
+            ("runtime.kind", Some(flag)) if flags.runtime.is_none() => flag,
+            // Every key the flag layer sets has a flag name in the table.
             _ => find_key(path).and_then(|k| k.flag).unwrap_or("--config"),
         }
     }

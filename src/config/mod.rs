@@ -402,7 +402,10 @@ mod tests {
             at("runtime.kind").origin,
             Origin::Env("PODAGENT_RUNTIME__KIND".into())
         );
-        assert_eq!(at("cni.conf_dir").origin, Origin::Flag("--cni-conf-dir"));
+        assert_eq!(
+            at("cni.conf_dir").origin,
+            Origin::Flag("--cni-conf-dir/--cni-conf-path")
+        );
     }
 
     #[test]
