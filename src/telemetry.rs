@@ -12,6 +12,7 @@
 //! The level comes from the configuration; `RUST_LOG`, when set, wins, so a one-off debugging
 //! session needs no config edit.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_journald::{Priority, PriorityMappings};
@@ -109,7 +110,12 @@ pub fn init(log_level: &str, prefer_journald: bool) -> Result<Sink, TelemetryErr
         None => {
             tracing_subscriber::registry()
                 .with(filter)
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        // Colours only for a person at a terminal, not in captured output.
+                        .with_ansi(std::io::stderr().is_terminal()),
+                )
                 .try_init()?;
             Ok(Sink::Stderr)
         }

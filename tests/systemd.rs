@@ -286,3 +286,48 @@ async fn logs_go_to_journald_with_structured_fields() {
 
     assert_eq!(agent.terminate().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_container_runtime_and_sigterm_during_startup_is_clean() {
+    testkit::prereq::require_path(Path::new("/usr/lib/cni"), "containernetworking-plugins");
+    let node = "node-runtime";
+    let sim = sim_with_pod(node).await;
+    let mut containerd = Containerd::start().await;
+    containerd.stop_daemon().await;
+    let notify = NotifySocket::bind();
+    let env = [("NOTIFY_SOCKET", notify.path().display().to_string())];
+    let agent = Agent::start(node, &sim, &containerd, "info", &env);
+
+    let socket = containerd.socket().display().to_string();
+    wait_for(&notify, GENEROUS, |l| {
+        l.starts_with(&format!("STATUS=waiting for container runtime at {socket}"))
+    })
+    .await
+    .unwrap_or_else(|| panic!("no waiting status: {:?}", lines(&notify)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !lines(&notify).contains(&"READY=1".to_string()),
+        "ready without a runtime: {:?}",
+        lines(&notify)
+    );
+    containerd.start_daemon().await;
+    wait_for(&notify, GENEROUS, |l| l == "READY=1")
+        .await
+        .unwrap_or_else(|| panic!("not ready once the runtime answered: {:?}", lines(&notify)));
+    assert_eq!(agent.terminate().await, Some(0));
+
+    // Stopped before it could get ready: still STOPPING=1 and a clean exit.
+    containerd.stop_daemon().await;
+    let notify = NotifySocket::bind();
+    let env = [("NOTIFY_SOCKET", notify.path().display().to_string())];
+    let agent = Agent::start(node, &sim, &containerd, "info", &env);
+    wait_for(&notify, GENEROUS, |l| {
+        l.starts_with("STATUS=waiting for container runtime")
+    })
+    .await
+    .unwrap_or_else(|| panic!("no waiting status: {:?}", lines(&notify)));
+    assert_eq!(agent.terminate().await, Some(0));
+    let seen = lines(&notify);
+    assert!(seen.contains(&"STOPPING=1".to_string()), "{seen:?}");
+    assert!(!seen.contains(&"READY=1".to_string()), "{seen:?}");
+}
