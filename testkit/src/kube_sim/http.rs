@@ -328,6 +328,8 @@ impl Request {
                 .and_then(|t| t.parse().ok())
                 .map(Duration::from_secs),
             send_initial_events: self.flag("sendInitialEvents"),
+            table: table::wanted(self.accept())
+                .then(|| self.param("includeObject").map(str::to_string)),
         };
         let stream = watch::start(
             self.cluster.clone(),
@@ -342,13 +344,16 @@ impl Request {
             .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))
     }
 
-    fn maybe_table(&self, rt: &ResourceType, value: Value) -> Value {
+    fn accept(&self) -> &str {
         let accept = self
             .headers
             .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if table::wanted(accept) {
+            .and_then(|v| v.to_str().ok());
+        accept.unwrap_or("")
+    }
+
+    fn maybe_table(&self, rt: &ResourceType, value: Value) -> Value {
+        if table::wanted(self.accept()) {
             table::render(rt, &value, self.param("includeObject"))
         } else {
             value

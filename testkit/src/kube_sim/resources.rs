@@ -224,6 +224,34 @@ const BUILTINS: &[Builtin] = &[
         short: &["crd", "crds"],
         has_status: true,
         fields: &[],
+    }, // Stored only (no controller acts on them): the project's manifests apply to kube-sim
+    // with kubectl, like to a real cluster.
+    Builtin {
+        group: "apps",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        namespaced: true,
+        short: &["ds"],
+        has_status: true,
+        fields: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        namespaced: false,
+        short: &[],
+        has_status: false,
+        fields: &[],
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        namespaced: false,
+        short: &[],
+        has_status: false,
+        fields: &[],
     },
 ];
 

@@ -27,6 +27,7 @@ use super::resources::ResourceType;
 use super::select::Selector;
 use super::status::ApiError;
 use super::store::{Change, ChangeKind, Key, set_rv};
+use super::table;
 
 pub(crate) type EventStream = ReceiverStream<Result<Bytes, Infallible>>;
 
@@ -38,6 +39,8 @@ pub(crate) struct WatchQuery {
     pub bookmarks: bool,
     pub timeout: Option<Duration>,
     pub send_initial_events: bool,
+    /// `Some(includeObject)` when the client asked for Tables (`kubectl get -w`).
+    pub table: Option<Option<String>>,
 }
 
 fn line(kind: &str, object: Value) -> Result<Bytes, Infallible> {
@@ -59,6 +62,7 @@ struct Watcher {
     namespace: Option<String>,
     selector: Selector,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    table: Option<Option<String>>,
     /// Newest revision this stream has passed (delivered or filtered out).
     seen: u64,
 }
@@ -69,6 +73,12 @@ impl Watcher {
     }
 
     async fn send(&self, kind: &str, object: Value) -> bool {
+        let object = match &self.table {
+            Some(include) if kind != "BOOKMARK" => {
+                table::render(&self.rt, &object, include.as_deref())
+            }
+            _ => object,
+        };
         self.tx.send(line(kind, object)).await.is_ok()
     }
 
@@ -161,6 +171,7 @@ pub(crate) fn start(
         namespace,
         selector: query.selector,
         tx,
+        table: query.table,
         seen: since,
     };
     let mut live = subscription.live;
