@@ -5,6 +5,7 @@
 # scriptlets, is declared in [package.metadata.generate-rpm] of Cargo.toml.
 #
 #   scripts/build-rpm.sh [--profile PROFILE] [--no-build] [--version VERSION] [--output DIR]
+#                        [--compress none|gzip|zstd|xz]
 #
 #   --profile P   cargo profile of the binary to package (default: packaging). `dev` packages
 #                 the debug build: same files and metadata, built in seconds instead of minutes;
@@ -12,6 +13,8 @@
 #   --no-build    package the binary already built for that profile
 #   --version V   package version (default: the version in Cargo.toml)
 #   --output DIR  where to write the .rpm (default: <target dir>/generate-rpm/)
+#   --compress C  payload compression (default: zstd). The tests use none: compressing a
+#                 debug binary takes a minute and changes nothing they check.
 #
 # Honours CARGO_TARGET_DIR. Prints the path of the package on the last line.
 set -euo pipefail
@@ -24,13 +27,15 @@ profile=packaging
 build=1
 version=
 output=
+compress=
 while [ $# -gt 0 ]; do
     case $1 in
         --profile) profile=${2:?--profile needs a value}; shift 2 ;;
         --no-build) build=0; shift ;;
         --version) version=${2:?--version needs a value}; shift 2 ;;
         --output) output=${2:?--output needs a value}; shift 2 ;;
-        -h | --help) sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        --compress) compress=${2:?--compress needs a value}; shift 2 ;;
+        -h | --help) sed -n '2,20s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "$me: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -48,6 +53,9 @@ fi
 args=(generate-rpm -p . --profile "$profile")
 if [ -n "$version" ]; then
     args+=(--set-metadata "version = \"$version\"")
+fi
+if [ -n "$compress" ]; then
+    args+=(--payload-compress "$compress")
 fi
 if [ -n "$output" ]; then
     mkdir -p "$output"
