@@ -394,6 +394,24 @@ async fn events_written_through_either_api_are_read_through_the_other() {
         ),
         422
     );
+
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut probe = legacy.clone();
+    probe.metadata.name = Some("dry.1".into());
+    let answered = core.create(&dry, &probe).await.expect("dry-run create");
+    assert_eq!(answered.name_any(), "dry.1");
+    assert!(
+        core.get_opt("dry.1").await.expect("get").is_none(),
+        "a dry-run create must not store the event"
+    );
+    assert_eq!(
+        api_code(core.create(&dry, &legacy).await.expect_err("exists")),
+        409,
+        "a dry-run create still reports a name that is taken"
+    );
     sim.shutdown().await;
 }
 

@@ -161,6 +161,19 @@ impl Cluster {
         body: Value,
         mode: Mode,
     ) -> Result<Value, ApiError> {
+        self.create_or_dry_run(rt, url_ns, body, mode, false)
+    }
+
+    /// `create`, or with `dry_run` (`?dryRun=All`) everything a create checks and fills in,
+    /// answered as the real server does, without storing anything or notifying watchers.
+    pub fn create_or_dry_run(
+        &self,
+        rt: &Arc<ResourceType>,
+        url_ns: Option<&str>,
+        body: Value,
+        mode: Mode,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         if !body.is_object() {
             return Err(ApiError::bad_request("the request body is not an object"));
         }
@@ -186,6 +199,12 @@ impl Cluster {
             self.ensure_namespace(&ns, mode)?;
         }
         let key = (rt.storage.clone(), ns, name.clone());
+        if dry_run {
+            if self.store.get(&key).is_some() {
+                return Err(ApiError::already_exists(&rt.qualified(), &name));
+            }
+            return Ok(objects::to_external(rt, &obj));
+        }
         let stored = self
             .store
             .write(&key, |existing| match existing {

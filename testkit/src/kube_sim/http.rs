@@ -122,6 +122,17 @@ impl Request {
         self.query.get(name).map(String::as_str)
     }
 
+    /// `?dryRun=All` asks for a dry run; the API knows no other value.
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.param("dryRun") {
+            None => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "unsupported dryRun value {other:?}: only \"All\" is valid"
+            ))),
+        }
+    }
+
     fn flag(&self, name: &str) -> bool {
         matches!(self.param(name), Some("true" | "1"))
     }
@@ -238,9 +249,14 @@ impl Request {
                 ok(self.maybe_table(rt, obj))
             }
             (&Method::POST, None) if !rt.namespaced || ns.is_some() => {
-                let created = c.create(rt, ns, self.decode_body()?, Mode::Api)?;
+                let dry_run = self.dry_run()?;
+                let created =
+                    c.create_or_dry_run(rt, ns, self.decode_body()?, Mode::Api, dry_run)?;
                 Ok(json_response(201, &created))
             }
+            _ if self.dry_run()? => Err(ApiError::bad_request(
+                "kube-sim supports dryRun=All on create only",
+            )),
             (&Method::PUT, Some(name)) => {
                 let body = self.decode_body()?;
                 ok(c.update(rt, ns, name, r.target, Mode::Api, |_| Ok(body))?)
