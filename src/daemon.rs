@@ -10,9 +10,11 @@
 //! Shutdown is handled once (SIGTERM or SIGINT, also during startup): `STOPPING=1`, stop the
 //! watch, let the work loop finish what it is doing within the configured grace period, exit 0.
 //!
-//! Attachments are not acted upon yet: the reconciler is a later step. The daemon keeps the pod
-//! cache and counts the attachments the annotations ask for, and says so in its log, so nobody
-//! mistakes the count for hot-plugged interfaces.
+//! The work loop is the hot-plug controller (`crate::controller`): it starts from the durable
+//! records and the initial list, so attachments already in place are adopted rather than added
+//! again, and records of pods that disappeared while podagent was down are forgotten. Stopping
+//! closes its event stream; it then starts nothing new and waits for the reconciles (and CNI
+//! calls) in flight, which the grace period bounds.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,9 +23,13 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::cni::Invoker;
 use crate::config::Config;
-use crate::kubeapi::{self, Credentials, KubeClient, KubeError, PodCache, PodEvent, PodWatcher};
-use crate::runtime::{self, Runtime};
+use crate::controller::{Context, Controller, KubeFeedback, Summary};
+use crate::kubeapi::{self, Credentials, KubeClient, KubeError, PodView, PodWatcher};
+use crate::netns::Netlink;
+use crate::runtime::{self, AnyRuntime, Runtime};
+use crate::store::{Store, StoreError};
 use crate::systemd::{self, Liveness, Message, Notifier};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error("cannot use the state dir: {0}")]
+    Store(#[from] StoreError),
 }
 
 const RETRY_START: Duration = Duration::from_secs(1);
@@ -112,20 +120,10 @@ async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     }
 }
 
-/// The attachments the node's pods ask for (valid annotations only).
-fn attachment_count(cache: &PodCache) -> usize {
-    cache
-        .pods()
-        .filter_map(|pod| crate::annotation::parse(pod.networks.as_deref()).ok())
-        .map(|selections| selections.iter().filter(|s| s.is_managed()).count())
-        .sum()
-}
-
-fn status_line(cache: &PodCache, node: &str) -> String {
+fn status_line(summary: &Summary, node: &str) -> String {
     format!(
         "watching {} pods on {node}, {} attachments",
-        cache.len(),
-        attachment_count(cache)
+        summary.pods, summary.wanted
     )
 }
 
@@ -137,14 +135,13 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     tracing::info!(
         node = %node,
         annotation_key = %config.annotation_key,
-        "podagent starting; attachments are watched and counted but not yet acted upon \
-         (no interface is hot-plugged by this version)"
+        "podagent starting"
     );
 
     let watchdog = systemd::watchdog_interval();
     let cadence = Cadence::for_watchdog(watchdog.map(|interval| interval * 2));
     let startup = start(&config, notifier.as_ref(), &cadence);
-    let (kube, pods, version) = tokio::select! {
+    let (kube, pods, version, runtime) = tokio::select! {
         started = startup => started?,
         signal = &mut shutdown => {
             tracing::info!(signal, "stopping during startup");
@@ -153,25 +150,46 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
         }
     };
 
-    let mut cache = PodCache::default();
-    cache.apply(PodEvent::Listed(pods));
-    let status = status_line(&cache, &node);
-    tracing::info!(pods = cache.len(), node = %node, "ready");
+    let store = Store::open(&config.state_dir)?;
+    let loaded = store.load_all()?;
+    for bad in &loaded.bad_files {
+        tracing::warn!(error = %bad.error, moved_to = ?bad.moved_to, "unusable state file set aside");
+    }
+    tracing::info!(
+        pods = pods.len(),
+        records = loaded.records.len(),
+        node = %node,
+        "ready"
+    );
     notifier.notify(Message::Ready);
-    notifier.notify(Message::Status(status));
+
+    let context = Context {
+        runtime,
+        cni: Invoker::new(config.cni_settings()),
+        links: Arc::new(Netlink),
+        store,
+        feedback: Arc::new(KubeFeedback::new(kube.clone(), &node)),
+        settings: config.reconcile.clone(),
+    };
+    let controller = Controller::new(context, loaded.records, pods);
 
     let liveness = Liveness::new(cadence.stale_after);
     let (events, receiver) = mpsc::channel(EVENT_BACKLOG);
     let watcher = PodWatcher::new(kube, &node, &config.annotation_key, cadence.watch_timeout);
     let watch = tokio::spawn(watcher.run(version, events, liveness.clone()));
-    let mut work = tokio::spawn(work_loop(
-        receiver,
-        cache,
-        liveness.clone(),
-        notifier.clone(),
-        node,
-        cadence.work_tick,
-    ));
+    let beat = {
+        let (liveness, notifier) = (liveness.clone(), notifier.clone());
+        let mut status = String::new();
+        move |summary: Summary| {
+            liveness.work_beat();
+            let fresh = status_line(&summary, &node);
+            if fresh != status {
+                notifier.notify(Message::Status(fresh.clone()));
+                status = fresh;
+            }
+        }
+    };
+    let mut work = tokio::spawn(controller.run(receiver, cadence.work_tick, beat));
     let watchdog = watchdog
         .map(|interval| tokio::spawn(systemd::watchdog(notifier.clone(), liveness, interval)));
 
@@ -206,7 +224,7 @@ async fn start(
     config: &Config,
     notifier: &dyn Notifier,
     cadence: &Cadence,
-) -> Result<(KubeClient, Vec<kubeapi::PodView>, String), DaemonError> {
+) -> Result<(KubeClient, Vec<PodView>, String, AnyRuntime), DaemonError> {
     let credentials = Credentials::resolve(&config.kube);
     let kube = kubeapi::connect(&credentials).await?;
     tracing::info!(url = %kube.url, credentials = %credentials, "connecting to the API server");
@@ -230,51 +248,20 @@ async fn start(
         "waiting for container runtime at {target}"
     )));
     let waiting = format!("container runtime at {target}");
-    let answered = retry(notifier, &waiting, || async {
+    let (runtime, version_info) = retry(notifier, &waiting, || async {
         let runtime = runtime::connect(&settings).await?;
         let version = runtime.version().await?;
-        Ok::<_, runtime::RuntimeError>((runtime.endpoint().to_path_buf(), version))
+        Ok::<_, runtime::RuntimeError>((runtime, version))
     })
     .await;
-    let (endpoint, version_info) = answered;
+    let endpoint = runtime.endpoint().to_path_buf();
     tracing::info!(
         runtime = %version_info.name,
         version = %version_info.version,
         endpoint = %endpoint.display(),
         "container runtime answered"
     );
-    Ok((kube, pods, version))
-}
-
-/// Applies watch events to the cache (the reconciler will hang off this loop) and beats.
-async fn work_loop(
-    mut events: mpsc::Receiver<PodEvent>,
-    mut cache: PodCache,
-    liveness: Arc<Liveness>,
-    notifier: Arc<dyn Notifier>,
-    node: String,
-    tick: Duration,
-) {
-    let mut ticker = tokio::time::interval(tick);
-    let mut status = status_line(&cache, &node);
-    loop {
-        tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else { return };
-                if let PodEvent::Applied(pod) | PodEvent::Deleted(pod) = &event {
-                    tracing::debug!(pod = %pod.key(), namespace = %pod.namespace, phase = %pod.phase, "pod changed");
-                }
-                cache.apply(event);
-                let fresh = status_line(&cache, &node);
-                if fresh != status {
-                    notifier.notify(Message::Status(fresh.clone()));
-                    status = fresh;
-                }
-            }
-            _ = ticker.tick() => {}
-        }
-        liveness.work_beat();
-    }
+    Ok((kube, pods, version, runtime))
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub use backoff::{jittered, retry_delay};
 pub use reconcile::{Job, Memo, Outcome, ReconcileError, Verdict, reconcile};
 pub use report::{Feedback, KubeFeedback, STATUS_ANNOTATION};
 
+use crate::annotation;
 use crate::cni::Cni;
 use crate::config::ReconcileSettings;
 use crate::kubeapi::{PodEvent, PodView};
@@ -56,10 +57,8 @@ pub struct Context<R, C> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
     pub pods: usize,
-    /// Attachments recorded in pods (any phase).
-    pub attachments: usize,
-    /// Pods waiting for a retry after a failure.
-    pub failing: usize,
+    /// Attachments the pods' valid annotations ask podagent for.
+    pub wanted: usize,
 }
 
 /// A reconcile task's result: the pod uid and its outcome.
@@ -71,6 +70,8 @@ struct Entry {
     pod: PodRef,
     /// `None`: the pod is gone (deleted, or recorded but not listed).
     view: Option<PodView>,
+    /// How many attachments the view's annotation asks for (0 when invalid or gone).
+    wanted: usize,
     /// `None` while a reconcile holds it, or when nothing is recorded.
     record: Option<PodRecord>,
     memo: Memo,
@@ -86,6 +87,7 @@ impl Entry {
     fn new(pod: PodRef, view: Option<PodView>, record: Option<PodRecord>) -> Entry {
         Entry {
             pod,
+            wanted: wanted(view.as_ref()),
             view,
             record,
             memo: Memo::default(),
@@ -105,6 +107,13 @@ impl Entry {
             self.due = Some(Instant::now());
         }
     }
+}
+
+fn wanted(view: Option<&PodView>) -> usize {
+    view.and_then(|v| annotation::parse(v.networks.as_deref()).ok())
+        .map_or(0, |selections| {
+            selections.iter().filter(|s| s.is_managed()).count()
+        })
 }
 
 fn pod_ref(view: &PodView) -> PodRef {
@@ -188,13 +197,7 @@ where
         let present = self.pods.values().filter(|e| e.view.is_some());
         Summary {
             pods: present.count(),
-            attachments: self
-                .pods
-                .values()
-                .filter_map(|e| e.record.as_ref())
-                .map(|r| r.attachments.len())
-                .sum(),
-            failing: self.pods.values().filter(|e| e.failures > 0).count(),
+            wanted: self.pods.values().map(|e| e.wanted).sum(),
         }
     }
 
@@ -221,12 +224,16 @@ where
     }
 
     fn applied(&mut self, view: PodView) {
+        let existing = self.pods.get(&view.uid);
+        // The view holds exactly what a plan depends on: equal means status churn.
+        if existing.is_some_and(|entry| entry.view.as_ref() == Some(&view)) {
+            return;
+        }
+        debug!(pod = %view.key(), namespace = %view.namespace, uid = %view.uid, phase = %view.phase, "pod changed");
         match self.pods.get_mut(&view.uid) {
-            // The view holds exactly what a plan depends on: equal means status churn.
-            Some(entry) if entry.view.as_ref() == Some(&view) => {}
             Some(entry) => {
-                debug!(pod = %entry.pod, phase = %view.phase, "pod changed");
                 entry.pod = pod_ref(&view);
+                entry.wanted = wanted(Some(&view));
                 entry.view = Some(view);
                 entry.touch();
             }
@@ -241,8 +248,9 @@ where
         if let Some(entry) = self.pods.get_mut(uid)
             && entry.view.is_some()
         {
-            debug!(pod = %entry.pod, "pod gone");
+            debug!(pod = %format_args!("{}/{}", entry.pod.namespace, entry.pod.name), namespace = %entry.pod.namespace, uid = %entry.pod.uid, "pod gone");
             entry.view = None;
+            entry.wanted = 0;
             entry.touch();
         }
     }

@@ -110,7 +110,11 @@ pub struct Outcome {
 }
 
 /// Reconciles one pod. Never fails as a whole: errors become [`Verdict::Retry`].
-#[instrument(skip_all, fields(pod = %job.pod.name, namespace = %job.pod.namespace, uid = %job.pod.uid))]
+#[instrument(skip_all, fields(
+    pod = %format_args!("{}/{}", job.pod.namespace, job.pod.name),
+    namespace = %job.pod.namespace,
+    uid = %job.pod.uid,
+))]
 pub async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job) -> Outcome {
     let Job {
         pod,
