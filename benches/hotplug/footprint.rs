@@ -1,0 +1,109 @@
+//! Scenarios 4 and 5: what podagent costs the node when nothing happens, and when a plugin
+//! keeps failing.
+//!
+//! Idle: memory (VmRSS, VmHWM) and CPU time (utime + stime) of the podagent process over a
+//! window in which nothing changes. Failure: pods whose every ADD fails; podagent must back off
+//! so its CPU stays near idle, and the spacing of its retries (read from the wrapper plugin's
+//! call log) shows the backoff.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::measure::{self, CpuUse, Memory, Summary};
+use crate::world::{Agent, World};
+
+/// Memory now and CPU over a window of an agent left alone.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Idle {
+    pub pods: usize,
+    pub attachments: usize,
+    pub memory: Memory,
+    pub cpu: CpuUse,
+}
+
+pub async fn idle(
+    agent: &Agent,
+    pods: usize,
+    attachments: usize,
+    window: Duration,
+    ticks: u64,
+) -> Result<Idle> {
+    let before = measure::cpu_time(agent.pid(), ticks)?;
+    tokio::time::sleep(window).await;
+    let cpu = measure::cpu_time(agent.pid(), ticks)? - before;
+    Ok(Idle {
+        pods,
+        attachments,
+        memory: measure::memory(agent.pid())?,
+        cpu: CpuUse::new(window, cpu),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub failing_pods: usize,
+    pub cpu: CpuUse,
+    /// ADD attempts per failing pod within the window.
+    pub attempts_per_pod: Vec<usize>,
+    /// Time between consecutive ADD attempts of the same pod.
+    pub retry_spacing: Summary,
+    /// The spacings in order of attempt, for the first failing pod.
+    pub first_pod_spacing_s: Vec<f64>,
+}
+
+/// Gives each of `pods` (real sandboxes, listed in the wrapper's `fail-pods`) network `green`,
+/// then watches podagent for `window`.
+pub async fn failure(
+    world: &World,
+    agent: &Agent,
+    pods: &[String],
+    window: Duration,
+    ticks: u64,
+) -> Result<Failure> {
+    world.switch("fail-pods", Some(&(pods.join("\n") + "\n")))?;
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_secs_f64();
+    let before = measure::cpu_time(agent.pid(), ticks)?;
+    for pod in pods {
+        world.set_networks(pod, Some(r#"[{"name":"green"}]"#))?;
+    }
+    tokio::time::sleep(window).await;
+    let cpu = measure::cpu_time(agent.pid(), ticks)? - before;
+    let mut attempts: BTreeMap<&str, Vec<f64>> =
+        pods.iter().map(|p| (p.as_str(), vec![])).collect();
+    for call in world.calls() {
+        if call.at >= since && call.command == "ADD" {
+            if let Some(times) = attempts.get_mut(call.pod.as_str()) {
+                times.push(call.at);
+            }
+        }
+    }
+    let spacing =
+        |times: &Vec<f64>| -> Vec<f64> { times.windows(2).map(|w| w[1] - w[0]).collect() };
+    let all: Vec<Duration> = attempts
+        .values()
+        .flat_map(spacing)
+        .map(|s| Duration::from_secs_f64(s.max(0.0)))
+        .collect();
+    let first_pod_spacing_s = pods
+        .first()
+        .and_then(|p| attempts.get(p.as_str()))
+        .map(spacing)
+        .unwrap_or_default();
+    for pod in pods {
+        world.set_networks(pod, None)?;
+    }
+    world.switch("fail-pods", None)?;
+    Ok(Failure {
+        failing_pods: pods.len(),
+        cpu: CpuUse::new(window, cpu),
+        attempts_per_pod: attempts.values().map(Vec::len).collect(),
+        retry_spacing: Summary::of(&all),
+        first_pod_spacing_s,
+    })
+}

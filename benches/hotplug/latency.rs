@@ -1,0 +1,213 @@
+//! Scenario 1: attach/detach latency of one network on one running pod, and its floor.
+//!
+//! Latency runs from the moment the API server accepted the annotation patch to the kernel's
+//! `RTM_NEWLINK`/`RTM_DELLINK` for the interface inside the pod's netns. The floor, measured in
+//! the same run on the same pod: (a) the same CNI engine and plugin run directly with the same
+//! config, timed from the call to the same netlink notification, and (b) the delivery delay of
+//! the watch alone (a kube-rs watch on kube-sim, patch accepted to event received). podagent's
+//! own overhead is latency − (a) − (b), percentile by percentile.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod as KubePod;
+use kube::api::{Api, WatchEvent, WatchParams};
+use podagent::cni::Cni;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::linkwatch::{Change, LinkEvent, drain, wait_for};
+use crate::measure::Summary;
+use crate::world::{NAMESPACE, Pod, World};
+
+pub const NETWORK: &str = "green";
+const STATUS: &str = "podagent.kaloom.com/network-status";
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CniFloor {
+    /// Call to the link's `RTM_NEWLINK` / `RTM_DELLINK`.
+    pub attach: Summary,
+    pub detach: Summary,
+    /// Whole plugin chain runs, call to return.
+    pub add_call: Summary,
+    pub del_call: Summary,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub attach: Summary,
+    pub detach: Summary,
+    pub floor_cni: CniFloor,
+    pub floor_watch: Summary,
+    pub overhead_attach_p50_ms: f64,
+    pub overhead_attach_p99_ms: f64,
+    pub overhead_detach_p50_ms: f64,
+    pub overhead_detach_p99_ms: f64,
+}
+
+impl Latency {
+    pub fn new(attach: Summary, detach: Summary, cni: CniFloor, watch: Summary) -> Latency {
+        Latency {
+            attach,
+            detach,
+            floor_cni: cni,
+            floor_watch: watch,
+            overhead_attach_p50_ms: attach.p50_ms - cni.attach.p50_ms - watch.p50_ms,
+            overhead_attach_p99_ms: attach.p99_ms - cni.attach.p99_ms - watch.p99_ms,
+            overhead_detach_p50_ms: detach.p50_ms - cni.detach.p50_ms - watch.p50_ms,
+            overhead_detach_p99_ms: detach.p99_ms - cni.detach.p99_ms - watch.p99_ms,
+        }
+    }
+}
+
+/// The watch delivery delay alone: kube-rs watching the pod while kube-sim accepts patches of
+/// an annotation podagent does not read.
+pub async fn watch_floor(world: &World, pod: &Pod, trials: usize) -> Result<Summary> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(world.sim.kubeconfig_path())
+        .context("read kube-sim's kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("load kube-sim's kubeconfig")?;
+    let client = kube::Client::try_from(config).context("build a kube client")?;
+    let api: Api<KubePod> = Api::namespaced(client, NAMESPACE);
+    let current = api.get(&pod.name).await.context("get the probe pod")?;
+    let version = current.metadata.resource_version.unwrap_or_default();
+    let params = WatchParams::default().fields(&format!("metadata.name={}", pod.name));
+    let mut stream = api
+        .watch(&params, &version)
+        .await
+        .context("watch the probe pod")?
+        .boxed();
+    let mut samples = Vec::with_capacity(trials);
+    for trial in 0..trials {
+        world
+            .sim
+            .patch_merge(
+                "v1",
+                "Pod",
+                Some(NAMESPACE),
+                &pod.name,
+                json!({"metadata": {"annotations": {"bench.podagent/probe": trial.to_string()}}}),
+            )
+            .context("patch the probe annotation")?;
+        let accepted = Instant::now();
+        loop {
+            let event = tokio::time::timeout(WAIT, stream.try_next())
+                .await
+                .map_err(|_| anyhow!("no watch event within {WAIT:?}"))?
+                .context("watch stream failed")?
+                .ok_or_else(|| anyhow!("watch stream ended"))?;
+            if let WatchEvent::Modified(_) = event {
+                samples.push(accepted.elapsed());
+                break;
+            }
+        }
+    }
+    Ok(Summary::of(&samples))
+}
+
+/// The same plugin chain run directly by podagent's CNI engine on the pod's netns.
+pub async fn cni_floor(
+    world: &World,
+    pod: &Pod,
+    tag: usize,
+    events: &mut UnboundedReceiver<LinkEvent>,
+    trials: usize,
+) -> Result<CniFloor> {
+    let invoker = world.invoker();
+    let attachment = pod.attachment(NETWORK)?;
+    let (mut attach, mut detach, mut add_call, mut del_call) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..trials {
+        drain(events);
+        let start = Instant::now();
+        invoker
+            .add(&attachment)
+            .await
+            .context("floor: CNI ADD failed")?;
+        add_call.push(start.elapsed());
+        let seen = wait_for(events, tag, &attachment.ifname, Change::Added, WAIT).await?;
+        attach.push(seen - start);
+
+        drain(events);
+        let start = Instant::now();
+        invoker
+            .del(&attachment)
+            .await
+            .context("floor: CNI DEL failed")?;
+        del_call.push(start.elapsed());
+        let seen = wait_for(events, tag, &attachment.ifname, Change::Removed, WAIT).await?;
+        detach.push(seen - start);
+    }
+    Ok(CniFloor {
+        attach: Summary::of(&attach),
+        detach: Summary::of(&detach),
+        add_call: Summary::of(&add_call),
+        del_call: Summary::of(&del_call),
+    })
+}
+
+/// podagent end to end: patch accepted → link present, patch accepted → link gone. Each step
+/// waits for podagent to report the change in the status annotation before the next patch, so
+/// no trial queues behind the tail of the previous one.
+pub async fn agent_trials(
+    world: &World,
+    pod: &Pod,
+    tag: usize,
+    events: &mut UnboundedReceiver<LinkEvent>,
+    trials: usize,
+) -> Result<(Summary, Summary)> {
+    let ifname = podagent::annotation::ifname(NETWORK);
+    let (mut attach, mut detach) = (Vec::new(), Vec::new());
+    let annotation = format!(r#"[{{"name":"{NETWORK}"}}]"#);
+    for _ in 0..trials {
+        drain(events);
+        let accepted = world.set_networks(&pod.name, Some(&annotation))?;
+        let seen = wait_for(events, tag, &ifname, Change::Added, WAIT)
+            .await
+            .with_context(|| format!("podagent log:\n{}", world.log_tail()))?;
+        attach.push(seen - accepted);
+        reported(world, &pod.name, true).await?;
+
+        drain(events);
+        let accepted = world.set_networks(&pod.name, None)?;
+        let seen = wait_for(events, tag, &ifname, Change::Removed, WAIT)
+            .await
+            .with_context(|| format!("podagent log:\n{}", world.log_tail()))?;
+        detach.push(seen - accepted);
+        reported(world, &pod.name, false).await?;
+    }
+    Ok((Summary::of(&attach), Summary::of(&detach)))
+}
+
+/// Waits until podagent's status annotation on `pod` does (or does not) list the network.
+async fn reported(world: &World, pod: &str, attached: bool) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed = world
+            .sim
+            .get("v1", "Pod", Some(NAMESPACE), pod)
+            .and_then(|p| {
+                p["metadata"]["annotations"][STATUS]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|entries| entries.iter().any(|e| e["name"] == NETWORK));
+        if listed == attached {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "podagent did not report {NETWORK} {} on {pod} within {WAIT:?}; log:\n{}",
+                if attached { "attached" } else { "detached" },
+                world.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
