@@ -47,9 +47,11 @@ fn build_date() -> String {
 }
 
 fn main() {
+    // Not `PODAGENT_*`: cargo also exports these to the binary when tests run it, and that
+    // prefix is podagent's configuration namespace.
     let commit = git_commit().unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=PODAGENT_GIT_COMMIT={commit}");
-    println!("cargo:rustc-env=PODAGENT_BUILD_DATE={}", build_date());
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_DATE={}", build_date());
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A new commit changes HEAD or the branch it points to.
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {

@@ -13,8 +13,8 @@ fn version() -> String {
     format!(
         "podagent {}\ncommit: {}\nbuilt: {}\nruntimes: containerd (CRI v1), crio (CRI v1), docker (Engine API)\n",
         env!("CARGO_PKG_VERSION"),
-        env!("PODAGENT_GIT_COMMIT"),
-        env!("PODAGENT_BUILD_DATE"),
+        env!("BUILD_GIT_COMMIT"),
+        env!("BUILD_DATE"),
     )
 }
 

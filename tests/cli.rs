@@ -330,3 +330,22 @@ async fn check_reports_an_invalid_config_and_exits_64() {
     assert!(stdout.starts_with("✗ config valid: "), "{stdout}");
     assert!(stdout.contains("`cni.bin_dirs`"), "{stdout}");
 }
+
+#[tokio::test]
+async fn environment_cargo_gives_the_binary_is_not_read_as_configuration() {
+    // Run exactly as a test process would, without scrubbing: whatever cargo exports to the
+    // binary at test time (build metadata included) must not be mistaken for `PODAGENT_*`
+    // settings.
+    let config = ConfigFile::write("");
+    let out = tokio::process::Command::new(BINARY)
+        .args(["check", "--config", &config.path_str()])
+        .output()
+        .await
+        .expect("run podagent check");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("✓ config valid"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+}

@@ -217,8 +217,8 @@ resync_period = "5m"
         let child = Command::new(env!("CARGO_BIN_EXE_podagent"))
             .args(["run", "--config"])
             .arg(&config)
-            // Only PATH: cargo exports build-time PODAGENT_* variables to tests, which the
-            // agent would read as configuration, and NOTIFY_SOCKET/RUST_LOG must not leak in.
+            // Only PATH: no PODAGENT_* configuration, NOTIFY_SOCKET or RUST_LOG of the caller
+            // may leak into the agent under test.
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .stdin(Stdio::null())
