@@ -322,7 +322,7 @@ fn string_list_field(fields: &Map<String, Value>, key: &str) -> Result<Vec<Strin
 /// A Kubernetes DNS-1123 subdomain: dot-separated labels of lower-case letters, digits and '-',
 /// each starting and ending with a letter or digit. This is what keeps `;`, `=`, `/`, spaces and
 /// other characters with meaning in CNI_ARGS or paths out of everything derived from the name.
-fn check_subdomain(name: &str) -> Result<(), String> {
+pub(crate) fn check_subdomain(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::annotation::{self, NetworkSelection};
 
 mod load;
+pub use load::decode_record;
 use load::{move_aside, read_record};
 
 /// Where records live unless configured otherwise.
@@ -105,10 +106,15 @@ impl Attachment {
 
 impl PodRecord {
     /// The invariants every stored record keeps: a safe uid, attachments keyed by their own
-    /// network name, and interface names that follow the naming contract.
+    /// network name, names the annotation parser accepts, and interface names that follow the
+    /// naming contract.
     fn check(&self) -> Result<(), String> {
         check_uid(&self.uid)?;
         for (key, attachment) in &self.attachments {
+            // A planted or damaged file must not bring a name the annotation parser would
+            // have refused (`;`, `=`, `/`, control characters) into CNI_ARGS or a log line.
+            annotation::check_subdomain(key)
+                .map_err(|reason| format!("attachment name {reason}"))?;
             if *key != attachment.selection.name {
                 return Err(format!(
                     "attachment {key:?} holds network {:?}",
@@ -675,7 +681,12 @@ mod tests {
         wrong_key.attachments.insert("red".into(), blue);
         let mut wrong_ifname = record(UID);
         wrong_ifname.attachments.get_mut("green").unwrap().ifname = "eth1".into();
-        for bad in [wrong_key, wrong_ifname] {
+        let mut unsafe_name = record(UID);
+        let forged = Attachment::new(selection("a;IP=198.18.0.9"), Phase::Attached);
+        unsafe_name
+            .attachments
+            .insert("a;IP=198.18.0.9".into(), forged);
+        for bad in [wrong_key, wrong_ifname, unsafe_name] {
             assert!(matches!(
                 store.put(&bad),
                 Err(StoreError::InvalidRecord { .. })

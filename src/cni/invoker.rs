@@ -412,9 +412,7 @@ fn add_result(run: &PluginRun, out: &Output) -> Result<CniResult, CniError> {
             stderr: out.stderr.clone(),
         });
     }
-    let value: Value =
-        serde_json::from_slice(&out.stdout).map_err(|err| bad_output(run, out, err))?;
-    CniResult::parse(value).map_err(|reason| bad_output(run, out, reason))
+    CniResult::from_slice(&out.stdout).map_err(|reason| bad_output(run, out, reason))
 }
 
 fn bad_output(run: &PluginRun, out: &Output, reason: impl std::fmt::Display) -> CniError {

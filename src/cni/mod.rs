@@ -33,7 +33,7 @@ use std::time::Duration;
 
 pub use error::{CniError, Op, PluginRun};
 pub use invoker::{Invoker, NetworkSummary, PluginVersion, ValidAttachment};
-pub use result::{Cidr, CniResult, Dns, Interface, IpConfig, Route};
+pub use result::{Cidr, CniResult, Dns, Interface, IpConfig, PluginError, Route};
 
 /// How the invoker finds configs and plugins, validated by the config module.
 #[derive(Debug, Clone)]

@@ -91,6 +91,13 @@ pub struct CniResult {
 }
 
 impl CniResult {
+    /// Parses a plugin's stdout: JSON holding any result shape from 0.2.0 to 1.1.0. The JSON
+    /// parser's nesting limit keeps a deeply nested answer from exhausting the stack.
+    pub fn from_slice(stdout: &[u8]) -> Result<CniResult, String> {
+        let raw: Value = serde_json::from_slice(stdout).map_err(|err| err.to_string())?;
+        CniResult::parse(raw)
+    }
+
     /// Parses any result shape from 0.2.0 to 1.1.0; the error says what is wrong with it.
     pub fn parse(raw: Value) -> Result<CniResult, String> {
         let wire = Wire::deserialize(&raw).map_err(|err| format!("not a CNI result: {err}"))?;
@@ -239,7 +246,7 @@ struct LegacyIp {
 
 /// A plugin's error object (`{"code","msg","details"}`), printed on stdout on failure.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub(crate) struct PluginError {
+pub struct PluginError {
     pub code: Option<u64>,
     #[serde(default)]
     pub msg: String,

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 pub use cri::CriRuntime;
 pub use docker::DockerRuntime;
-pub use verbose::VerboseInfoError;
+pub use verbose::{VerboseInfoError, sandbox_netns};
 
 /// Label every kubelet-created sandbox carries (CRI runtimes and cri-dockerd alike).
 pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";

@@ -59,7 +59,7 @@ struct Namespace {
 }
 
 /// The sandbox's network namespace path from a verbose `PodSandboxStatusResponse.info`.
-pub(crate) fn sandbox_netns(info: &HashMap<String, String>) -> Result<PathBuf, VerboseInfoError> {
+pub fn sandbox_netns(info: &HashMap<String, String>) -> Result<PathBuf, VerboseInfoError> {
     let raw = info.get(INFO_KEY).ok_or_else(|| {
         let mut keys: Vec<&str> = info.keys().map(String::as_str).collect();
         keys.sort_unstable();

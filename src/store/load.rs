@@ -59,12 +59,21 @@ pub(super) fn read_record(path: &Path, uid: &str) -> Result<PodRecord, StoreErro
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
 
+    decode_record(path, uid, &bytes)
+}
+
+/// Decodes the content of record file `file`, which by its name holds pod `uid`: the format
+/// version must be one this build reads, and the record must be consistent and be that pod's.
+/// Public so that the fuzz targets and the hostile-input tests reach exactly what `load_all`
+/// runs on a file's bytes.
+pub fn decode_record(file: &Path, uid: &str, bytes: &[u8]) -> Result<PodRecord, StoreError> {
+    let file_path = || file.to_path_buf();
     let corrupt = |reason: String| StoreError::Corrupt {
         file: file_path(),
         reason,
     };
     let FileVersion { version } =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if version > FORMAT_VERSION {
         return Err(StoreError::FutureVersion {
             file: file_path(),
@@ -75,7 +84,7 @@ pub(super) fn read_record(path: &Path, uid: &str) -> Result<PodRecord, StoreErro
     if version == 0 {
         return Err(corrupt("format version 0".to_owned()));
     }
-    let FileIn { record } = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let FileIn { record } = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if record.uid != uid {
         return Err(corrupt(format!("holds pod uid {:?}", record.uid)));
     }

@@ -1,0 +1,4 @@
+//! Fuzz target: see `podagent_fuzz::cni_result` for the entry point and the properties checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| podagent_fuzz::cni_result(data));
