@@ -720,3 +720,54 @@ fn podagent_has_no_network_listener() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_world_readable_kubeconfig_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    // A server nobody listens on: the warning must not depend on reaching it.
+    fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         contexts: [{name: c, context: {cluster: c, user: u}}]\n\
+         users: [{name: u, user: {token: secret-token}}]\n",
+    )
+    .unwrap();
+    let check = |mode: u32| {
+        fs::set_permissions(
+            &kubeconfig,
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+        let kubeconfig = kubeconfig.display().to_string();
+        let state = dir.path().join("state").display().to_string();
+        let conf = dir.path().display().to_string();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_podagent"))
+                .args(["check", "--node-name", "n1", "--runtime", "containerd"])
+                .args(["--runtime-endpoint", "/nonexistent/podagent-hostile.sock"])
+                .args(["--kubeconfig", &kubeconfig, "--cni-conf-dir", &conf])
+                .args(["--state-dir", &state])
+                .env_remove("RUST_LOG")
+                .output()
+                .await
+                .expect("podagent runs");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!text.contains("secret-token"), "credential printed: {text}");
+            text
+        }
+    };
+    let loose = check(0o644).await;
+    assert!(
+        loose.contains("kubeconfig readable") && loose.contains("world-readable, chmod 600 it"),
+        "{loose}"
+    );
+    let tight = check(0o600).await;
+    assert!(tight.contains("kubeconfig readable"), "{tight}");
+    assert!(!tight.contains("world-readable"), "{tight}");
+}
