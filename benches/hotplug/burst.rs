@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::linkwatch::{Change, LinkEvent, drain};
 use crate::measure::{self, CpuUse};
-use crate::world::{Agent, CONCURRENCY, Pod, World};
+use crate::world::{Agent, CONCURRENCY, Call, Pod, World, epoch_now};
 
 /// The burst networks (kubelet's default max pods × these = the 440 attachments).
 pub const NETWORKS: [&str; 4] = ["green", "red", "blue", "data"];
@@ -98,6 +98,13 @@ pub struct Converge {
     pub cpu: CpuUse,
     /// Highest RSS sampled during the burst (every 20 ms), KiB.
     pub peak_rss_kib: u64,
+    /// Plugin runs of the burst (from the wrapper's log), and their summed run time.
+    pub plugin_calls: usize,
+    pub plugin_busy_s: f64,
+    /// `plugin_busy_s ÷ seconds`: how many plugins ran at once on average.
+    pub mean_running_plugins: f64,
+    /// First patch accepted → first plugin run started.
+    pub first_call_s: f64,
 }
 
 /// Patches every pod to `annotation` (`None` removes it) and waits until the kernel has
@@ -135,6 +142,7 @@ pub async fn converge(
     drain(events);
     let cpu_before = measure::cpu_time(agent.pid(), ticks)?;
     let start = Instant::now();
+    let since = epoch_now();
     for (_, pod) in pods {
         world.set_networks(&pod.name, annotation.as_deref())?;
     }
@@ -158,12 +166,43 @@ pub async fn converge(
     let elapsed = last - start;
     let cpu = measure::cpu_time(agent.pid(), ticks)? - cpu_before;
     let peak_rss_kib = sampler.stop();
+    let calls = burst_calls(world, since, change, attachments).await;
+    let plugin_busy_s: f64 = calls.iter().map(|c| c.end - c.at).sum();
+    let first_call_s = calls
+        .iter()
+        .map(|c| c.at - since)
+        .fold(f64::INFINITY, f64::min);
     Ok(Converge {
         attachments,
         seconds: elapsed.as_secs_f64(),
         cpu: CpuUse::new(elapsed, cpu),
         peak_rss_kib,
+        plugin_calls: calls.len(),
+        plugin_busy_s,
+        mean_running_plugins: plugin_busy_s / elapsed.as_secs_f64().max(1e-9),
+        first_call_s,
     })
+}
+
+/// The burst's plugin runs: the wrapper logs a run when it ends, which can be just after the
+/// kernel reported the link, so this waits (briefly) for all of them.
+async fn burst_calls(world: &World, since: f64, change: Change, expected: usize) -> Vec<Call> {
+    let command = match change {
+        Change::Added => "ADD",
+        Change::Removed => "DEL",
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let calls: Vec<Call> = world
+            .calls()
+            .into_iter()
+            .filter(|c| c.at >= since && c.command == command)
+            .collect();
+        if calls.len() >= expected || Instant::now() > deadline {
+            return calls;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Samples a process's RSS on a thread until stopped; returns the highest value seen.
@@ -224,10 +263,7 @@ pub async fn restart(
     settle: Duration,
 ) -> Result<(Agent, NotifySocket, Restart)> {
     agent.stop()?;
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("clock before 1970")?
-        .as_secs_f64();
+    let since = epoch_now();
     let notify = NotifySocket::bind();
     let agent = world.start_agent(&notify.path())?;
     let ready = wait_ready(world, &notify, &agent)?;

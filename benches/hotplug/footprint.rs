@@ -7,13 +7,13 @@
 //! call log) shows the backoff.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::measure::{self, CpuUse, Memory, Summary};
-use crate::world::{Agent, World};
+use crate::world::{Agent, World, epoch_now};
 
 /// Memory now and CPU over a window of an agent left alone.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -64,10 +64,7 @@ pub async fn failure(
     ticks: u64,
 ) -> Result<Failure> {
     world.switch("fail-pods", Some(&(pods.join("\n") + "\n")))?;
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("clock before 1970")?
-        .as_secs_f64();
+    let since = epoch_now();
     let before = measure::cpu_time(agent.pid(), ticks)?;
     for pod in pods {
         world.set_networks(pod, Some(r#"[{"name":"green"}]"#))?;
@@ -77,10 +74,11 @@ pub async fn failure(
     let mut attempts: BTreeMap<&str, Vec<f64>> =
         pods.iter().map(|p| (p.as_str(), vec![])).collect();
     for call in world.calls() {
-        if call.at >= since && call.command == "ADD" {
-            if let Some(times) = attempts.get_mut(call.pod.as_str()) {
-                times.push(call.at);
-            }
+        if call.at >= since
+            && call.command == "ADD"
+            && let Some(times) = attempts.get_mut(call.pod.as_str())
+        {
+            times.push(call.at);
         }
     }
     let spacing =

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::Results;
+use crate::burst::Converge;
 use crate::world::CONCURRENCY;
 
 /// Where the numbers were taken.
@@ -151,11 +152,21 @@ pub fn markdown(r: &Results) -> String {
         "",
         None,
     );
-    let mut burst = |s: &str, secs: f64, fl: f64, parallel: Option<f64>, t: &str, target: bool| {
-        let ratio = secs / fl;
+    let mut burst = |s: &str,
+                     c: &Converge,
+                     fl: f64,
+                     parallel: Option<f64>,
+                     t: &str,
+                     target: bool| {
+        let ratio = c.seconds / fl;
         row(
             s,
-            format!("{secs:.2} s"),
+            format!(
+                "{:.2} s ({:.1} plugins running on average; first plugin {:.0} ms after the patch)",
+                c.seconds,
+                c.mean_running_plugins,
+                c.first_call_s * 1000.0
+            ),
             match parallel {
                 Some(p) => format!("{fl:.2} s (direct at concurrency {CONCURRENCY}: {p:.2} s)"),
                 None => format!("{fl:.2} s (computed)"),
@@ -167,7 +178,7 @@ pub fn markdown(r: &Results) -> String {
     };
     burst(
         &format!("Burst add, {} attachments", f.attachments),
-        r.burst_add.seconds,
+        &r.burst_add,
         floor_add,
         Some(f.add_parallel_s),
         "≤ 1.5 × floor",
@@ -175,7 +186,7 @@ pub fn markdown(r: &Results) -> String {
     );
     burst(
         &format!("Burst remove, {} attachments", f.attachments),
-        r.burst_del.seconds,
+        &r.burst_del,
         floor_del,
         Some(f.del_parallel_s),
         "≤ 1.5 × floor",
@@ -183,7 +194,7 @@ pub fn markdown(r: &Results) -> String {
     );
     burst(
         &format!("Burst add, plugin +{} ms", r.slow_plugin_ms),
-        r.slow_add.seconds,
+        &r.slow_add,
         floor_slow_add,
         None,
         "(parallelism)",
@@ -191,7 +202,7 @@ pub fn markdown(r: &Results) -> String {
     );
     burst(
         &format!("Burst remove, plugin +{} ms", r.slow_plugin_ms),
-        r.slow_del.seconds,
+        &r.slow_del,
         floor_slow_del,
         None,
         "(parallelism)",

@@ -64,13 +64,21 @@ impl Pod {
     }
 }
 
-/// One plugin invocation as the wrapper logged it.
+/// One plugin invocation as the wrapper logged it when it ended.
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// Seconds since the epoch.
+    /// Start and end, in seconds since the epoch.
     pub at: f64,
+    pub end: f64,
     pub command: String,
     pub pod: String,
+}
+
+/// Now, in seconds since the epoch (the clock of the wrapper's call log).
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub struct World {
@@ -237,6 +245,7 @@ impl World {
                 let mut parts = line.split_whitespace();
                 Some(Call {
                     at: parts.next()?.parse().ok()?,
+                    end: parts.next()?.parse().ok()?,
                     command: parts.next()?.to_owned(),
                     pod: parts.next().unwrap_or_default().to_owned(),
                 })
