@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The seed README's example, end to end on this machine (Debian 12, as root): hot-plugs the
+# `data` network into a running pod of hello-multi-net with the real podagent, shows the
+# interface inside the pod, removes it, and does it again on the second pod.
+#
+# Usage: sudo scripts/demo.sh [--binary-dir DIR] [--wait SECONDS]
+#   --binary-dir DIR  use the podagent and podagent-demo binaries in DIR instead of building
+#                     them (the test suite passes its debug build); also DEMO_BINARY_DIR.
+#   --wait SECONDS    how long each step may take before the demo fails (default 20).
+#
+# What runs: scripts/setup-test-host.sh installs the packages and local images the demo needs;
+# `cargo build --release` builds podagent and the demo driver (testkit/src/bin/podagent-demo.rs),
+# which starts kube-sim (the test API server), a private containerd and podagent, creates the
+# two pods as real pod sandboxes, and runs the example's commands (kubectl, the operator
+# scripts) step by step. Everything it starts or creates is removed when it ends, also on
+# Ctrl-C.
+set -euo pipefail
+
+usage() {
+    sed -n '6,10p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+binary_dir=${DEMO_BINARY_DIR:-}
+wait_seconds=20
+while [ "$#" -gt 0 ]; do
+    case $1 in
+        --binary-dir)
+            [ "$#" -ge 2 ] || { echo "demo.sh: --binary-dir needs a directory" >&2; exit 64; }
+            binary_dir=$2
+            shift 2
+            ;;
+        --wait)
+            [ "$#" -ge 2 ] || { echo "demo.sh: --wait needs a number of seconds" >&2; exit 64; }
+            wait_seconds=$2
+            shift 2
+            ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *)
+            echo "demo.sh: unknown argument $1" >&2
+            usage >&2
+            exit 64
+            ;;
+    esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "demo.sh: run as root (it starts containerd and creates network namespaces): sudo $0" >&2
+    exit 1
+fi
+
+"$repo/scripts/setup-test-host.sh"
+
+if [ -z "$binary_dir" ]; then
+    cargo=$(command -v cargo || true)
+    if [ -z "$cargo" ] && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+        cargo=${HOME:-/root}/.cargo/bin/cargo
+    fi
+    if [ -z "$cargo" ]; then
+        echo "demo.sh: cargo not found: install Rust (rust-version in Cargo.toml), or pass --binary-dir" >&2
+        exit 1
+    fi
+    echo "demo.sh: building the release binaries (cargo build --release -p podagent -p testkit --bins)"
+    (cd "$repo" && "$cargo" build --release -p podagent -p testkit --bins)
+    binary_dir=${CARGO_TARGET_DIR:-$repo/target}/release
+fi
+for binary in podagent podagent-demo; do
+    if [ ! -x "$binary_dir/$binary" ]; then
+        echo "demo.sh: $binary_dir/$binary is missing (build with: cargo build -p podagent -p testkit --bins)" >&2
+        exit 1
+    fi
+done
+
+# The driver runs in the background so that a signal to this script (Ctrl-C, or a SIGTERM sent
+# to it alone) is passed on: the driver then stops podagent and containerd and removes what it
+# made before this script exits.
+driver_pid=
+# shellcheck disable=SC2317 # called from the traps below
+stop_driver() {
+    if [ -n "$driver_pid" ] && kill -0 "$driver_pid" 2>/dev/null; then
+        kill -TERM "$driver_pid" 2>/dev/null || true
+        wait "$driver_pid" || true
+    fi
+    driver_pid=
+}
+# shellcheck disable=SC2317 # called from the traps below
+on_signal() {
+    echo "demo.sh: $1: stopping the demo and cleaning up" >&2
+    stop_driver
+    exit "$2"
+}
+trap stop_driver EXIT
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGTERM 143' TERM
+
+"$binary_dir/podagent-demo" --podagent "$binary_dir/podagent" --repo "$repo" --wait "$wait_seconds" &
+driver_pid=$!
+status=0
+wait "$driver_pid" || status=$?
+driver_pid=
+exit "$status"

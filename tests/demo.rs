@@ -1,0 +1,121 @@
+//! The one-command demo (`scripts/demo.sh`) runs to completion on this host (as root) with the
+//! test build's binaries, and its transcript shows what the README promises: the `data`
+//! interface appears in the first pod, goes away, appears in the second pod, and neither pod's
+//! sandbox is replaced. The demo itself waits for each step and fails when one does not happen,
+//! so this test checks the transcript, the exit status, and that nothing was left behind.
+
+use std::path::Path;
+use std::process::Command;
+
+use testkit::prereq;
+
+const IFNAME: &str = "net8d777f385d3d";
+
+/// The test build's dir (`<target>/debug`), with `podagent-demo` built into it: `cargo test
+/// --workspace --all-targets` builds it already; a narrower `cargo test` does not, so it is
+/// built here (a no-op when it is up to date). Both packages are named so that dependency
+/// features are unified as in the test build, and nothing already built is rebuilt.
+fn binary_dir() -> &'static Path {
+    let podagent = Path::new(env!("CARGO_BIN_EXE_podagent"));
+    let dir = podagent
+        .parent()
+        .expect("podagent binary inside <target>/debug");
+    let target = dir.parent().expect("<target>/debug inside <target>");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "podagent", "-p", "testkit"])
+        .args(["--bin", "podagent-demo"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", target)
+        .status()
+        .expect("run cargo build for podagent-demo");
+    assert!(status.success(), "cargo build podagent-demo: {status}");
+    dir
+}
+
+/// The part of `transcript` from the heading that starts with `title` to the next heading.
+fn section<'a>(transcript: &'a str, title: &str) -> &'a str {
+    let start = transcript
+        .find(&format!("── {title}"))
+        .unwrap_or_else(|| panic!("no step {title:?} in the transcript:\n{transcript}"));
+    let rest = &transcript[start..];
+    let end = rest[3..].find("\n── ").map_or(rest.len(), |at| at + 3);
+    &rest[..end]
+}
+
+/// The interface lines of `ip a` output in `text` (`N: name@peer: <…>`).
+fn shows_interface(text: &str, ifname: &str) -> bool {
+    text.lines().any(|line| {
+        line.split(": ")
+            .nth(1)
+            .is_some_and(|name| name.split('@').next() == Some(ifname))
+    })
+}
+
+#[test]
+fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
+    prereq::require_root();
+    let dir = binary_dir();
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh"))
+        .arg("--binary-dir")
+        .arg(dir)
+        .output()
+        .expect("run scripts/demo.sh");
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo.sh exited with {}\nstdout:\n{transcript}\nstderr:\n{errors}",
+        out.status
+    );
+
+    let added = section(&transcript, "4. Verify that");
+    assert!(
+        shows_interface(added, IFNAME) && shows_interface(added, "eth0"),
+        "ip a after the add shows {IFNAME} next to eth0:\n{added}"
+    );
+    let gone = section(&transcript, "7. Verify that");
+    assert!(
+        !shows_interface(gone, IFNAME) && shows_interface(gone, "eth0"),
+        "ip a after the delete shows eth0 and no {IFNAME}:\n{gone}"
+    );
+    let second = section(&transcript, "9. Repeat");
+    assert!(
+        shows_interface(second, IFNAME),
+        "ip a of the second pod shows {IFNAME}:\n{second}"
+    );
+
+    // The sandbox id created in step 2 is the one listed after the add and after the delete.
+    let created = section(&transcript, "2. Deploy");
+    let first_sandbox = created
+        .lines()
+        .find_map(|line| line.strip_prefix("pod hello-multi-net-"))
+        .and_then(|line| line.split("sandbox ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .expect("step 2 names the first pod's sandbox")
+        .to_owned();
+    for step in [
+        "5. Verify that the first pod",
+        "8. Verify that the first pod",
+    ] {
+        let text = section(&transcript, step);
+        let unchanged = text
+            .lines()
+            .find(|line| line.contains("unchanged since step 2"))
+            .unwrap_or_else(|| panic!("step {step:?} reports the sandbox:\n{text}"));
+        assert!(
+            unchanged.contains(&first_sandbox),
+            "step {step:?}: {unchanged} (created: {first_sandbox})"
+        );
+    }
+
+    let events = section(&transcript, "6. Delete");
+    assert!(
+        events.contains("AddedInterface") && events.contains("RemovedInterface"),
+        "podagent's Events are shown:\n{events}"
+    );
+    assert!(
+        transcript.contains("✓ nothing left"),
+        "the demo cleaned up:\n{}",
+        section(&transcript, "Cleaning up")
+    );
+}
