@@ -78,7 +78,7 @@ struct Args {
 /// Why the demo stopped before its end.
 #[derive(Debug, thiserror::Error)]
 enum DemoError {
-    #[error("{what} did not happen within {waited:?}")]
+    #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
     #[error("`{command}` failed ({status})")]
     Command { command: String, status: ExitStatus },
@@ -223,6 +223,11 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The shell's convention for death by a signal, though the demo cleaned up first.
+        Err(DemoError::Interrupted(signal)) => {
+            eprintln!("\npodagent-demo: stopped by {signal}");
+            ExitCode::from(if signal == "SIGINT" { 130 } else { 143 })
+        }
         Err(error) => {
             eprintln!("\npodagent-demo: FAILED: {error}");
             ExitCode::FAILURE
@@ -248,16 +253,20 @@ async fn run(args: Args) -> Result<(), DemoError> {
         _ = terminate.recv() => Err(DemoError::Interrupted("SIGTERM")),
         replayed = demo.replay() => replayed,
     };
-    if let Err(error) = &outcome {
-        println!("\n✗ {error}");
-        demo.show_log_tail(30);
+    match &outcome {
+        Ok(()) => {}
+        Err(error @ DemoError::Interrupted(_)) => println!("\n✗ {error}"),
+        Err(error) => {
+            println!("\n✗ {error}");
+            demo.show_log_tail(30);
+        }
     }
     demo.clean_up().await;
     if outcome.is_ok() {
         println!(
-            "\nDemo complete: {IFNAME} came and went in {POD_NAMES0} and came into {POD_NAMES1} without a restart.",
-            POD_NAMES0 = POD_NAMES[0],
-            POD_NAMES1 = POD_NAMES[1]
+            "\nDemo complete: {IFNAME} came and went in {} and came into {}, \
+             neither pod restarted.",
+            POD_NAMES[0], POD_NAMES[1]
         );
     }
     outcome
@@ -427,7 +436,7 @@ bin_dirs = ["/usr/lib/cni"]
             log_shown: Mutex::new(0),
         };
         let log = demo.dir.path().join("podagent.log");
-        demo.eventually("podagent ready (its \"ready\" log line)", || {
+        demo.eventually("podagent to log that it is ready", || {
             Ok(fs::read_to_string(&log)
                 .unwrap_or_default()
                 .lines()
@@ -487,7 +496,7 @@ bin_dirs = ["/usr/lib/cni"]
         .await?;
         let pod = &self.pods[0];
         let took = self
-            .eventually(&format!("{IFNAME} removed from pod {}", pod.name), || {
+            .eventually(&format!("{IFNAME} to go from pod {}", pod.name), || {
                 Ok((!has_link(&pod.netns, IFNAME)).then_some(()))
             })
             .await?;
@@ -524,7 +533,7 @@ bin_dirs = ["/usr/lib/cni"]
         .await?;
         let pod = &self.pods[index];
         let took = self
-            .eventually(&format!("{IFNAME} in pod {}", pod.name), || {
+            .eventually(&format!("{IFNAME} to appear in pod {}", pod.name), || {
                 Ok(has_link(&pod.netns, IFNAME).then_some(()))
             })
             .await?;
@@ -706,6 +715,9 @@ bin_dirs = ["/usr/lib/cni"]
         say("podagent's log (stderr here; `journalctl -u podagent` under systemd):");
         for line in text.lines() {
             println!("  │ {line}");
+        }
+        if text.is_empty() {
+            println!("  │ (nothing new)");
         }
     }
 
