@@ -17,7 +17,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '6,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '6,9p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,7 +65,13 @@ if [ -z "$binary_dir" ]; then
     fi
     echo "demo.sh: building the release binaries (cargo build --release -p podagent -p testkit --bins)"
     (cd "$repo" && "$cargo" build --release -p podagent -p testkit --bins)
-    binary_dir=${CARGO_TARGET_DIR:-$repo/target}/release
+    # cargo ran in the checkout, so a relative CARGO_TARGET_DIR is relative to it.
+    target_dir=${CARGO_TARGET_DIR:-target}
+    case $target_dir in
+        /*) ;;
+        *) target_dir=$repo/$target_dir ;;
+    esac
+    binary_dir=$target_dir/release
 fi
 for binary in podagent podagent-demo; do
     if [ ! -x "$binary_dir/$binary" ]; then

@@ -78,24 +78,25 @@ fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
         !shows_interface(gone, IFNAME) && shows_interface(gone, "eth0"),
         "ip a after the delete shows eth0 and no {IFNAME}:\n{gone}"
     );
-    let second = section(&transcript, "9. Repeat");
+    let second = section(&transcript, "10. Verify that");
     assert!(
         shows_interface(second, IFNAME),
         "ip a of the second pod shows {IFNAME}:\n{second}"
     );
 
-    // The sandbox id created in step 2 is the one listed after the add and after the delete.
+    // The sandboxes created in step 2 are the ones the runtime lists after each change.
     let created = section(&transcript, "2. Deploy");
-    let first_sandbox = created
+    let sandboxes: Vec<&str> = created
         .lines()
-        .find_map(|line| line.strip_prefix("pod hello-multi-net-"))
-        .and_then(|line| line.split("sandbox ").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .expect("step 2 names the first pod's sandbox")
-        .to_owned();
-    for step in [
-        "5. Verify that the first pod",
-        "8. Verify that the first pod",
+        .filter(|line| line.starts_with("pod hello-multi-net-"))
+        .filter_map(|line| line.split("sandbox ").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .collect();
+    assert_eq!(sandboxes.len(), 2, "step 2 names two sandboxes:\n{created}");
+    for (step, sandbox) in [
+        ("5. Verify that the first pod", sandboxes[0]),
+        ("8. Verify that the first pod", sandboxes[0]),
+        ("11. Verify that the second pod", sandboxes[1]),
     ] {
         let text = section(&transcript, step);
         let unchanged = text
@@ -103,8 +104,8 @@ fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
             .find(|line| line.contains("unchanged since step 2"))
             .unwrap_or_else(|| panic!("step {step:?} reports the sandbox:\n{text}"));
         assert!(
-            unchanged.contains(&first_sandbox),
-            "step {step:?}: {unchanged} (created: {first_sandbox})"
+            unchanged.starts_with(&format!("✓ sandbox {sandbox}")),
+            "step {step:?}: {unchanged} (created: {sandbox})"
         );
     }
 

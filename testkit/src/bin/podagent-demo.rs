@@ -517,9 +517,15 @@ bin_dirs = ["/usr/lib/cni"]
         heading("8. Verify that the first pod didn't get re-started");
         self.show_not_restarted(0, FIRST_POD).await?;
 
-        heading("9. Repeat the same thing with the second pod");
+        heading("9. Repeat the same thing with the second pod: add `data`");
         self.add(1, SECOND_POD).await?;
+
+        heading(&format!(
+            "10. Verify that {IFNAME} is present in the second pod"
+        ));
         self.show_interfaces(1).await?;
+
+        heading("11. Verify that the second pod didn't get re-started");
         self.show_not_restarted(1, SECOND_POD).await?;
         Ok(())
     }
