@@ -9,7 +9,7 @@
 #   --wait SECONDS    how long each step may take before the demo fails (default 20).
 #
 # What runs: scripts/setup-test-host.sh installs the packages and local images the demo needs;
-# `cargo build --release` builds podagent and the demo driver (testkit/src/bin/podagent-demo.rs),
+# `cargo build --release` builds podagent and the demo driver (testkit/src/bin/podagent-demo/),
 # which starts kube-sim (the test API server), a private containerd and podagent, creates the
 # two pods as real pod sandboxes, and runs the example's commands (kubectl, the operator
 # scripts) step by step. Everything it starts or creates is removed when it ends, also on
