@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-pub use pods::{PodCache, PodEvent, PodView, PodWatcher};
+pub use pods::{PodEvent, PodView, PodWatcher};
 
 use crate::config::KubeSettings;
 

@@ -8,7 +8,6 @@
 //! every item (pod event or bookmark) and every re-list is a [`Liveness::watch_beat`]; see
 //! `crate::systemd` for why an accepted or cleanly ended watch request is not.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,40 +77,6 @@ pub enum PodEvent {
     Listed(Vec<PodView>),
     Applied(PodView),
     Deleted(PodView),
-}
-
-/// The node's pods by uid.
-#[derive(Debug, Default)]
-pub struct PodCache {
-    pods: BTreeMap<String, PodView>,
-}
-
-impl PodCache {
-    pub fn apply(&mut self, event: PodEvent) {
-        match event {
-            PodEvent::Listed(pods) => {
-                self.pods = pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
-            }
-            PodEvent::Applied(pod) => {
-                self.pods.insert(pod.uid.clone(), pod);
-            }
-            PodEvent::Deleted(pod) => {
-                self.pods.remove(&pod.uid);
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.pods.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pods.is_empty()
-    }
-
-    pub fn pods(&self) -> impl Iterator<Item = &PodView> {
-        self.pods.values()
-    }
 }
 
 /// Lists and watches the pods of one node.
@@ -322,27 +287,5 @@ mod tests {
     fn object_without_uid_has_no_view() {
         let p = pod(serde_json::json!({"metadata": {"namespace": "ns", "name": "x"}}));
         assert_eq!(PodView::from_pod(&p, "networks"), None);
-    }
-
-    #[test]
-    fn cache_follows_list_apply_delete() {
-        let view = |uid: &str| PodView {
-            uid: uid.into(),
-            namespace: "ns".into(),
-            name: uid.into(),
-            phase: "Running".into(),
-            networks: None,
-            host_network: false,
-            deleting: false,
-            container_ids: vec![],
-        };
-        let mut cache = PodCache::default();
-        cache.apply(PodEvent::Listed(vec![view("a"), view("b")]));
-        cache.apply(PodEvent::Applied(view("c")));
-        cache.apply(PodEvent::Deleted(view("a")));
-        let uids: Vec<&str> = cache.pods().map(|p| p.uid.as_str()).collect();
-        assert_eq!(uids, ["b", "c"]);
-        cache.apply(PodEvent::Listed(vec![view("d")]));
-        assert_eq!(cache.len(), 1);
     }
 }
