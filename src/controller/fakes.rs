@@ -34,6 +34,8 @@ pub struct Node {
     pub failing: HashMap<String, u64>,
     pub events: Vec<(String, Notice)>,
     pub statuses: Vec<(String, Option<String>)>,
+    /// How long each ADD takes, to keep reconcile slots busy.
+    pub add_delay: Duration,
 }
 
 #[derive(Clone, Default)]
@@ -94,6 +96,8 @@ impl Runtime for Fakes {
 
 impl Cni for Fakes {
     async fn add(&self, a: &crate::cni::Attachment) -> Result<CniResult, CniError> {
+        let delay = self.node().add_delay;
+        tokio::time::sleep(delay).await;
         let mut node = self.node();
         node.cni_calls
             .push(format!("ADD {} {}", a.pod_name, a.ifname));

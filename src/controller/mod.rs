@@ -170,7 +170,13 @@ where
         loop {
             self.start_due(&mut tasks);
             beat(self.summary());
-            let next = self.next_due();
+            // With every slot taken no due pod can start: arming the timer on a deadline already
+            // past would spin the loop until a slot frees (a finished task wakes it anyway).
+            let next = if tasks.len() < self.ctx.settings.concurrency {
+                self.next_due()
+            } else {
+                None
+            };
             tokio::select! {
                 done = tasks.join_next_with_id(), if !tasks.is_empty() => self.finish(done),
                 event = events.recv() => match event {

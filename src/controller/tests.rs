@@ -186,3 +186,42 @@ async fn deleted_pod_is_forgotten_and_shutdown_waits_for_work() {
     assert_eq!(h.fakes.cni_calls().len(), 1, "no DEL for a gone pod");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn saturated_slots_do_not_spin_the_loop() {
+    let fakes = Fakes::default();
+    fakes.node().add_delay = Duration::from_millis(400);
+    let pods: Vec<PodView> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|uid| {
+            fakes.sandbox(uid, &format!("s-{uid}"));
+            view(uid, Some(GREEN))
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ctx = context(&fakes, dir.path());
+    ctx.settings.concurrency = 1;
+    let controller = Controller::new(ctx, vec![], pods);
+    let (events, receiver) = mpsc::channel(16);
+    let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&turns);
+    let done = tokio::spawn(controller.run(receiver, Duration::from_secs(60), move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    // Three pods due at once, one slot, each ADD 400 ms: the loop has a handful of reasons to
+    // wake (three finished tasks), not thousands.
+    for _ in 0..300 {
+        if fakes.cni_calls().len() == 3 && fakes.node().links.values().all(|l| !l.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fakes.cni_calls().len(), 3, "{:?}", fakes.cni_calls());
+    let turns = turns.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        turns < 50,
+        "the loop turned {turns} times while waiting for a slot"
+    );
+    drop(events);
+    done.await.expect("loop ends");
+}
