@@ -33,12 +33,8 @@
 //! forget of the same network. The executor runs them in order and stops at the first failure;
 //! the next reconcile re-plans from whatever is then true.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-
-use k8s_openapi::api::core::v1::Pod;
 
 use crate::annotation::{self, AnnotationError, NetworkSelection};
 use crate::store::{Attachment, Phase, PodRecord};
@@ -263,45 +259,6 @@ fn same_parameters(recorded: &NetworkSelection, wanted: &NetworkSelection) -> bo
     recorded.if_mac == wanted.if_mac
         && recorded.namespace == wanted.namespace
         && recorded.upper_layers == wanted.upper_layers
-}
-
-/// A digest of the parts of a pod that can change a plan: the `networks` annotation, the phase,
-/// the deletion flag and the container ids (a new sandbox restarts every container). Watch
-/// events that leave it unchanged (readiness, probes, conditions, resourceVersion) need no
-/// reconcile. Only compared within one process, never stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Fingerprint(u64);
-
-/// The fingerprint of `pod`, reading the annotation under `annotation_key`.
-pub fn fingerprint(pod: &Pod, annotation_key: &str) -> Fingerprint {
-    let annotation = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotation_key));
-    let status = pod.status.as_ref();
-    let phase = status.and_then(|s| s.phase.as_deref());
-    let container_ids: BTreeSet<&str> = status
-        .into_iter()
-        .flat_map(|s| {
-            [
-                &s.init_container_statuses,
-                &s.container_statuses,
-                &s.ephemeral_container_statuses,
-            ]
-        })
-        .flatten()
-        .flatten()
-        .filter_map(|c| c.container_id.as_deref())
-        .filter(|id| !id.is_empty())
-        .collect();
-
-    let mut hasher = DefaultHasher::new();
-    annotation.hash(&mut hasher);
-    phase.hash(&mut hasher);
-    pod.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    container_ids.hash(&mut hasher);
-    Fingerprint(hasher.finish())
 }
 
 #[cfg(test)]
@@ -906,88 +863,5 @@ mod tests {
                 "unmanaged {network} touched in {context}"
             );
         }
-    }
-
-    fn pod(json: serde_json::Value) -> Pod {
-        serde_json::from_value(json).unwrap()
-    }
-
-    fn base_pod() -> serde_json::Value {
-        serde_json::json!({
-            "metadata": {
-                "name": "web", "namespace": "default", "uid": "uid-1",
-                "resourceVersion": "10",
-                "annotations": {"networks": "[{\"name\":\"green\"}]", "other": "x"}
-            },
-            "status": {
-                "phase": "Running",
-                "conditions": [{"type": "Ready", "status": "False"}],
-                "containerStatuses": [
-                    {"name": "a", "image": "i", "imageID": "", "ready": false,
-                     "restartCount": 0, "containerID": "containerd://aaa"},
-                    {"name": "b", "image": "i", "imageID": "", "ready": false,
-                     "restartCount": 0, "containerID": "containerd://bbb"}
-                ]
-            }
-        })
-    }
-
-    #[test]
-    fn status_churn_leaves_the_fingerprint_unchanged() {
-        let before = fingerprint(&pod(base_pod()), "networks");
-        let mut churned = base_pod();
-        churned["metadata"]["resourceVersion"] = "11".into();
-        churned["metadata"]["annotations"]["other"] = "y".into();
-        churned["metadata"]["labels"] = serde_json::json!({"l": "v"});
-        churned["status"]["conditions"][0]["status"] = "True".into();
-        churned["status"]["podIP"] = "198.18.0.9".into();
-        let statuses = &mut churned["status"]["containerStatuses"];
-        statuses[0]["ready"] = true.into();
-        statuses[0]["restartCount"] = 3.into();
-        // Same containers listed in another order.
-        statuses.as_array_mut().unwrap().reverse();
-        assert_eq!(fingerprint(&pod(churned), "networks"), before);
-    }
-
-    #[test]
-    fn what_matters_changes_the_fingerprint() {
-        let before = fingerprint(&pod(base_pod()), "networks");
-        type Change = fn(&mut serde_json::Value);
-        let changes: [(&str, Change); 6] = [
-            ("annotation", |p| {
-                p["metadata"]["annotations"]["networks"] = "[]".into();
-            }),
-            ("annotation removed", |p| {
-                p["metadata"]["annotations"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("networks");
-            }),
-            ("phase", |p| p["status"]["phase"] = "Succeeded".into()),
-            ("deletion", |p| {
-                p["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z".into();
-            }),
-            ("container id", |p| {
-                p["status"]["containerStatuses"][1]["containerID"] = "containerd://ccc".into();
-            }),
-            ("new container", |p| {
-                p["status"]["initContainerStatuses"] = serde_json::json!([
-                    {"name": "init", "image": "i", "imageID": "", "ready": false,
-                     "restartCount": 0, "containerID": "containerd://iii"}
-                ]);
-            }),
-        ];
-        for (what, change) in changes {
-            let mut changed = base_pod();
-            change(&mut changed);
-            assert_ne!(fingerprint(&pod(changed), "networks"), before, "{what}");
-        }
-        // The annotation key is configurable: another key's value is churn.
-        let mut other_key = base_pod();
-        other_key["metadata"]["annotations"]["networks"] = "[]".into();
-        assert_eq!(
-            fingerprint(&pod(other_key), "other"),
-            fingerprint(&pod(base_pod()), "other")
-        );
     }
 }

@@ -8,6 +8,7 @@
 //! every item (pod event or bookmark) and every re-list is a [`Liveness::watch_beat`]; see
 //! `crate::systemd` for why an accepted or cleanly ended watch request is not.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,10 +58,7 @@ impl PodView {
                 .and_then(|s| s.host_network)
                 .unwrap_or(false),
             deleting: meta.deletion_timestamp.is_some(),
-            container_ids: status
-                .and_then(|s| s.container_statuses.as_ref())
-                .map(|all| all.iter().filter_map(|c| c.container_id.clone()).collect())
-                .unwrap_or_default(),
+            container_ids: container_ids(pod),
         })
     }
 
@@ -68,6 +66,27 @@ impl PodView {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+}
+
+/// Every container id of the pod (init, regular, ephemeral), sorted and without duplicates: a
+/// re-created sandbox restarts them all, while the kubelet reordering its statuses is churn.
+fn container_ids(pod: &Pod) -> Vec<String> {
+    let ids: BTreeSet<&str> = pod
+        .status
+        .iter()
+        .flat_map(|s| {
+            [
+                &s.init_container_statuses,
+                &s.container_statuses,
+                &s.ephemeral_container_statuses,
+            ]
+        })
+        .flatten()
+        .flatten()
+        .filter_map(|c| c.container_id.as_deref())
+        .filter(|id| !id.is_empty())
+        .collect();
+    ids.into_iter().map(str::to_owned).collect()
 }
 
 /// What the watch tells the work loop.
@@ -287,5 +306,88 @@ mod tests {
     fn object_without_uid_has_no_view() {
         let p = pod(serde_json::json!({"metadata": {"namespace": "ns", "name": "x"}}));
         assert_eq!(PodView::from_pod(&p, "networks"), None);
+    }
+
+    fn base_pod() -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {
+                "name": "web", "namespace": "default", "uid": "uid-1",
+                "resourceVersion": "10",
+                "annotations": {"networks": "[{\"name\":\"green\"}]", "other": "x"}
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {"name": "a", "image": "i", "imageID": "", "ready": false,
+                     "restartCount": 0, "containerID": "containerd://aaa"},
+                    {"name": "b", "image": "i", "imageID": "", "ready": false,
+                     "restartCount": 0, "containerID": "containerd://bbb"}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn status_churn_leaves_the_view_unchanged() {
+        let before = PodView::from_pod(&pod(base_pod()), "networks");
+        let mut churned = base_pod();
+        churned["metadata"]["resourceVersion"] = "11".into();
+        churned["metadata"]["annotations"]["other"] = "y".into();
+        churned["metadata"]["labels"] = serde_json::json!({"l": "v"});
+        churned["status"]["conditions"][0]["status"] = "True".into();
+        churned["status"]["podIP"] = "198.18.0.9".into();
+        let statuses = &mut churned["status"]["containerStatuses"];
+        statuses[0]["ready"] = true.into();
+        statuses[0]["restartCount"] = 3.into();
+        // Same containers listed in another order.
+        statuses.as_array_mut().expect("object").reverse();
+        assert_eq!(PodView::from_pod(&pod(churned), "networks"), before);
+    }
+
+    #[test]
+    fn what_matters_changes_the_view() {
+        let before = PodView::from_pod(&pod(base_pod()), "networks");
+        type Change = fn(&mut serde_json::Value);
+        let changes: [(&str, Change); 6] = [
+            ("annotation", |p| {
+                p["metadata"]["annotations"]["networks"] = "[]".into();
+            }),
+            ("annotation removed", |p| {
+                p["metadata"]["annotations"]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("networks");
+            }),
+            ("phase", |p| p["status"]["phase"] = "Succeeded".into()),
+            ("deletion", |p| {
+                p["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z".into();
+            }),
+            ("container id", |p| {
+                p["status"]["containerStatuses"][1]["containerID"] = "containerd://ccc".into();
+            }),
+            ("new container", |p| {
+                p["status"]["initContainerStatuses"] = serde_json::json!([
+                    {"name": "init", "image": "i", "imageID": "", "ready": false,
+                     "restartCount": 0, "containerID": "containerd://iii"}
+                ]);
+            }),
+        ];
+        for (what, change) in changes {
+            let mut changed = base_pod();
+            change(&mut changed);
+            assert_ne!(
+                PodView::from_pod(&pod(changed), "networks"),
+                before,
+                "{what}"
+            );
+        }
+        // The annotation key is configurable: another key's value is churn.
+        let mut other_key = base_pod();
+        other_key["metadata"]["annotations"]["networks"] = "[]".into();
+        assert_eq!(
+            PodView::from_pod(&pod(other_key), "other"),
+            PodView::from_pod(&pod(base_pod()), "other")
+        );
     }
 }
