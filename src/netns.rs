@@ -167,6 +167,22 @@ type RouteConnection = (
     rtnetlink::Handle,
 );
 
+/// Collects one netlink dump, naming the request and the namespace when it fails.
+async fn dump<M>(
+    netns: &Path,
+    request: &'static str,
+    messages: impl futures::TryStream<Ok = M, Error = rtnetlink::Error>,
+) -> Result<Vec<M>, NetnsError> {
+    messages
+        .try_collect()
+        .await
+        .map_err(|source| NetnsError::Dump {
+            path: netns.to_owned(),
+            request,
+            source,
+        })
+}
+
 /// Lists the links (with their addresses) inside the network namespace at `netns`, a path
 /// such as `/var/run/netns/cni-…` or `/proc/<pid>/ns/net`, used verbatim.
 ///
@@ -174,29 +190,9 @@ type RouteConnection = (
 pub async fn links(netns: &Path) -> Result<Vec<Link>, NetnsError> {
     let (connection, handle) = socket_in(netns).await?;
     let dump = async {
-        let links: Vec<LinkMessage> =
-            handle
-                .link()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|source| NetnsError::Dump {
-                    path: netns.to_owned(),
-                    request: "link",
-                    source,
-                })?;
-        let addresses: Vec<AddressMessage> = handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetnsError::Dump {
-            path: netns.to_owned(),
-            request: "address",
-            source,
-        })?;
+        let links: Vec<LinkMessage> = dump(netns, "link", handle.link().get().execute()).await?;
+        let addresses: Vec<AddressMessage> =
+            dump(netns, "address", handle.address().get().execute()).await?;
         Ok(assemble(&links, &addresses))
     };
     // The connection is polled here, not spawned: when this function returns, the socket is

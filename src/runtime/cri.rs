@@ -72,14 +72,9 @@ impl CriRuntime {
         call: &'static str,
         rpc: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<Result<T, Status>, RuntimeError> {
-        tokio::time::timeout(self.timeout, rpc)
+        super::with_deadline(&self.endpoint, call, self.timeout, rpc)
             .await
             .map(|result| result.map(tonic::Response::into_inner))
-            .map_err(|_| RuntimeError::DeadlineExceeded {
-                endpoint: self.endpoint.clone(),
-                call,
-                timeout: self.timeout,
-            })
     }
 
     /// Runs one RPC under the deadline and maps its failure.

@@ -63,13 +63,7 @@ impl DockerRuntime {
         call: &'static str,
         request: impl Future<Output = Result<T, DockerError>>,
     ) -> Result<Result<T, DockerError>, RuntimeError> {
-        tokio::time::timeout(self.timeout, request)
-            .await
-            .map_err(|_| RuntimeError::DeadlineExceeded {
-                endpoint: self.endpoint.clone(),
-                call,
-                timeout: self.timeout,
-            })
+        super::with_deadline(&self.endpoint, call, self.timeout, request).await
     }
 
     /// Runs one request under the deadline and maps its failure.

@@ -349,6 +349,23 @@ pub fn socket_path(endpoint: &Path) -> Result<PathBuf, RuntimeError> {
     Ok(PathBuf::from(path))
 }
 
+/// Runs `request` under `timeout`; when it runs out, the error names the endpoint and the call.
+/// Every runtime call goes through here, so none can hang a reconcile.
+async fn with_deadline<T>(
+    endpoint: &Path,
+    call: &'static str,
+    timeout: Duration,
+    request: impl Future<Output = T>,
+) -> Result<T, RuntimeError> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| RuntimeError::DeadlineExceeded {
+            endpoint: endpoint.to_owned(),
+            call,
+            timeout,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
