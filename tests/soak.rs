@@ -260,6 +260,46 @@ impl World {
         }
     }
 
+    /// Stops and removes pod `i`'s sandbox `id` the way a node with kactus as its primary CNI
+    /// does: the runtime's CNI DEL at teardown goes through kactus, which releases every
+    /// attachment of the pod, hot-plugged ones included. podagent never DELs into a dead
+    /// sandbox, so without this stand-in the attachments' host-local leases would pile up.
+    async fn tear_down_sandbox(&self, i: usize, id: &str) {
+        let pod = &self.pods[i];
+        let teardown = podagent::cni::Invoker::new(podagent::cni::Settings {
+            conf_dir: self.path("conf"),
+            bin_dirs: vec![PathBuf::from("/usr/lib/cni")],
+            vendor: None,
+            timeout: Duration::from_secs(20),
+            env_passthrough: Vec::new(),
+            cache_dir: self.path("teardown-cache"),
+        });
+        for (sandbox, link) in self.allocations() {
+            if sandbox != id {
+                continue;
+            }
+            let network = NETWORKS
+                .iter()
+                .find(|n| ifname(n) == link)
+                .map_or_else(|| link.clone(), |n| (*n).to_owned());
+            let attachment = podagent::cni::Attachment {
+                sandbox_id: sandbox,
+                netns: pod.netns.clone(),
+                ifname: link,
+                pod_namespace: "default".into(),
+                pod_name: pod.name.clone(),
+                pod_uid: pod.uid.clone(),
+                network,
+                if_mac: None,
+            };
+            podagent::cni::Cni::del(&teardown, &attachment)
+                .await
+                .expect("the runtime-side teardown releases the attachment");
+        }
+        self.containerd.stop_pod_sandbox(id).await;
+        self.containerd.remove_pod_sandbox(id).await;
+    }
+
     async fn act(&mut self, rng: &mut Rng) -> String {
         let i = rng.below(PODS as u64) as usize;
         match rng.below(10) {
@@ -285,8 +325,7 @@ impl World {
                 self.sim
                     .delete("v1", "Pod", Some("default"), &old_name)
                     .expect("delete pod");
-                self.containerd.stop_pod_sandbox(&old_sandbox).await;
-                self.containerd.remove_pod_sandbox(&old_sandbox).await;
+                self.tear_down_sandbox(i, &old_sandbox).await;
                 let pod = self.create_pod(i, generation, rng).await;
                 let text = format!("re-create pod {old_name} as {}", pod.name);
                 self.pods[i] = pod;
@@ -295,8 +334,7 @@ impl World {
             5 => {
                 let pod = &self.pods[i];
                 let (uid, name, old) = (pod.uid.clone(), pod.name.clone(), pod.sandbox.clone());
-                self.containerd.stop_pod_sandbox(&old).await;
-                self.containerd.remove_pod_sandbox(&old).await;
+                self.tear_down_sandbox(i, &old).await;
                 let sandbox = self
                     .containerd
                     .run_pod_sandbox(&uid, &name, "default")
