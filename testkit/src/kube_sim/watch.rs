@@ -217,11 +217,14 @@ impl Watcher {
         let tx = self.tx.clone();
         loop {
             let stalled = *stall.borrow_and_update();
+            // Biased: a fault set before a change was made must win over that change, or a
+            // stall would let through whatever happened to be ready in the same poll.
             tokio::select! {
+                biased;
                 _ = tx.closed() => return,
                 _ = closed.changed() => return,
-                _ = tokio::time::sleep_until(deadline) => return,
                 changed = stall.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return,
                 change = live.recv(), if !stalled => match change {
                     Ok(change) => if !self.deliver(&change).await { return },
                     // Too slow to keep up, or the store is gone: end the stream, the client
