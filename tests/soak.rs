@@ -185,7 +185,18 @@ impl World {
         fs::rename(temp, self.path("conf").join(self.conf_file)).unwrap();
     }
 
+    /// Starts podagent and waits until it says it is starting, which it logs once its SIGTERM
+    /// handler is in place: a signal in the few milliseconds before that ends the process
+    /// by the default action (systemd counts that as a clean stop too), which is not what
+    /// the restart actions mean to exercise.
     fn start_agent(&mut self) {
+        let announced = || {
+            fs::read_to_string(self.path("podagent.log"))
+                .unwrap_or_default()
+                .matches("podagent starting")
+                .count()
+        };
+        let before = announced();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -201,6 +212,14 @@ impl World {
             .stderr(log)
             .spawn()
             .expect("start podagent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while announced() == before {
+            assert!(
+                Instant::now() < deadline,
+                "podagent did not start within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.agent = Some(Agent(child));
         self.rss_baseline = None;
     }
