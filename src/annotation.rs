@@ -57,6 +57,19 @@ pub struct NetworkSelection {
 }
 
 impl NetworkSelection {
+    /// A managed selection of `name` with nothing else set: the fixture unit tests build on.
+    #[cfg(test)]
+    pub(crate) fn named(name: &str) -> Self {
+        NetworkSelection {
+            name: name.into(),
+            if_mac: None,
+            is_primary: false,
+            podagent_skip: false,
+            namespace: None,
+            upper_layers: vec![],
+        }
+    }
+
     /// A selection podagent adds and removes itself (neither primary nor skipped).
     pub fn is_managed(&self) -> bool {
         !self.is_primary && !self.podagent_skip

@@ -272,14 +272,7 @@ mod tests {
     const MAC_B: &str = "02:00:00:00:00:0b";
 
     fn sel(name: &str) -> NetworkSelection {
-        NetworkSelection {
-            name: name.into(),
-            if_mac: None,
-            is_primary: false,
-            podagent_skip: false,
-            namespace: None,
-            upper_layers: vec![],
-        }
+        NetworkSelection::named(name)
     }
 
     fn with_mac(name: &str, mac: &str) -> NetworkSelection {

@@ -396,14 +396,7 @@ mod tests {
     const UID: &str = "6f1c2a0e-3b7d-4c1e-9a55-0d9e8f7a6b5c";
 
     fn selection(name: &str) -> NetworkSelection {
-        NetworkSelection {
-            name: name.into(),
-            if_mac: None,
-            is_primary: false,
-            podagent_skip: false,
-            namespace: None,
-            upper_layers: vec![],
-        }
+        NetworkSelection::named(name)
     }
 
     fn record(uid: &str) -> PodRecord {

@@ -371,7 +371,7 @@ mod tests {
     }
 
     fn selection(name: &str) -> NetworkSelection {
-        serde_json::from_value(json!({"name": name})).expect("selection")
+        NetworkSelection::named(name)
     }
 
     #[test]
