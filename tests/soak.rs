@@ -185,18 +185,12 @@ impl World {
         fs::rename(temp, self.path("conf").join(self.conf_file)).unwrap();
     }
 
-    /// Starts podagent and waits until it says it is starting, which it logs once its SIGTERM
-    /// handler is in place: a signal in the few milliseconds before that ends the process
-    /// by the default action (systemd counts that as a clean stop too), which is not what
-    /// the restart actions mean to exercise.
+    /// Starts podagent and waits until its SIGTERM handler is installed (`SigCgt` in
+    /// `/proc/<pid>/status`): a signal in the few milliseconds before that ends the process by
+    /// the default action (systemd counts that as a clean stop too), which is not what the
+    /// restart actions mean to exercise. Reading the kernel's mask, not a log line, keeps this
+    /// independent of where podagent logs (journald when a journal socket exists).
     fn start_agent(&mut self) {
-        let announced = || {
-            fs::read_to_string(self.path("podagent.log"))
-                .unwrap_or_default()
-                .matches("podagent starting")
-                .count()
-        };
-        let before = announced();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -212,15 +206,17 @@ impl World {
             .stderr(log)
             .spawn()
             .expect("start podagent");
+        let mut agent = Agent(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while announced() == before {
+        while !catches_sigterm(agent.pid()) {
+            assert!(agent.alive(), "podagent exited during startup");
             assert!(
                 Instant::now() < deadline,
-                "podagent did not start within 20 s"
+                "podagent installed no SIGTERM handler within 20 s"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.agent = Some(Agent(child));
+        self.agent = Some(agent);
         self.rss_baseline = None;
     }
 
@@ -562,6 +558,21 @@ impl World {
 }
 
 /// `ifname -> MAC` of the `net<hash>` links in a netns.
+/// Whether process `pid` has a handler for SIGTERM, from the kernel's caught-signal mask.
+fn catches_sigterm(pid: i32) -> bool {
+    let bit = 1u64 << (nix::sys::signal::Signal::SIGTERM as i32 - 1);
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("SigCgt:")
+                    .map(|mask| mask.trim().to_owned())
+            })
+        })
+        .and_then(|mask| u64::from_str_radix(&mask, 16).ok())
+        .is_some_and(|mask| mask & bit != 0)
+}
+
 fn links(netns: &Path) -> BTreeMap<String, String> {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
