@@ -26,6 +26,7 @@ use std::fmt;
 use std::fs::File;
 use std::future::Future;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -141,12 +142,37 @@ impl NetnsError {
     }
 }
 
-/// Reads links inside a network namespace; the seam the reconciler is tested through.
+/// Which namespace a path led to when it was opened: the device and inode of the nsfs file
+/// behind it. Equal ids are the same namespace; a path whose id changed now leads somewhere
+/// else (a `/proc/<pid>/ns/net` whose pid was reused, a bind mount replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NetnsId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NetnsId {
+    /// An id for test doubles, which have no files behind their paths.
+    #[cfg(test)]
+    pub fn fake(n: u64) -> NetnsId {
+        NetnsId { dev: 0, ino: n }
+    }
+}
+
+/// What one look into a namespace found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The namespace that was looked into.
+    pub id: NetnsId,
+    pub links: Vec<Link>,
+}
+
+/// Looks into network namespaces; the seam the reconciler is tested through.
 pub trait LinkObserver: Send + Sync {
-    fn links<'a>(
+    fn inspect<'a>(
         &'a self,
         netns: &'a Path,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Link>, NetnsError>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Inspection, NetnsError>> + Send + 'a>>;
 }
 
 /// The real observer: netlink inside the namespace (see the module doc).
@@ -154,11 +180,11 @@ pub trait LinkObserver: Send + Sync {
 pub struct Netlink;
 
 impl LinkObserver for Netlink {
-    fn links<'a>(
+    fn inspect<'a>(
         &'a self,
         netns: &'a Path,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Link>, NetnsError>> + Send + 'a>> {
-        Box::pin(links(netns))
+    ) -> Pin<Box<dyn Future<Output = Result<Inspection, NetnsError>> + Send + 'a>> {
+        Box::pin(inspect(netns))
     }
 }
 
@@ -184,16 +210,20 @@ async fn dump<M>(
 }
 
 /// Lists the links (with their addresses) inside the network namespace at `netns`, a path
-/// such as `/var/run/netns/cni-…` or `/proc/<pid>/ns/net`, used verbatim.
+/// such as `/var/run/netns/cni-…` or `/proc/<pid>/ns/net`, used verbatim, and names the
+/// namespace the path led to.
 ///
 /// Must be called from within a tokio runtime (the netlink socket is driven by it).
-pub async fn links(netns: &Path) -> Result<Vec<Link>, NetnsError> {
-    let (connection, handle) = socket_in(netns).await?;
+pub async fn inspect(netns: &Path) -> Result<Inspection, NetnsError> {
+    let (id, (connection, handle)) = socket_in(netns).await?;
     let dump = async {
         let links: Vec<LinkMessage> = dump(netns, "link", handle.link().get().execute()).await?;
         let addresses: Vec<AddressMessage> =
             dump(netns, "address", handle.address().get().execute()).await?;
-        Ok(assemble(&links, &addresses))
+        Ok(Inspection {
+            id,
+            links: assemble(&links, &addresses),
+        })
     };
     // The connection is polled here, not spawned: when this function returns, the socket is
     // closed, so repeated lookups cannot pile up open descriptors.
@@ -204,8 +234,13 @@ pub async fn links(netns: &Path) -> Result<Vec<Link>, NetnsError> {
     }
 }
 
+/// The links inside the network namespace at `netns` (see [`inspect`]).
+pub async fn links(netns: &Path) -> Result<Vec<Link>, NetnsError> {
+    inspect(netns).await.map(|found| found.links)
+}
+
 /// Creates an rtnetlink connection whose socket lives in `netns`, from a throw-away thread.
-async fn socket_in(netns: &Path) -> Result<RouteConnection, NetnsError> {
+async fn socket_in(netns: &Path) -> Result<(NetnsId, RouteConnection), NetnsError> {
     let runtime = tokio::runtime::Handle::current();
     let path = netns.to_owned();
     let (tx, rx) = oneshot::channel();
@@ -231,11 +266,17 @@ async fn socket_in(netns: &Path) -> Result<RouteConnection, NetnsError> {
 fn enter_and_open(
     netns: &Path,
     runtime: &tokio::runtime::Handle,
-) -> Result<RouteConnection, NetnsError> {
-    let file = File::open(netns).map_err(|source| NetnsError::Open {
+) -> Result<(NetnsId, RouteConnection), NetnsError> {
+    let open_error = |source| NetnsError::Open {
         path: netns.to_owned(),
         source,
-    })?;
+    };
+    let file = File::open(netns).map_err(open_error)?;
+    let meta = file.metadata().map_err(open_error)?;
+    let id = NetnsId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
         path: netns.to_owned(),
         source,
@@ -247,7 +288,7 @@ fn enter_and_open(
             path: netns.to_owned(),
             source,
         })?;
-    Ok((connection, handle))
+    Ok((id, (connection, handle)))
 }
 
 /// Joins the link and address dumps into [`Link`]s, in kernel index order.

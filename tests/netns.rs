@@ -176,6 +176,45 @@ async fn namespace_of_an_exited_process_is_gone() {
 }
 
 #[tokio::test]
+async fn inspection_names_the_namespace_a_path_leads_to() {
+    let _serial = SERIAL.lock().await;
+    let first = TestNetns::new();
+    let other = TestNetns::new();
+    let path = first.path();
+    let seen = netns::inspect(&path).await.expect("inspect").id;
+    assert_eq!(
+        netns::inspect(&path).await.expect("inspect again").id,
+        seen,
+        "the same namespace twice"
+    );
+    let other_id = netns::inspect(&other.path())
+        .await
+        .expect("inspect other")
+        .id;
+    assert_ne!(other_id, seen, "two namespaces");
+
+    // The path now leads to the other namespace (a bind mount over it): a different id.
+    let mount = |args: &[&str]| {
+        let status = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "{args:?} failed");
+    };
+    let target = path.to_str().expect("utf-8 path");
+    mount(&[
+        "mount",
+        "--bind",
+        other.path().to_str().expect("utf-8 path"),
+        target,
+    ]);
+    let moved = netns::inspect(&path).await.map(|found| found.id);
+    mount(&["umount", target]);
+    assert_eq!(moved.expect("inspect through the bind mount"), other_id);
+    assert_eq!(netns::inspect(&path).await.expect("inspect after").id, seen);
+}
+
+#[tokio::test]
 async fn a_file_that_is_not_a_namespace_is_refused() {
     let _serial = SERIAL.lock().await;
     let file = tempfile::NamedTempFile::new().expect("temp file");

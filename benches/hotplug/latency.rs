@@ -211,3 +211,74 @@ async fn reported(world: &World, pod: &str, attached: bool) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// podagent's own steps on the attach path before the plugin runs, each timed alone on the
+/// same pod: where the overhead over the floor goes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Steps {
+    /// The CRI lookup: `ListPodSandbox` by pod UID, then verbose `PodSandboxStatus`.
+    pub sandbox_lookup: Summary,
+    /// Entering the netns from a fresh thread and dumping its links and addresses.
+    pub link_dump: Summary,
+    /// One durable record write (temp file, fsync, rename, fsync of the directory) in a
+    /// directory on the same filesystem as podagent's state dir.
+    pub record_write: Summary,
+}
+
+/// Times each of podagent's own pre-plugin steps `trials` times through its library.
+pub async fn steps(world: &World, pod: &Pod, trials: usize) -> Result<Steps> {
+    use podagent::runtime::{CriRuntime, PodRef, Runtime, RuntimeKind};
+    use podagent::store::{Attachment, Phase, PodRecord, Store};
+
+    let runtime = CriRuntime::new(
+        RuntimeKind::Containerd,
+        world.containerd.socket().to_owned(),
+        WAIT,
+    );
+    let pod_ref = PodRef {
+        uid: pod.uid.clone(),
+        namespace: NAMESPACE.to_owned(),
+        name: pod.name.clone(),
+    };
+    let netns = pod.netns()?;
+    let store = Store::open(world.path("steps-state")).context("open the steps state dir")?;
+    let selection = podagent::annotation::parse(Some(&format!(r#"[{{"name":"{NETWORK}"}}]"#)))
+        .context("parse the probe annotation")?
+        .remove(0);
+    let record = PodRecord {
+        uid: pod.uid.clone(),
+        namespace: NAMESPACE.to_owned(),
+        name: pod.name.clone(),
+        sandbox_id: pod.attachment(NETWORK)?.sandbox_id,
+        netns: netns.to_owned(),
+        attachments: [(
+            NETWORK.to_owned(),
+            Attachment::new(selection, Phase::Adding),
+        )]
+        .into(),
+    };
+    let (mut lookup, mut dump, mut write) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let start = Instant::now();
+        runtime
+            .sandbox(&pod_ref)
+            .await
+            .context("steps: CRI sandbox lookup")?;
+        lookup.push(start.elapsed());
+
+        let start = Instant::now();
+        podagent::netns::links(netns)
+            .await
+            .context("steps: link dump")?;
+        dump.push(start.elapsed());
+
+        let start = Instant::now();
+        store.put(&record).context("steps: record write")?;
+        write.push(start.elapsed());
+    }
+    Ok(Steps {
+        sandbox_lookup: Summary::of(&lookup),
+        link_dump: Summary::of(&dump),
+        record_write: Summary::of(&write),
+    })
+}

@@ -109,6 +109,8 @@ pub struct Results {
     pub setup: Setup,
     pub startup_ready_s: f64,
     pub latency: latency::Latency,
+    /// podagent's pre-plugin steps timed alone: where the attach overhead goes.
+    pub attach_steps: latency::Steps,
     pub burst_floor: burst::Floor,
     pub burst_add: burst::Converge,
     pub burst_del: burst::Converge,
@@ -180,6 +182,8 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
     step("floor: CNI attach/detach");
     let floor_cni =
         latency::cni_floor(&world, &probe, 0, &mut events, sizes.latency_trials).await?;
+    step("podagent's own steps alone");
+    let attach_steps = latency::steps(&world, &probe, sizes.latency_trials).await?;
     step("floor: burst plugin runs");
     let plain: Vec<_> = burst_pods.iter().map(|(_, p)| p.clone()).collect();
     let burst_floor = burst::floor(&world, &plain).await?;
@@ -297,6 +301,7 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
         setup,
         startup_ready_s: startup_ready.as_secs_f64(),
         latency,
+        attach_steps,
         burst_floor,
         burst_add,
         burst_del,

@@ -304,5 +304,18 @@ pub fn markdown(r: &Results) -> String {
         l.floor_watch.p50_ms,
         l.floor_watch.p99_ms,
     );
+    let steps = &r.attach_steps;
+    let _ = writeln!(
+        md,
+        "\npodagent's own steps before a plugin runs, each timed alone on the latency pod (p50 / \
+         p99): CRI sandbox lookup {:.2} / {:.2} ms, netns link dump {:.2} / {:.2} ms, durable \
+         record write {:.2} / {:.2} ms.",
+        steps.sandbox_lookup.p50_ms,
+        steps.sandbox_lookup.p99_ms,
+        steps.link_dump.p50_ms,
+        steps.link_dump.p99_ms,
+        steps.record_write.p50_ms,
+        steps.record_write.p99_ms,
+    );
     md
 }

@@ -15,7 +15,7 @@ use super::report::{Feedback, Notice, ReportError};
 use crate::cni::{Cni, CniError, CniResult, Op, PluginRun};
 use crate::config::ReconcileSettings;
 use crate::kubeapi::PodView;
-use crate::netns::{Link, LinkObserver, NetnsError, OperState};
+use crate::netns::{Inspection, Link, LinkObserver, NetnsError, NetnsId, OperState};
 use crate::runtime::{PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
 use crate::store::Store;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct Node {
     pub sandboxes: HashMap<String, (String, PathBuf)>,
     /// Netns → link names.
     pub links: HashMap<PathBuf, BTreeSet<String>>,
+    /// Netns → the namespace behind the path (a new one each time a sandbox is made).
+    pub namespaces: HashMap<PathBuf, u64>,
     /// `ADD <pod name> <ifname>` / `DEL …`, in order.
     pub cni_calls: Vec<String>,
     pub forgotten_sandboxes: Vec<String>,
@@ -56,6 +58,8 @@ impl Fakes {
             netns.clone(),
             ["lo", "eth0"].into_iter().map(String::from).collect(),
         );
+        let next = node.namespaces.len() as u64 + 1;
+        node.namespaces.insert(netns.clone(), next);
         netns
     }
 
@@ -150,17 +154,23 @@ impl Cni for Fakes {
 }
 
 impl LinkObserver for Fakes {
-    fn links<'a>(
+    fn inspect<'a>(
         &'a self,
         netns: &'a Path,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Link>, NetnsError>> + Send + 'a>> {
-        let names = self.node().links.get(netns).cloned();
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Inspection, NetnsError>> + Send + 'a>> {
+        let node = self.node();
+        let found = node
+            .links
+            .get(netns)
+            .cloned()
+            .zip(node.namespaces.get(netns).copied());
+        drop(node);
         Box::pin(async move {
-            let names = names.ok_or_else(|| NetnsError::Open {
+            let (names, id) = found.ok_or_else(|| NetnsError::Open {
                 path: netns.to_owned(),
                 source: std::io::ErrorKind::NotFound.into(),
             })?;
-            Ok(names
+            let links = names
                 .into_iter()
                 .enumerate()
                 .map(|(i, name)| Link {
@@ -170,7 +180,11 @@ impl LinkObserver for Fakes {
                     oper_state: OperState::Up,
                     addresses: Vec::new(),
                 })
-                .collect())
+                .collect();
+            Ok(Inspection {
+                id: NetnsId::fake(id),
+                links,
+            })
         })
     }
 }

@@ -2,14 +2,16 @@
 //!
 //! The order of effects is what makes a crash at any point recoverable (DESIGN.md §2): an
 //! attachment is recorded `Adding` before its CNI ADD and `Attached` with the result after it,
-//! `Removing` before its DEL and forgotten after it. The next reconcile compares those records
-//! with the links really in the netns, so an ADD that finished before a crash is adopted
-//! without a second ADD and one that did not is cleaned up and redone.
+//! `Removing` before the DEL of an attached one, and forgotten after it. The next reconcile
+//! compares those records with the links really in the netns: a call a crash may have cut short
+//! is done again from a DEL, and a link made by an ADD whose record never reached the disk is
+//! adopted without a second ADD.
 //!
 //! The runtime and the netns are only asked when something could need doing: a pod without a
 //! record and without a managed network costs nothing, and neither does one that is not
-//! running. Steps run in the plan's order and stop at the first failure; the caller retries
-//! with backoff and the plan is made again from whatever is then true.
+//! running. The runtime's answer is kept while the pod's containers and the namespace behind
+//! the netns path stay the same. Steps run in the plan's order and stop at the first failure;
+//! the caller retries with backoff and the plan is made again from whatever is then true.
 
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
@@ -18,9 +20,9 @@ use super::report::{Notice, Severity, status_value};
 use crate::annotation::{self, NetworkSelection};
 use crate::cni::{self, Cni, CniError, CniResult};
 use crate::kubeapi::PodView;
-use crate::netns::{Link, NetnsError};
+use crate::netns::{Inspection, Link, NetnsError, NetnsId};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
-use crate::runtime::{PodRef, Runtime, RuntimeError};
+use crate::runtime::{PodRef, Runtime, RuntimeError, Sandbox};
 use crate::store::{Attachment, Phase, PodRecord, Store, StoreError};
 
 /// A failed reconcile; the pod is retried with backoff.
@@ -79,6 +81,17 @@ pub struct Memo {
     pub invalid: Option<String>,
     /// The HostNetworkPod warning was given.
     pub host_network_warned: bool,
+    /// The runtime's last answer for the pod's sandbox, while it can still be trusted.
+    pub sandbox: Option<KnownSandbox>,
+}
+
+/// A sandbox the runtime named, with what it was named for: the pod's containers then and the
+/// namespace its netns path led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownSandbox {
+    container_ids: Vec<String>,
+    sandbox: Sandbox,
+    netns: NetnsId,
 }
 
 /// A reconcile's input: the pod (`view` is `None` when it is gone) and what is recorded.
@@ -194,13 +207,14 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         let mut observed = Observed::Unknown;
         let mut unreadable = None;
         if facts.running && !facts.deleting && !facts.host_network {
-            match self.ctx.runtime.sandbox(self.pod).await {
-                Ok(sandbox) => {
-                    match self.ctx.links.links(&sandbox.netns).await {
-                        Ok(links) => {
-                            observed =
-                                Observed::Links(links.iter().map(|l| l.name.clone()).collect());
-                            self.links = links;
+            match self.observe(view).await {
+                Ok(Some((sandbox, inspection))) => {
+                    match inspection {
+                        Ok(found) => {
+                            observed = Observed::Links(
+                                found.links.iter().map(|l| l.name.clone()).collect(),
+                            );
+                            self.links = found.links;
                         }
                         Err(source) => unreadable = Some(source),
                     }
@@ -209,7 +223,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
                         netns: sandbox.netns,
                     });
                 }
-                Err(RuntimeError::NoSandbox { .. } | RuntimeError::NotReady { .. }) => {}
+                Ok(None) => {}
                 Err(source) => {
                     return Verdict::Retry(ReconcileError::Runtime {
                         pod: self.pod.to_string(),
@@ -240,6 +254,42 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         }
         self.report_status().await;
         verdict
+    }
+
+    /// The pod's ready sandbox (`None` when it has none) and a look into its netns.
+    ///
+    /// The runtime is asked only when the pod's containers changed since its last answer
+    /// (kubelet re-creates every container with a new sandbox, so new ids are the sign of a new
+    /// sandbox) or when the netns path no longer leads to the namespace it led to then; otherwise
+    /// that answer stands, which spares two runtime calls per reconcile, retries included.
+    async fn observe(
+        &mut self,
+        view: &PodView,
+    ) -> Result<Option<(Sandbox, Result<Inspection, NetnsError>)>, RuntimeError> {
+        if let Some(known) = self.memo.sandbox.take()
+            && !view.container_ids.is_empty()
+            && known.container_ids == view.container_ids
+            && let Ok(found) = self.ctx.links.inspect(&known.sandbox.netns).await
+            && found.id == known.netns
+        {
+            let sandbox = known.sandbox.clone();
+            self.memo.sandbox = Some(known);
+            return Ok(Some((sandbox, Ok(found))));
+        }
+        let sandbox = match self.ctx.runtime.sandbox(self.pod).await {
+            Ok(sandbox) => sandbox,
+            Err(RuntimeError::NoSandbox { .. } | RuntimeError::NotReady { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let inspection = self.ctx.links.inspect(&sandbox.netns).await;
+        if let Ok(found) = &inspection {
+            self.memo.sandbox = Some(KnownSandbox {
+                container_ids: view.container_ids.clone(),
+                sandbox: sandbox.clone(),
+                netns: found.id,
+            });
+        }
+        Ok(Some((sandbox, inspection)))
     }
 
     async fn step(
@@ -430,10 +480,14 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         let span =
             info_span!("del", network = %name, ifname = %target.ifname, sandbox = %sandbox.id);
         async {
-            if let Some(a) = self.attachment_mut(&name) {
-                a.phase = Phase::Removing;
+            // An `Adding` or `Removing` record already sends a reconcile after a crash to DEL
+            // first, so only an `Attached` one needs its new phase written down before the DEL.
+            if attachment.phase == Phase::Attached {
+                if let Some(a) = self.attachment_mut(&name) {
+                    a.phase = Phase::Removing;
+                }
+                self.persist().await?;
             }
-            self.persist().await?;
             info!(was = ?attachment.phase, "CNI DEL");
             match self.ctx.cni.del(&target).await {
                 Ok(()) => {

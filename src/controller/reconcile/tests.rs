@@ -159,6 +159,8 @@ async fn sandbox_restart_drops_old_records() {
     let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
     pod.reconcile().await;
     pod.fakes.sandbox("u1", "s2");
+    // kubelet starts the pod's containers again in the new sandbox.
+    pod.view.container_ids = vec!["containerd://c2".into()];
     pod.reconcile().await;
     assert_eq!(
         pod.fakes.cni_calls(),
@@ -167,6 +169,64 @@ async fn sandbox_restart_drops_old_records() {
     );
     assert_eq!(pod.fakes.node().forgotten_sandboxes, ["s1"]);
     assert_eq!(pod.record.as_ref().expect("record").sandbox_id, "s2");
+}
+
+#[tokio::test]
+async fn known_sandbox_spares_the_runtime_until_the_containers_change() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.fakes.node().failing.insert("pod-u1".into(), 7);
+    for _ in 0..3 {
+        assert!(matches!(pod.reconcile().await, Verdict::Retry(_)));
+    }
+    assert_eq!(
+        pod.fakes.node().runtime_calls,
+        1,
+        "retries reuse the answer"
+    );
+    assert_eq!(pod.fakes.cni_calls().len(), 5, "ADD, then DEL + ADD twice");
+
+    pod.fakes.node().failing.clear();
+    pod.view.container_ids.push("containerd://sidecar".into());
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    assert_eq!(
+        pod.fakes.node().runtime_calls,
+        2,
+        "new containers: asked again"
+    );
+    assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Attached)]);
+}
+
+#[tokio::test]
+async fn netns_path_leading_elsewhere_sends_podagent_back_to_the_runtime() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    let netns = pod.record.as_ref().expect("record").netns.clone();
+
+    // The same path now leads to another namespace (say, a reused pid in /proc/<pid>/ns/net).
+    pod.fakes.node().namespaces.insert(netns.clone(), 99);
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    assert_eq!(pod.fakes.node().runtime_calls, 2);
+
+    // The namespace is gone and the runtime has a new sandbox, containers not yet reported.
+    pod.fakes.node().links.remove(&netns);
+    pod.fakes.sandbox("u1", "s2");
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    assert_eq!(pod.fakes.node().runtime_calls, 3);
+    assert_eq!(pod.record.as_ref().expect("record").sandbox_id, "s2");
+    assert_eq!(
+        pod.fakes.cni_calls(),
+        ["ADD pod-u1 net9f27410725ab", "ADD pod-u1 net9f27410725ab"],
+        "plugged again into the new sandbox, no DEL into the dead one"
+    );
+}
+
+#[tokio::test]
+async fn pod_without_reported_containers_asks_the_runtime_every_time() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.view.container_ids.clear();
+    pod.reconcile().await;
+    pod.reconcile().await;
+    assert_eq!(pod.fakes.node().runtime_calls, 2);
 }
 
 #[tokio::test]
