@@ -8,7 +8,8 @@
 #
 # Targets: annotation, cni_result, verbose_info, state_file. The checked-in seeds in
 # fuzz/corpus/<target>/ are read but never written: what a run discovers goes to
-# fuzz/target/corpus/<target>/ (kept between runs, not committed). A crash leaves its input in
+# fuzz/target/corpus/<target>/ (kept between runs, not committed). The suite runs every target
+# for a few seconds through this script (tests/fuzz.rs). A crash leaves its input in
 # fuzz/artifacts/<target>/; replay it with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>
 # and, once fixed, copy the input into fuzz/corpus/<target>/ so the suite (tests/hostile.rs)
@@ -57,7 +58,7 @@ fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz" >&2
-    cargo install --locked cargo-fuzz
+    cargo install --locked cargo-fuzz --version 0.13.2
 fi
 
 export RUSTC_BOOTSTRAP=1
