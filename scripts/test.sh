@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: prepares the test host, then checks format, lints and runs every test
 # (unit tests and integration tests against real containerd, dockerd, CNI plugins, netns and
-# journald). Needs root. Tests whose prerequisites are missing fail naming them; none is skipped.
+# journald, and a short libFuzzer run of every fuzz target), then runs the benchmark's smoke
+# version to prove it still works (its numbers are not judged here; see BENCHMARKS.md). Needs
+# root. Tests whose prerequisites are missing fail naming them; none is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -19,3 +21,5 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets --locked
+echo "== benchmark smoke (scripts/bench.sh --quick)"
+scripts/bench.sh --quick

@@ -54,6 +54,10 @@ impl Summary {
 pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// The part of the RSS that is heap and stacks, and the part that is mapped files (the
+    /// binary's own pages, shared libraries).
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
 }
 
 pub fn memory(pid: u32) -> Result<Memory> {
@@ -70,6 +74,8 @@ pub fn memory(pid: u32) -> Result<Memory> {
     Ok(Memory {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
+        rss_anon_kib: field("RssAnon:")?,
+        rss_file_kib: field("RssFile:")?,
     })
 }
 

@@ -231,9 +231,11 @@ pub fn markdown(r: &Results) -> String {
         row(
             &format!("{s}: RSS ({} pods, {} attachments)", i.pods, i.attachments),
             format!(
-                "{:.1} MiB (peak {:.1})",
+                "{:.1} MiB (peak {:.1}; heap and stacks {:.1}, mapped files {:.1})",
                 mib(i.memory.rss_kib),
-                mib(i.memory.hwm_kib)
+                mib(i.memory.hwm_kib),
+                mib(i.memory.rss_anon_kib),
+                mib(i.memory.rss_file_kib)
             ),
             String::new(),
             String::new(),
