@@ -10,16 +10,20 @@
 # the violated invariants and the tail of podagent's log. The suite runs a short version of the
 # same test (a few rounds) when PODAGENT_SOAK_MINUTES is not set.
 #
-# Last result (2026-11-28, 4 pods, 4 network names, 3 actions per round, on a 2-core machine
-# shared with a full test-suite run): 29 minutes, 1,193 rounds, about 3,600 actions (pod and
-# sandbox re-creations, containerd restarts, API faults, SIGTERM and SIGKILL restarts, conf
-# changes) with zero invariant violations; the run then stopped on the harness itself, which
-# waited for a podagent log line that went to the journal once the concurrent suite started a
-# journald. The harness now waits for podagent's SIGTERM handler instead; a full 30-minute pass
-# on main is still to be recorded here. Earlier runs found two real bugs, both fixed: a SIGKILL
-# mid-chain left a half-made attachment that was adopted (seeds 1795883905873490409,
-# 1795883744799869685), and hot-plugged host-local leases were never released at sandbox
-# teardown because the soak's runtime has no kactus (the soak now plays its part).
+# Last results (2026-11-28, 4 pods, 4 network names, 3 actions per round, 2-core machine):
+# - main at f7c074c (the sandbox-answer reuse in), sharing the machine with a full CI run for
+#   most of the time: 30 minutes, 1,285 rounds, 3,855 actions (1,572 annotation edits, 384 pod
+#   and 354 sandbox re-creations, 367 containerd restarts, 394 API faults, 208 SIGTERM and 218
+#   SIGKILL restarts of podagent, 358 CNI conf changes), zero invariant violations (seed
+#   1795894339217383325);
+# - main at 05952fc, machine otherwise idle: 30 minutes, 1,294 rounds, 3,882 actions, zero
+#   invariant violations (seed 1795890482460753175).
+# Earlier runs found two real bugs, both fixed: a SIGKILL mid-chain left a half-made attachment
+# that was adopted (seeds 1795883905873490409, 1795883744799869685), and hot-plugged host-local
+# leases were never released at sandbox teardown because the soak's runtime has no kactus (the
+# soak now plays its part). A harness problem (waiting for a log line that went to the journal
+# once a concurrent test started journald) stopped one 29-minute run; the harness now waits for
+# podagent's SIGTERM handler instead.
 set -euo pipefail
 
 minutes=10
