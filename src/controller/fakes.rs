@@ -34,6 +34,8 @@ pub struct Node {
     pub runtime_calls: usize,
     /// Pod names whose ADDs fail, with the CNI error code.
     pub failing: HashMap<String, u64>,
+    /// Pod names whose DELs fail, with the CNI error code.
+    pub failing_del: HashMap<String, u64>,
     pub events: Vec<(String, Notice)>,
     pub statuses: Vec<(String, Option<String>)>,
     /// How long each ADD takes, to keep reconcile slots busy.
@@ -106,20 +108,7 @@ impl Cni for Fakes {
         node.cni_calls
             .push(format!("ADD {} {}", a.pod_name, a.ifname));
         if let Some(code) = node.failing.get(&a.pod_name).copied() {
-            return Err(CniError::Failed {
-                run: Box::new(PluginRun {
-                    op: Op::Add,
-                    plugin: "fake".into(),
-                    network: "net".into(),
-                    netns: Some(a.netns.clone()),
-                    ifname: Some(a.ifname.clone()),
-                }),
-                exit_code: 1,
-                code: Some(code),
-                msg: "refused".into(),
-                details: String::new(),
-                stderr: String::new(),
-            });
+            return Err(refused(Op::Add, a, code));
         }
         node.links
             .entry(a.netns.clone())
@@ -137,6 +126,9 @@ impl Cni for Fakes {
         let mut node = self.node();
         node.cni_calls
             .push(format!("DEL {} {}", a.pod_name, a.ifname));
+        if let Some(code) = node.failing_del.get(&a.pod_name).copied() {
+            return Err(refused(Op::Del, a, code));
+        }
         if let Some(links) = node.links.get_mut(&a.netns) {
             links.remove(&a.ifname);
         }
@@ -150,6 +142,24 @@ impl Cni for Fakes {
     async fn forget_sandbox(&self, sandbox_id: &str) -> Result<(), CniError> {
         self.node().forgotten_sandboxes.push(sandbox_id.to_owned());
         Ok(())
+    }
+}
+
+/// The error of a plugin that refused `op` on `a` with CNI error `code`.
+fn refused(op: Op, a: &crate::cni::Attachment, code: u64) -> CniError {
+    CniError::Failed {
+        run: Box::new(PluginRun {
+            op,
+            plugin: "fake".into(),
+            network: "net".into(),
+            netns: Some(a.netns.clone()),
+            ifname: Some(a.ifname.clone()),
+        }),
+        exit_code: 1,
+        code: Some(code),
+        msg: "refused".into(),
+        details: String::new(),
+        stderr: String::new(),
     }
 }
 

@@ -257,6 +257,23 @@ async fn failed_add_is_reported_and_left_adding_for_the_retry() {
 }
 
 #[tokio::test]
+async fn cleanup_del_of_a_failed_add_leaves_the_record_adding() {
+    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
+    pod.fakes.node().failing.insert("pod-u1".into(), 7);
+    assert!(matches!(pod.reconcile().await, Verdict::Retry(_)));
+    pod.fakes.node().failing_del.insert("pod-u1".into(), 7);
+    assert!(matches!(pod.reconcile().await, Verdict::Retry(_)));
+    assert_eq!(
+        pod.fakes.cni_calls(),
+        ["ADD pod-u1 net9f27410725ab", "DEL pod-u1 net9f27410725ab"]
+    );
+    // `Adding` already means "DEL first": no `Removing` write went before the clean-up DEL.
+    assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Adding)]);
+    let stored = pod.stored();
+    assert_eq!(stored[0].attachments["green"].phase, Phase::Adding);
+}
+
+#[tokio::test]
 async fn invalid_annotation_changes_nothing_and_is_reported_once_per_value() {
     let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
     pod.reconcile().await;
