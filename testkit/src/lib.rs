@@ -9,8 +9,12 @@
 //! - `netns`: network namespaces that are removed even when a test fails;
 //! - `prereq`: failing loudly, naming what is missing, instead of skipping.
 
+pub mod binaries;
+pub mod control_plane;
+pub mod fault_proxy;
 pub mod host;
 pub mod journal;
 pub mod kube_sim;
 pub mod netns;
+pub mod node;
 pub mod prereq;

@@ -15,7 +15,7 @@
 mod containerd;
 mod dockerd;
 mod images;
-mod process;
+pub(crate) mod process;
 
 pub use containerd::Containerd;
 pub use dockerd::Dockerd;

@@ -1,0 +1,34 @@
+//! The workspace's own test programs (`control-plane`, `podagent-demo`) for tests of any
+//! package: cargo hands `CARGO_BIN_EXE_*` only to the tests of the package that owns a binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The path of testkit's binary `name` in the running test's target dir, built first (a
+/// no-op when it is up to date: a narrower `cargo test` may not have built it). Both packages
+/// are named so dependency features unify as in the test build and nothing is rebuilt.
+pub fn testkit_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // <target>/<profile>/deps/<test> → <target>/<profile>.
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary inside <target>/<profile>/deps");
+    let target = dir.parent().expect("<target>/<profile> inside <target>");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build", "--quiet", "-p", "podagent", "-p", "testkit", "--bin", name,
+        ])
+        .current_dir(&workspace)
+        .env("CARGO_TARGET_DIR", target);
+    if dir.file_name().is_some_and(|profile| profile == "release") {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|err| panic!("cannot run cargo to build {name}: {err}"));
+    assert!(status.success(), "cargo build --bin {name}: {status}");
+    dir.join(name)
+}

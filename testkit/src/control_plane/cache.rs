@@ -1,0 +1,84 @@
+//! Where the control plane's binaries are: built by `scripts/setup-test-host.sh` from the
+//! pinned Go module `testkit/controlplane/go.mod` into a directory keyed by the versions that
+//! go.mod pins, once per machine. go.mod is the one place the versions live: the setup script
+//! and this module both read them from it.
+
+use std::path::PathBuf;
+
+const GO_MOD: &str = include_str!("../../controlplane/go.mod");
+
+/// The cache the setup script builds into.
+pub const CACHE_ROOT: &str = "/var/lib/podagent-test/control-plane";
+
+/// The pinned Kubernetes release (`k8s.io/kubernetes` in go.mod), e.g. `v1.37.2`.
+pub fn kubernetes_version() -> &'static str {
+    required_version("k8s.io/kubernetes")
+}
+
+/// The pinned etcd release (`go.etcd.io/etcd/server/v3` in go.mod).
+pub fn etcd_version() -> &'static str {
+    required_version("go.etcd.io/etcd/server/v3")
+}
+
+/// `<CACHE_ROOT>/kubernetes-<v>-etcd-<v>/bin`, the directory the setup script fills.
+pub fn bin_dir() -> PathBuf {
+    PathBuf::from(CACHE_ROOT)
+        .join(format!(
+            "kubernetes-{}-etcd-{}",
+            kubernetes_version(),
+            etcd_version()
+        ))
+        .join("bin")
+}
+
+/// The path of one of `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl`; panics
+/// naming the setup script when it has not been built on this machine.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        panic!(
+            "{} is missing: the control plane ({name} of Kubernetes {} / etcd {}) is built by \
+             scripts/setup-test-host.sh (needs the Go module proxy)",
+            path.display(),
+            kubernetes_version(),
+            etcd_version()
+        );
+    }
+    path
+}
+
+/// The version go.mod requires for `module` (a `require` line `module vX.Y.Z`).
+fn required_version(module: &str) -> &'static str {
+    GO_MOD
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let first = words.next()?;
+            // `require module v` on one line, or `module v` inside a require block.
+            let (name, version) = if first == "require" {
+                (words.next()?, words.next()?)
+            } else {
+                (first, words.next()?)
+            };
+            (name == module && version.starts_with('v')).then_some(version)
+        })
+        .next()
+        .unwrap_or_else(|| panic!("testkit/controlplane/go.mod requires no {module}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_go_mod() {
+        assert!(kubernetes_version().starts_with("v1."));
+        assert!(etcd_version().starts_with("v3."));
+        let dir = bin_dir();
+        assert!(dir.ends_with(format!(
+            "kubernetes-{}-etcd-{}/bin",
+            kubernetes_version(),
+            etcd_version()
+        )));
+    }
+}

@@ -1,0 +1,184 @@
+//! One control plane per test binary, shared by its tests: starting one takes seconds, so each
+//! test gets its own namespace and node name on the same server instead of its own server.
+//!
+//! It runs as the `control-plane` command with `--ephemeral`, a child of the test process
+//! holding the write end of its stdin: when the test process ends — tests done, a panic, a
+//! signal — the pipe closes and the command stops its daemons by PID and removes its dir.
+//! Nothing lingers and nothing depends on destructors of statics, which Rust never runs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+/// The line `control-plane` prints once it is ready; scripts rely on it.
+pub const READY_PREFIX: &str = "control plane ready: kubeconfig ";
+
+/// The shared control plane of this test process.
+pub struct Shared {
+    server: String,
+    kubeconfig: PathBuf,
+    control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+    podagent_kubeconfig: OnceLock<PathBuf>,
+    admin: OnceLock<super::Admin>,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+static NEXT_NAME: AtomicU32 = AtomicU32::new(0);
+
+/// The control plane every test of this binary uses, started on first use. Panics (failing
+/// the test) with the command's own words when it cannot start.
+pub fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| Shared::spawn().unwrap_or_else(|err| panic!("{err:#}")))
+}
+
+impl Shared {
+    fn spawn() -> Result<Shared> {
+        crate::prereq::require_root();
+        let dir = std::env::temp_dir().join(format!("podagent-cp-{}", std::process::id()));
+        let program = crate::binaries::testkit_binary("control-plane");
+        let mut child = Command::new(&program)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--ephemeral")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let stdin = child.stdin.take().context("control-plane stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("control-plane stdout")?);
+        let line = read_line(&mut stdout)?;
+        let Some(rest) = line.strip_prefix(READY_PREFIX) else {
+            let status = child.wait().ok();
+            bail!(
+                "control-plane did not start (exit {status:?}); it printed {line:?} (its log \
+                 is on the test's stderr)"
+            );
+        };
+        let (kubeconfig, server) = rest
+            .split_once(" server ")
+            .with_context(|| format!("unexpected ready line {line:?}"))?;
+        Ok(Shared {
+            server: server.to_string(),
+            kubeconfig: PathBuf::from(kubeconfig),
+            control: Mutex::new((stdin, stdout)),
+            podagent_kubeconfig: OnceLock::new(),
+            admin: OnceLock::new(),
+        })
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The admin kubeconfig: for the test's own kubelet and kubectl part, never for podagent.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A new admin client (kube clients belong to the tokio runtime they were made on, and
+    /// every test has its own).
+    pub async fn client(&self) -> kube::Client {
+        super::admin_client(&self.kubeconfig)
+            .await
+            .unwrap_or_else(|err| panic!("admin client for {}: {err:#}", self.server))
+    }
+
+    /// Blocking admin calls, for the kubelet's and the operator's part of a test.
+    pub fn admin(&self) -> &super::Admin {
+        self.admin.get_or_init(|| {
+            super::Admin::new(&self.kubeconfig)
+                .unwrap_or_else(|err| panic!("admin client for {}: {err:#}", self.server))
+        })
+    }
+
+    /// A name no other test of this process uses: `<prefix>-<pid>-<n>`, a DNS-1123 label.
+    pub fn unique_name(&self, prefix: &str) -> String {
+        let n = NEXT_NAME.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{}-{n}", std::process::id())
+    }
+
+    /// Creates a fresh namespace and waits for its `default` service account (pods cannot be
+    /// created before the controller manager made it).
+    pub async fn namespace(&self, prefix: &str) -> String {
+        self.create_namespace(prefix)
+    }
+
+    /// [`Shared::namespace`] for sync code.
+    pub fn create_namespace(&self, prefix: &str) -> String {
+        let name = self.unique_name(prefix);
+        let admin = self.admin();
+        admin
+            .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+            .unwrap_or_else(|err| panic!("creating namespace {name}: {err:#}"));
+        for _ in 0..300 {
+            if admin
+                .get("v1", "ServiceAccount", Some(&name), "default")
+                .is_some()
+            {
+                return name;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("namespace {name} got no default service account within 15s");
+    }
+
+    /// The kubeconfig podagent runs with: made once by `scripts/create-kubeconfig.sh` for the
+    /// service account of `manifests/podagent-serviceaccount-and-rbac.yaml`, exactly as an
+    /// operator makes it, so podagent has the shipped RBAC and nothing more.
+    pub fn podagent_kubeconfig(&self) -> &Path {
+        self.podagent_kubeconfig.get_or_init(|| {
+            let out = self
+                .kubeconfig
+                .parent()
+                .expect("kubeconfig inside the control plane dir")
+                .join("podagent");
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let output = Command::new(repo.join("scripts/create-kubeconfig.sh"))
+                .arg(&out)
+                .arg("podagent-kubeconfig.yaml")
+                .env("KUBECONFIG", &self.kubeconfig)
+                .env("KUBECTL", super::binary("kubectl"))
+                .output()
+                .expect("run scripts/create-kubeconfig.sh");
+            assert!(
+                output.status.success(),
+                "scripts/create-kubeconfig.sh failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            out.join("podagent-kubeconfig.yaml")
+        })
+    }
+
+    /// Restarts kube-apiserver (same port, same data): every watch drops, and a watch from a
+    /// resourceVersion older than the new server's cache gets a real 410. Affects every test
+    /// of this process: only for test binaries that can take it.
+    pub fn restart_apiserver(&self) {
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        let (stdin, stdout) = &mut *control;
+        writeln!(stdin, "restart-apiserver")
+            .and_then(|()| stdin.flush())
+            .expect("write to control-plane");
+        let line = read_line(stdout).expect("control-plane answer");
+        assert_eq!(
+            line, "apiserver restarted",
+            "control-plane answered {line:?}"
+        );
+    }
+}
+
+fn read_line(from: &mut BufReader<ChildStdout>) -> Result<String> {
+    let mut line = String::new();
+    from.read_line(&mut line)
+        .context("reading control-plane's output")?;
+    Ok(line.trim_end().to_string())
+}

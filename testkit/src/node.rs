@@ -1,0 +1,723 @@
+//! A node with podagent on it, for every test and benchmark that runs the real agent: the one
+//! fixture, so the harnesses cannot drift apart.
+//!
+//! A [`Node`] owns what a node has — a private runtime (containerd or dockerd) with real pod
+//! sandboxes, a CNI conf dir whose primary network is the Debian bridge + host-local (+ tuning
+//! for MACs) reached through the logging wrapper `testkit/plugins/wrap-bridge`, a leased
+//! address range, podagent's state dir — and plays the kubelet's part against the shared real
+//! control plane: it creates pods bound to its node name, runs their sandboxes, and writes pod
+//! status through `pods/status` as the kubelet would. Each node has a node name and namespaces
+//! of its own, so tests sharing one control plane never see each other's pods.
+//!
+//! [`Agent`] is the podagent process: config written from [`AgentConfig`], a scrubbed
+//! environment (nothing of the caller's `PODAGENT_*`, `NOTIFY_SOCKET`, `RUST_LOG` leaks in),
+//! output in a log file, killed by PID on drop. podagent always runs with the credentials
+//! `scripts/create-kubeconfig.sh` makes for the shipped RBAC, never the admin's.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use crate::control_plane::{self, Shared};
+use crate::host::{Containerd, Dockerd, SubnetLease};
+use crate::netns::unique_name;
+use crate::prereq;
+
+/// The status annotation podagent writes in its default mode.
+pub const STATUS_ANNOTATION: &str = "podagent.kaloom.com/network-status";
+/// The wrapper plugin's type name in the node's conflist.
+pub const PLUGIN: &str = "wrap-bridge";
+/// How long [`Node::eventually`] waits.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Which runtime a node runs.
+pub enum Runtime {
+    Containerd(Containerd),
+    Docker(Dockerd),
+}
+
+/// One plugin invocation from the wrapper's `calls.log` (logged when it starts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// Start, in seconds since the epoch.
+    pub at: f64,
+    pub command: String,
+    pub pod: String,
+    pub ifname: String,
+}
+
+/// One finished plugin invocation from the wrapper's `ended.log`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub at: f64,
+    pub end: f64,
+    pub command: String,
+    pub pod: String,
+    pub exit: i32,
+}
+
+/// A test node: runtime, CNI config, state dir, and the kubelet's part on the control plane.
+pub struct Node {
+    name: String,
+    runtime: Runtime,
+    dir: tempfile::TempDir,
+    lease: SubnetLease,
+    bridge: String,
+    podagent: PathBuf,
+    cluster: &'static Shared,
+    namespaces: Mutex<HashMap<String, String>>,
+}
+
+impl Node {
+    /// A node with a private containerd.
+    pub async fn with_containerd(podagent: impl Into<PathBuf>) -> Node {
+        Node::new(
+            podagent.into(),
+            Runtime::Containerd(Containerd::start().await),
+        )
+    }
+
+    /// A node with a private dockerd.
+    pub async fn with_docker(podagent: impl Into<PathBuf>) -> Node {
+        Node::new(podagent.into(), Runtime::Docker(Dockerd::start().await))
+    }
+
+    fn new(podagent: PathBuf, runtime: Runtime) -> Node {
+        prereq::require_root();
+        prereq::require_command("nsenter", "util-linux");
+        prereq::require_command("ip", "iproute2");
+        for plugin in ["bridge", "host-local", "tuning"] {
+            prereq::require_path(
+                &Path::new("/usr/lib/cni").join(plugin),
+                "the Debian package containernetworking-plugins",
+            );
+        }
+        prereq::require_path(&podagent, "the podagent binary under test");
+        let cluster = control_plane::shared();
+        let dir = tempfile::Builder::new()
+            .prefix("pa-node")
+            .tempdir()
+            .expect("node dir");
+        for sub in ["conf", "bin", "state", "ipam"] {
+            fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        let wrapper = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("plugins")
+            .join(PLUGIN);
+        fs::copy(&wrapper, dir.path().join("bin").join(PLUGIN)).expect("copy wrapper plugin");
+        let node = Node {
+            name: cluster.unique_name("node"),
+            runtime,
+            lease: SubnetLease::acquire(),
+            bridge: unique_name("nbr"),
+            podagent,
+            cluster,
+            namespaces: Mutex::new(HashMap::new()),
+            dir,
+        };
+        node.write_conflist("10-hotplug.conflist", true);
+        node
+    }
+
+    /// Writes the node's primary network (`wrap-bridge` + host-local, with `tuning` for MACs
+    /// when `tuning`) as conf dir file `file`.
+    pub fn write_conflist(&self, file: &str, tuning: bool) {
+        let mut plugins = vec![json!({
+            "type": PLUGIN,
+            "bridge": self.bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": self.lease.subnet()}]],
+                "dataDir": self.path("ipam"),
+            },
+        })];
+        if tuning {
+            plugins.push(json!({"type": "tuning", "capabilities": {"mac": true}}));
+        }
+        let conflist = json!({"cniVersion": "1.0.0", "name": "hotplug", "plugins": plugins});
+        fs::write(
+            self.path("conf").join(file),
+            serde_json::to_vec_pretty(&conflist).expect("json"),
+        )
+        .expect("write conflist");
+    }
+
+    /// The node name podagent serves (`spec.nodeName` of this node's pods).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `<node dir>/<rel>`: `conf`, `bin`, `state`, `ipam`, `podagent.log`, ….
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The runtime and its socket, as podagent's config names them.
+    pub fn runtime_endpoint(&self) -> (&'static str, PathBuf) {
+        match &self.runtime {
+            Runtime::Containerd(c) => ("containerd", c.socket().to_owned()),
+            Runtime::Docker(d) => ("docker", d.socket().to_owned()),
+        }
+    }
+
+    /// The node's containerd; panics on a Docker node.
+    pub fn containerd(&self) -> &Containerd {
+        match &self.runtime {
+            Runtime::Containerd(c) => c,
+            Runtime::Docker(_) => panic!("node {} runs dockerd, not containerd", self.name),
+        }
+    }
+
+    /// The node's containerd, to restart it; panics on a Docker node.
+    pub fn containerd_mut(&mut self) -> &mut Containerd {
+        match &mut self.runtime {
+            Runtime::Containerd(c) => c,
+            Runtime::Docker(_) => panic!("node {} runs dockerd, not containerd", self.name),
+        }
+    }
+
+    /// The host-local subnet attachments get addresses from, `198.19.<n>.0/24`.
+    pub fn subnet(&self) -> String {
+        self.lease.subnet()
+    }
+
+    /// The prefix of every attachment address, `198.19.<n>.`.
+    pub fn address_prefix(&self) -> String {
+        self.lease.address_prefix()
+    }
+
+    /// The shared control plane.
+    pub fn cluster(&self) -> &'static Shared {
+        self.cluster
+    }
+
+    /// The real namespace behind a test's name for one (`default`, `team-a`): created on first
+    /// use, private to this node.
+    pub fn ns(&self, name: &str) -> String {
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(real) = namespaces.get(name) {
+            return real.clone();
+        }
+        let real = self.cluster.create_namespace(name);
+        namespaces.insert(name.to_string(), real.clone());
+        real
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The kubelet's part
+
+    /// Creates a pod bound to this node with `networks` (the `networks` annotation), runs its
+    /// sandbox and reports it Running; returns (uid, sandbox id).
+    pub async fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        networks: Option<&str>,
+    ) -> (String, String) {
+        let mut annotations = serde_json::Map::new();
+        if let Some(networks) = networks {
+            annotations.insert("networks".into(), json!(networks));
+        }
+        self.pod_with_annotations(namespace, name, Value::Object(annotations))
+            .await
+    }
+
+    /// [`Node::pod`] with any annotations.
+    pub async fn pod_with_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: Value,
+    ) -> (String, String) {
+        let uid = self.create_pod(namespace, name, annotations);
+        let sandbox = self.run_sandbox(&uid, namespace, name).await;
+        self.report_running(namespace, name, "first", 0);
+        (uid, sandbox)
+    }
+
+    /// Creates a pod bound to this node that the kubelet has not reported on yet (no status,
+    /// no sandbox); returns its uid.
+    pub fn create_pod(&self, namespace: &str, name: &str, annotations: Value) -> String {
+        let created = self
+            .cluster
+            .admin()
+            .create(json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": self.ns(namespace), "annotations": annotations},
+                "spec": {
+                    "nodeName": self.name,
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "main", "image": "busybox"}],
+                },
+            }))
+            .unwrap_or_else(|err| panic!("creating pod {namespace}/{name}: {err:#}"));
+        created["metadata"]["uid"]
+            .as_str()
+            .expect("a created pod has a uid")
+            .to_owned()
+    }
+
+    /// Runs a sandbox for the pod in the node's runtime; returns its id.
+    pub async fn run_sandbox(&self, uid: &str, namespace: &str, name: &str) -> String {
+        let namespace = self.ns(namespace);
+        match &self.runtime {
+            Runtime::Containerd(c) => c.run_pod_sandbox(uid, name, &namespace).await,
+            Runtime::Docker(d) => d.run_sandbox(uid, name, &namespace).await,
+        }
+    }
+
+    /// Reports the pod Running with one container whose id is `<runtime>://<container>`, as
+    /// the kubelet does through `pods/status` (a re-created sandbox restarts every container:
+    /// report a new id and a higher restart count).
+    pub fn report_running(&self, namespace: &str, name: &str, container: &str, restarts: u32) {
+        let (runtime, _) = self.runtime_endpoint();
+        let scheme = if runtime == "docker" {
+            "docker"
+        } else {
+            "containerd"
+        };
+        self.cluster
+            .admin()
+            .patch_status(
+                "v1",
+                "Pod",
+                Some(&self.ns(namespace)),
+                name,
+                json!({"status": {"phase": "Running", "containerStatuses": [{
+                    "name": "main", "containerID": format!("{scheme}://{container}"),
+                    "image": "busybox", "imageID": "", "ready": true, "restartCount": restarts,
+                    "started": true, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                }]}}),
+            )
+            .unwrap_or_else(|err| panic!("reporting pod {namespace}/{name} running: {err:#}"));
+    }
+
+    /// The network namespace of a sandbox.
+    pub async fn netns(&self, sandbox: &str) -> PathBuf {
+        match &self.runtime {
+            Runtime::Containerd(c) => c.sandbox_netns(sandbox).await,
+            Runtime::Docker(d) => d.sandbox_netns(sandbox).await,
+        }
+    }
+
+    /// Deletes the pod as the cluster does with a kubelet on the node: the graceful delete
+    /// marks it terminating, the kubelet stops the sandbox (when one is given), and its final
+    /// delete (grace 0) removes the object.
+    pub async fn delete_pod(&self, namespace: &str, name: &str, sandbox: Option<&str>) {
+        let admin = self.cluster.admin();
+        let namespace = self.ns(namespace);
+        admin
+            .delete("v1", "Pod", Some(&namespace), name, None)
+            .unwrap_or_else(|err| panic!("deleting pod {namespace}/{name}: {err:#}"));
+        if let Some(sandbox) = sandbox {
+            match &self.runtime {
+                Runtime::Containerd(c) => {
+                    c.stop_pod_sandbox(sandbox).await;
+                    c.remove_pod_sandbox(sandbox).await;
+                }
+                Runtime::Docker(d) => d.stop(sandbox).await,
+            }
+        }
+        admin
+            .delete("v1", "Pod", Some(&namespace), name, Some(0))
+            .unwrap_or_else(|err| panic!("final delete of pod {namespace}/{name}: {err:#}"));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The operator's part and what the user sees
+
+    /// Sets (or, with `None`, removes) the pod's `networks` annotation.
+    pub fn set_networks(&self, namespace: &str, name: &str, networks: Option<&str>) {
+        self.annotate(namespace, name, "networks", networks);
+    }
+
+    /// Sets (or removes) one annotation of the pod.
+    pub fn annotate(&self, namespace: &str, name: &str, key: &str, value: Option<&str>) {
+        self.cluster
+            .admin()
+            .patch_merge(
+                "v1",
+                "Pod",
+                Some(&self.ns(namespace)),
+                name,
+                json!({"metadata": {"annotations": {key: value}}}),
+            )
+            .unwrap_or_else(|err| panic!("annotating pod {namespace}/{name}: {err:#}"));
+    }
+
+    /// The pod object, if it exists.
+    pub fn get_pod(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.cluster
+            .admin()
+            .get("v1", "Pod", Some(&self.ns(namespace)), name)
+    }
+
+    /// podagent's status annotation of the pod, parsed.
+    pub fn status(&self, namespace: &str, name: &str) -> Option<Value> {
+        let pod = self.get_pod(namespace, name)?;
+        let text = pod["metadata"]["annotations"][STATUS_ANNOTATION].as_str()?;
+        Some(serde_json::from_str(text).expect("the status annotation is JSON"))
+    }
+
+    /// Every `events.k8s.io/v1` Event in the namespace.
+    pub fn all_events(&self, namespace: &str) -> Vec<Value> {
+        self.cluster
+            .admin()
+            .list("events.k8s.io/v1", "Event", Some(&self.ns(namespace)))
+    }
+
+    /// The Events about pod `uid` with `reason`.
+    pub fn events(&self, namespace: &str, uid: &str, reason: &str) -> Vec<Value> {
+        self.all_events(namespace)
+            .into_iter()
+            .filter(|e| e["regarding"]["uid"] == uid && e["reason"] == reason)
+            .collect()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The plugin and podagent's files
+
+    /// Every plugin invocation so far, in start order.
+    pub fn calls(&self) -> Vec<Call> {
+        let text = fs::read_to_string(self.path("bin/calls.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                Some(Call {
+                    at: parts.next()?.parse().ok()?,
+                    command: parts.next()?.to_owned(),
+                    pod: parts.next()?.to_owned(),
+                    ifname: parts.next().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every finished plugin invocation so far, in end order.
+    pub fn ended(&self) -> Vec<Ended> {
+        let text = fs::read_to_string(self.path("bin/ended.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                let [at, end, command, pod, _ifname, exit] = parts.as_slice() else {
+                    return None;
+                };
+                Some(Ended {
+                    at: at.parse().ok()?,
+                    end: end.parse().ok()?,
+                    command: (*command).to_owned(),
+                    pod: (*pod).to_owned(),
+                    exit: exit.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many `command` calls pod `pod` got.
+    pub fn count(&self, command: &str, pod: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.command == command && c.pod == pod)
+            .count()
+    }
+
+    /// Sets a switch of the wrapper plugin (`sleep`, `fail-pods`); `None` removes it.
+    pub fn set_switch(&self, switch: &str, value: Option<&str>) {
+        let file = self.path("bin").join(switch);
+        match value {
+            Some(value) => fs::write(&file, value).expect("write plugin switch"),
+            None => {
+                let _ = fs::remove_file(&file);
+            }
+        }
+    }
+
+    /// podagent's durable record of pod `uid`.
+    pub fn record(&self, uid: &str) -> Option<Value> {
+        let text = fs::read_to_string(self.path(&format!("state/{uid}.json"))).ok()?;
+        Some(serde_json::from_str(&text).expect("the record is JSON"))
+    }
+
+    /// Everything the node's agents logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path("podagent.log")).unwrap_or_default()
+    }
+
+    /// Polls `check` until it returns `Some` (for [`WAIT`]), or fails naming `what` with the
+    /// plugin calls and podagent's newest log lines.
+    pub async fn eventually<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "timed out waiting for {what}; plugin calls: {:?}\npodagent log (newest first):\n{}",
+                    self.calls(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // podagent
+
+    /// The config a test starts from: this node, its runtime, CNI dirs and state dir, and
+    /// podagent's own credentials.
+    pub fn agent_config(&self) -> AgentConfig {
+        let (kind, endpoint) = self.runtime_endpoint();
+        AgentConfig {
+            node_name: self.name.clone(),
+            kubeconfig: self.cluster.podagent_kubeconfig().to_owned(),
+            runtime_kind: kind,
+            runtime_endpoint: endpoint,
+            conf_dir: self.path("conf"),
+            bin_dir: self.path("bin"),
+            state_dir: self.path("state"),
+            log_level: "info,podagent=debug".into(),
+            shutdown_grace: "20s".into(),
+            plugin_timeout: "20s".into(),
+            concurrency: 4,
+            retry_base: "1s".into(),
+            retry_cap: "4s".into(),
+            resync_period: "5m".into(),
+            extra: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts podagent with [`Node::agent_config`].
+    pub fn start_agent(&self) -> Agent {
+        self.start_agent_with(&self.agent_config())
+    }
+
+    /// Starts podagent (`run --config <file>`) with `config`, its output appended to
+    /// `podagent.log` in the node dir.
+    pub fn start_agent_with(&self, config: &AgentConfig) -> Agent {
+        let file = self.path("podagent.toml");
+        fs::write(&file, config.render()).expect("write podagent config");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("podagent.log"))
+            .expect("open podagent log");
+        let mut command = Command::new(&self.podagent);
+        command
+            .args(["run", "--config"])
+            .arg(&file)
+            // Only PATH and what the test asks for: no PODAGENT_* configuration,
+            // NOTIFY_SOCKET or RUST_LOG of the caller may leak into the agent under test.
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", self.podagent.display()));
+        Agent { child }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        crate::host::process::delete_link(&self.bridge);
+    }
+}
+
+/// podagent's configuration file for a test, field by field.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub kubeconfig: PathBuf,
+    pub runtime_kind: &'static str,
+    pub runtime_endpoint: PathBuf,
+    pub conf_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_level: String,
+    pub shutdown_grace: String,
+    pub plugin_timeout: String,
+    pub concurrency: usize,
+    pub retry_base: String,
+    pub retry_cap: String,
+    pub resync_period: String,
+    /// TOML appended as is (more sections or keys).
+    pub extra: String,
+    /// Environment variables for the agent (on top of PATH).
+    pub env: Vec<(String, String)>,
+}
+
+impl AgentConfig {
+    /// The TOML text of `podagent.toml`.
+    pub fn render(&self) -> String {
+        format!(
+            r#"node_name = "{node}"
+state_dir = "{state}"
+log_level = "{log_level}"
+shutdown_grace = "{grace}"
+[kube]
+kubeconfig = "{kubeconfig}"
+[runtime]
+kind = "{kind}"
+endpoint = "{endpoint}"
+[cni]
+conf_dir = "{conf}"
+bin_dirs = ["{bin}", "/usr/lib/cni"]
+plugin_timeout = "{plugin_timeout}"
+[reconcile]
+concurrency = {concurrency}
+retry_base = "{retry_base}"
+retry_cap = "{retry_cap}"
+resync_period = "{resync}"
+{extra}"#,
+            node = self.node_name,
+            state = self.state_dir.display(),
+            log_level = self.log_level,
+            grace = self.shutdown_grace,
+            kubeconfig = self.kubeconfig.display(),
+            kind = self.runtime_kind,
+            endpoint = self.runtime_endpoint.display(),
+            conf = self.conf_dir.display(),
+            bin = self.bin_dir.display(),
+            plugin_timeout = self.plugin_timeout,
+            concurrency = self.concurrency,
+            retry_base = self.retry_base,
+            retry_cap = self.retry_cap,
+            resync = self.resync_period,
+            extra = self.extra,
+        )
+    }
+}
+
+/// A running podagent; killed (SIGKILL, by PID) on drop.
+pub struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits")
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), signal);
+    }
+
+    /// SIGTERM, and waits for a clean exit (status 0).
+    pub fn stop(mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(WAIT);
+        assert!(status.success(), "podagent exited with {status} on SIGTERM");
+    }
+
+    /// SIGKILL, and reaps it.
+    pub fn kill(mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit; panics when it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait podagent") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podagent did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait podagent").is_none()
+    }
+
+    /// CPU time used so far, in clock ticks (utime + stime from /proc/<pid>/stat).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        let after = stat.rsplit_once(')').expect("stat format").1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    }
+
+    /// Resident memory, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The links of a netns as `ip -j addr` shows them, through `nsenter` (works for
+/// `/var/run/netns/…` and `/proc/<pid>/ns/net` alike).
+pub fn links(netns: &Path) -> Vec<Value> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-j", "addr", "show"])
+        .output()
+        .expect("run nsenter");
+    assert!(
+        out.status.success(),
+        "nsenter into {}: {}",
+        netns.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
+}
+
+/// Whether `netns` has a link `name`.
+pub fn has_link(netns: &Path, name: &str) -> bool {
+    links(netns).iter().any(|l| l["ifname"] == name)
+}
+
+/// The IPv4 address of link `name` in `netns`, once it has one.
+pub fn ipv4(netns: &Path, name: &str) -> Option<String> {
+    links(netns).iter().find(|l| l["ifname"] == name)?["addr_info"]
+        .as_array()?
+        .iter()
+        .find(|a| a["family"] == "inet")
+        .and_then(|a| a["local"].as_str())
+        .map(str::to_owned)
+}
+
+/// The MAC address of link `name` in `netns`.
+pub fn mac(netns: &Path, name: &str) -> Option<String> {
+    links(netns).iter().find(|l| l["ifname"] == name)?["address"]
+        .as_str()
+        .map(str::to_owned)
+}
