@@ -1,16 +1,15 @@
 //! The `podagent` binary's command line, configuration errors and `podagent check`, run as an
-//! operator would: the real binary against kube-sim, a private containerd, the Debian CNI
-//! plugins and real directories.
+//! operator would: the real binary against the real control plane (with the credentials
+//! `scripts/create-kubeconfig.sh` makes for the shipped RBAC), a private containerd, the Debian
+//! CNI plugins and real directories.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::json;
 use testkit::host::Containerd;
-use testkit::kube_sim::{KubeSim, Options};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_podagent");
-const NODE: &str = "node-cli";
 const DEBIAN_CNI_BIN: &str = "/usr/lib/cni";
 
 /// Runs the binary with a clean environment for podagent (no stray PODAGENT_*, RUST_LOG or
@@ -65,6 +64,7 @@ impl ConfigFile {
 
 /// The settings of a healthy test host; each field can be broken on its own.
 struct Host {
+    node: String,
     kubeconfig: PathBuf,
     runtime_socket: PathBuf,
     conf_dir: PathBuf,
@@ -75,9 +75,10 @@ struct Host {
 impl Host {
     fn config(&self) -> ConfigFile {
         ConfigFile::write(&format!(
-            "node_name = \"{NODE}\"\nstate_dir = \"{}\"\n[kube]\nkubeconfig = \"{}\"\n\
+            "node_name = \"{}\"\nstate_dir = \"{}\"\n[kube]\nkubeconfig = \"{}\"\n\
              [runtime]\nkind = \"containerd\"\nendpoint = \"unix://{}\"\n\
              [cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\"]\n",
+            self.node,
             self.state_dir.display(),
             self.kubeconfig.display(),
             self.runtime_socket.display(),
@@ -204,27 +205,31 @@ async fn version_names_commit_build_date_and_runtimes() {
     }
 }
 
-async fn seeded_sim(token: Option<&str>) -> KubeSim {
-    let sim = KubeSim::start(Options {
-        token: token.map(str::to_string),
-        ..Options::default()
-    })
-    .await
-    .expect("kube-sim starts");
-    sim.create(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "team", "uid": "uid-web",
-                     "annotations": {"networks": "[{\"name\":\"green\"}]"}},
-        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}]},
-        "status": {"phase": "Running"}
-    }))
-    .expect("seed pod");
-    sim
+/// A node name with one running pod bound to it, on the shared control plane.
+fn seeded_node() -> String {
+    let cluster = testkit::control_plane::shared();
+    let node = cluster.unique_name("node-cli");
+    let namespace = cluster.create_namespace("team");
+    cluster
+        .admin()
+        .create(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": namespace,
+                         "annotations": {"networks": "[{\"name\":\"green\"}]"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("seed pod");
+    node
 }
 
-fn healthy(sim: &KubeSim, containerd: &Containerd, state: &Path) -> Host {
+/// podagent's own kubeconfig, as `scripts/create-kubeconfig.sh` writes it.
+fn healthy(node: &str, containerd: &Containerd, state: &Path) -> Host {
     Host {
-        kubeconfig: sim.kubeconfig_path().to_path_buf(),
+        node: node.to_string(),
+        kubeconfig: testkit::control_plane::shared()
+            .podagent_kubeconfig()
+            .to_path_buf(),
         runtime_socket: containerd.socket().to_path_buf(),
         conf_dir: containerd.dir().join("net.d"),
         bin_dir: DEBIAN_CNI_BIN.to_string(),
@@ -235,17 +240,16 @@ fn healthy(sim: &KubeSim, containerd: &Containerd, state: &Path) -> Host {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() {
     testkit::prereq::require_path(Path::new(DEBIAN_CNI_BIN), "containernetworking-plugins");
-    let token = "right-token";
-    let sim = seeded_sim(Some(token)).await;
+    let node = seeded_node();
     let mut containerd = Containerd::start().await;
     let scratch = tempfile::tempdir().expect("temp dir");
-    let host = healthy(&sim, &containerd, scratch.path());
+    let host = healthy(&node, &containerd, scratch.path());
 
     let (code, lines) = check(&host).await;
     assert_eq!(code, Some(0), "{lines:#?}");
     assert_eq!(lines.len(), 8, "{lines:#?}");
     assert!(lines.iter().all(|l| l.starts_with('✓')), "{lines:#?}");
-    assert!(line(&lines, "pods on this node listable").contains(&format!("1 pods on node {NODE}")));
+    assert!(line(&lines, "pods on this node listable").contains(&format!("1 pods on node {node}")));
     assert!(
         line(&lines, "container runtime reachable").contains("containerd"),
         "{lines:#?}"
@@ -258,15 +262,15 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
 
     // Wrong token: the API server rejects the credentials.
     let wrong = scratch.path().join("wrong-kubeconfig.yaml");
-    let original = std::fs::read_to_string(sim.kubeconfig_path()).expect("read kubeconfig");
-    assert!(
-        original.contains(token),
-        "kube-sim's kubeconfig carries its token"
-    );
-    std::fs::write(&wrong, original.replace(token, "wrong-token")).expect("write kubeconfig");
+    let original = std::fs::read_to_string(host.kubeconfig.as_path()).expect("read kubeconfig");
+    let token = original
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("token: "))
+        .expect("podagent's kubeconfig carries a token");
+    std::fs::write(&wrong, original.replace(token, "\"wrong-token\"")).expect("write kubeconfig");
     let (code, lines) = check(&Host {
         kubeconfig: wrong,
-        ..healthy(&sim, &containerd, scratch.path())
+        ..healthy(&node, &containerd, scratch.path())
     })
     .await;
     assert_eq!(code, Some(1), "{lines:#?}");
@@ -284,7 +288,7 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     std::fs::create_dir(&empty).expect("mkdir");
     let (code, lines) = check(&Host {
         conf_dir: empty.clone(),
-        ..healthy(&sim, &containerd, scratch.path())
+        ..healthy(&node, &containerd, scratch.path())
     })
     .await;
     assert_eq!(code, Some(1), "{lines:#?}");
@@ -299,7 +303,7 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     std::fs::create_dir(&no_plugins).expect("mkdir");
     let (code, lines) = check(&Host {
         bin_dir: no_plugins.display().to_string(),
-        ..healthy(&sim, &containerd, scratch.path())
+        ..healthy(&node, &containerd, scratch.path())
     })
     .await;
     assert_eq!(code, Some(1), "{lines:#?}");
@@ -311,7 +315,7 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
 
     // Stopped runtime.
     containerd.stop_daemon().await;
-    let (code, lines) = check(&healthy(&sim, &containerd, scratch.path())).await;
+    let (code, lines) = check(&healthy(&node, &containerd, scratch.path())).await;
     assert_eq!(code, Some(1), "{lines:#?}");
     assert_only_failure(&lines, "container runtime reachable");
     assert!(

@@ -769,114 +769,22 @@ async fn a_world_readable_kubeconfig_is_warned_about() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The rest of the node keeps working: the real podagent against kube-sim and a private
-// containerd, with hostile pods next to a healthy one.
+// The rest of the node keeps working: the real podagent against the real control plane and a
+// private containerd, with hostile pods next to a healthy one.
 
-/// A running podagent, killed by PID on drop.
-struct Agent(std::process::Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).expect("pid")),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Deletes the test's hot-plug bridge, also when the test fails.
-struct Bridge(String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.0])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
+/// The `net<hash>` links in a netns.
 fn net_links(netns: &Path) -> Vec<String> {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["ip", "-o", "link", "show"])
-        .output()
-        .expect("nsenter ip link");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+    testkit::node::links(netns)
+        .iter()
+        .filter_map(|link| link["ifname"].as_str())
         .filter(|name| annotation::is_attachment_ifname(name))
+        .map(str::to_owned)
         .collect()
-}
-
-async fn eventually<T>(what: &str, log: &Path, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if std::time::Instant::now() > deadline {
-            let log = fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            panic!(
-                "timed out waiting for {what}; podagent log (newest first):\n{}",
-                tail.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_pods_get_a_warning_and_the_rest_of_the_node_keeps_working() {
-    use testkit::host::{Containerd, SubnetLease};
-    use testkit::kube_sim::{KubeSim, Options};
-
-    testkit::prereq::require_root();
-    testkit::prereq::require_command("nsenter", "util-linux");
-    testkit::prereq::require_command("ip", "iproute2");
-    for plugin in ["bridge", "host-local"] {
-        testkit::prereq::require_path(
-            &Path::new("/usr/lib/cni").join(plugin),
-            "the Debian package containernetworking-plugins",
-        );
-    }
-    const NODE: &str = "hostile-node";
-    let sim = KubeSim::start(Options::default()).await.expect("kube-sim");
-    let containerd = Containerd::start().await;
-    let dir = tempfile::Builder::new().prefix("pa-hos").tempdir().unwrap();
-    let lease = SubnetLease::acquire();
-    let bridge = Bridge(testkit::netns::unique_name("hbr"));
-    for sub in ["conf", "state", "ipam"] {
-        fs::create_dir(dir.path().join(sub)).unwrap();
-    }
-    fs::write(
-        dir.path().join("conf/10-hotplug.conflist"),
-        json!({"cniVersion": "1.0.0", "name": "hotplug", "plugins": [{
-            "type": "bridge", "bridge": bridge.0, "isGateway": false, "ipMasq": false,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": lease.subnet()}]],
-                     "dataDir": dir.path().join("ipam")}}]})
-        .to_string(),
-    )
-    .unwrap();
-    let config = dir.path().join("podagent.toml");
-    fs::write(
-        &config,
-        format!(
-            "node_name = \"{NODE}\"\nstate_dir = \"{state}\"\n[kube]\nkubeconfig = \"{kc}\"\n\
-             [runtime]\nkind = \"containerd\"\nendpoint = \"{sock}\"\n\
-             [cni]\nconf_dir = \"{conf}\"\nbin_dirs = [\"/usr/lib/cni\"]\n",
-            state = dir.path().join("state").display(),
-            kc = sim.kubeconfig_path().display(),
-            sock = containerd.socket().display(),
-            conf = dir.path().join("conf").display(),
-        ),
-    )
-    .unwrap();
+    let node = testkit::node::Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
 
     // name -> annotation; every pod but "good" is hostile.
     let many = annotation_of(10_000, "{}");
@@ -901,62 +809,38 @@ async fn hostile_pods_get_a_warning_and_the_rest_of_the_node_keeps_working() {
     ];
     let mut netns = HashMap::new();
     for (name, networks, _) in &pods {
-        let created = sim
-            .create(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "default",
-                             "annotations": {"networks": networks}},
-                "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "busybox"}]},
-                "status": {"phase": "Running"},
-            }))
-            .expect("create pod");
-        let uid = created["metadata"]["uid"].as_str().expect("uid").to_owned();
-        let sandbox = containerd.run_pod_sandbox(&uid, name, "default").await;
-        netns.insert(*name, (uid, containerd.sandbox_netns(&sandbox).await));
+        let (uid, sandbox) = node
+            .pod_with_annotations("default", name, json!({ "networks": networks }))
+            .await;
+        netns.insert(*name, (uid, node.netns(&sandbox).await));
     }
     // A pod the kubelet has not reported on yet: no status, no sandbox.
-    sim.create(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "nostatus", "namespace": "default",
-                     "annotations": {"networks": "[{\"name\":\"green\"}]"}},
-        "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "busybox"}]}}))
-        .expect("create pod");
-
-    let log = dir.path().join("podagent.log");
-    let out = fs::File::create(&log).unwrap();
-    let mut agent = Agent(
-        std::process::Command::new(env!("CARGO_BIN_EXE_podagent"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start podagent"),
+    node.create_pod(
+        "default",
+        "nostatus",
+        json!({"networks": "[{\"name\":\"green\"}]"}),
     );
 
+    let mut agent = node.start_agent();
     let good = netns["good"].1.clone();
-    eventually("green in the healthy pod", &log, || {
+    node.eventually("green in the healthy pod", || {
         (net_links(&good) == [GREEN_IF]).then_some(())
     })
     .await;
-    let events = || sim.list("events.k8s.io/v1", "Event", Some("default"));
     for (name, _, expected) in pods.iter().skip(1) {
         let uid = &netns[name].0;
-        let note = eventually(&format!("a Warning Event for {name}"), &log, || {
-            events().into_iter().find_map(|e| {
-                (e["regarding"]["uid"] == *uid && e["reason"] == "InvalidNetworksAnnotation").then(
-                    || {
+        let note = node
+            .eventually(&format!("a Warning Event for {name}"), || {
+                node.events("default", uid, "InvalidNetworksAnnotation")
+                    .first()
+                    .map(|e| {
                         (
                             e["type"].clone(),
                             e["note"].as_str().unwrap_or("").to_owned(),
                         )
-                    },
-                )
+                    })
             })
-        })
-        .await;
+            .await;
         assert_eq!(note.0, "Warning", "{name}");
         assert!(note.1.contains(expected), "{name}: {}", note.1);
         assert!(
@@ -967,32 +851,27 @@ async fn hostile_pods_get_a_warning_and_the_rest_of_the_node_keeps_working() {
     }
 
     // The healthy pod still gets what it asks for after all that.
-    sim.patch_merge(
-        "v1",
-        "Pod",
-        Some("default"),
+    node.set_networks(
+        "default",
         "good",
-        json!({"metadata": {"annotations": {"networks": r#"[{"name":"green"},{"name":"blue"}]"#}}}),
-    )
-    .expect("patch");
-    eventually("blue added to the healthy pod", &log, || {
+        Some(r#"[{"name":"green"},{"name":"blue"}]"#),
+    );
+    node.eventually("blue added to the healthy pod", || {
         (net_links(&good).len() == 2).then_some(())
     })
     .await;
-    assert!(matches!(agent.0.try_wait(), Ok(None)), "podagent exited");
+    assert!(agent.running(), "podagent exited");
     for (name, _, _) in pods.iter().skip(1) {
         assert!(
             net_links(&netns[name].1).is_empty(),
             "{name} got an interface"
         );
-        let record = dir.path().join(format!("state/{}.json", netns[name].0));
-        assert!(!record.exists(), "{name} has a record");
+        assert!(node.record(&netns[name].0).is_none(), "{name} has a record");
     }
-    let nostatus_events: Vec<_> = events()
+    let nostatus_events: Vec<_> = node
+        .all_events("default")
         .into_iter()
         .filter(|e| e["regarding"]["name"] == "nostatus")
         .collect();
     assert!(nostatus_events.is_empty(), "{nostatus_events:?}");
-    drop(agent);
-    drop(containerd);
 }

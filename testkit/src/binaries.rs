@@ -4,16 +4,26 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The path of testkit's binary `name` in the running test's target dir, built first (a
-/// no-op when it is up to date: a narrower `cargo test` may not have built it). Both packages
-/// are named so dependency features unify as in the test build and nothing is rebuilt.
+/// The path of testkit's binary `name`. For a test or bench (an executable in
+/// `<target>/<profile>/deps`): built first into that profile (a no-op when it is up to date: a
+/// narrower `cargo test` may not have built it); both packages are named so dependency
+/// features unify as in the test build and nothing is rebuilt. For a program of the workspace
+/// (the demo driver): the one next to it, as `cargo build --bins` or a script put it there.
 pub fn testkit_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
+    let exe = std::env::current_exe().expect("the running program's own path");
+    let dir = exe.parent().expect("a program inside a directory");
+    if dir.file_name().is_none_or(|deps| deps != "deps") {
+        let sibling = dir.join(name);
+        assert!(
+            sibling.is_file(),
+            "{} is missing: build it next to {} (cargo build -p testkit --bins)",
+            sibling.display(),
+            exe.display()
+        );
+        return sibling;
+    }
     // <target>/<profile>/deps/<test> → <target>/<profile>.
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary inside <target>/<profile>/deps");
+    let dir = dir.parent().expect("deps inside <target>/<profile>");
     let target = dir.parent().expect("<target>/<profile> inside <target>");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut build = Command::new(env!("CARGO"));
