@@ -1,5 +1,7 @@
-//! The operator scripts and the manifests, run with the real `kubectl` and `jq` against kube-sim
-//! (served in-process; the scripts reach it through `KUBECONFIG`, as they would a cluster).
+//! The operator scripts and the manifests, run with `kubectl` (at the server's version) and
+//! `jq` against the real control plane; the scripts reach it through `KUBECONFIG`, as they
+//! would a cluster. Each test works in a namespace of its own, the current namespace of its
+//! kubeconfig.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -8,10 +10,8 @@ use std::process::{Command, Output};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use testkit::kube_sim::{KubeSim, Options};
+use testkit::control_plane::{self, Shared};
 use testkit::prereq;
-
-const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,42 +21,44 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A kube-sim served by its own runtime while the test thread runs kubectl and the scripts.
+/// One test's view of the shared control plane: its own namespace, an admin kubeconfig whose
+/// current namespace it is, and `kubectl` at the server's version first on PATH.
 struct Cluster {
-    sim: KubeSim,
-    _runtime: tokio::runtime::Runtime,
+    shared: &'static Shared,
+    ns: String,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// HTTPS with a required admin token, like a real cluster.
     fn start() -> Self {
-        prereq::require_command("kubectl", "kubernetes-client");
         prereq::require_command("jq", "jq");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let sim = runtime
-            .block_on(KubeSim::start(Options {
-                tls: true,
-                token: Some(ADMIN_TOKEN.to_string()),
-                ..Options::default()
-            }))
-            .expect("start kube-sim");
-        Cluster {
-            sim,
-            _runtime: runtime,
-        }
+        let shared = control_plane::shared();
+        let ns = shared.create_namespace("scripts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config: Value = serde_yaml::from_str(
+            &fs::read_to_string(shared.kubeconfig()).expect("read the admin kubeconfig"),
+        )
+        .expect("kubeconfig is YAML");
+        config["contexts"][0]["context"]["namespace"] = json!(ns);
+        fs::write(
+            dir.path().join("kubeconfig"),
+            serde_yaml::to_string(&config).expect("yaml"),
+        )
+        .expect("write kubeconfig");
+        Cluster { shared, ns, dir }
     }
 
-    fn kubeconfig(&self) -> &Path {
-        self.sim.kubeconfig_path()
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
     }
 
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
-        command.env("KUBECONFIG", self.kubeconfig());
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = std::iter::once(control_plane::bin_dir()).chain(std::env::split_paths(&path));
+        command
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("PATH", std::env::join_paths(dirs).expect("PATH"));
         command
     }
 
@@ -78,19 +80,20 @@ impl Cluster {
         let mut pod = json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "metadata": {"name": name, "namespace": self.ns},
             "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox"}]},
             "status": {"phase": "Running"},
         });
         if let Some(networks) = networks {
             pod["metadata"]["annotations"] = json!({ "networks": networks });
         }
-        self.sim.create(pod).expect("create pod");
+        self.shared.admin().create(pod).expect("create pod");
     }
 
     fn pod(&self, name: &str) -> Value {
-        self.sim
-            .get("v1", "Pod", Some("default"), name)
+        self.shared
+            .admin()
+            .get("v1", "Pod", Some(&self.ns), name)
             .unwrap_or_else(|| panic!("pod {name} exists"))
     }
 
@@ -144,7 +147,7 @@ fn adding_with_a_mac_keeps_other_entries_and_their_fields() {
     );
     let out = cluster.script(
         "add-network-annotation.sh",
-        &["web", "data", "default", "00:AA:BB:CC:DD:EE"],
+        &["web", "data", &cluster.ns, "00:AA:BB:CC:DD:EE"],
     );
     assert_ok(&out, "add data with a MAC");
     assert_eq!(
@@ -163,7 +166,7 @@ fn a_multicast_mac_is_refused_before_the_pod_is_touched() {
     let before = cluster.pod("web")["metadata"]["resourceVersion"].clone();
     let out = cluster.script(
         "add-network-annotation.sh",
-        &["web", "data", "default", "01:00:5e:00:00:01"],
+        &["web", "data", &cluster.ns, "01:00:5e:00:00:01"],
     );
     assert_fails_saying(&out, "add with a multicast MAC", "multicast");
     assert_eq!(cluster.pod("web")["metadata"]["resourceVersion"], before);
@@ -173,7 +176,7 @@ fn a_multicast_mac_is_refused_before_the_pod_is_touched() {
 fn deleting_a_network_removes_only_that_entry() {
     let cluster = Cluster::start();
     cluster.create_pod("web", Some(r#"[{"name":"data"},{"name":"green"}]"#));
-    let out = cluster.script("del-network-annotation.sh", &["web", "data", "default"]);
+    let out = cluster.script("del-network-annotation.sh", &["web", "data", &cluster.ns]);
     assert_ok(&out, "del data");
     assert_eq!(parsed(cluster.networks("web")), json!([{"name": "green"}]));
     let out = cluster.script("del-network-annotation.sh", &["web", "green"]);
@@ -219,11 +222,11 @@ fn a_malformed_annotation_is_reported_and_left_unchanged() {
 #[test]
 fn a_missing_pod_is_reported() {
     let cluster = Cluster::start();
-    let out = cluster.script("add-network-annotation.sh", &["ghost", "data", "default"]);
+    let out = cluster.script("add-network-annotation.sh", &["ghost", "data", &cluster.ns]);
     assert_fails_saying(
         &out,
         "add to a missing pod",
-        "pod ghost not found in default",
+        &format!("pod ghost not found in {}", cluster.ns),
     );
     let out = cluster.script("del-network-annotation.sh", &["ghost", "data"]);
     assert_fails_saying(&out, "del from a missing pod", "pod ghost not found");
@@ -261,7 +264,8 @@ fn create_kubeconfig_writes_a_private_token_kubeconfig_that_kubectl_can_use() {
 
     // The secret was created for the service account and filled by the token controller.
     let secret = cluster
-        .sim
+        .shared
+        .admin()
         .get("v1", "Secret", Some("kube-system"), "podagent-token")
         .expect("token secret");
     assert_eq!(secret["type"], "kubernetes.io/service-account-token");
@@ -269,13 +273,16 @@ fn create_kubeconfig_writes_a_private_token_kubeconfig_that_kubectl_can_use() {
         .expect("kubeconfig is YAML");
     let user = &kubeconfig["users"][0]["user"];
     assert!(user["token"].as_str().is_some_and(|t| !t.is_empty()));
+    let admin: Value =
+        serde_yaml::from_str(&fs::read_to_string(cluster.kubeconfig()).expect("read"))
+            .expect("kubeconfig is YAML");
     assert_ne!(
-        user["token"], ADMIN_TOKEN,
+        user["token"], admin["users"][0]["user"]["token"],
         "the service account's token, not the admin's"
     );
     assert_eq!(
         kubeconfig["clusters"][0]["cluster"]["server"],
-        cluster.sim.url()
+        cluster.shared.server()
     );
     assert_eq!(
         kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"],
@@ -283,9 +290,10 @@ fn create_kubeconfig_writes_a_private_token_kubeconfig_that_kubectl_can_use() {
     );
 
     // kubectl verifies the server with the embedded CA and authenticates with the token.
-    let get = Command::new("kubectl")
+    let get = cluster
+        .command("kubectl")
         .env("KUBECONFIG", &out_path)
-        .args(["get", "pods", "--namespace", "default", "-o", "name"])
+        .args(["get", "pods", "--namespace", &cluster.ns, "-o", "name"])
         .output()
         .expect("run kubectl");
     assert_ok(&get, "kubectl get pods with the new kubeconfig");
@@ -569,10 +577,18 @@ fn every_manifest_applies_to_the_api_server_with_kubectl() {
     for path in &ordered {
         let out = cluster.kubectl(&["apply", "-f", path.to_str().expect("utf-8")]);
         assert_ok(&out, &format!("kubectl apply -f {}", path.display()));
+        if path.ends_with("networks-crd.yaml") {
+            let out = cluster.kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/networks.kaloom.com",
+            ]);
+            assert_ok(&out, "kubectl wait for the Network CRD");
+        }
     }
     // Three runtimes, one DaemonSet name: the last one applied is what is stored.
-    let ds = cluster
-        .sim
+    let admin = cluster.shared.admin();
+    let ds = admin
         .get("apps/v1", "DaemonSet", Some("kube-system"), "podagent")
         .expect("DaemonSet stored");
     assert_eq!(
@@ -580,14 +596,12 @@ fn every_manifest_applies_to_the_api_server_with_kubectl() {
         "podagent"
     );
     assert!(
-        cluster
-            .sim
+        admin
             .get("v1", "ServiceAccount", Some("kube-system"), "podagent")
             .is_some()
     );
     assert!(
-        cluster
-            .sim
+        admin
             .get(
                 "rbac.authorization.k8s.io/v1",
                 "ClusterRole",
@@ -601,10 +615,61 @@ fn every_manifest_applies_to_the_api_server_with_kubectl() {
         "networks.kaloom.com",
         "data",
         "--namespace",
-        "default",
+        &cluster.ns,
         "-o",
         "jsonpath={.spec.plugin}",
     ]);
     assert_ok(&data, "kubectl get network data");
     assert_eq!(text(&data.stdout), "bridge");
+}
+
+#[test]
+fn the_shipped_rbac_grants_what_podagent_uses_and_nothing_else() {
+    let cluster = Cluster::start();
+    // Applies manifests/podagent-serviceaccount-and-rbac.yaml and makes podagent's token, as
+    // an operator does; every end-to-end test runs podagent with that token, so a missing
+    // grant fails them. Here: nothing beyond what podagent uses is granted.
+    cluster.shared.podagent_kubeconfig();
+    let account = "system:serviceaccount:kube-system:podagent";
+    let cases: [(&str, &str, bool); 19] = [
+        ("list", "pods", true),
+        ("watch", "pods", true),
+        ("patch", "pods", true),
+        ("create", "events.events.k8s.io", true),
+        ("patch", "events.events.k8s.io", true),
+        ("get", "events.events.k8s.io", true),
+        // Pods are only read through the watch; podagent never writes their status.
+        ("get", "pods", false),
+        ("update", "pods", false),
+        ("create", "pods", false),
+        ("delete", "pods", false),
+        ("patch", "pods --subresource=status", false),
+        ("create", "pods --subresource=exec", false),
+        ("delete", "events.events.k8s.io", false),
+        ("create", "events", false),
+        ("get", "secrets", false),
+        ("list", "secrets", false),
+        ("list", "nodes", false),
+        ("list", "configmaps", false),
+        ("create", "serviceaccounts --subresource=token", false),
+    ];
+    let mut wrong = Vec::new();
+    for (verb, resource, allowed) in cases {
+        let mut args = vec!["auth", "can-i", verb];
+        args.extend(resource.split(' '));
+        args.extend(["--as", account, "--all-namespaces"]);
+        let out = cluster.kubectl(&args);
+        let answer = text(&out.stdout).trim().to_string();
+        let expected = if allowed { "yes" } else { "no" };
+        if answer != expected {
+            wrong.push(format!(
+                "{verb} {resource}: {answer:?} (want {expected}) {}",
+                text(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "podagent's RBAC answers wrongly: {wrong:#?}"
+    );
 }

@@ -1,62 +1,59 @@
 //! `podagent-demo`: replays the seed README's "Example" against the real podagent, on one
-//! machine, with nothing of a cluster but an API server simulator (run by `scripts/demo.sh`).
+//! machine, with a real Kubernetes control plane and nothing else of a cluster (run by
+//! `scripts/demo.sh`).
 //!
 //! The seed's example needs a Kubernetes cluster with kactus as its CNI plugin. A test host has
 //! neither, so the demo builds the smallest honest stand-in for one node and keeps everything
-//! else real: kube-sim is the API server (served in this process; kubectl and the operator
-//! scripts talk to it over HTTP through a kubeconfig), a private containerd runs the two pods of
-//! `hello-multi-net` as real pod sandboxes, and the real `podagent` binary watches the node and
-//! runs the Debian `bridge` and `host-local` plugins. The user-visible steps are the seed's own
-//! commands, run through bash with the real `kubectl`, `jq` and `scripts/*-network-annotation.sh`;
-//! only `kubectl exec … ip a` is replaced (kube-sim has no exec) by `ip -n <sandbox netns> a`,
-//! which shows the same namespace from the host.
+//! real: etcd, kube-apiserver and kube-controller-manager (`testkit::control_plane`, built by
+//! `scripts/setup-test-host.sh`, started by the `control-plane` command next to this binary)
+//! are the cluster; a private containerd runs the two pods of `hello-multi-net` as real pod
+//! sandboxes; and the real `podagent` binary, on the credentials the shipped RBAC grants it,
+//! watches the node and runs the Debian `bridge`, `host-local` and `tuning` plugins. That node
+//! is `testkit::node::Node`, the fixture the end-to-end tests use. The user-visible steps are the
+//! seed's own commands, run through bash with the control plane's own `kubectl`, `jq` and
+//! `scripts/*-network-annotation.sh`, as an operator with the admin kubeconfig. There is no
+//! scheduler or kubelet: the demo creates the pods bound to the node and plays the kubelet's
+//! part (the sandbox, then `pods/status`); and `kubectl exec … ip a`, which needs a kubelet, is
+//! replaced by `ip -n <sandbox netns> a`, which shows the same namespace from the host.
 //!
 //! Each step waits for its outcome (the interface in the sandbox's netns and podagent's Event)
 //! for a bounded time and fails the demo with a message saying what did not happen. Everything
 //! the demo starts or creates is removed on exit, also on SIGINT/SIGTERM: podagent is stopped by
-//! PID, containerd removes the sandboxes (and their netns) before it is stopped, the data bridge
-//! and the temp dir are deleted, and the cleanup is verified and printed.
+//! PID, containerd removes the sandboxes (and their netns) before it is stopped, the node's
+//! bridge and dir are deleted, the cleanup is verified and printed, and the control plane stops
+//! and removes its dir once this process has exited.
 //!
-//! `node` starts and tears down the node (API server, containerd, podagent); `steps` replays
-//! the example on it.
+//! `node` starts and tears down the node (control plane, containerd, podagent); `steps`
+//! replays the example on it.
 
 mod node;
 mod steps;
 
-use std::fs;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Parser;
-use testkit::host::Containerd;
-use testkit::kube_sim::KubeSim;
+use nix::unistd::{Pid, setpgid};
+use testkit::control_plane::Shared;
+use testkit::node::{Agent, Node};
 use tokio::signal::unix::{SignalKind, signal};
 
-use node::{Agent, Bridge};
-
-/// The node podagent serves; the pods are scheduled here.
-const NODE: &str = "demo-node";
 /// The attachment the example adds, and the interface kactus names it: net + md5("data")[:12].
 const NETWORK: &str = "data";
 const IFNAME: &str = "net8d777f385d3d";
-/// The seed's addresses for `data` (172.20.1.0/24) are not ours to use on a test host; this
-/// range is inside the benchmarking block and only ever appears inside the demo's pods.
-const DATA_SUBNET: &str = "198.18.32.0/24";
 const APP: &str = "hello-multi-net";
-const NAMESPACE: &str = "default";
+/// The node's name for the example's namespace; the real one is `demo-<pid>-<n>`, made by the
+/// demo (see [`Node::ns`]) and printed in every command.
+const NAMESPACE: &str = "demo";
 /// What `kubectl run hello-multi-net --replicas=2` names its pods: deployment, template hash,
 /// random suffix. Sorted as `kubectl get pod` lists them, so `head -1` is the first.
 const POD_NAMES: [&str; 2] = [
     "hello-multi-net-5d8f9c7b6-4xk2p",
     "hello-multi-net-5d8f9c7b6-r9wzt",
 ];
-/// The seed's way of naming the first and the second pod, kept verbatim in the commands shown.
-const FIRST_POD: &str = "$(kubectl get pod -l run=hello-multi-net -o name | cut -d/ -f2 | head -1)";
-const SECOND_POD: &str =
-    "$(kubectl get pod -l run=hello-multi-net -o name | cut -d/ -f2 | tail -1)";
 /// How long podagent may take to stop after SIGTERM before it is killed.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -86,16 +83,10 @@ enum DemoError {
         command: String,
         source: std::io::Error,
     },
-    #[error("{operation} {path}: {source}")]
-    File {
-        operation: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("podagent exited on its own ({status})")]
     AgentExited { status: ExitStatus },
-    #[error("the API server simulator: {0}")]
-    KubeSim(#[from] testkit::kube_sim::Error),
+    #[error("the API server: {0:#}")]
+    Api(#[from] anyhow::Error),
     #[error("CRI ListPodSandbox for pod {pod}: {source}")]
     Cri { pod: String, source: tonic::Status },
     #[error("pod {pod} was restarted: {detail}")]
@@ -128,14 +119,19 @@ impl DemoPod {
 }
 
 /// Everything the demo runs. Fields drop in this order: podagent first (so it does not react to
-/// the teardown), then containerd with the sandboxes, the bridge, the API server, the temp dir.
+/// the teardown), then the node (containerd with the sandboxes, the bridge, the node's dir).
+/// The control plane is the process's shared one: it stops when the process exits.
 struct Demo {
-    agent: Agent,
-    containerd: Containerd,
-    bridge: Bridge,
-    sim: KubeSim,
-    dir: tempfile::TempDir,
+    /// `None` once stopped.
+    agent: Mutex<Option<Agent>>,
+    agent_pid: i32,
+    node: Node,
+    cluster: &'static Shared,
+    /// The real namespace of the example's pods and Network.
+    ns: String,
     repo: PathBuf,
+    /// PATH for the commands shown: the control plane's kubectl first.
+    path: std::ffi::OsString,
     wait: Duration,
     pods: Vec<DemoPod>,
     /// How far podagent's log has been shown.
@@ -160,6 +156,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), DemoError> {
+    // A process group of its own, which everything it starts but the daemons (which have their
+    // own) inherits: a Ctrl-C on the terminal then reaches scripts/demo.sh only, which passes it
+    // on as SIGTERM, and the demo stops podagent before the node and the control plane go,
+    // instead of all of them getting SIGINT at once. (A no-op when the demo already leads its
+    // group, as when it is run straight from an interactive shell.)
+    let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     // Installed first so that a Ctrl-C during the setup is kept and handled after it, instead
     // of killing the process before it can clean up.
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| DemoError::Signal {
@@ -211,12 +213,4 @@ fn say(text: &str) {
     for line in text.lines() {
         println!("# {line}");
     }
-}
-
-fn write(path: &Path, text: &str) -> Result<(), DemoError> {
-    fs::write(path, text).map_err(|source| DemoError::File {
-        operation: "writing",
-        path: path.to_owned(),
-        source,
-    })
 }

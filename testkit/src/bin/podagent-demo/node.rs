@@ -1,156 +1,53 @@
-//! The demo's node: kube-sim, a private containerd, the `data` network's CNI config and the real
-//! podagent, started in an order that lets each wait for the previous one, and torn down in the
-//! reverse order with a check that nothing is left.
+//! The demo's node: the shared control plane, a `testkit::node::Node` (private containerd, the
+//! node's CNI config, podagent's state dir) and the real podagent on it, started in an order
+//! that lets each wait for the previous one, and torn down in the reverse order with a check
+//! that nothing is left.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use serde_json::json;
-use testkit::host::Containerd;
-use testkit::kube_sim::{KubeSim, Options};
-use testkit::netns::unique_name;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use testkit::control_plane;
+use testkit::node::{Agent, Node};
 use testkit::prereq;
 
-use crate::{
-    AGENT_STOP_GRACE, Args, DATA_SUBNET, Demo, DemoError, NETWORK, NODE, heading, say, write,
-};
-
-/// The running podagent; stopped by PID (SIGTERM, then SIGKILL after a grace) on drop.
-pub(crate) struct Agent {
-    child: Mutex<Child>,
-    pid: u32,
-}
-
-impl Agent {
-    fn exited(&self) -> Option<ExitStatus> {
-        self.child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .try_wait()
-            .ok()
-            .flatten()
-    }
-
-    fn signal(&self, signal: Signal) {
-        if let Ok(pid) = i32::try_from(self.pid) {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
-    }
-
-    /// SIGTERM, a grace period, then SIGKILL; returns how it ended.
-    fn stop(&self) -> String {
-        if let Some(status) = self.exited() {
-            return format!("had already exited ({status})");
-        }
-        self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + AGENT_STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                return format!("stopped by SIGTERM ({status})");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.signal(Signal::SIGKILL);
-        let _ = self
-            .child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .wait();
-        format!("killed after ignoring SIGTERM for {AGENT_STOP_GRACE:?}")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The `data` network's bridge on the host, deleted on drop (the bridge plugin creates it).
-pub(crate) struct Bridge(String);
-
-impl Bridge {
-    fn exists(&self) -> bool {
-        std::process::Command::new("ip")
-            .args(["link", "show", "dev", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        if self.exists() {
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", "dev", &self.0])
-                .status();
-        }
-    }
-}
+use crate::{AGENT_STOP_GRACE, Args, Demo, DemoError, NAMESPACE, heading, say};
 
 impl Demo {
-    /// Starts the API server, containerd and podagent; returns once podagent is ready.
+    /// Starts the control plane, the node and podagent; returns once podagent is ready.
     pub(crate) async fn start(args: &Args) -> Result<Demo, DemoError> {
-        heading("Setting up one node: API server, container runtime, CNI, podagent");
+        heading("Setting up one node: control plane, container runtime, CNI, podagent");
         prereq::require_root();
-        for (program, package) in [
-            ("kubectl", "kubernetes-client"),
-            ("jq", "jq"),
-            ("ip", "iproute2"),
-        ] {
+        for (program, package) in [("jq", "jq"), ("ip", "iproute2")] {
             prereq::require_command(program, package);
         }
-        for plugin in ["bridge", "host-local"] {
-            prereq::require_path(
-                &Path::new("/usr/lib/cni").join(plugin),
-                "the Debian package containernetworking-plugins",
-            );
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("podagent-demo-")
-            .tempdir()
-            .map_err(|source| DemoError::File {
-                operation: "creating a temp dir in",
-                path: std::env::temp_dir(),
-                source,
-            })?;
-        for sub in ["conf", "state", "ipam"] {
-            let path = dir.path().join(sub);
-            fs::create_dir_all(&path).map_err(|source| DemoError::File {
-                operation: "creating",
-                path,
-                source,
-            })?;
-        }
-        let sim = KubeSim::start(Options {
-            kubeconfig: Some(dir.path().join("kubeconfig")),
-            ..Options::default()
-        })
-        .await?;
-        // Credentials are private on a real node too; podagent warns about a readable one.
-        let kubeconfig = sim.kubeconfig_path();
-        fs::set_permissions(kubeconfig, fs::Permissions::from_mode(0o600)).map_err(|source| {
-            DemoError::File {
-                operation: "restricting",
-                path: kubeconfig.to_owned(),
-                source,
-            }
-        })?;
+        // Panics naming scripts/setup-test-host.sh when the control plane is not built.
+        let kubectl = control_plane::binary("kubectl");
+        let bin_dir = control_plane::bin_dir();
+        let cluster = control_plane::shared();
         println!(
-            "API server: kube-sim (the project's test API server) at {}",
-            sim.url()
+            "control plane: Kubernetes {} (etcd {}, kube-apiserver, kube-controller-manager) at {}",
+            control_plane::kubernetes_version(),
+            control_plane::etcd_version(),
+            cluster.server()
         );
-        let containerd = Containerd::start().await;
+        println!(
+            "  kubectl: {} (the server's version; first on PATH for every command shown)",
+            kubectl.display()
+        );
+        say(
+            "A real API server (RBAC, admission, CRDs, Events), but no scheduler and no kubelet:\n\
+             the demo binds the pods to the node itself and does the kubelet's part.",
+        );
+
+        let node = Node::with_containerd(&args.podagent).await;
+        let containerd = node.containerd();
         println!(
             "container runtime: a private containerd {} (pid {}), socket {}",
             containerd_version(),
@@ -162,84 +59,65 @@ impl Demo {
             containerd.bridge(),
             containerd.subnet()
         );
-
-        let bridge = Bridge(unique_name("dat"));
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": NETWORK,
-            "plugins": [{
-                "type": "bridge",
-                "bridge": bridge.0,
-                "isGateway": false,
-                "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": DATA_SUBNET}]],
-                    "dataDir": dir.path().join("ipam"),
-                },
-            }],
-        });
-        let conf = dir.path().join("conf/10-data.conflist");
-        write(
-            &conf,
-            &serde_json::to_string_pretty(&conflist).unwrap_or_default(),
-        )?;
+        let (conflist, bridge) = conflist(&node);
         println!(
-            "podagent's CNI config: {} — bridge {} + host-local {DATA_SUBNET}",
-            conf.display(),
-            bridge.0
+            "podagent's CNI config: {} — bridge {bridge} + host-local {} + tuning",
+            conflist.display(),
+            node.subnet()
         );
         say(
-            "On a real node this file is kactus', which delegates to the plugin of the network named in\n\
-             K8S_POD_NETWORK (here `data`: a bridge like the seed's data-br). This Debian bridge +\n\
-             host-local config stands in for kactus delegating to the `data` network.",
+            "On a real node this dir holds kactus', which delegates to the plugin of the network\n\
+             named in K8S_POD_NETWORK (here `data`: a bridge like the seed's data-br). This Debian\n\
+             bridge + host-local config (reached through testkit's logging wrapper wrap-bridge)\n\
+             stands in for kactus delegating to the `data` network.",
         );
 
-        let config = dir.path().join("podagent.toml");
-        write(
-            &config,
-            &format!(
-                r#"node_name = "{NODE}"
-state_dir = "{state}"
-log_level = "info"
-shutdown_grace = "5s"
-[kube]
-kubeconfig = "{kubeconfig}"
-[runtime]
-kind = "containerd"
-endpoint = "{socket}"
-[cni]
-conf_dir = "{conf}"
-bin_dirs = ["/usr/lib/cni"]
-"#,
-                state = dir.path().join("state").display(),
-                kubeconfig = sim.kubeconfig_path().display(),
-                socket = containerd.socket().display(),
-                conf = dir.path().join("conf").display(),
-            ),
-        )?;
-        let agent = spawn_agent(&args.podagent, &config, &dir.path().join("podagent.log"))?;
+        let ns = node.ns(NAMESPACE);
+        println!(
+            "node {}; the example's namespace: {ns} (created for the demo)",
+            node.name()
+        );
+        let mut path = OsString::from(&bin_dir);
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        say(&format!(
+            "Every command below runs as an operator's would, in the checkout, with\n  \
+             export KUBECONFIG={} PATH={}:$PATH",
+            cluster.kubeconfig().display(),
+            bin_dir.display()
+        ));
+
+        let mut config = node.agent_config();
+        config.log_level = "info".into();
+        config.shutdown_grace = "5s".into();
+        println!(
+            "podagent's kubeconfig: {} (scripts/create-kubeconfig.sh for the service account of\n  \
+             manifests/podagent-serviceaccount-and-rbac.yaml: the shipped RBAC, not the admin's)",
+            config.kubeconfig.display()
+        );
+        let agent = node.start_agent_with(&config);
         println!(
             "podagent: {} run --config {} (pid {})",
             args.podagent.display(),
-            config.display(),
-            agent.pid
+            node.path("podagent.toml").display(),
+            agent.pid()
         );
         let demo = Demo {
-            agent,
-            containerd,
-            bridge,
-            sim,
-            dir,
+            agent_pid: agent.pid(),
+            agent: Mutex::new(Some(agent)),
+            node,
+            cluster,
+            ns,
             repo: args.repo.clone(),
+            path,
             wait: Duration::from_secs(args.wait),
             pods: Vec::new(),
             log_shown: Mutex::new(0),
         };
-        let log = demo.dir.path().join("podagent.log");
         demo.eventually("podagent to log that it is ready", || {
-            Ok(fs::read_to_string(&log)
-                .unwrap_or_default()
+            Ok(demo
+                .node
+                .log()
                 .lines()
                 .any(|line| line.contains("podagent::daemon: ready"))
                 .then_some(()))
@@ -251,7 +129,7 @@ bin_dirs = ["/usr/lib/cni"]
 
     /// podagent's log lines written since the last call.
     pub(crate) fn show_log(&self) {
-        let path = self.dir.path().join("podagent.log");
+        let path = self.node.path("podagent.log");
         let mut shown = self
             .log_shown
             .lock()
@@ -273,7 +151,7 @@ bin_dirs = ["/usr/lib/cni"]
     }
 
     pub(crate) fn show_log_tail(&self, lines: usize) {
-        let text = fs::read_to_string(self.dir.path().join("podagent.log")).unwrap_or_default();
+        let text = self.node.log();
         let all: Vec<&str> = text.lines().collect();
         println!("podagent's last {lines} log lines:");
         for line in &all[all.len().saturating_sub(lines)..] {
@@ -281,13 +159,18 @@ bin_dirs = ["/usr/lib/cni"]
         }
     }
 
-    /// Prints `$ command` and runs it with bash in the checkout, kubectl pointed at kube-sim.
+    /// Prints `$ command` and runs it with bash in the checkout, as the operator: the admin
+    /// kubeconfig, the control plane's kubectl first on PATH, and kubectl's discovery cache in
+    /// the node's dir (so nothing is left in ~/.kube).
     pub(crate) async fn shell(&self, command: &str) -> Result<(), DemoError> {
         println!("$ {command}");
         let status = tokio::process::Command::new("bash")
             .args(["-c", command])
             .current_dir(&self.repo)
-            .env("KUBECONFIG", self.sim.kubeconfig_path())
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .env("PATH", &self.path)
+            .env("KUBECACHEDIR", self.node.path("kube-cache"))
+            .env_remove("KUBECTL")
             .kill_on_drop(true)
             .status()
             .await
@@ -314,7 +197,7 @@ bin_dirs = ["/usr/lib/cni"]
     ) -> Result<Duration, DemoError> {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.agent.exited() {
+            if let Some(status) = self.agent_exited() {
                 return Err(DemoError::AgentExited { status });
             }
             if check()?.is_some() {
@@ -330,36 +213,78 @@ bin_dirs = ["/usr/lib/cni"]
         }
     }
 
+    /// How podagent ended, once it has.
+    fn agent_exited(&self) -> Option<ExitStatus> {
+        let mut agent = self
+            .agent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        exit_status(agent.as_mut()?)
+    }
+
+    /// SIGTERM, a grace period, then SIGKILL; returns how it ended.
+    fn stop_agent(&self) -> String {
+        let Some(mut agent) = self
+            .agent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        else {
+            return "already stopped".to_owned();
+        };
+        if let Some(status) = exit_status(&mut agent) {
+            return format!("had already exited ({status})");
+        }
+        agent.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + AGENT_STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Some(status) = exit_status(&mut agent) {
+                return format!("stopped by SIGTERM ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent.kill();
+        format!("killed after ignoring SIGTERM for {AGENT_STOP_GRACE:?}")
+    }
+
     /// Stops and removes everything, then checks that nothing is left.
     pub(crate) async fn clean_up(self) {
         heading("Cleaning up");
-        println!("podagent (pid {}): {}", self.agent.pid, self.agent.stop());
+        println!("podagent (pid {}): {}", self.agent_pid, self.stop_agent());
         self.show_log();
         let Demo {
-            agent,
-            containerd,
-            bridge,
-            sim,
-            dir,
+            node,
+            cluster,
+            ns,
             pods,
             ..
         } = self;
-        drop(agent);
-        let containerd_pid = containerd.pid();
-        let containerd_dir = containerd.dir().to_owned();
-        // Containerd's drop stops and removes every sandbox through CRI (which runs CNI DEL
-        // and deletes the netns), then stops the daemon and removes its dir; it blocks.
-        tokio::task::block_in_place(|| drop(containerd));
+        let containerd_pid = node.containerd().pid();
+        let containerd_dir = node.containerd().dir().to_owned();
+        let node_dir = node_dir(&node);
+        let (_, bridge) = conflist(&node);
+        // The node's drop deletes its bridge; containerd's stops and removes every sandbox
+        // through CRI (which runs CNI DEL and deletes the netns), then stops the daemon and
+        // removes its dir; then the node's dir goes. It blocks.
+        tokio::task::block_in_place(|| drop(node));
         println!(
             "containerd (pid {containerd_pid}): sandboxes removed, daemon stopped, {} removed",
             containerd_dir.display()
         );
-        let bridge_name = bridge.0.clone();
-        drop(bridge);
-        sim.shutdown().await;
-        println!("kube-sim: stopped");
-        let dir_path = dir.path().to_owned();
-        let _ = dir.close();
+        println!(
+            "node: bridge {bridge} deleted, {} removed",
+            node_dir.display()
+        );
+        let control_dir = cluster
+            .kubeconfig()
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        println!(
+            "control plane: stops when the demo exits (the namespace {ns} goes with it), and \
+             removes {}",
+            control_dir.display()
+        );
 
         let mut left = Vec::new();
         for pod in &pods {
@@ -367,18 +292,19 @@ bin_dirs = ["/usr/lib/cni"]
                 left.push(format!("netns {}", pod.netns.display()));
             }
         }
-        if Bridge(bridge_name.clone()).exists() {
-            left.push(format!("bridge {bridge_name}"));
+        if link_exists(&bridge) {
+            left.push(format!("bridge {bridge}"));
         }
-        for path in [&dir_path, &containerd_dir] {
+        for path in [&node_dir, &containerd_dir] {
             if path.exists() {
                 left.push(path.display().to_string());
             }
         }
         if left.is_empty() {
             println!(
-                "✓ nothing left: no pod netns, no bridge {bridge_name}, no {}",
-                dir_path.display()
+                "✓ nothing left: no pod netns, no bridge {bridge}, no {}, no {}",
+                node_dir.display(),
+                containerd_dir.display()
             );
         } else {
             println!("✗ left behind: {}", left.join(", "));
@@ -386,38 +312,46 @@ bin_dirs = ["/usr/lib/cni"]
     }
 }
 
-/// Starts podagent in its own process group, so a Ctrl-C on the terminal reaches only the demo,
-/// which then stops podagent in order. Only PATH is passed: no PODAGENT_* or RUST_LOG of the
-/// caller may change the configuration shown.
-fn spawn_agent(binary: &Path, config: &Path, log: &Path) -> Result<Agent, DemoError> {
-    let file = fs::File::create(log).map_err(|source| DemoError::File {
-        operation: "creating",
-        path: log.to_owned(),
-        source,
-    })?;
-    let stderr = file.try_clone().map_err(|source| DemoError::File {
-        operation: "duplicating",
-        path: log.to_owned(),
-        source,
-    })?;
-    let child = std::process::Command::new(binary)
-        .args(["run", "--config"])
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(stderr)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| DemoError::Spawn {
-            command: format!("{} run", binary.display()),
-            source,
-        })?;
-    Ok(Agent {
-        pid: child.id(),
-        child: Mutex::new(child),
-    })
+/// The exit status of `agent`, once it has exited.
+fn exit_status(agent: &mut Agent) -> Option<ExitStatus> {
+    (!agent.running()).then(|| agent.wait_exit(Duration::from_secs(1)))
+}
+
+/// The node's own dir (`podagent.log`, `state/`, `conf/` … are in it).
+fn node_dir(node: &Node) -> PathBuf {
+    let state = node.path("state");
+    state.parent().map(Path::to_owned).unwrap_or(state)
+}
+
+/// The node's conflist and the host bridge its first plugin attaches pods to.
+fn conflist(node: &Node) -> (PathBuf, String) {
+    let conf_dir = node.path("conf");
+    let mut files: Vec<PathBuf> = fs::read_dir(&conf_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "conflist"))
+        .collect();
+    files.sort();
+    let Some(file) = files.into_iter().next() else {
+        return (conf_dir, String::new());
+    };
+    let bridge = fs::read(&file)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Value>(&text).ok())
+        .and_then(|conf| conf["plugins"][0]["bridge"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (file, bridge)
+}
+
+fn link_exists(name: &str) -> bool {
+    !name.is_empty()
+        && std::process::Command::new("ip")
+            .args(["link", "show", "dev", name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
 }
 
 fn containerd_version() -> String {

@@ -2,34 +2,45 @@
 //! it), waits for what podagent does in the pod's netns and in the API, and shows it.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use k8s_cri::v1::{ListPodSandboxRequest, PodSandboxFilter, PodSandboxState};
-use serde_json::{Value, json};
+use serde_json::json;
+use testkit::node::{has_link, ipv4};
 
-use crate::{
-    APP, Demo, DemoError, DemoPod, FIRST_POD, IFNAME, NAMESPACE, NETWORK, NODE, POD_NAMES,
-    SECOND_POD, heading, say,
-};
+use crate::{APP, Demo, DemoError, DemoPod, IFNAME, NAMESPACE, NETWORK, POD_NAMES, heading, say};
 
 impl Demo {
     /// The seed's example, step by step.
     pub(crate) async fn replay(&mut self) -> Result<(), DemoError> {
+        let ns = self.ns.clone();
+        let first = self.pod_in_shell("head");
+        let second = self.pod_in_shell("tail");
+
         heading("1. Provision the `data` network attachment");
-        say("The seed: kubectl apply -f examples/data-net.yaml (after the Network CRD).");
+        say(
+            "The seed: kubectl apply -f examples/data-net.yaml. A Network is a custom resource: the\n\
+             API server refuses it until its CRD (manifests/networks-crd.yaml) is Established.",
+        );
         self.shell("kubectl apply -f manifests/networks-crd.yaml")
             .await?;
-        self.shell("kubectl apply -f examples/data-net.yaml")
+        self.shell(&format!(
+            "kubectl wait --for=condition=Established --timeout={}s crd/networks.kaloom.com",
+            self.wait.as_secs().max(1)
+        ))
+        .await?;
+        self.shell(&format!("kubectl apply -n {ns} -f examples/data-net.yaml"))
             .await?;
-        self.shell("kubectl get networks").await?;
+        self.shell(&format!("kubectl get -n {ns} networks")).await?;
 
         heading("2. Deploy hello-multi-net with 2 replicas");
-        say(
+        say(&format!(
             "The seed: kubectl run hello-multi-net --image=alpine --replicas=2 -- top\n\
-             There is no kubelet here, so the demo does the kubelet's part: a real containerd pod\n\
-             sandbox per pod (its pause process holds the pod's netns, eth0 from containerd's CNI),\n\
-             and the pod object as the kubelet reports it (Running on demo-node).",
-        );
+             There is no scheduler or kubelet here, so the demo creates the two pods through the API\n\
+             bound to node {node}, and does the kubelet's part: a real containerd pod sandbox per\n\
+             pod (its pause process holds the pod's netns, eth0 from containerd's CNI), then the\n\
+             pod's status through pods/status (Running on {node}, with its IP).",
+            node = self.node.name()
+        ));
         for name in POD_NAMES {
             let pod = self.create_pod(name).await?;
             println!(
@@ -40,11 +51,13 @@ impl Demo {
             );
             self.pods.push(pod);
         }
-        self.shell("kubectl get pod -l run=hello-multi-net -o wide")
-            .await?;
+        self.shell(&format!(
+            "kubectl get -n {ns} pod -l run=hello-multi-net -o wide"
+        ))
+        .await?;
 
         heading("3. Add the `data` network attachment to the first pod");
-        self.add(0, FIRST_POD).await?;
+        self.add(0, &first).await?;
 
         heading(&format!(
             "4. Verify that {IFNAME} is present in the first pod"
@@ -52,11 +65,11 @@ impl Demo {
         self.show_interfaces(0).await?;
 
         heading("5. Verify that the first pod didn't get re-started");
-        self.show_not_restarted(0, FIRST_POD).await?;
+        self.show_not_restarted(0, &first).await?;
 
         heading("6. Delete the `data` network attachment off the first pod");
         self.shell(&format!(
-            "./scripts/del-network-annotation.sh {FIRST_POD} {NETWORK}"
+            "./scripts/del-network-annotation.sh {first} {NETWORK} {ns}"
         ))
         .await?;
         let pod = &self.pods[0];
@@ -80,10 +93,10 @@ impl Demo {
         self.show_interfaces(0).await?;
 
         heading("8. Verify that the first pod didn't get re-started");
-        self.show_not_restarted(0, FIRST_POD).await?;
+        self.show_not_restarted(0, &first).await?;
 
         heading("9. Repeat the same thing with the second pod: add `data`");
-        self.add(1, SECOND_POD).await?;
+        self.add(1, &second).await?;
 
         heading(&format!(
             "10. Verify that {IFNAME} is present in the second pod"
@@ -91,15 +104,25 @@ impl Demo {
         self.show_interfaces(1).await?;
 
         heading("11. Verify that the second pod didn't get re-started");
-        self.show_not_restarted(1, SECOND_POD).await?;
+        self.show_not_restarted(1, &second).await?;
         Ok(())
+    }
+
+    /// The seed's way of naming the first (`head`) or the second (`tail`) pod in a command,
+    /// kept verbatim but for the namespace.
+    fn pod_in_shell(&self, end: &str) -> String {
+        format!(
+            "$(kubectl get -n {} pod -l run=hello-multi-net -o name | cut -d/ -f2 | {end} -1)",
+            self.ns
+        )
     }
 
     /// Runs the seed's add command on pod `index` (named in the shell by `selector`) and waits
     /// for the interface and podagent's Event.
     async fn add(&self, index: usize, selector: &str) -> Result<(), DemoError> {
         self.shell(&format!(
-            "./scripts/add-network-annotation.sh {selector} {NETWORK}"
+            "./scripts/add-network-annotation.sh {selector} {NETWORK} {}",
+            self.ns
         ))
         .await?;
         let pod = &self.pods[index];
@@ -119,42 +142,49 @@ impl Demo {
         Ok(())
     }
 
-    /// Creates pod `name`: the API object (Pending), its sandbox, then Running with its IP.
+    /// Creates pod `name` as a ReplicaSet would (bound to the node, as the scheduler would),
+    /// then does the kubelet's part: its sandbox, then Running with its IP through pods/status.
     async fn create_pod(&self, name: &'static str) -> Result<DemoPod, DemoError> {
-        let created = self.sim.create(json!({
+        let admin = self.cluster.admin();
+        let created = admin.create(json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "name": name,
-                "namespace": NAMESPACE,
+                "namespace": self.ns,
                 "labels": {"run": APP, "pod-template-hash": "5d8f9c7b6"},
             },
             "spec": {
-                "nodeName": NODE,
+                "nodeName": self.node.name(),
+                "automountServiceAccountToken": false,
                 "containers": [{"name": APP, "image": "alpine", "args": ["top"]}],
             },
-            "status": {"phase": "Pending"},
         }))?;
         let uid = created["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let sandbox = self.containerd.run_pod_sandbox(&uid, name, NAMESPACE).await;
-        let netns = self.containerd.sandbox_netns(&sandbox).await;
+        let sandbox = self.node.run_sandbox(&uid, NAMESPACE, name).await;
+        let netns = self.node.netns(&sandbox).await;
         let pod_ip = ipv4(&netns, "eth0").unwrap_or_default();
-        self.sim.patch_merge(
+        let now = created["metadata"]["creationTimestamp"].clone();
+        admin.patch_status(
             "v1",
             "Pod",
-            Some(NAMESPACE),
+            Some(&self.ns),
             name,
             json!({"status": {
                 "phase": "Running",
                 "hostIP": "127.0.0.1",
+                "hostIPs": [{"ip": "127.0.0.1"}],
                 "podIP": pod_ip,
                 "podIPs": [{"ip": pod_ip}],
+                "startTime": now,
+                "conditions": [{"type": "Ready", "status": "True"}],
                 "containerStatuses": [{
                     "name": APP, "image": "alpine", "imageID": "", "ready": true,
-                    "started": true, "restartCount": 0
+                    "started": true, "restartCount": 0,
+                    "state": {"running": {"startedAt": now}},
                 }],
             }}),
         )?;
@@ -170,8 +200,9 @@ impl Demo {
     async fn show_interfaces(&self, index: usize) -> Result<(), DemoError> {
         let pod = &self.pods[index];
         say(&format!(
-            "The seed: kubectl exec -t <pod> -- ip a. kube-sim has no exec, so this is the same view\n\
-             from the host: `ip` inside the netns of {}'s sandbox ({}).",
+            "The seed: kubectl exec -t <pod> -- ip a. exec goes through the kubelet, and there is\n\
+             none here, so this is the same view from the host: `ip` inside the netns of {}'s\n\
+             sandbox ({}).",
             pod.name,
             short(&pod.sandbox)
         ));
@@ -183,7 +214,8 @@ impl Demo {
     async fn show_not_restarted(&self, index: usize, selector: &str) -> Result<(), DemoError> {
         let pod = &self.pods[index];
         self.shell(&format!(
-            "kubectl get pod -l run=hello-multi-net -o wide | grep {selector}"
+            "kubectl get -n {} pod -l run=hello-multi-net -o wide | grep {selector}",
+            self.ns
         ))
         .await?;
         say(
@@ -214,7 +246,8 @@ impl Demo {
     /// `(id, state, created)` of every sandbox of `pod` the runtime knows.
     async fn sandboxes(&self, pod: &DemoPod) -> Result<Vec<(String, String, String)>, DemoError> {
         let items = self
-            .containerd
+            .node
+            .containerd()
             .runtime_client()
             .await
             .list_pod_sandbox(ListPodSandboxRequest {
@@ -250,14 +283,7 @@ impl Demo {
         let pod = &self.pods[index];
         self.eventually(
             &format!("podagent's {reason} Event on {}", pod.name),
-            || {
-                Ok(self
-                    .sim
-                    .list("events.k8s.io/v1", "Event", Some(NAMESPACE))
-                    .iter()
-                    .any(|event| event["regarding"]["uid"] == pod.uid && event["reason"] == reason)
-                    .then_some(()))
-            },
+            || Ok((!self.node.events(NAMESPACE, &pod.uid, reason).is_empty()).then_some(())),
         )
         .await?;
         Ok(())
@@ -265,37 +291,10 @@ impl Demo {
 
     async fn show_events(&self) -> Result<(), DemoError> {
         say("podagent's Events:");
-        self.shell("kubectl get events").await?;
+        self.shell(&format!("kubectl get -n {} events", self.ns))
+            .await?;
         Ok(())
     }
-}
-
-/// The links of `netns` with their addresses, as `ip -j addr` lists them (none if it fails).
-fn links(netns: &Path) -> Vec<Value> {
-    let name = netns
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::process::Command::new("ip")
-        .args(["-n", &name, "-j", "addr", "show"])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| serde_json::from_slice::<Vec<Value>>(&out.stdout).ok())
-        .unwrap_or_default()
-}
-
-fn has_link(netns: &Path, ifname: &str) -> bool {
-    links(netns).iter().any(|link| link["ifname"] == ifname)
-}
-
-fn ipv4(netns: &Path, ifname: &str) -> Option<String> {
-    links(netns).iter().find(|link| link["ifname"] == ifname)?["addr_info"]
-        .as_array()?
-        .iter()
-        .find(|addr| addr["family"] == "inet")?["local"]
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// The first 13 characters of a sandbox id, as crictl shows them.
