@@ -4,20 +4,24 @@
 # interface inside the pod, removes it, and does it again on the second pod.
 #
 # Usage: sudo scripts/demo.sh [--binary-dir DIR] [--wait SECONDS]
-#   --binary-dir DIR  use the podagent and podagent-demo binaries in DIR instead of building
-#                     them (the test suite passes its debug build); also DEMO_BINARY_DIR.
+#   --binary-dir DIR  use the podagent, podagent-demo and control-plane binaries in DIR
+#                     instead of building them (the test suite passes its debug build);
+#                     also DEMO_BINARY_DIR.
 #   --wait SECONDS    how long each step may take before the demo fails (default 20).
 #
-# What runs: scripts/setup-test-host.sh installs the packages and local images the demo needs;
-# `cargo build --release` builds podagent and the demo driver (testkit/src/bin/podagent-demo/),
-# which starts kube-sim (the test API server), a private containerd and podagent, creates the
-# two pods as real pod sandboxes, and runs the example's commands (kubectl, the operator
-# scripts) step by step. Everything it starts or creates is removed when it ends, also on
-# Ctrl-C.
+# What runs: scripts/setup-test-host.sh installs the packages and local images the demo needs
+# and builds the real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager
+# and a kubectl of the same version, from pinned Go modules, once per machine);
+# `cargo build --release` builds podagent, the demo driver (testkit/src/bin/podagent-demo/) and
+# the control-plane command. The driver starts that control plane on loopback, a node (a private
+# containerd and the node's CNI config) and podagent with the credentials of the shipped RBAC,
+# creates the two pods through the API as real pod sandboxes (playing the kubelet, which there
+# is none of), and runs the example's commands (kubectl, the operator scripts) step by step with
+# the admin kubeconfig. Everything it starts or creates is removed when it ends, also on Ctrl-C.
 set -euo pipefail
 
 usage() {
-    sed -n '6,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '6,10p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -73,16 +77,23 @@ if [ -z "$binary_dir" ]; then
     esac
     binary_dir=$target_dir/release
 fi
-for binary in podagent podagent-demo; do
+for binary in podagent podagent-demo control-plane; do
     if [ ! -x "$binary_dir/$binary" ]; then
         echo "demo.sh: $binary_dir/$binary is missing (build with: cargo build -p podagent -p testkit --bins)" >&2
         exit 1
     fi
 done
 
-# The driver runs in the background so that a signal to this script (Ctrl-C, or a SIGTERM sent
-# to it alone) is passed on: the driver then stops podagent and containerd and removes what it
-# made before this script exits.
+# kubectl's discovery cache for everything the demo runs (the driver's commands and
+# scripts/create-kubeconfig.sh, which makes podagent's credentials), instead of one more
+# ~/.kube/cache/discovery/127.0.0.1_<port> per run; removed at the end.
+kube_cache=$(mktemp -d "${TMPDIR:-/tmp}/podagent-demo-kubecache.XXXXXX")
+export KUBECACHEDIR=$kube_cache
+
+# The driver runs in the background, in a process group of its own (it moves itself), so that
+# a signal to this script (Ctrl-C on the terminal, or a SIGTERM sent to it alone) is passed on
+# to the driver alone: it stops podagent and containerd and removes what it made before this
+# script exits; the control plane it started stops (and removes its dir) as soon as it is gone.
 driver_pid=
 # shellcheck disable=SC2317 # called from the traps below
 stop_driver() {
@@ -98,7 +109,12 @@ on_signal() {
     stop_driver
     exit "$2"
 }
-trap stop_driver EXIT
+# shellcheck disable=SC2317 # called from the trap below
+finish() {
+    stop_driver
+    rm -rf -- "$kube_cache"
+}
+trap finish EXIT
 trap 'on_signal SIGINT 130' INT
 trap 'on_signal SIGTERM 143' TERM
 

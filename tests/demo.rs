@@ -11,10 +11,11 @@ use testkit::prereq;
 
 const IFNAME: &str = "net8d777f385d3d";
 
-/// The test build's dir (`<target>/debug`), with `podagent-demo` built into it: `cargo test
-/// --workspace --all-targets` builds it already; a narrower `cargo test` does not, so it is
-/// built here (a no-op when it is up to date). Both packages are named so that dependency
-/// features are unified as in the test build, and nothing already built is rebuilt.
+/// The test build's dir (`<target>/debug`), with `podagent-demo` and the `control-plane`
+/// command it starts built into it: `cargo test --workspace --all-targets` builds them already;
+/// a narrower `cargo test` does not, so they are built here (a no-op when they are up to date).
+/// Both packages are named so that dependency features are unified as in the test build, and
+/// nothing already built is rebuilt.
 fn binary_dir() -> &'static Path {
     let podagent = Path::new(env!("CARGO_BIN_EXE_podagent"));
     let dir = podagent
@@ -23,12 +24,15 @@ fn binary_dir() -> &'static Path {
     let target = dir.parent().expect("<target>/debug inside <target>");
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", "podagent", "-p", "testkit"])
-        .args(["--bin", "podagent-demo"])
+        .args(["--bin", "podagent-demo", "--bin", "control-plane"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target)
         .status()
-        .expect("run cargo build for podagent-demo");
-    assert!(status.success(), "cargo build podagent-demo: {status}");
+        .expect("run cargo build for podagent-demo and control-plane");
+    assert!(
+        status.success(),
+        "cargo build podagent-demo control-plane: {status}"
+    );
     dir
 }
 

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{ListParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
@@ -31,13 +30,7 @@ struct Setup {
 async fn setup(prefix: &str) -> Setup {
     let cp = testkit::control_plane::shared();
     let namespace = cp.namespace(prefix).await;
-    let kubeconfig: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig()).expect("read kubeconfig"))
-            .expect("parse kubeconfig");
-    let ca = &kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"];
-    let ca: ByteString = serde_json::from_value(ca.clone()).expect("base64 CA in the kubeconfig");
-    let ca_pem = String::from_utf8(ca.0).expect("CA PEM text");
-    let proxy = FaultProxy::start(cp.server(), &ca_pem)
+    let proxy = FaultProxy::start(cp.server(), &cp.ca_pem())
         .await
         .expect("start fault proxy");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -85,6 +85,9 @@ impl ControlPlane {
             .arg(format!("--initial-cluster=podagent-test={peer}"))
             // A test cluster's data dies with it; fsync per write would only slow the tests.
             .arg("--unsafe-no-fsync")
+            // As kubeadm runs it: without progress notifications the API server's watch cache
+            // of a quiet resource never learns the current revision, and sends no bookmarks.
+            .arg("--watch-progress-notify-interval=5s")
             .arg("--log-level=warn");
         let etcd = Daemon::spawn("etcd", etcd, &dir.join("etcd.log"));
 

@@ -83,6 +83,13 @@ impl Shared {
         &self.kubeconfig
     }
 
+    /// The PEM of the CA that signed the API server's serving certificate.
+    pub fn ca_pem(&self) -> String {
+        let path = self.kubeconfig.with_file_name("pki").join("ca.crt");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
+    }
+
     /// A new admin client (kube clients belong to the tokio runtime they were made on, and
     /// every test has its own).
     pub async fn client(&self) -> kube::Client {

@@ -90,10 +90,11 @@ impl Demo {
         let mut config = node.agent_config();
         config.log_level = "info".into();
         config.shutdown_grace = "5s".into();
-        println!(
-            "podagent's kubeconfig: {} (scripts/create-kubeconfig.sh for the service account of\n  \
-             manifests/podagent-serviceaccount-and-rbac.yaml: the shipped RBAC, not the admin's)",
-            config.kubeconfig.display()
+        println!("podagent's kubeconfig: {}", config.kubeconfig.display());
+        say(
+            "Made by scripts/create-kubeconfig.sh for the service account of\n\
+             manifests/podagent-serviceaccount-and-rbac.yaml: podagent has the shipped RBAC, not\n\
+             the admin's rights.",
         );
         let agent = node.start_agent_with(&config);
         println!(
@@ -161,7 +162,7 @@ impl Demo {
 
     /// Prints `$ command` and runs it with bash in the checkout, as the operator: the admin
     /// kubeconfig, the control plane's kubectl first on PATH, and kubectl's discovery cache in
-    /// the node's dir (so nothing is left in ~/.kube).
+    /// the node's dir (removed with it, instead of one more dir in ~/.kube/cache per run).
     pub(crate) async fn shell(&self, command: &str) -> Result<(), DemoError> {
         println!("$ {command}");
         let status = tokio::process::Command::new("bash")

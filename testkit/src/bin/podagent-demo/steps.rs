@@ -201,8 +201,8 @@ impl Demo {
         let pod = &self.pods[index];
         say(&format!(
             "The seed: kubectl exec -t <pod> -- ip a. exec goes through the kubelet, and there is\n\
-             none here, so this is the same view from the host: `ip` inside the netns of {}'s\n\
-             sandbox ({}).",
+             none here, so this is the same view from the host: `ip` inside the netns of the\n\
+             sandbox of {} ({}).",
             pod.name,
             short(&pod.sandbox)
         ));
