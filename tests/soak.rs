@@ -18,21 +18,24 @@
 //! and for the node: podagent is alive, no record is left for a deleted pod, and its resident
 //! memory has not grown past a generous bound since the first quiet period of its run.
 //!
-//! All networks share one primary CNI config (bridge + host-local + tuning), as with kactus in
-//! primary mode; the network name only selects the interface name.
+//! All networks share one primary CNI config (bridge + host-local + tuning, through the test
+//! wrapper plugin), as with kactus in primary mode; the network name only selects the
+//! interface name. The API server is the real one (its own control plane for this test
+//! binary); podagent reaches it on its own service-account token through the fault proxy:
+//! dropped connections, injected 500s and latency come from the proxy, a real 410 Gone from
+//! restarting kube-apiserver (its new watch cache starts past podagent's resourceVersion).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
-use testkit::host::{Containerd, SubnetLease};
-use testkit::kube_sim::{KubeSim, Options};
+use testkit::fault_proxy::FaultProxy;
+use testkit::node::{Agent, Node};
 
-const NODE: &str = "soak-node";
 const NETWORKS: [&str; 4] = ["green", "blue", "red", "data"];
 const PODS: usize = 4;
 const SHORT_ROUNDS: u32 = 5;
@@ -67,57 +70,9 @@ struct Pod {
     generation: u32,
 }
 
-struct Agent(Child);
-
-impl Agent {
-    fn pid(&self) -> i32 {
-        i32::try_from(self.0.id()).expect("pid")
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.alive() {
-            self.signal(nix::sys::signal::Signal::SIGKILL);
-            let _ = self.0.wait();
-        }
-    }
-}
-
-struct Bridge(String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 struct World {
-    sim: KubeSim,
-    containerd: Containerd,
-    dir: tempfile::TempDir,
-    lease: SubnetLease,
-    bridge: Bridge,
+    node: Node,
+    proxy: FaultProxy,
     pods: Vec<Pod>,
     agent: Option<Agent>,
     rss_baseline: Option<u64>,
@@ -126,63 +81,23 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        testkit::prereq::require_root();
-        testkit::prereq::require_command("nsenter", "util-linux");
-        testkit::prereq::require_command("ip", "iproute2");
-        for plugin in ["bridge", "host-local", "tuning"] {
-            testkit::prereq::require_path(
-                &Path::new("/usr/lib/cni").join(plugin),
-                "the Debian package containernetworking-plugins",
-            );
-        }
-        let world = World {
-            sim: KubeSim::start(Options::default()).await.expect("kube-sim"),
-            containerd: Containerd::start().await,
-            dir: tempfile::Builder::new()
-                .prefix("pa-soak")
-                .tempdir()
-                .unwrap(),
-            lease: SubnetLease::acquire(),
-            bridge: Bridge(testkit::netns::unique_name("sbr")),
+        let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
+        let cluster = node.cluster();
+        let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
+            .await
+            .expect("fault proxy");
+        World {
+            node,
+            proxy,
             pods: Vec::new(),
             agent: None,
             rss_baseline: None,
             conf_file: "10-hotplug.conflist",
-        };
-        for sub in ["conf", "state", "ipam"] {
-            fs::create_dir(world.path(sub)).unwrap();
         }
-        world.write_conf();
-        fs::write(
-            world.path("podagent.toml"),
-            format!(
-                "node_name = \"{NODE}\"\nstate_dir = \"{state}\"\nshutdown_grace = \"20s\"\n\
-                 [kube]\nkubeconfig = \"{kc}\"\n[runtime]\nkind = \"containerd\"\n\
-                 endpoint = \"{sock}\"\n[cni]\nconf_dir = \"{conf}\"\nbin_dirs = [\"/usr/lib/cni\"]\n\
-                 [reconcile]\nretry_base = \"500ms\"\nretry_cap = \"4s\"\nresync_period = \"30s\"\n",
-                state = world.path("state").display(),
-                kc = world.sim.kubeconfig_path().display(),
-                sock = world.containerd.socket().display(),
-                conf = world.path("conf").display(),
-            ),
-        )
-        .unwrap();
-        world
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn write_conf(&self) {
-        let conf = json!({"cniVersion": "1.0.0", "name": "hotplug", "plugins": [
-            {"type": "bridge", "bridge": self.bridge.0, "isGateway": false, "ipMasq": false,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": self.lease.subnet()}]],
-                      "dataDir": self.path("ipam")}},
-            {"type": "tuning", "capabilities": {"mac": true}}]});
-        let temp = self.path("conf/.new");
-        fs::write(&temp, conf.to_string()).unwrap();
-        fs::rename(temp, self.path("conf").join(self.conf_file)).unwrap();
+        self.node.path(rel)
     }
 
     /// Starts podagent and waits until its SIGTERM handler is installed (`SigCgt` in
@@ -191,25 +106,19 @@ impl World {
     /// restart actions mean to exercise. Reading the kernel's mask, not a log line, keeps this
     /// independent of where podagent logs (journald when a journal socket exists).
     fn start_agent(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("podagent.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_podagent"))
-            .args(["run", "--config"])
-            .arg(self.path("podagent.toml"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start podagent");
-        let mut agent = Agent(child);
+        let mut config = self.node.agent_config();
+        config.log_level = "info".into();
+        config.retry_base = "500ms".into();
+        config.resync_period = "30s".into();
+        let through = self.path("proxy.kubeconfig");
+        self.proxy
+            .write_kubeconfig(&config.kubeconfig, &through)
+            .expect("kubeconfig through the fault proxy");
+        config.kubeconfig = through;
+        let mut agent = self.node.start_agent_with(&config);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !catches_sigterm(agent.pid()) {
-            assert!(agent.alive(), "podagent exited during startup");
+            assert!(agent.running(), "podagent exited during startup");
             assert!(
                 Instant::now() < deadline,
                 "podagent installed no SIGTERM handler within 20 s"
@@ -247,24 +156,11 @@ impl World {
     async fn create_pod(&mut self, index: usize, generation: u32, rng: &mut Rng) -> Pod {
         let name = format!("p{index}-{generation}");
         let desired = World::random_desired(rng, index);
-        let created = self
-            .sim
-            .create(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "default",
-                             "annotations": {"networks": World::annotation(&desired)}},
-                "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "busybox"}]},
-                "status": {"phase": "Running", "containerStatuses": [{
-                    "name": "main", "containerID": "containerd://g0", "image": "busybox",
-                    "imageID": "", "ready": true, "restartCount": 0}]},
-            }))
-            .expect("create pod");
-        let uid = created["metadata"]["uid"].as_str().expect("uid").to_owned();
-        let sandbox = self
-            .containerd
-            .run_pod_sandbox(&uid, &name, "default")
+        let (uid, sandbox) = self
+            .node
+            .pod("default", &name, Some(&World::annotation(&desired)))
             .await;
-        let netns = self.containerd.sandbox_netns(&sandbox).await;
+        let netns = self.node.netns(&sandbox).await;
         Pod {
             name,
             uid,
@@ -283,7 +179,7 @@ impl World {
         let pod = &self.pods[i];
         let teardown = podagent::cni::Invoker::new(podagent::cni::Settings {
             conf_dir: self.path("conf"),
-            bin_dirs: vec![PathBuf::from("/usr/lib/cni")],
+            bin_dirs: vec![self.path("bin"), PathBuf::from("/usr/lib/cni")],
             vendor: None,
             timeout: Duration::from_secs(20),
             env_passthrough: Vec::new(),
@@ -301,7 +197,7 @@ impl World {
                 sandbox_id: sandbox,
                 netns: pod.netns.clone(),
                 ifname: link,
-                pod_namespace: "default".into(),
+                pod_namespace: self.node.ns("default"),
                 pod_name: pod.name.clone(),
                 pod_uid: pod.uid.clone(),
                 network,
@@ -311,8 +207,9 @@ impl World {
                 .await
                 .expect("the runtime-side teardown releases the attachment");
         }
-        self.containerd.stop_pod_sandbox(id).await;
-        self.containerd.remove_pod_sandbox(id).await;
+        let containerd = self.node.containerd();
+        containerd.stop_pod_sandbox(id).await;
+        containerd.remove_pod_sandbox(id).await;
     }
 
     async fn act(&mut self, rng: &mut Rng) -> String {
@@ -321,15 +218,8 @@ impl World {
             0..=3 => {
                 let desired = World::random_desired(rng, i);
                 let value = World::annotation(&desired);
-                self.sim
-                    .patch_merge(
-                        "v1",
-                        "Pod",
-                        Some("default"),
-                        &self.pods[i].name,
-                        json!({"metadata": {"annotations": {"networks": value}}}),
-                    )
-                    .expect("patch annotation");
+                self.node
+                    .set_networks("default", &self.pods[i].name, Some(&value));
                 self.pods[i].desired = desired;
                 format!("edit {} -> {value}", self.pods[i].name)
             }
@@ -337,10 +227,9 @@ impl World {
                 let old = &self.pods[i];
                 let (old_name, old_sandbox, generation) =
                     (old.name.clone(), old.sandbox.clone(), old.generation + 1);
-                self.sim
-                    .delete("v1", "Pod", Some("default"), &old_name)
-                    .expect("delete pod");
+                self.node.mark_terminating("default", &old_name);
                 self.tear_down_sandbox(i, &old_sandbox).await;
+                self.node.remove_pod("default", &old_name);
                 let pod = self.create_pod(i, generation, rng).await;
                 let text = format!("re-create pod {old_name} as {}", pod.name);
                 self.pods[i] = pod;
@@ -350,23 +239,10 @@ impl World {
                 let pod = &self.pods[i];
                 let (uid, name, old) = (pod.uid.clone(), pod.name.clone(), pod.sandbox.clone());
                 self.tear_down_sandbox(i, &old).await;
-                let sandbox = self
-                    .containerd
-                    .run_pod_sandbox(&uid, &name, "default")
-                    .await;
-                let netns = self.containerd.sandbox_netns(&sandbox).await;
-                let id = format!("containerd://{}", &sandbox[..12]);
-                self.sim
-                    .patch_merge(
-                        "v1",
-                        "Pod",
-                        Some("default"),
-                        &name,
-                        json!({"status": {"containerStatuses": [{
-                            "name": "main", "containerID": id, "image": "busybox",
-                            "imageID": "", "ready": true, "restartCount": 1}]}}),
-                    )
-                    .expect("patch status");
+                let sandbox = self.node.run_sandbox(&uid, "default", &name).await;
+                let netns = self.node.netns(&sandbox).await;
+                self.node
+                    .report_running("default", &name, &sandbox[..12], 1);
                 let pod = &mut self.pods[i];
                 pod.sandbox = sandbox;
                 pod.netns = netns;
@@ -380,7 +256,7 @@ impl World {
                 } else {
                     agent.signal(nix::sys::signal::Signal::SIGTERM);
                 }
-                let status = agent.0.wait().expect("wait podagent");
+                let status = agent.wait_exit(Duration::from_secs(30));
                 assert!(
                     kill || status.success(),
                     "podagent exited {status} on SIGTERM"
@@ -392,18 +268,29 @@ impl World {
                 )
             }
             7 => {
-                self.containerd.restart().await;
+                self.node.containerd_mut().restart().await;
                 "restart containerd".to_owned()
             }
             8 => {
-                let faults = self.sim.faults();
+                let faults = self.proxy.faults();
                 match rng.below(4) {
-                    0 => faults.close_all_watches(),
-                    1 => faults.force_gone_on_next_watch(),
-                    2 => faults.fail_next(5, 500),
-                    _ => faults.set_latency(Duration::from_millis(200)),
+                    0 => {
+                        faults.cut_connections();
+                        "API fault: connections cut".to_owned()
+                    }
+                    1 => {
+                        self.node.cluster().restart_apiserver();
+                        "API fault: kube-apiserver restarted (watches dropped, 410 Gone)".to_owned()
+                    }
+                    2 => {
+                        faults.fail_next(5, 500);
+                        "API fault: five 500s".to_owned()
+                    }
+                    _ => {
+                        faults.set_latency(Duration::from_millis(200));
+                        "API fault: 200 ms latency".to_owned()
+                    }
                 }
-                "API server fault".to_owned()
             }
             _ => {
                 self.conf_file = if self.conf_file.starts_with("10") {
@@ -415,7 +302,7 @@ impl World {
                     .unwrap()
                     .map(|e| e.unwrap().path())
                     .collect();
-                self.write_conf();
+                self.node.write_conflist(self.conf_file, true);
                 for file in old {
                     if !file.ends_with(self.conf_file) {
                         let _ = fs::remove_file(file);
@@ -497,7 +384,7 @@ impl World {
             }
         }
         let agent = self.agent.as_mut().expect("agent");
-        if !agent.alive() {
+        if !agent.running() {
             found.push("podagent is not running".to_owned());
         } else {
             let rss = agent.rss_kib();
@@ -536,7 +423,7 @@ impl World {
     }
 
     async fn quiet(&mut self, round: u32, seed: u64) {
-        self.sim.faults().clear();
+        self.proxy.faults().clear();
         let deadline = Instant::now() + QUIET_TIMEOUT;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -545,7 +432,7 @@ impl World {
                 return;
             }
             if Instant::now() > deadline {
-                let log = fs::read_to_string(self.path("podagent.log")).unwrap_or_default();
+                let log = self.node.log();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 panic!(
                     "round {round} (seed {seed}): invariants still violated after {QUIET_TIMEOUT:?}:\n{}\npodagent log (newest first):\n{}",
@@ -641,5 +528,47 @@ async fn churn_keeps_every_invariant() {
         "soak passed: {} rounds in {:?}, seed {seed}",
         round - 1,
         started.elapsed()
+    );
+}
+
+/// A restarted kube-apiserver drops every watch, and its new watch cache starts past the
+/// resourceVersion podagent watches from: the real server answers 410 Gone, podagent re-lists
+/// and goes on serving the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_answers_410_and_podagent_relists() {
+    let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
+    let (_, sandbox) = node
+        .pod("default", "steady", Some(r#"[{"name":"green"}]"#))
+        .await;
+    let netns = node.netns(&sandbox).await;
+    let _agent = node.start_agent();
+    let green = ifname("green");
+    node.eventually("green", || {
+        testkit::node::has_link(&netns, &green).then_some(())
+    })
+    .await;
+    // A write podagent's watch does not see (another namespace's object): the server's
+    // revision moves past the resourceVersion podagent holds.
+    let admin = node.cluster().admin();
+    admin
+        .create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "bump", "namespace": node.ns("elsewhere")}}))
+        .expect("create a config map");
+    node.cluster().restart_apiserver();
+
+    node.set_networks(
+        "default",
+        "steady",
+        Some(r#"[{"name":"green"},{"name":"blue"}]"#),
+    );
+    let blue = ifname("blue");
+    node.eventually("blue after the restart", || {
+        testkit::node::has_link(&netns, &blue).then_some(())
+    })
+    .await;
+    let log = node.log();
+    assert!(
+        log.contains("410 Gone") && log.contains("re-listing"),
+        "podagent saw no 410 from the restarted server:\n{log}"
     );
 }

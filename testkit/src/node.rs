@@ -144,11 +144,11 @@ impl Node {
             plugins.push(json!({"type": "tuning", "capabilities": {"mac": true}}));
         }
         let conflist = json!({"cniVersion": "1.0.0", "name": "hotplug", "plugins": plugins});
-        fs::write(
-            self.path("conf").join(file),
-            serde_json::to_vec_pretty(&conflist).expect("json"),
-        )
-        .expect("write conflist");
+        // Atomically: podagent may be reading the directory right now.
+        let temp = self.path("conf").join(".new");
+        fs::write(&temp, serde_json::to_vec_pretty(&conflist).expect("json"))
+            .expect("write conflist");
+        fs::rename(&temp, self.path("conf").join(file)).expect("rename conflist");
     }
 
     /// The node name podagent serves (`spec.nodeName` of this node's pods).
@@ -314,11 +314,7 @@ impl Node {
     /// marks it terminating, the kubelet stops the sandbox (when one is given), and its final
     /// delete (grace 0) removes the object.
     pub async fn delete_pod(&self, namespace: &str, name: &str, sandbox: Option<&str>) {
-        let admin = self.cluster.admin();
-        let namespace = self.ns(namespace);
-        admin
-            .delete("v1", "Pod", Some(&namespace), name, None)
-            .unwrap_or_else(|err| panic!("deleting pod {namespace}/{name}: {err:#}"));
+        self.mark_terminating(namespace, name);
         if let Some(sandbox) = sandbox {
             match &self.runtime {
                 Runtime::Containerd(c) => {
@@ -328,8 +324,23 @@ impl Node {
                 Runtime::Docker(d) => d.stop(sandbox).await,
             }
         }
-        admin
-            .delete("v1", "Pod", Some(&namespace), name, Some(0))
+        self.remove_pod(namespace, name);
+    }
+
+    /// The graceful delete: the pod gets a deletionTimestamp and stays until the kubelet's
+    /// final delete ([`Node::remove_pod`]).
+    pub fn mark_terminating(&self, namespace: &str, name: &str) {
+        self.cluster
+            .admin()
+            .delete("v1", "Pod", Some(&self.ns(namespace)), name, None)
+            .unwrap_or_else(|err| panic!("deleting pod {namespace}/{name}: {err:#}"));
+    }
+
+    /// The kubelet's final delete (grace 0), once the pod's containers are gone.
+    pub fn remove_pod(&self, namespace: &str, name: &str) {
+        self.cluster
+            .admin()
+            .delete("v1", "Pod", Some(&self.ns(namespace)), name, Some(0))
             .unwrap_or_else(|err| panic!("final delete of pod {namespace}/{name}: {err:#}"));
     }
 
