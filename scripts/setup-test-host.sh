@@ -119,7 +119,9 @@ find_go() {
     local candidate version
     for candidate in "$(command -v go || true)" /usr/local/go/bin/go \
         "/var/lib/podagent-test/go-$go_fallback/go/bin/go"; do
-        [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+        if [ -z "$candidate" ] || [ ! -x "$candidate" ]; then
+            continue
+        fi
         version=$(GOTOOLCHAIN=local "$candidate" env GOVERSION 2>/dev/null) || continue
         version=${version#go}
         if [ "$(printf '%s\n%s\n' "$go_wanted" "$version" | sort -V | head -n 1)" = "$go_wanted" ]; then
@@ -170,7 +172,7 @@ else
         -ldflags "$ldflags" -o "$cp_dir/bin.tmp/" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kubectl ./etcd)
-    rm -rf "$cp_dir/bin"
+    rm -rf "${cp_dir:?}/bin"
     mv "$cp_dir/bin.tmp" "$cp_dir/bin"
     echo "$cp_stamp" >"$cp_dir/stamp"
     echo "setup-test-host: control plane built in $(($(date +%s) - started))s"

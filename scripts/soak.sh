@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the churn soak (tests/soak.rs) against the real podagent, kube-sim, a private containerd
-# and the Debian CNI plugins for a bounded time. Needs root, like the rest of the suite.
+# Runs the churn soak (tests/soak.rs) against the real podagent, the real control plane (through
+# the fault proxy), a private containerd and the Debian CNI plugins for a bounded time. Needs
+# root, like the rest of the suite.
 #
 #   scripts/soak.sh                 10 minutes
 #   scripts/soak.sh --minutes 30    the documented long run

@@ -58,6 +58,7 @@ impl Cluster {
         let dirs = std::iter::once(control_plane::bin_dir()).chain(std::env::split_paths(&path));
         command
             .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECACHEDIR", self.shared.kubectl_cache())
             .env("PATH", std::env::join_paths(dirs).expect("PATH"));
         command
     }
@@ -315,19 +316,19 @@ fn create_kubeconfig_writes_a_private_token_kubeconfig_that_kubectl_can_use() {
 }
 
 #[test]
-fn operator_scripts_and_scriptlets_are_shellcheck_clean() {
+fn every_script_and_scriptlet_is_shellcheck_clean() {
     prereq::require_command("shellcheck", "shellcheck");
-    let scripts = [
-        "scripts/add-network-annotation.sh",
-        "scripts/del-network-annotation.sh",
-        "scripts/network-annotation-lib.sh",
-        "scripts/create-kubeconfig.sh",
-        "scripts/build-rpm.sh",
-    ];
+    // Every script of the repository: the operator's and the test host's.
+    let scripts: Vec<PathBuf> = fs::read_dir(repo().join("scripts"))
+        .expect("scripts dir")
+        .map(|entry| entry.expect("scripts entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sh"))
+        .collect();
+    assert!(scripts.len() >= 10, "{scripts:?}");
     let out = Command::new("shellcheck")
         .current_dir(repo())
         .arg("-x")
-        .args(scripts)
+        .args(&scripts)
         .output()
         .expect("run shellcheck");
     assert_ok(&out, "shellcheck of the scripts");

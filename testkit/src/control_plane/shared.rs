@@ -137,6 +137,12 @@ impl Shared {
         panic!("namespace {name} got no default service account within 15s");
     }
 
+    /// A discovery cache for kubectl inside the control plane's dir (`KUBECACHEDIR`), so no
+    /// test leaves one per server port in root's home.
+    pub fn kubectl_cache(&self) -> PathBuf {
+        self.kubeconfig.with_file_name("kubectl-cache")
+    }
+
     /// The kubeconfig podagent runs with: made once by `scripts/create-kubeconfig.sh` for the
     /// service account of `manifests/podagent-serviceaccount-and-rbac.yaml`, exactly as an
     /// operator makes it, so podagent has the shipped RBAC and nothing more.
@@ -153,6 +159,7 @@ impl Shared {
                 .arg("podagent-kubeconfig.yaml")
                 .env("KUBECONFIG", &self.kubeconfig)
                 .env("KUBECTL", super::binary("kubectl"))
+                .env("KUBECACHEDIR", self.kubectl_cache())
                 .output()
                 .expect("run scripts/create-kubeconfig.sh");
             assert!(
