@@ -1,13 +1,17 @@
 //! Test-only support for podagent: never shipped (this crate is `publish = false` and the RPM
 //! packages only the `podagent` binary).
 //!
-//! Real parts, one fake: the only simulated outside system is the Kubernetes API server
-//! (`kube_sim`), because no kube-apiserver can be installed on a test host. Everything else a
-//! test needs is the real thing, started privately so tests never touch the host's own daemons:
+//! Real parts only: everything a test needs is the real thing, started privately so tests
+//! never touch the host's own daemons:
+//! - `control_plane`: etcd, kube-apiserver and kube-controller-manager built from pinned Go
+//!   modules, one per test process, with admin access for the test's kubelet and operator part;
+//! - `node`: the one fixture for "a node with podagent" (runtime, CNI config, config, spawn,
+//!   logs, the kubelet's part); `fault_proxy`: API faults a real server does not make on demand;
 //! - `host`: private containerd (CRI) and dockerd instances and the local busybox/pause images;
 //! - `journal`: a private journald and a stand-in for systemd's sd_notify socket;
 //! - `netns`: network namespaces that are removed even when a test fails;
-//! - `prereq`: failing loudly, naming what is missing, instead of skipping.
+//! - `prereq`: failing loudly, naming what is missing, instead of skipping;
+//! - `binaries`: the workspace's own test programs, for tests of any package.
 
 pub mod binaries;
 pub mod control_plane;
