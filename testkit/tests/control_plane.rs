@@ -1,0 +1,149 @@
+//! The `control-plane` command as people and scripts use it: one ready line, a real
+//! kube-apiserver that the server-version kubectl and the host's own kubectl both talk to
+//! (kubectl ≥ 1.32 sends protobuf), a clean stop on SIGTERM, and with `--ephemeral` a stop and
+//! clean-up when its stdin closes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use testkit::control_plane::{self, READY_PREFIX};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_control-plane");
+
+/// Starts the command on `dir` and returns it with its ready line.
+fn start(dir: &Path, ephemeral: bool) -> (Child, String) {
+    testkit::prereq::require_root();
+    let mut command = Command::new(BINARY);
+    command.arg("--dir").arg(dir);
+    if ephemeral {
+        command.arg("--ephemeral");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start control-plane");
+    let started = Instant::now();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the ready line");
+    println!(
+        "control plane ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    (child, line.trim_end().to_string())
+}
+
+fn kubectl(program: &Path, kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("KUBECACHEDIR", kubeconfig.with_file_name("kubectl-cache"))
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pids of processes whose command line mentions `dir`.
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let marker = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(&marker))
+        })
+        .collect()
+}
+
+fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "control-plane did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ready_line_real_server_kubectl_and_a_clean_sigterm_stop() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut child, line) = start(dir.path(), false);
+    let kubeconfig = dir
+        .path()
+        .canonicalize()
+        .expect("dir")
+        .join("admin.kubeconfig");
+    let expected = format!(
+        "{READY_PREFIX}{} server https://127.0.0.1:",
+        kubeconfig.display()
+    );
+    assert!(line.starts_with(&expected), "{line:?}, want {expected:?}…");
+
+    let version = kubectl(&control_plane::binary("kubectl"), &kubeconfig, &["version"]);
+    assert!(
+        version.contains(&format!(
+            "Server Version: {}",
+            control_plane::kubernetes_version()
+        )),
+        "{version}"
+    );
+    kubectl(
+        &control_plane::binary("kubectl"),
+        &kubeconfig,
+        &["create", "ns", "x"],
+    );
+    // The host's kubectl (a 1.32 or 1.33 client) sends create bodies as protobuf.
+    let host_kubectl = testkit::prereq::which("kubectl").expect("kubectl on PATH");
+    kubectl(&host_kubectl, &kubeconfig, &["create", "ns", "y"]);
+    let namespaces = kubectl(&host_kubectl, &kubeconfig, &["get", "ns", "-o", "name"]);
+    assert!(
+        namespaces.contains("namespace/x") && namespaces.contains("namespace/y"),
+        "{namespaces}"
+    );
+
+    assert!(!processes_naming(dir.path()).is_empty(), "daemons running");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(wait_for_exit(&mut child).success(), "exit 0 on SIGTERM");
+    assert_eq!(
+        processes_naming(dir.path()),
+        Vec::<u32>::new(),
+        "daemons left"
+    );
+    assert!(
+        dir.path().join("kube-apiserver.log").is_file(),
+        "without --ephemeral the dir and its logs stay"
+    );
+}
+
+#[test]
+fn ephemeral_stops_and_cleans_up_when_stdin_closes() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let dir: PathBuf = parent.path().join("cp");
+    let (mut child, line) = start(&dir, true);
+    assert!(line.starts_with(READY_PREFIX), "{line:?}");
+    assert!(!processes_naming(&dir).is_empty(), "daemons running");
+    drop(child.stdin.take());
+    assert!(
+        wait_for_exit(&mut child).success(),
+        "exit 0 once stdin closed"
+    );
+    assert_eq!(processes_naming(&dir), Vec::<u32>::new(), "daemons left");
+    assert!(!dir.exists(), "{} removed", dir.display());
+}
