@@ -18,7 +18,6 @@ pub mod control_plane;
 pub mod fault_proxy;
 pub mod host;
 pub mod journal;
-pub mod kube_sim;
 pub mod netns;
 pub mod node;
 pub mod prereq;

@@ -29,7 +29,7 @@ struct Setup {
 
 async fn setup(prefix: &str) -> Setup {
     let cp = testkit::control_plane::shared();
-    let namespace = cp.namespace(prefix).await;
+    let namespace = cp.create_namespace(prefix);
     let proxy = FaultProxy::start(cp.server(), &cp.ca_pem())
         .await
         .expect("start fault proxy");

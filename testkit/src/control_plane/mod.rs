@@ -127,11 +127,6 @@ impl ControlPlane {
         &self.dir
     }
 
-    /// etcd's client URL (plain HTTP on loopback).
-    pub fn etcd_url(&self) -> &str {
-        &self.etcd_url
-    }
-
     /// Stops and starts kube-apiserver on the same port and data: every watch and connection
     /// drops, and the new server's watch cache starts at the current revision. Returns once
     /// it is ready again.

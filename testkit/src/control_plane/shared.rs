@@ -112,13 +112,8 @@ impl Shared {
         format!("{prefix}-{}-{n}", std::process::id())
     }
 
-    /// Creates a fresh namespace and waits for its `default` service account (pods cannot be
-    /// created before the controller manager made it).
-    pub async fn namespace(&self, prefix: &str) -> String {
-        self.create_namespace(prefix)
-    }
-
-    /// [`Shared::namespace`] for sync code.
+    /// Creates a fresh namespace `<prefix>-<pid>-<n>` and waits for its `default` service
+    /// account (pods cannot be created before the controller manager made it).
     pub fn create_namespace(&self, prefix: &str) -> String {
         let name = self.unique_name(prefix);
         let admin = self.admin();
