@@ -77,12 +77,9 @@ impl Admin {
             async move { api.create(&PostParams::default(), &object).await }
         })?;
         match status {
-            Some(status) => Ok(self.run(async move {
-                let patch = Patch::Merge(serde_json::json!({ "status": status }));
-                api.patch_status(&name, &PatchParams::default(), &patch)
-                    .await
-                    .map(to_value)
-            })?),
+            Some(status) => {
+                Ok(self.merge(api, &name, serde_json::json!({ "status": status }), true)?)
+            }
             None => Ok(to_value(created)),
         }
     }
@@ -123,13 +120,8 @@ impl Admin {
         patch: Value,
     ) -> Result<Value> {
         let api = self.api(api_version, kind, namespace)?;
-        let owned = name.to_string();
-        self.run(async move {
-            api.patch(&owned, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .map(to_value)
-        })
-        .with_context(|| format!("patching {kind} {name:?}"))
+        self.merge(api, name, patch, false)
+            .with_context(|| format!("patching {kind} {name:?}"))
     }
 
     /// A JSON merge patch of the object's status subresource (the kubelet's write).
@@ -142,13 +134,27 @@ impl Admin {
         patch: Value,
     ) -> Result<Value> {
         let api = self.api(api_version, kind, namespace)?;
-        let owned = name.to_string();
+        self.merge(api, name, patch, true)
+            .with_context(|| format!("patching the status of {kind} {name:?}"))
+    }
+
+    fn merge(
+        &self,
+        api: Api<DynamicObject>,
+        name: &str,
+        patch: Value,
+        status: bool,
+    ) -> kube::Result<Value> {
+        let name = name.to_string();
         self.run(async move {
-            api.patch_status(&owned, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .map(to_value)
+            let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+            let patched = if status {
+                api.patch_status(&name, &params, &patch).await
+            } else {
+                api.patch(&name, &params, &patch).await
+            };
+            patched.map(to_value)
         })
-        .with_context(|| format!("patching the status of {kind} {name:?}"))
     }
 
     /// Deletes the object; `grace` in seconds as `kubectl delete --grace-period` (0 = at
