@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks the release podagent binary against a floor measured in the same run: hot-plug
-# latency, burst convergence, restart cost, footprint and failure cost (see BENCHMARKS.md).
-# Needs root (network namespaces, a private containerd). Writes target/bench/results.json and
-# target/bench/results.md.
+# latency, burst convergence, restart cost, footprint and failure cost (see BENCHMARKS.md), on
+# the tests' real control plane (etcd, kube-apiserver, kube-controller-manager, built once per
+# machine by setup-test-host.sh and started by the harness for the run) and the tests' node
+# fixture. Needs root (network namespaces, a private containerd, the control plane's daemons).
+# Writes target/bench/results.json and target/bench/results.md.
 #
 #   scripts/bench.sh           the full benchmark (200 latency trials, 110 pods × 4 networks,
 #                              1,000 pods for the footprint, 60 s of failing plugin): ~5 min
@@ -23,7 +25,7 @@ for arg in "$@"; do
     esac
 done
 if [ "$(id -u)" -ne 0 ]; then
-    echo "scripts/bench.sh: run as root (the benchmark creates network namespaces and starts containerd)" >&2
+    echo "scripts/bench.sh: run as root (the benchmark creates network namespaces and starts containerd and a control plane)" >&2
     exit 1
 fi
 

@@ -19,11 +19,12 @@ use futures::StreamExt;
 use podagent::cni::Cni;
 use serde::Serialize;
 use testkit::journal::NotifySocket;
+use testkit::node::Ended;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::linkwatch::{Change, LinkEvent, drain};
 use crate::measure::{self, CpuUse};
-use crate::world::{Agent, CONCURRENCY, Call, Pod, World, epoch_now};
+use crate::world::{Agent, CONCURRENCY, Pod, World, epoch_now};
 
 /// The burst networks (kubelet's default max pods × these = the 440 attachments).
 pub const NETWORKS: [&str; 4] = ["green", "red", "blue", "data"];
@@ -46,7 +47,7 @@ pub async fn floor(world: &World, pods: &[Pod]) -> Result<Floor> {
     let mut attachments = Vec::new();
     for pod in pods {
         for network in NETWORKS {
-            attachments.push(pod.attachment(network)?);
+            attachments.push(world.attachment(pod, network)?);
         }
     }
     let (mut add_sum, mut del_sum) = (Duration::ZERO, Duration::ZERO);
@@ -94,16 +95,19 @@ pub async fn floor(world: &World, pods: &[Pod]) -> Result<Floor> {
 pub struct Converge {
     pub attachments: usize,
     pub seconds: f64,
+    /// First patch sent → last patch answered: the API server taking the burst's patches,
+    /// one after the other (part of `seconds`).
+    pub patches_s: f64,
     /// podagent's CPU over the burst.
     pub cpu: CpuUse,
     /// Highest RSS sampled during the burst (every 20 ms), KiB.
     pub peak_rss_kib: u64,
-    /// Plugin runs of the burst (from the wrapper's log), and their summed run time.
+    /// Plugin runs of the burst (from the wrapper's `ended.log`), and their summed run time.
     pub plugin_calls: usize,
     pub plugin_busy_s: f64,
     /// `plugin_busy_s ÷ seconds`: how many plugins ran at once on average.
     pub mean_running_plugins: f64,
-    /// First patch accepted → first plugin run started.
+    /// First patch sent → first plugin run started.
     pub first_call_s: f64,
 }
 
@@ -140,11 +144,12 @@ pub async fn converge(
     let attachments = pending.len();
     let sampler = RssSampler::start(agent.pid());
     drain(events);
-    let cpu_before = measure::cpu_time(agent.pid(), ticks)?;
+    let cpu_before = agent.cpu_time(ticks);
     let start = Instant::now();
     let since = epoch_now();
+    let mut patched = start;
     for (_, pod) in pods {
-        world.set_networks(&pod.name, annotation.as_deref())?;
+        patched = world.set_networks(&pod.name, annotation.as_deref());
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut last = start;
@@ -164,7 +169,7 @@ pub async fn converge(
         }
     }
     let elapsed = last - start;
-    let cpu = measure::cpu_time(agent.pid(), ticks)? - cpu_before;
+    let cpu = agent.cpu_time(ticks) - cpu_before;
     let peak_rss_kib = sampler.stop();
     let calls = burst_calls(world, since, change, attachments).await;
     let plugin_busy_s: f64 = calls.iter().map(|c| c.end - c.at).sum();
@@ -175,6 +180,7 @@ pub async fn converge(
     Ok(Converge {
         attachments,
         seconds: elapsed.as_secs_f64(),
+        patches_s: (patched - start).as_secs_f64(),
         cpu: CpuUse::new(elapsed, cpu),
         peak_rss_kib,
         plugin_calls: calls.len(),
@@ -184,17 +190,18 @@ pub async fn converge(
     })
 }
 
-/// The burst's plugin runs: the wrapper logs a run when it ends, which can be just after the
-/// kernel reported the link, so this waits (briefly) for all of them.
-async fn burst_calls(world: &World, since: f64, change: Change, expected: usize) -> Vec<Call> {
+/// The burst's plugin runs: the wrapper logs a run in `ended.log` when it ends, which can be
+/// just after the kernel reported the link, so this waits (briefly) for all of them.
+async fn burst_calls(world: &World, since: f64, change: Change, expected: usize) -> Vec<Ended> {
     let command = match change {
         Change::Added => "ADD",
         Change::Removed => "DEL",
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let calls: Vec<Call> = world
-            .calls()
+        let calls: Vec<Ended> = world
+            .node
+            .ended()
             .into_iter()
             .filter(|c| c.at >= since && c.command == command)
             .collect();
@@ -249,7 +256,8 @@ pub struct Restart {
     pub attachments: usize,
     /// Process spawn → `READY=1`.
     pub ready_s: f64,
-    /// Plugin invocations from spawn until `settle_s` after READY.
+    /// Plugin invocations (started, from the wrapper's `calls.log`) from spawn until
+    /// `settle_s` after READY.
     pub cni_invocations: usize,
     pub settle_s: f64,
 }
@@ -262,13 +270,13 @@ pub async fn restart(
     attachments: usize,
     settle: Duration,
 ) -> Result<(Agent, NotifySocket, Restart)> {
-    agent.stop()?;
+    agent.stop();
     let since = epoch_now();
     let notify = NotifySocket::bind();
     let agent = world.start_agent(&notify.path())?;
     let ready = wait_ready(world, &notify, &agent)?;
     tokio::time::sleep(settle).await;
-    let cni_invocations = world.calls().iter().filter(|c| c.at >= since).count();
+    let cni_invocations = world.node.calls().iter().filter(|c| c.at >= since).count();
     Ok((
         agent,
         notify,

@@ -4,7 +4,7 @@
 //! Idle: memory (VmRSS, VmHWM) and CPU time (utime + stime) of the podagent process over a
 //! window in which nothing changes. Failure: pods whose every ADD fails; podagent must back off
 //! so its CPU stays near idle, and the spacing of its retries (read from the wrapper plugin's
-//! call log) shows the backoff.
+//! `calls.log`, logged when each call starts) shows the backoff.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,9 +31,9 @@ pub async fn idle(
     window: Duration,
     ticks: u64,
 ) -> Result<Idle> {
-    let before = measure::cpu_time(agent.pid(), ticks)?;
+    let before = agent.cpu_time(ticks);
     tokio::time::sleep(window).await;
-    let cpu = measure::cpu_time(agent.pid(), ticks)? - before;
+    let cpu = agent.cpu_time(ticks) - before;
     Ok(Idle {
         pods,
         attachments,
@@ -63,17 +63,19 @@ pub async fn failure(
     window: Duration,
     ticks: u64,
 ) -> Result<Failure> {
-    world.switch("fail-pods", Some(&(pods.join("\n") + "\n")))?;
+    world
+        .node
+        .set_switch("fail-pods", Some(&(pods.join("\n") + "\n")));
     let since = epoch_now();
-    let before = measure::cpu_time(agent.pid(), ticks)?;
+    let before = agent.cpu_time(ticks);
     for pod in pods {
-        world.set_networks(pod, Some(r#"[{"name":"green"}]"#))?;
+        world.set_networks(pod, Some(r#"[{"name":"green"}]"#));
     }
     tokio::time::sleep(window).await;
-    let cpu = measure::cpu_time(agent.pid(), ticks)? - before;
+    let cpu = agent.cpu_time(ticks) - before;
     let mut attempts: BTreeMap<&str, Vec<f64>> =
         pods.iter().map(|p| (p.as_str(), vec![])).collect();
-    for call in world.calls() {
+    for call in world.node.calls() {
         if call.at >= since
             && call.command == "ADD"
             && let Some(times) = attempts.get_mut(call.pod.as_str())
@@ -94,9 +96,9 @@ pub async fn failure(
         .map(spacing)
         .unwrap_or_default();
     for pod in pods {
-        world.set_networks(pod, None)?;
+        world.set_networks(pod, None);
     }
-    world.switch("fail-pods", None)?;
+    world.node.set_switch("fail-pods", None);
     Ok(Failure {
         failing_pods: pods.len(),
         cpu: CpuUse::new(window, cpu),

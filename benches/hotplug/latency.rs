@@ -1,18 +1,20 @@
 //! Scenario 1: attach/detach latency of one network on one running pod, and its floor.
 //!
-//! Latency runs from the moment the API server accepted the annotation patch to the kernel's
-//! `RTM_NEWLINK`/`RTM_DELLINK` for the interface inside the pod's netns. The floor, measured in
-//! the same run on the same pod: (a) the same CNI engine and plugin run directly with the same
-//! config, timed from the call to the same netlink notification, and (b) the delivery delay of
-//! the watch alone (a kube-rs watch on kube-sim, patch accepted to event received). podagent's
-//! own overhead is latency − (a) − (b), percentile by percentile.
+//! Latency runs from the moment the API server's answer to the annotation patch is back to the
+//! kernel's `RTM_NEWLINK`/`RTM_DELLINK` for the interface inside the pod's netns. The floor,
+//! measured in the same run on the same pod: (a) the same CNI engine and plugin run directly
+//! with the same config, timed from the call to the same netlink notification, and (b) the
+//! delivery delay of the watch alone: a plain kube-rs watch on the real kube-apiserver, with
+//! podagent's own request (all namespaces, `spec.nodeName=<node>`), from the patch's answer to
+//! the event of that patch. podagent's own overhead is latency − (a) − (b), percentile by
+//! percentile.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod as KubePod;
-use kube::api::{Api, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use podagent::cni::Cni;
 use serde::Serialize;
 use serde_json::json;
@@ -23,7 +25,6 @@ use crate::measure::Summary;
 use crate::world::{NAMESPACE, Pod, World};
 
 pub const NETWORK: &str = "green";
-const STATUS: &str = "podagent.kaloom.com/network-status";
 const WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -36,12 +37,24 @@ pub struct CniFloor {
     pub del_call: Summary,
 }
 
+/// The watch delivery delay on the real API server.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WatchFloor {
+    /// Patch answered → the patch's `MODIFIED` event read by the watch client (0 when the
+    /// event was read before the answer).
+    pub delivery: Summary,
+    /// How many of the events were read before the patch's answer was back.
+    pub before_answer: usize,
+    /// The patch call alone: request sent → answer back.
+    pub patch_call: Summary,
+}
+
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Latency {
     pub attach: Summary,
     pub detach: Summary,
     pub floor_cni: CniFloor,
-    pub floor_watch: Summary,
+    pub floor_watch: WatchFloor,
     pub overhead_attach_p50_ms: f64,
     pub overhead_attach_p99_ms: f64,
     pub overhead_detach_p50_ms: f64,
@@ -49,64 +62,118 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub fn new(attach: Summary, detach: Summary, cni: CniFloor, watch: Summary) -> Latency {
+    pub fn new(attach: Summary, detach: Summary, cni: CniFloor, watch: WatchFloor) -> Latency {
+        let w = watch.delivery;
         Latency {
             attach,
             detach,
             floor_cni: cni,
             floor_watch: watch,
-            overhead_attach_p50_ms: attach.p50_ms - cni.attach.p50_ms - watch.p50_ms,
-            overhead_attach_p99_ms: attach.p99_ms - cni.attach.p99_ms - watch.p99_ms,
-            overhead_detach_p50_ms: detach.p50_ms - cni.detach.p50_ms - watch.p50_ms,
-            overhead_detach_p99_ms: detach.p99_ms - cni.detach.p99_ms - watch.p99_ms,
+            overhead_attach_p50_ms: attach.p50_ms - cni.attach.p50_ms - w.p50_ms,
+            overhead_attach_p99_ms: attach.p99_ms - cni.attach.p99_ms - w.p99_ms,
+            overhead_detach_p50_ms: detach.p50_ms - cni.detach.p50_ms - w.p50_ms,
+            overhead_detach_p99_ms: detach.p99_ms - cni.detach.p99_ms - w.p99_ms,
         }
     }
 }
 
-/// The watch delivery delay alone: kube-rs watching the pod while kube-sim accepts patches of
-/// an annotation podagent does not read.
-pub async fn watch_floor(world: &World, pod: &Pod, trials: usize) -> Result<Summary> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(world.sim.kubeconfig_path())
-        .context("read kube-sim's kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+/// One `MODIFIED` event as the watch client read it.
+struct Seen {
+    at: Instant,
+    name: String,
+    version: String,
+}
+
+/// The watch delivery delay alone, on the real API server and without podagent: a kube-rs
+/// watch making podagent's request (all namespaces, this node's pods) while the pod's
+/// annotation `bench.podagent/probe` (which podagent does not read) is patched through the
+/// same admin client the podagent trials patch with. The stream is read by a task of its own
+/// that stamps each event when it is read, so the blocking patch call cannot delay the stamp;
+/// each patch is matched to its own event by resourceVersion.
+pub async fn watch_floor(world: &World, pod: &Pod, trials: usize) -> Result<WatchFloor> {
+    let cluster = world.node.cluster();
+    let client = testkit::control_plane::admin_client(cluster.kubeconfig())
         .await
-        .context("load kube-sim's kubeconfig")?;
-    let client = kube::Client::try_from(config).context("build a kube client")?;
-    let api: Api<KubePod> = Api::namespaced(client, NAMESPACE);
-    let current = api.get(&pod.name).await.context("get the probe pod")?;
-    let version = current.metadata.resource_version.unwrap_or_default();
-    let params = WatchParams::default().fields(&format!("metadata.name={}", pod.name));
-    let mut stream = api
-        .watch(&params, &version)
+        .context("a kube client for the API server")?;
+    let api: Api<KubePod> = Api::all(client);
+    let selector = format!("spec.nodeName={}", world.node.name());
+    let list = api
+        .list(&ListParams::default().fields(&selector))
         .await
-        .context("watch the probe pod")?
-        .boxed();
-    let mut samples = Vec::with_capacity(trials);
-    for trial in 0..trials {
-        world
-            .sim
-            .patch_merge(
-                "v1",
-                "Pod",
-                Some(NAMESPACE),
-                &pod.name,
-                json!({"metadata": {"annotations": {"bench.podagent/probe": trial.to_string()}}}),
-            )
-            .context("patch the probe annotation")?;
-        let accepted = Instant::now();
+        .context("list the node's pods")?;
+    let version = list.metadata.resource_version.unwrap_or_default();
+    let stream = api
+        .watch(&WatchParams::default().fields(&selector), &version)
+        .await
+        .context("watch the node's pods")?;
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Result<Seen>>();
+    let reader = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
         loop {
-            let event = tokio::time::timeout(WAIT, stream.try_next())
-                .await
-                .map_err(|_| anyhow!("no watch event within {WAIT:?}"))?
-                .context("watch stream failed")?
-                .ok_or_else(|| anyhow!("watch stream ended"))?;
-            if let WatchEvent::Modified(_) = event {
-                samples.push(accepted.elapsed());
-                break;
+            let item = stream.try_next().await;
+            let at = Instant::now();
+            let sent = match item {
+                Ok(Some(WatchEvent::Modified(pod))) => tx.send(Ok(Seen {
+                    at,
+                    name: pod.metadata.name.unwrap_or_default(),
+                    version: pod.metadata.resource_version.unwrap_or_default(),
+                })),
+                Ok(Some(WatchEvent::Error(status))) => {
+                    tx.send(Err(anyhow!("watch error: {status:?}")))
+                }
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => tx.send(Err(anyhow!("the API server ended the watch"))),
+                Err(err) => tx.send(Err(anyhow!(err).context("watch stream failed"))),
+            };
+            if sent.is_err() {
+                return;
             }
         }
+    });
+    let admin = cluster.admin();
+    let (mut delivery, mut patch_call, mut before_answer) = (Vec::new(), Vec::new(), 0);
+    let result: Result<()> = async {
+        for trial in 0..trials {
+            let sent = Instant::now();
+            let patched = admin
+                .patch_merge(
+                    "v1",
+                    "Pod",
+                    Some(&world.namespace),
+                    &pod.name,
+                    json!({"metadata": {"annotations": {"bench.podagent/probe": trial.to_string()}}}),
+                )
+                .context("patch the probe annotation")?;
+            let accepted = Instant::now();
+            patch_call.push(accepted - sent);
+            let version = patched["metadata"]["resourceVersion"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the patched pod has no resourceVersion"))?
+                .to_owned();
+            loop {
+                let event = tokio::time::timeout(WAIT, seen.recv())
+                    .await
+                    .map_err(|_| anyhow!("no watch event for the patch within {WAIT:?}"))?
+                    .ok_or_else(|| anyhow!("the watch reader ended"))??;
+                if event.name == pod.name && event.version == version {
+                    if event.at < accepted {
+                        before_answer += 1;
+                    }
+                    delivery.push(event.at.saturating_duration_since(accepted));
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(Summary::of(&samples))
+    .await;
+    reader.abort();
+    result?;
+    Ok(WatchFloor {
+        delivery: Summary::of(&delivery),
+        before_answer,
+        patch_call: Summary::of(&patch_call),
+    })
 }
 
 /// The same plugin chain run directly by podagent's CNI engine on the pod's netns.
@@ -118,7 +185,7 @@ pub async fn cni_floor(
     trials: usize,
 ) -> Result<CniFloor> {
     let invoker = world.invoker();
-    let attachment = pod.attachment(NETWORK)?;
+    let attachment = world.attachment(pod, NETWORK)?;
     let (mut attach, mut detach, mut add_call, mut del_call) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..trials {
@@ -150,7 +217,7 @@ pub async fn cni_floor(
     })
 }
 
-/// podagent end to end: patch accepted → link present, patch accepted → link gone. Each step
+/// podagent end to end: patch answered → link present, patch answered → link gone. Each step
 /// waits for podagent to report the change in the status annotation before the next patch, so
 /// no trial queues behind the tail of the previous one.
 pub async fn agent_trials(
@@ -165,7 +232,7 @@ pub async fn agent_trials(
     let annotation = format!(r#"[{{"name":"{NETWORK}"}}]"#);
     for _ in 0..trials {
         drain(events);
-        let accepted = world.set_networks(&pod.name, Some(&annotation))?;
+        let accepted = world.set_networks(&pod.name, Some(&annotation));
         let seen = wait_for(events, tag, &ifname, Change::Added, WAIT)
             .await
             .with_context(|| format!("podagent log:\n{}", world.log_tail()))?;
@@ -173,7 +240,7 @@ pub async fn agent_trials(
         reported(world, &pod.name, true).await?;
 
         drain(events);
-        let accepted = world.set_networks(&pod.name, None)?;
+        let accepted = world.set_networks(&pod.name, None);
         let seen = wait_for(events, tag, &ifname, Change::Removed, WAIT)
             .await
             .with_context(|| format!("podagent log:\n{}", world.log_tail()))?;
@@ -188,14 +255,8 @@ async fn reported(world: &World, pod: &str, attached: bool) -> Result<()> {
     let deadline = Instant::now() + WAIT;
     loop {
         let listed = world
-            .sim
-            .get("v1", "Pod", Some(NAMESPACE), pod)
-            .and_then(|p| {
-                p["metadata"]["annotations"][STATUS]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .node
+            .status(NAMESPACE, pod)
             .and_then(|v| v.as_array().cloned())
             .is_some_and(|entries| entries.iter().any(|e| e["name"] == NETWORK));
         if listed == attached {
@@ -232,12 +293,12 @@ pub async fn steps(world: &World, pod: &Pod, trials: usize) -> Result<Steps> {
 
     let runtime = CriRuntime::new(
         RuntimeKind::Containerd,
-        world.containerd.socket().to_owned(),
+        world.node.containerd().socket().to_owned(),
         WAIT,
     );
     let pod_ref = PodRef {
         uid: pod.uid.clone(),
-        namespace: NAMESPACE.to_owned(),
+        namespace: world.namespace.clone(),
         name: pod.name.clone(),
     };
     let netns = pod.netns()?;
@@ -247,9 +308,9 @@ pub async fn steps(world: &World, pod: &Pod, trials: usize) -> Result<Steps> {
         .remove(0);
     let record = PodRecord {
         uid: pod.uid.clone(),
-        namespace: NAMESPACE.to_owned(),
+        namespace: world.namespace.clone(),
         name: pod.name.clone(),
-        sandbox_id: pod.attachment(NETWORK)?.sandbox_id,
+        sandbox_id: world.attachment(pod, NETWORK)?.sandbox_id,
         netns: netns.to_owned(),
         attachments: [(
             NETWORK.to_owned(),

@@ -2,10 +2,13 @@
 //! failure cost of the real podagent binary, each measured against a floor taken in the same
 //! run (absolute times on shared machines drift; ratios to a floor do not).
 //!
-//! The node is real except the API server: kube-sim in this process, a private containerd
-//! with real pod sandboxes, the Debian bridge + host-local plugins, netlink notifications from
-//! inside each pod netns. `scripts/bench.sh [--quick]` builds the release binary and runs this;
-//! results go to `<out>/results.json` and `<out>/results.md`.
+//! Everything is real: the shared control plane of the tests (etcd, kube-apiserver,
+//! kube-controller-manager, started once for this process), the shared node fixture
+//! (`testkit::node::Node`: a private containerd with real pod sandboxes, the Debian bridge +
+//! host-local plugins through the logging wrapper, the kubelet's part played through the API),
+//! podagent with its own RBAC-limited kubeconfig, and netlink notifications from inside each
+//! pod netns. `scripts/bench.sh [--quick]` builds the release binary and runs this; results go
+//! to `<out>/results.json` and `<out>/results.md`.
 //!
 //! Usage: `hotplug [--quick] [--out DIR] [--podagent PATH]` (cargo's own `--bench` is ignored).
 
@@ -105,6 +108,8 @@ pub struct Results {
     pub machine: report::Machine,
     pub command: String,
     pub podagent: String,
+    /// The control plane podagent ran against.
+    pub api_server: String,
     pub sizes: Sizes,
     pub setup: Setup,
     pub startup_ready_s: f64,
@@ -128,8 +133,15 @@ pub struct Results {
 /// What building the node cost (not podagent's cost).
 #[derive(Debug, Serialize)]
 pub struct Setup {
+    /// Starting (or reaching) the control plane and the node: containerd, podagent's
+    /// kubeconfig, the namespace.
+    pub node_s: f64,
+    /// Pods created through the API server with a real sandbox each and reported Running.
     pub sandboxes: usize,
     pub sandboxes_s: f64,
+    /// Pods without a sandbox for the many-pods footprint, created and reported Running.
+    pub plain_pods: usize,
+    pub plain_pods_s: f64,
 }
 
 const SLOW_PLUGIN_MS: u64 = 50;
@@ -153,22 +165,29 @@ async fn main() -> Result<()> {
 
 async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
     let ticks = measure::ticks_per_second()?;
-    let world = World::start(args.podagent.clone()).await?;
     let step = |what: &str| eprintln!("[bench] {what}");
+    // The first use of the control plane in a target dir builds testkit's `control-plane`
+    // command into this profile (minutes, once); none of it is measured.
+    step("starting the control plane (built first if needed) and the node");
+    let started = Instant::now();
+    let world = World::start(args.podagent.clone()).await?;
+    // podagent's kubeconfig (made by scripts/create-kubeconfig.sh) before anything is timed.
+    world.node.cluster().podagent_kubeconfig();
+    let node_s = started.elapsed().as_secs_f64();
 
     step("creating pods and sandboxes");
     let started = Instant::now();
-    let probe = world.pod("lat", true, None, false).await?;
+    let probe = world.pod("lat", true).await?;
     let mut burst_pods = Vec::new();
     for i in 0..sizes.burst_pods {
-        burst_pods.push((
-            i + 1,
-            world.pod(&format!("b{i:03}"), true, None, false).await?,
-        ));
+        burst_pods.push((i + 1, world.pod(&format!("b{i:03}"), true).await?));
     }
-    let setup = Setup {
+    let mut setup = Setup {
+        node_s,
         sandboxes: sizes.burst_pods + 1,
         sandboxes_s: started.elapsed().as_secs_f64(),
+        plain_pods: 0,
+        plain_pods_s: 0.0,
     };
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let mut watches = vec![LinkWatch::start(probe.netns()?, 0, tx.clone())?];
@@ -228,9 +247,12 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
 
     step("footprint with many pods");
     let extra = sizes.footprint_pods.saturating_sub(all_pods);
+    let started = Instant::now();
     for i in 0..extra {
-        world.pod(&format!("i{i:04}"), false, None, false).await?;
+        world.pod(&format!("i{i:04}"), false).await?;
     }
+    setup.plain_pods = extra;
+    setup.plain_pods_s = started.elapsed().as_secs_f64();
     // Let podagent take in the new pods before the quiet window starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_many_pods =
@@ -248,7 +270,9 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
     .await?;
 
     step("burst with a slow plugin");
-    world.switch("sleep", Some(&format!("0.{SLOW_PLUGIN_MS:03}")))?;
+    world
+        .node
+        .set_switch("sleep", Some(&format!("0.{SLOW_PLUGIN_MS:03}")));
     let slow_add = burst::converge(
         &world,
         &agent,
@@ -267,36 +291,38 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
         ticks,
     )
     .await?;
-    world.switch("sleep", None)?;
+    world.node.set_switch("sleep", None);
 
     step("failure cost");
     let mut failing = Vec::new();
     for i in 0..sizes.failing_pods {
-        failing.push(
-            world
-                .pod(&format!("f{i:02}"), true, None, false)
-                .await?
-                .name,
-        );
+        failing.push(world.pod(&format!("f{i:02}"), true).await?);
     }
+    let names: Vec<String> = failing.iter().map(|p| p.name.clone()).collect();
     let failure = footprint::failure(
         &world,
         &agent,
-        &failing,
+        &names,
         Duration::from_secs(sizes.failure_window_s),
         ticks,
     )
     .await?;
     for pod in &failing {
-        world.delete_pod(pod)?;
+        world.delete_pod(pod).await;
     }
 
-    agent.stop()?;
+    agent.stop();
     drop(watches);
     Ok(Results {
         machine: report::Machine::here(),
         command,
         podagent: args.podagent.display().to_string(),
+        api_server: format!(
+            "kube-apiserver {} (etcd {}) at {}",
+            testkit::control_plane::kubernetes_version(),
+            testkit::control_plane::etcd_version(),
+            world.node.cluster().server()
+        ),
         sizes,
         setup,
         startup_ready_s: startup_ready.as_secs_f64(),

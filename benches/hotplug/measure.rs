@@ -1,5 +1,6 @@
-//! Numbers out of samples and out of `/proc`: percentiles of latencies, and the memory and CPU
-//! time of one process (the podagent under test) as the kernel accounts them.
+//! Numbers out of samples and out of `/proc`: percentiles of latencies, the memory of one
+//! process (the podagent under test) as the kernel accounts it, and CPU use over a window (the
+//! CPU time itself is the node fixture's `Agent::cpu_ticks`).
 
 use std::time::Duration;
 
@@ -77,28 +78,6 @@ pub fn memory(pid: u32) -> Result<Memory> {
         rss_anon_kib: field("RssAnon:")?,
         rss_file_kib: field("RssFile:")?,
     })
-}
-
-/// CPU time (user + system) a process has used so far.
-pub fn cpu_time(pid: u32, ticks_per_second: u64) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    // The command name may hold spaces; the fields after it are fixed (utime is 14th, stime 15th).
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("unexpected format of {path}"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("field {i} missing in {path}"))
-    };
-    let ticks = tick(11)? + tick(12)?;
-    Ok(Duration::from_secs_f64(
-        ticks as f64 / ticks_per_second as f64,
-    ))
 }
 
 /// The kernel's clock tick rate for `/proc/<pid>/stat` times.

@@ -27,6 +27,16 @@ pub fn testkit_binary(name: &str) -> PathBuf {
     let target = dir.parent().expect("<target>/<profile> inside <target>");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut build = Command::new(env!("CARGO"));
+    // Not the OUT_DIR, CARGO_MANIFEST_DIR, CARGO_PKG_* … cargo gave this test: build scripts
+    // (ring's) track some of them, and the outer and this build would keep rebuilding each
+    // other's dependencies.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|key| {
+            key == "OUT_DIR" || (key.starts_with("CARGO_") && key != "CARGO_HOME")
+        }) {
+            build.env_remove(key);
+        }
+    }
     build
         .args([
             "build", "--quiet", "-p", "podagent", "-p", "testkit", "--bin", name,
