@@ -23,7 +23,8 @@
 //! interface name. The API server is the real one (its own control plane for this test
 //! binary); podagent reaches it on its own service-account token through the fault proxy:
 //! dropped connections, injected 500s and latency come from the proxy, a real 410 Gone from
-//! restarting kube-apiserver (its new watch cache starts past podagent's resourceVersion).
+//! restarting kube-apiserver (its new watch cache starts past podagent's resourceVersion;
+//! `tests/api_restart.rs` checks that path on its own).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -528,47 +529,5 @@ async fn churn_keeps_every_invariant() {
         "soak passed: {} rounds in {:?}, seed {seed}",
         round - 1,
         started.elapsed()
-    );
-}
-
-/// A restarted kube-apiserver drops every watch, and its new watch cache starts past the
-/// resourceVersion podagent watches from: the real server answers 410 Gone, podagent re-lists
-/// and goes on serving the node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_server_restart_answers_410_and_podagent_relists() {
-    let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
-    let (_, sandbox) = node
-        .pod("default", "steady", Some(r#"[{"name":"green"}]"#))
-        .await;
-    let netns = node.netns(&sandbox).await;
-    let _agent = node.start_agent();
-    let green = ifname("green");
-    node.eventually("green", || {
-        testkit::node::has_link(&netns, &green).then_some(())
-    })
-    .await;
-    // A write podagent's watch does not see (another namespace's object): the server's
-    // revision moves past the resourceVersion podagent holds.
-    let admin = node.cluster().admin();
-    admin
-        .create(json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "bump", "namespace": node.ns("elsewhere")}}))
-        .expect("create a config map");
-    node.cluster().restart_apiserver();
-
-    node.set_networks(
-        "default",
-        "steady",
-        Some(r#"[{"name":"green"},{"name":"blue"}]"#),
-    );
-    let blue = ifname("blue");
-    node.eventually("blue after the restart", || {
-        testkit::node::has_link(&netns, &blue).then_some(())
-    })
-    .await;
-    let log = node.log();
-    assert!(
-        log.contains("410 Gone") && log.contains("re-listing"),
-        "podagent saw no 410 from the restarted server:\n{log}"
     );
 }
