@@ -44,16 +44,16 @@ pub struct NetworkSelection {
     pub if_mac: Option<MacAddr>,
     /// The pod's primary network (eth0), set up by the runtime, never by podagent.
     #[serde(default)]
-    pub is_primary: bool,
+    pub(crate) is_primary: bool,
     /// Set by the user to keep podagent's hands off this entry.
     #[serde(default)]
-    pub podagent_skip: bool,
+    pub(crate) podagent_skip: bool,
     /// The namespace of the network object, when it is not the pod's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Networks layered on top of this one; meaningful to the CNI plugin only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub upper_layers: Vec<String>,
+    pub(crate) upper_layers: Vec<String>,
 }
 
 impl NetworkSelection {
@@ -71,7 +71,7 @@ impl NetworkSelection {
     }
 
     /// A selection podagent adds and removes itself (neither primary nor skipped).
-    pub fn is_managed(&self) -> bool {
+    pub(crate) fn is_managed(&self) -> bool {
         !self.is_primary && !self.podagent_skip
     }
 
@@ -127,7 +127,7 @@ pub struct Problem {
     pub index: usize,
     /// The JSON field at fault; `None` when the entry as a whole is.
     pub field: Option<&'static str>,
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl fmt::Display for Problem {

@@ -21,10 +21,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    pub passed: bool,
-    pub what: &'static str,
-    pub detail: String,
+pub(crate) struct Line {
+    pub(crate) passed: bool,
+    pub(crate) what: &'static str,
+    pub(crate) detail: String,
 }
 
 impl std::fmt::Display for Line {
@@ -91,7 +91,7 @@ pub fn run(flags: &Flags) -> ExitCode {
 }
 
 /// Runs the checks after "config valid", reporting each line; true when all passed.
-pub async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bool {
+pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bool {
     let mut all_passed = true;
     let mut emit = |l: Line| {
         all_passed &= l.passed;

@@ -55,13 +55,13 @@ const EVENT_BACKLOG: usize = 256;
 
 /// How often the loops must show progress, derived from systemd's watchdog timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cadence {
+pub(crate) struct Cadence {
     /// `timeoutSeconds` of each watch request: the server answers at least this often.
-    pub watch_timeout: Duration,
+    pub(crate) watch_timeout: Duration,
     /// How often the idle work loop beats.
-    pub work_tick: Duration,
+    pub(crate) work_tick: Duration,
     /// Silence after which a loop counts as stalled.
-    pub stale_after: Duration,
+    pub(crate) stale_after: Duration,
 }
 
 impl Cadence {
@@ -70,7 +70,7 @@ impl Cadence {
     /// three such periods. Against kube-apiserver, whose periodic bookmarks come about every
     /// minute, a `WatchdogSec=` of two minutes or more keeps a quiet cluster from looking
     /// stalled. Without a watchdog, watches last the usual five minutes.
-    pub fn for_watchdog(timeout: Option<Duration>) -> Cadence {
+    pub(crate) fn for_watchdog(timeout: Option<Duration>) -> Cadence {
         let watch_timeout = timeout.map_or(MAX_WATCH_TIMEOUT, |w| {
             Duration::from_secs((w / 4).as_secs()).clamp(Duration::from_secs(1), MAX_WATCH_TIMEOUT)
         });

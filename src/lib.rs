@@ -12,7 +12,7 @@ pub mod annotation;
 pub mod check;
 pub mod cni;
 pub mod config;
-pub mod controller;
+mod controller;
 pub mod daemon;
 pub mod kubeapi;
 pub mod netns;
@@ -21,3 +21,14 @@ pub mod runtime;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+
+/// The parsers that take raw bytes from outside (an annotation any pod editor writes, a
+/// plugin's stdout, a runtime's verbose sandbox info, a state file on disk), for the fuzz
+/// targets and the corpus replay in `tests/hostile.rs`. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::cni::{CniResult, PluginError};
+    pub use crate::runtime::verbose::{VerboseInfoError, sandbox_netns};
+    pub use crate::store::FORMAT_VERSION;
+    pub use crate::store::load::decode_record;
+}

@@ -52,7 +52,7 @@ pub struct Link {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Address {
     pub ip: IpAddr,
-    pub prefix_len: u8,
+    pub(crate) prefix_len: u8,
 }
 
 impl fmt::Display for Address {
@@ -129,19 +129,6 @@ pub enum NetnsError {
     ConnectionClosed { path: PathBuf },
 }
 
-impl NetnsError {
-    /// True when the namespace itself no longer exists (file missing, or the path is no longer
-    /// a namespace, as after `ip netns del` or when the pinning process exited). Callers treat
-    /// this like "sandbox gone" rather than as a fault.
-    pub fn is_gone(&self) -> bool {
-        match self {
-            NetnsError::Open { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
-            NetnsError::Enter { source, .. } => *source == nix::Error::EINVAL,
-            _ => false,
-        }
-    }
-}
-
 /// Which namespace a path led to when it was opened: the device and inode of the nsfs file
 /// behind it. Equal ids are the same namespace; a path whose id changed now leads somewhere
 /// else (a `/proc/<pid>/ns/net` whose pid was reused, a bind mount replaced).
@@ -154,7 +141,7 @@ pub struct NetnsId {
 impl NetnsId {
     /// An id for test doubles, which have no files behind their paths.
     #[cfg(test)]
-    pub fn fake(n: u64) -> NetnsId {
+    pub(crate) fn fake(n: u64) -> NetnsId {
         NetnsId { dev: 0, ino: n }
     }
 }
@@ -164,11 +151,12 @@ impl NetnsId {
 pub struct Inspection {
     /// The namespace that was looked into.
     pub id: NetnsId,
+    /// The links in it, each with its addresses.
     pub links: Vec<Link>,
 }
 
 /// Looks into network namespaces; the seam the reconciler is tested through.
-pub trait LinkObserver: Send + Sync {
+pub(crate) trait LinkObserver: Send + Sync {
     fn inspect<'a>(
         &'a self,
         netns: &'a Path,
@@ -177,7 +165,7 @@ pub trait LinkObserver: Send + Sync {
 
 /// The real observer: netlink inside the namespace (see the module doc).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Netlink;
+pub(crate) struct Netlink;
 
 impl LinkObserver for Netlink {
     fn inspect<'a>(
@@ -232,11 +220,6 @@ pub async fn inspect(netns: &Path) -> Result<Inspection, NetnsError> {
         result = dump => result,
         () = connection => Err(NetnsError::ConnectionClosed { path: netns.to_owned() }),
     }
-}
-
-/// The links inside the network namespace at `netns` (see [`inspect`]).
-pub async fn links(netns: &Path) -> Result<Vec<Link>, NetnsError> {
-    inspect(netns).await.map(|found| found.links)
 }
 
 /// Creates an rtnetlink connection whose socket lives in `netns`, from a throw-away thread.
@@ -418,19 +401,5 @@ mod tests {
             &[address_message(42, vec![AddressAttribute::Address(ip)])],
         );
         assert!(result[0].addresses.is_empty());
-    }
-
-    #[test]
-    fn missing_namespace_file_is_reported_as_gone() {
-        let error = NetnsError::Open {
-            path: "/var/run/netns/none".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
-        assert!(error.is_gone());
-        let error = NetnsError::Enter {
-            path: "/tmp/x".into(),
-            source: nix::Error::EPERM,
-        };
-        assert!(!error.is_gone());
     }
 }

@@ -33,12 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::annotation::{self, NetworkSelection};
 
-mod load;
-pub use load::decode_record;
+pub(crate) mod load;
 use load::{move_aside, read_record};
 
-/// Where records live unless configured otherwise.
-pub const DEFAULT_DIR: &str = "/var/lib/podagent";
 /// The record format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 const DIR_MODE: u32 = 0o700;
@@ -75,10 +72,10 @@ pub struct Attachment {
     /// The annotation entry the attachment was made from.
     pub selection: NetworkSelection,
     pub ifname: String,
-    pub phase: Phase,
+    pub(crate) phase: Phase,
     /// The CNI result of the ADD, raw, when there is one (not for adopted attachments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub(crate) result: Option<serde_json::Value>,
 }
 
 /// Where an attachment is in its life; written before the CNI call that moves it on.

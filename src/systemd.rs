@@ -24,7 +24,6 @@
 //! socket (a no-op without `NOTIFY_SOCKET`), [`Recorder`] a test double.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,37 +64,13 @@ impl Notifier for SdNotify {
 }
 
 /// The interval systemd expects `WATCHDOG=1` at (half its `WATCHDOG_USEC`), if it expects any.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
-}
-
-/// A notifier that records messages, for unit tests of code that notifies.
-#[derive(Debug, Default)]
-pub struct Recorder {
-    messages: Mutex<Vec<Message>>,
-}
-
-impl Recorder {
-    pub fn messages(&self) -> Vec<Message> {
-        self.messages
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
-    }
-}
-
-impl Notifier for Recorder {
-    fn notify(&self, message: Message) {
-        match self.messages.lock() {
-            Ok(mut m) => m.push(message),
-            Err(poisoned) => poisoned.into_inner().push(message),
-        }
-    }
 }
 
 /// Which loop stopped making progress.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Stall {
+pub(crate) enum Stall {
     #[error("pod watch silent for {0:?}")]
     Watch(Duration),
     #[error("work loop silent for {0:?}")]
@@ -104,7 +79,7 @@ pub enum Stall {
 
 /// Heartbeats of the pod watch and the work loop; see the module docs for what counts.
 #[derive(Debug)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     origin: Instant,
     /// Milliseconds since `origin` of each loop's last beat.
     watch: AtomicU64,
@@ -114,7 +89,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// Both loops count as fresh at creation: they get `stale_after` to show progress.
-    pub fn new(stale_after: Duration) -> Arc<Liveness> {
+    pub(crate) fn new(stale_after: Duration) -> Arc<Liveness> {
         Arc::new(Liveness {
             origin: Instant::now(),
             watch: AtomicU64::new(0),
@@ -128,17 +103,17 @@ impl Liveness {
     }
 
     /// The pod watch delivered something (pod event, bookmark or re-list).
-    pub fn watch_beat(&self) {
+    pub(crate) fn watch_beat(&self) {
         self.watch.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// The work loop went round once.
-    pub fn work_beat(&self) {
+    pub(crate) fn work_beat(&self) {
         self.work.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// `Ok` while both loops beat within the staleness limit.
-    pub fn check(&self) -> Result<(), Stall> {
+    pub(crate) fn check(&self) -> Result<(), Stall> {
         let now = self.now_ms();
         let silence = |beat: &AtomicU64| {
             Duration::from_millis(now.saturating_sub(beat.load(Ordering::Relaxed)))
@@ -155,7 +130,11 @@ impl Liveness {
 }
 
 /// Pings `WATCHDOG=1` every `interval` while `liveness` holds; runs until aborted.
-pub async fn watchdog(notifier: Arc<dyn Notifier>, liveness: Arc<Liveness>, interval: Duration) {
+pub(crate) async fn watchdog(
+    notifier: Arc<dyn Notifier>,
+    liveness: Arc<Liveness>,
+    interval: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stalled = false;
@@ -183,6 +162,31 @@ pub async fn watchdog(notifier: Arc<dyn Notifier>, liveness: Arc<Liveness>, inte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A notifier that records messages, for unit tests of code that notifies.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        messages: Mutex<Vec<Message>>,
+    }
+
+    impl Recorder {
+        fn messages(&self) -> Vec<Message> {
+            self.messages
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+        }
+    }
+
+    impl Notifier for Recorder {
+        fn notify(&self, message: Message) {
+            match self.messages.lock() {
+                Ok(mut m) => m.push(message),
+                Err(poisoned) => poisoned.into_inner().push(message),
+            }
+        }
+    }
 
     #[test]
     fn fresh_liveness_is_alive() {

@@ -21,9 +21,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The socket journald's native protocol listens on.
-pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+pub(crate) const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 /// The identifier every journal entry carries, for `journalctl -t podagent`.
-pub const SYSLOG_IDENTIFIER: &str = "podagent";
+pub(crate) const SYSLOG_IDENTIFIER: &str = "podagent";
 
 /// Where log events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub enum TelemetryError {
 
 /// Whether podagent's logs should go to journald: started by systemd with the journal as its
 /// output stream, or on a host whose journald listens.
-pub fn journald_expected() -> bool {
+pub(crate) fn journald_expected() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some() || Path::new(JOURNALD_SOCKET).exists()
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
-use podagent::cni::{Attachment, Cni, CniError, Invoker, Op, Settings, ValidAttachment};
+use podagent::cni::{Attachment, Cni, CniError, Invoker, Op, Settings};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use testkit::netns::{TestNetns, run_ip, unique_name};
@@ -224,12 +224,6 @@ async fn bridge_0_3_1_attaches_detaches_and_releases_the_address() {
     assert_eq!(result.mac_of(&a.ifname), mac(&netns, &a.ifname).as_deref());
     assert_eq!(lab.leases("pa-br031"), ["198.18.201.10"]);
 
-    let err = cni.check(&a).await.expect_err("CHECK on 0.3.1");
-    assert!(
-        matches!(err, CniError::Unsupported { op: Op::Check, .. }),
-        "{err}"
-    );
-
     cni.del(&a).await.expect("DEL");
     assert!(!has_link(&netns, &a.ifname), "{:?}", netns.link_names());
     assert_eq!(lab.leases("pa-br031"), Vec::<String>::new());
@@ -257,7 +251,6 @@ async fn bridge_1_0_0_checks_re_adds_after_drift_and_dels_on_a_deleted_netns() {
     let result = cni.add(&a).await.expect("ADD");
     assert_eq!(result.cni_version, "1.0.0");
     assert_eq!(addresses(&netns, &a.ifname), ["198.18.202.10/24"]);
-    cni.check(&a).await.expect("CHECK of an intact attachment");
 
     // The interface deleted by hand: the next ADD first releases the stale lease (the pool
     // has a single address) and attaches it again.
@@ -336,7 +329,6 @@ async fn conflist_bridge_tuning_portmap_sets_the_requested_mac() {
         result.ips_of(&a.ifname),
         ["198.18.203.10/24".parse().unwrap()]
     );
-    cni.check(&a).await.expect("CHECK of the chain");
 
     cni.del(&a).await.expect("DEL through the chain");
     assert!(!has_link(&netns, &a.ifname));
@@ -370,7 +362,6 @@ async fn macvlan_on_a_veth_master_attaches_and_detaches() {
     let result = cni.add(&a).await.expect("macvlan ADD");
     assert_eq!(addresses(&netns, &a.ifname), ["198.18.204.10/24"]);
     assert_eq!(result.mac_of(&a.ifname), mac(&netns, &a.ifname).as_deref());
-    cni.check(&a).await.expect("macvlan CHECK");
     cni.del(&a).await.expect("macvlan DEL");
     assert!(!has_link(&netns, &a.ifname));
     assert_eq!(lab.leases("pa-macvlan"), Vec::<String>::new());
@@ -399,7 +390,6 @@ async fn del_after_restart_and_config_change_uses_what_add_used() {
     );
     let restarted = lab.invoker();
     assert_eq!(restarted.primary_config().await.unwrap().name, "other");
-    restarted.check(&a).await.expect("CHECK from the cache");
     restarted.del(&a).await.expect("DEL from the cache");
     assert!(!has_link(&netns, &a.ifname));
     assert_eq!(lab.leases("pa-cached"), Vec::<String>::new());
@@ -661,14 +651,10 @@ async fn chain_gets_name_version_capabilities_prev_result_and_a_minimal_env() {
 
     let result = cni.add(&a).await.expect("ADD");
     assert_eq!(result.mac_of(&a.ifname), Some("02:00:00:00:00:42"));
-    cni.check(&a).await.expect("CHECK");
     cni.del(&a).await.expect("DEL");
 
     let records = lab.records();
-    let order: Vec<(&str, &str)> = [("a", "ADD"), ("b", "ADD"), ("a", "CHECK"), ("b", "CHECK")]
-        .into_iter()
-        .chain([("b", "DEL"), ("a", "DEL")])
-        .collect();
+    let order = [("a", "ADD"), ("b", "ADD"), ("b", "DEL"), ("a", "DEL")];
     let got = calls(&records);
     assert_eq!(
         got.iter()
@@ -794,7 +780,7 @@ async fn del_of_a_0_3_1_list_omits_prev_result() {
 }
 
 #[tokio::test]
-async fn status_gc_and_version_on_a_1_1_list() {
+async fn version_and_primary_config_of_a_1_1_list() {
     let lab = Lab::new();
     lab.write_conf(
         "10-rec.conflist",
@@ -810,44 +796,10 @@ async fn status_gc_and_version_on_a_1_1_list() {
     assert_eq!(summary.cni_version, "1.1.0");
     assert_eq!(summary.plugin_types, ["recorder", "recorder"]);
 
-    cni.status().await.expect("STATUS");
-    let valid = [ValidAttachment {
-        container_id: "abc".into(),
-        ifname: "net1".into(),
-    }];
-    cni.gc(&valid).await.expect("GC");
     let versions = cni.version().await.expect("VERSION");
     assert_eq!(versions.len(), 1, "one VERSION call per plugin type");
     assert_eq!(versions[0].plugin, "recorder");
     assert!(versions[0].supported_versions.contains(&"1.1.0".to_owned()));
-
-    let records = lab.records();
-    let expected: Vec<(String, String)> =
-        [("a", "STATUS"), ("b", "STATUS"), ("a", "GC"), ("b", "GC")]
-            .iter()
-            .map(|(t, c)| ((*t).into(), (*c).into()))
-            .collect();
-    assert_eq!(calls(&records), expected);
-    for record in &records {
-        assert_eq!(record["env"].get("CNI_CONTAINERID"), None);
-        assert!(record["env"]["CNI_PATH"].is_string());
-        assert_eq!(record["stdin"]["cniVersion"], "1.1.0");
-    }
-    assert_eq!(
-        records[2]["stdin"]["cni.dev/valid-attachments"],
-        json!([{"containerID": "abc", "ifname": "net1"}])
-    );
-
-    // A 1.0.0 config has no STATUS.
-    lab.write_conf(
-        "00-old.conf",
-        &json!({"cniVersion": "1.0.0", "name": "pa-old", "type": "recorder"}),
-    );
-    let err = cni.status().await.expect_err("STATUS on 1.0.0");
-    assert!(
-        matches!(err, CniError::Unsupported { op: Op::Status, .. }),
-        "{err}"
-    );
 }
 
 #[tokio::test]

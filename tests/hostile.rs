@@ -19,9 +19,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use podagent::annotation::{self, AnnotationError, MAX_ANNOTATION_BYTES, MAX_NETWORKS};
 use podagent::cni::{self, Cni, CniError, CniResult, Invoker, Settings};
+use podagent::fuzzing::{FORMAT_VERSION, VerboseInfoError, decode_record, sandbox_netns};
 use podagent::kubeapi::PodView;
 use podagent::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
-use podagent::runtime::{VerboseInfoError, sandbox_netns};
 use podagent::store::{self, Store, StoreError};
 use serde_json::json;
 
@@ -403,7 +403,7 @@ fn a_result_as_large_as_the_output_cap_parses_within_bounds() {
 // State files
 
 fn forged_record(name: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"version": store::FORMAT_VERSION, "record": {
+    serde_json::to_vec(&json!({"version": FORMAT_VERSION, "record": {
         "uid": UID, "namespace": "ns", "name": "web", "sandboxId": "0123abcd",
         "netns": "/var/run/netns/x",
         "attachments": {name: {
@@ -417,11 +417,11 @@ fn forged_record(name: &str) -> Vec<u8> {
 fn a_state_file_naming_a_network_the_annotation_would_refuse_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{UID}.json"));
-    let valid = store::decode_record(&file, UID, &forged_record("green")).expect("valid");
+    let valid = decode_record(&file, UID, &forged_record("green")).expect("valid");
     assert_eq!(valid.attachments["green"].ifname, GREEN_IF);
 
     for name in ["a;IP=198.18.0.9", "../x", "Green", "a b", "x\ny"] {
-        let err = store::decode_record(&file, UID, &forged_record(name)).unwrap_err();
+        let err = decode_record(&file, UID, &forged_record(name)).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{name:?}: {err}");
         assert!(err.to_string().contains("attachment name"), "{err}");
     }
@@ -438,7 +438,7 @@ fn a_state_file_naming_a_network_the_annotation_would_refuse_is_set_aside() {
 fn huge_nested_fifo_and_directory_state_files_are_set_aside_and_good_ones_kept() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let good = store::decode_record(Path::new("x"), UID, &forged_record("green")).unwrap();
+    let good = decode_record(Path::new("x"), UID, &forged_record("green")).unwrap();
     store.put(&good).unwrap();
 
     let huge = dir.path().join("huge.json");

@@ -72,7 +72,10 @@ async fn containerd_sandbox_is_found_by_uid_with_eth0_in_its_netns() {
         sandbox.netns.display()
     );
 
-    let links = netns::links(&sandbox.netns).await.expect("sandbox links");
+    let links = netns::inspect(&sandbox.netns)
+        .await
+        .map(|found| found.links)
+        .expect("sandbox links");
     let eth0 = links
         .iter()
         .find(|link| link.name == "eth0")
@@ -237,7 +240,10 @@ async fn docker_sandbox_resolves_to_its_process_netns_until_stopped() {
         "{}",
         sandbox.netns.display()
     );
-    let links = netns::links(&sandbox.netns).await.expect("sandbox links");
+    let links = netns::inspect(&sandbox.netns)
+        .await
+        .map(|found| found.links)
+        .expect("sandbox links");
     assert_eq!(
         links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
         vec!["lo"],

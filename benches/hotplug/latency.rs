@@ -328,7 +328,7 @@ pub async fn steps(world: &World, pod: &Pod, trials: usize) -> Result<Steps> {
         lookup.push(start.elapsed());
 
         let start = Instant::now();
-        podagent::netns::links(netns)
+        podagent::netns::inspect(netns)
             .await
             .context("steps: link dump")?;
         dump.push(start.elapsed());

@@ -12,9 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use podagent::annotation::{self, MAX_ANNOTATION_BYTES};
-use podagent::cni::{CniResult, PluginError};
-use podagent::runtime::sandbox_netns;
-use podagent::store::{FORMAT_VERSION, PodRecord, decode_record};
+use podagent::fuzzing::{CniResult, FORMAT_VERSION, PluginError, decode_record, sandbox_netns};
+use podagent::store::PodRecord;
 
 /// The `networks` annotation parser: what it accepts is safe to put into `CNI_ARGS`, interface
 /// names and file names, and survives a serialise/parse round trip unchanged.

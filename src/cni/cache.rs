@@ -1,4 +1,4 @@
-//! The private result cache: what each ADD used and returned, for the DEL and CHECK after it.
+//! The private result cache: what each ADD used and returned, for the DEL after it.
 //!
 //! A DEL must hand the plugins the config, `CNI_ARGS`, capability args and (from 0.4.0 on) the
 //! result that ADD used, even after an agent restart or a change of the node's CNI config.
@@ -34,19 +34,19 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Entry {
-    pub kind: String,
-    pub network_name: String,
-    pub container_id: String,
-    pub if_name: String,
+    pub(crate) kind: String,
+    pub(crate) network_name: String,
+    pub(crate) container_id: String,
+    pub(crate) if_name: String,
     /// The network config exactly as read (UTF-8 JSON, so it can be kept as text).
-    pub config: String,
-    pub cni_args: String,
-    pub capability_args: Map<String, Value>,
-    pub result: Value,
+    pub(crate) config: String,
+    pub(crate) cni_args: String,
+    pub(crate) capability_args: Map<String, Value>,
+    pub(crate) result: Value,
 }
 
 impl Entry {
-    pub fn new(
+    pub(crate) fn new(
         network_name: &str,
         container_id: &str,
         if_name: &str,
@@ -76,7 +76,7 @@ pub(crate) struct ResultCache {
 }
 
 impl ResultCache {
-    pub fn new(dir: PathBuf) -> ResultCache {
+    pub(crate) fn new(dir: PathBuf) -> ResultCache {
         ResultCache { dir }
     }
 
@@ -103,7 +103,7 @@ impl ResultCache {
     }
 
     /// Stores `entry`, replacing any previous one for the same key atomically.
-    pub fn write(&self, entry: &Entry) -> Result<PathBuf, CniError> {
+    pub(crate) fn write(&self, entry: &Entry) -> Result<PathBuf, CniError> {
         let dir = self.open_dir(true)?.ok_or_else(|| {
             CniError::cache("open", &self.dir, std::io::ErrorKind::NotFound.into())
         })?;
@@ -137,7 +137,7 @@ impl ResultCache {
 
     /// The entry for (`sandbox_id`, `ifname`), whatever network it was added with: the node's
     /// config may have been renamed since. Files are matched by name, then by content.
-    pub fn find(
+    pub(crate) fn find(
         &self,
         sandbox_id: &str,
         ifname: &str,
@@ -161,7 +161,7 @@ impl ResultCache {
     }
 
     /// Removes one entry; a missing one is not an error (DEL is idempotent).
-    pub fn remove(&self, path: &Path) -> Result<(), CniError> {
+    pub(crate) fn remove(&self, path: &Path) -> Result<(), CniError> {
         let Some(dir) = self.open_dir(false)? else {
             return Ok(());
         };
@@ -176,7 +176,7 @@ impl ResultCache {
     }
 
     /// Removes every entry of a sandbox; returns how many there were.
-    pub fn forget_sandbox(&self, sandbox_id: &str) -> Result<usize, CniError> {
+    pub(crate) fn forget_sandbox(&self, sandbox_id: &str) -> Result<usize, CniError> {
         let Some(dir) = self.open_dir(false)? else {
             return Ok(0);
         };

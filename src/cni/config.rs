@@ -21,14 +21,12 @@ use super::error::CniError;
 pub(crate) struct SpecVersion(u32, u32, u32);
 
 impl SpecVersion {
-    /// CHECK, and `prevResult` on DEL, exist from 0.4.0 on.
-    pub const CHECK: SpecVersion = SpecVersion(0, 4, 0);
-    /// STATUS and GC exist from 1.1.0 on.
-    pub const STATUS_GC: SpecVersion = SpecVersion(1, 1, 0);
+    /// `prevResult` on DEL exists from 0.4.0 on.
+    pub(crate) const PREV_RESULT_ON_DEL: SpecVersion = SpecVersion(0, 4, 0);
     const OLDEST: SpecVersion = SpecVersion(0, 1, 0);
     const NEWEST: SpecVersion = SpecVersion(1, 1, 0);
 
-    pub fn parse(text: &str) -> Option<SpecVersion> {
+    pub(crate) fn parse(text: &str) -> Option<SpecVersion> {
         let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some(Some(a)), Some(Some(b)), Some(Some(c)), None) => Some(SpecVersion(a, b, c)),
@@ -50,21 +48,19 @@ impl fmt::Display for SpecVersion {
 /// A parsed network config list (a `.conf` is lifted into a list of one).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NetworkList {
-    pub name: String,
+    pub(crate) name: String,
     /// The version every plugin is run with (from `cniVersions` when present, 1.1).
-    pub version: SpecVersion,
-    pub disable_check: bool,
-    pub disable_gc: bool,
+    pub(crate) version: SpecVersion,
     /// Each plugin's config object as written, with its validated `type`.
-    pub plugins: Vec<(String, Map<String, Value>)>,
+    pub(crate) plugins: Vec<(String, Map<String, Value>)>,
     /// The exact bytes it was parsed from, cached so DEL can use what ADD used.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
 }
 
 impl NetworkList {
     /// Parses a config list or a single plugin config (lifted); the error is the reason the
     /// file is unusable, for the warning and for [`CniError::NoConfig`].
-    pub fn parse(bytes: &[u8]) -> Result<NetworkList, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<NetworkList, String> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|err| format!("not valid JSON: {err}"))?;
         let Value::Object(top) = value else {
@@ -94,26 +90,23 @@ impl NetworkList {
         Ok(NetworkList {
             name,
             version,
-            disable_check: flag(&top, "disableCheck")?,
-            disable_gc: flag(&top, "disableGC")?,
             plugins,
             bytes: bytes.to_vec(),
         })
     }
 
-    pub fn plugin_types(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn plugin_types(&self) -> impl Iterator<Item = &str> {
         self.plugins.iter().map(|(t, _)| t.as_str())
     }
 
     /// The stdin of plugin `index`: its config with the list's `name` and `cniVersion`
     /// replacing its own, `runtimeConfig` holding the capabilities it advertises that we have
     /// values for, and `prevResult` when given. Every other field is passed on untouched.
-    pub fn plugin_stdin(
+    pub(crate) fn plugin_stdin(
         &self,
         index: usize,
         capability_args: &Map<String, Value>,
         prev_result: Option<&Value>,
-        extra: Option<(&str, Value)>,
     ) -> Vec<u8> {
         let mut conf = self.plugins[index].1.clone();
         conf.insert("name".to_owned(), Value::String(self.name.clone()));
@@ -134,9 +127,6 @@ impl NetworkList {
         }
         if let Some(prev) = prev_result {
             conf.insert("prevResult".to_owned(), prev.clone());
-        }
-        if let Some((key, value)) = extra {
-            conf.insert(key.to_owned(), value);
         }
         // Serializing a map of JSON values cannot fail.
         serde_json::to_vec(&Value::Object(conf)).unwrap_or_default()
@@ -189,17 +179,6 @@ fn plugin_entry(plugin: &Value) -> Result<(String, Map<String, Value>), String> 
     }
 }
 
-/// Reads a boolean list flag; the spec once wrote them as strings, so accept those too.
-fn flag(top: &Map<String, Value>, key: &str) -> Result<bool, String> {
-    match top.get(key) {
-        None => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s == "true" => Ok(true),
-        Some(Value::String(s)) if s == "false" => Ok(false),
-        Some(other) => Err(format!("\"{key}\" is {other}, not true or false")),
-    }
-}
-
 /// The primary config of a conf dir, re-read whenever the directory's content changes.
 #[derive(Debug)]
 pub(crate) struct ConfDir {
@@ -216,8 +195,8 @@ struct Loaded {
 /// The chosen config and the file it came from.
 #[derive(Debug)]
 pub(crate) struct Primary {
-    pub file: PathBuf,
-    pub list: NetworkList,
+    pub(crate) file: PathBuf,
+    pub(crate) list: NetworkList,
 }
 
 /// What identifies a file's content without reading it: a rename, an edit in place or a
@@ -231,7 +210,7 @@ struct FileStamp {
 }
 
 impl ConfDir {
-    pub fn new(dir: PathBuf) -> ConfDir {
+    pub(crate) fn new(dir: PathBuf) -> ConfDir {
         ConfDir {
             dir,
             loaded: Mutex::new(None),
@@ -239,7 +218,7 @@ impl ConfDir {
     }
 
     /// The primary config: the first candidate file in lexical order that parses.
-    pub fn primary(&self) -> Result<Arc<Primary>, CniError> {
+    pub(crate) fn primary(&self) -> Result<Arc<Primary>, CniError> {
         let fingerprint = self.fingerprint()?;
         let mut loaded = self
             .loaded
@@ -336,7 +315,7 @@ mod tests {
         let Value::Object(caps) = caps else {
             panic!("caps must be an object")
         };
-        serde_json::from_slice(&list.plugin_stdin(index, &caps, prev.as_ref(), None)).unwrap()
+        serde_json::from_slice(&list.plugin_stdin(index, &caps, prev.as_ref())).unwrap()
     }
 
     #[test]
@@ -394,11 +373,10 @@ mod tests {
     fn cni_versions_picks_the_highest_supported() {
         let list = NetworkList::parse(
             br#"{"cniVersion":"1.0.0","cniVersions":["0.4.0","1.1.0","9.0.0"],"name":"n",
-                 "disableGC":true,"disableCheck":"true","plugins":[{"type":"bridge"}]}"#,
+                 "plugins":[{"type":"bridge"}]}"#,
         )
         .unwrap();
-        assert_eq!(list.version, SpecVersion::STATUS_GC);
-        assert!(list.disable_gc && list.disable_check);
+        assert_eq!(list.version, SpecVersion(1, 1, 0));
     }
 
     #[test]

@@ -21,16 +21,16 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// The validated, per-attachment part of a plugin run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    pub sandbox_id: String,
-    pub netns: PathBuf,
-    pub ifname: String,
-    pub cni_args: String,
+    pub(crate) sandbox_id: String,
+    pub(crate) netns: PathBuf,
+    pub(crate) ifname: String,
+    pub(crate) cni_args: String,
     /// Values for the capabilities plugins may advertise (`runtimeConfig`).
-    pub capability_args: Map<String, Value>,
+    pub(crate) capability_args: Map<String, Value>,
 }
 
 impl Target {
-    pub fn new(a: &Attachment) -> Result<Target, CniError> {
+    pub(crate) fn new(a: &Attachment) -> Result<Target, CniError> {
         validate_sandbox_id(&a.sandbox_id)?;
         validate_ifname(&a.ifname)?;
         if !a.netns.is_absolute() {

@@ -14,21 +14,15 @@ use std::time::Duration;
 pub enum Op {
     Add,
     Del,
-    Check,
-    Status,
-    Gc,
     Version,
 }
 
 impl Op {
     /// The value of `CNI_COMMAND`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Op::Add => "ADD",
             Op::Del => "DEL",
-            Op::Check => "CHECK",
-            Op::Status => "STATUS",
-            Op::Gc => "GC",
             Op::Version => "VERSION",
         }
     }
@@ -47,11 +41,11 @@ pub struct PluginRun {
     /// The plugin type (the binary's file name).
     pub plugin: String,
     /// The CNI network (list) name.
-    pub network: String,
+    pub(crate) network: String,
     /// The sandbox netns, for the commands that have one.
-    pub netns: Option<PathBuf>,
+    pub(crate) netns: Option<PathBuf>,
     /// The interface name, for the commands that have one.
-    pub ifname: Option<String>,
+    pub(crate) ifname: Option<String>,
 }
 
 impl fmt::Display for PluginRun {
@@ -189,13 +183,6 @@ pub enum CniError {
     },
 
     #[error(
-        "CNI CHECK of interface {ifname} of sandbox {sandbox_id}: no cached ADD result to \
-         check against (podagent did not attach it, or its cache was removed); detach and \
-         re-attach it to get one"
-    )]
-    NotCached { sandbox_id: String, ifname: String },
-
-    #[error(
         "cannot {action} the CNI result cache {}: {source}; check that podagent's state \
          directory is writable by it and not tampered with",
         path.display()
@@ -222,26 +209,9 @@ impl CniError {
     }
 
     /// The CNI error code a plugin reported, if any.
-    pub fn code(&self) -> Option<u64> {
+    pub(crate) fn code(&self) -> Option<u64> {
         match self {
             CniError::Failed { code, .. } => *code,
-            _ => None,
-        }
-    }
-
-    /// The plugin run this error is about, if it is about one.
-    pub fn run(&self) -> Option<&PluginRun> {
-        match self {
-            CniError::PluginNotFound { run, .. }
-            | CniError::NotExecutable { run, .. }
-            | CniError::Spawn { run, .. }
-            | CniError::PluginIo { run, .. }
-            | CniError::Timeout { run, .. }
-            | CniError::Killed { run, .. }
-            | CniError::Failed { run, .. }
-            | CniError::OutputTooLarge { run, .. }
-            | CniError::NoResult { run, .. }
-            | CniError::BadOutput { run, .. } => Some(run),
             _ => None,
         }
     }

@@ -32,19 +32,19 @@ const REAP_GRACE: Duration = Duration::from_secs(5);
 
 /// One plugin run to perform.
 pub(crate) struct Invocation<'a> {
-    pub run: &'a PluginRun,
-    pub binary: &'a Path,
-    pub env: &'a [(String, OsString)],
-    pub stdin: Vec<u8>,
-    pub timeout: Duration,
+    pub(crate) run: &'a PluginRun,
+    pub(crate) binary: &'a Path,
+    pub(crate) env: &'a [(String, OsString)],
+    pub(crate) stdin: Vec<u8>,
+    pub(crate) timeout: Duration,
 }
 
 /// What a plugin that exited 0 printed.
 #[derive(Debug)]
 pub(crate) struct Output {
-    pub stdout: Vec<u8>,
+    pub(crate) stdout: Vec<u8>,
     /// The end of its stderr, for errors about its stdout.
-    pub stderr: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs the plugin and returns its output when it exited 0; every other outcome is an error

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tracing::{debug, instrument, warn};
 
@@ -39,16 +39,8 @@ pub struct NetworkSummary {
 pub struct PluginVersion {
     #[serde(skip)]
     pub plugin: String,
-    pub cni_version: String,
+    pub(crate) cni_version: String,
     pub supported_versions: Vec<String>,
-}
-
-/// An attachment that GC must keep (CNI 1.1 `cni.dev/valid-attachments`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ValidAttachment {
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    pub ifname: String,
 }
 
 /// The real [`Cni`]: runs the node's plugin binaries.
@@ -116,43 +108,6 @@ impl Invoker {
         Ok(versions)
     }
 
-    /// CNI 1.1 STATUS: whether every plugin of the primary config is ready for ADDs.
-    pub async fn status(&self) -> Result<(), CniError> {
-        let primary = self.primary().await?;
-        let list = require_1_1(&primary.list, Op::Status)?;
-        for index in 0..list.plugins.len() {
-            let run = plugin_run(Op::Status, list, index, None);
-            let stdin = list.plugin_stdin(index, &Map::new(), None, None);
-            self.exec(&run, None, stdin).await?;
-        }
-        Ok(())
-    }
-
-    /// CNI 1.1 GC: lets the plugins of the primary config release whatever does not belong to
-    /// `valid`. The plugins cannot tell podagent's attachments from the runtime's, so `valid`
-    /// must list every attachment on this network on the node, the pods' own interfaces
-    /// included. Best effort across plugins; reports the first error.
-    pub async fn gc(&self, valid: &[ValidAttachment]) -> Result<(), CniError> {
-        let primary = self.primary().await?;
-        let list = require_1_1(&primary.list, Op::Gc)?;
-        if list.disable_gc {
-            debug!(network = %list.name, "GC disabled by the network config");
-            return Ok(());
-        }
-        let attachments = serde_json::to_value(valid).unwrap_or_default();
-        let mut first_error = None;
-        for index in 0..list.plugins.len() {
-            let run = plugin_run(Op::Gc, list, index, None);
-            let extra = ("cni.dev/valid-attachments", attachments.clone());
-            let stdin = list.plugin_stdin(index, &Map::new(), None, Some(extra));
-            if let Err(err) = self.exec(&run, None, stdin).await {
-                warn!(error = %err, "CNI GC failed");
-                first_error.get_or_insert(err);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
     /// Looks the plugin up and runs it.
     async fn exec(
         &self,
@@ -208,11 +163,11 @@ impl Invoker {
         prev_result: Option<&Value>,
     ) -> Result<(), CniError> {
         // 0.3.x plugins do not expect a prevResult on DEL.
-        let prev_result = prev_result.filter(|_| list.version >= SpecVersion::CHECK);
+        let prev_result = prev_result.filter(|_| list.version >= SpecVersion::PREV_RESULT_ON_DEL);
         let mut first_error = None;
         for index in (0..list.plugins.len()).rev() {
             let run = plugin_run(Op::Del, list, index, Some(target));
-            let stdin = list.plugin_stdin(index, capability_args, prev_result, None);
+            let stdin = list.plugin_stdin(index, capability_args, prev_result);
             if let Err(err) = self.exec(&run, Some((target, cni_args)), stdin).await {
                 warn!(error = %err, "CNI DEL failed; continuing with the remaining plugins");
                 first_error.get_or_insert(err);
@@ -227,7 +182,7 @@ impl Invoker {
         for index in 0..list.plugins.len() {
             let run = plugin_run(Op::Add, list, index, Some(target));
             let prev_raw = prev.as_ref().map(|r| &r.raw);
-            let stdin = list.plugin_stdin(index, &target.capability_args, prev_raw, None);
+            let stdin = list.plugin_stdin(index, &target.capability_args, prev_raw);
             let out = self
                 .exec(&run, Some((target, &target.cni_args)), stdin)
                 .await?;
@@ -306,38 +261,6 @@ impl Cni for Invoker {
         self.del_cached(&target, path, entry).await
     }
 
-    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
-    async fn check(&self, a: &Attachment) -> Result<(), CniError> {
-        let target = Target::new(a)?;
-        let Some((path, entry)) = self.cached(&target).await? else {
-            return Err(CniError::NotCached {
-                sandbox_id: target.sandbox_id,
-                ifname: target.ifname,
-            });
-        };
-        // The cached config, not the current one: CHECK asks whether what ADD made is intact.
-        let list = NetworkList::parse(entry.config.as_bytes())
-            .map_err(|reason| CniError::CacheCorrupt { path, reason })?;
-        if list.version < SpecVersion::CHECK {
-            return Err(CniError::Unsupported {
-                op: Op::Check,
-                network: list.name,
-                version: list.version.to_string(),
-                reason: "CHECK exists from CNI 0.4.0 on",
-            });
-        }
-        if list.disable_check {
-            return Ok(());
-        }
-        for index in 0..list.plugins.len() {
-            let run = plugin_run(Op::Check, &list, index, Some(&target));
-            let stdin = list.plugin_stdin(index, &entry.capability_args, Some(&entry.result), None);
-            self.exec(&run, Some((&target, &entry.cni_args)), stdin)
-                .await?;
-        }
-        Ok(())
-    }
-
     async fn forget_sandbox(&self, sandbox_id: &str) -> Result<(), CniError> {
         env::validate_sandbox_id(sandbox_id)?;
         let cache = self.cache.clone();
@@ -388,19 +311,6 @@ fn plugin_run(op: Op, list: &NetworkList, index: usize, target: Option<&Target>)
         network: list.name.clone(),
         netns: target.map(|t| t.netns.clone()),
         ifname: target.map(|t| t.ifname.clone()),
-    }
-}
-
-fn require_1_1(list: &NetworkList, op: Op) -> Result<&NetworkList, CniError> {
-    if list.version >= SpecVersion::STATUS_GC {
-        Ok(list)
-    } else {
-        Err(CniError::Unsupported {
-            op,
-            network: list.name.clone(),
-            version: list.version.to_string(),
-            reason: "STATUS and GC exist from CNI 1.1.0 on",
-        })
     }
 }
 

@@ -12,9 +12,9 @@
 //!   the `CNI_PATH` search for its binary;
 //! - `exec`: spawns one plugin in its own process group, with a timeout that kills the group;
 //! - `result`: typed results (0.2.0 to 1.1.0) and plugin error objects;
-//! - `cache`: the private result cache that lets DEL and CHECK use exactly what ADD used;
-//! - `invoker`: the chains (ADD in order with rollback, DEL in reverse, CHECK, STATUS, GC,
-//!   VERSION) behind the [`Cni`] trait.
+//! - `cache`: the private result cache that lets DEL use exactly what ADD used;
+//! - `invoker`: the chains (ADD in order with rollback, DEL in reverse, VERSION) behind the
+//!   [`Cni`] trait.
 //!
 //! The contract is DESIGN.md §1 and §4 (kactus-compatible "primary" mode); the CNI
 //! specification 1.0/1.1 decides where they are silent.
@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::{CniError, Op, PluginRun};
-pub use invoker::{Invoker, NetworkSummary, PluginVersion, ValidAttachment};
+pub use invoker::{Invoker, NetworkSummary, PluginVersion};
 pub use result::{Cidr, CniResult, Dns, Interface, IpConfig, PluginError, Route};
 
 /// How the invoker finds configs and plugins, validated by the config module.
@@ -86,9 +86,6 @@ pub trait Cni: Send + Sync {
 
     /// Detaches the interface; succeeds when it is already gone or the netns no longer exists.
     fn del(&self, a: &Attachment) -> impl Future<Output = Result<(), CniError>> + Send;
-
-    /// Asks the plugins whether the attachment is still as ADD left it.
-    fn check(&self, a: &Attachment) -> impl Future<Output = Result<(), CniError>> + Send;
 
     /// Drops what is remembered about a sandbox that is gone (the runtime's own teardown
     /// removed its netns). Fakes may keep this default, which remembers nothing.

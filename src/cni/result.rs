@@ -16,8 +16,8 @@ use serde_json::Value;
 /// An address with its prefix length, as CNI writes them (`198.18.0.5/24`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix_len: u8,
 }
 
 impl FromStr for Cidr {
@@ -48,33 +48,33 @@ impl fmt::Display for Cidr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     pub name: String,
-    pub mac: Option<String>,
+    pub(crate) mac: Option<String>,
     /// The netns path for interfaces inside a sandbox; absent for host-side ones.
-    pub sandbox: Option<String>,
+    pub(crate) sandbox: Option<String>,
 }
 
 /// One assigned address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
-    pub address: Cidr,
-    pub gateway: Option<IpAddr>,
+    pub(crate) address: Cidr,
+    pub(crate) gateway: Option<IpAddr>,
     /// Index into [`CniResult::interfaces`].
     pub interface: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Cidr,
-    pub gw: Option<IpAddr>,
+    pub(crate) dst: Cidr,
+    pub(crate) gw: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
 pub struct Dns {
-    pub nameservers: Vec<String>,
-    pub domain: Option<String>,
-    pub search: Vec<String>,
-    pub options: Vec<String>,
+    pub(crate) nameservers: Vec<String>,
+    pub(crate) domain: Option<String>,
+    pub(crate) search: Vec<String>,
+    pub(crate) options: Vec<String>,
 }
 
 /// The result of an ADD (the last plugin's), typed for status reporting.
@@ -84,8 +84,8 @@ pub struct CniResult {
     pub cni_version: String,
     pub interfaces: Vec<Interface>,
     pub ips: Vec<IpConfig>,
-    pub routes: Vec<Route>,
-    pub dns: Dns,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) dns: Dns,
     /// The plugin's JSON, verbatim.
     pub raw: Value,
 }
@@ -99,7 +99,7 @@ impl CniResult {
     }
 
     /// Parses any result shape from 0.2.0 to 1.1.0; the error says what is wrong with it.
-    pub fn parse(raw: Value) -> Result<CniResult, String> {
+    pub(crate) fn parse(raw: Value) -> Result<CniResult, String> {
         let wire = Wire::deserialize(&raw).map_err(|err| format!("not a CNI result: {err}"))?;
         let interfaces: Vec<Interface> = wire
             .interfaces
@@ -251,7 +251,7 @@ pub struct PluginError {
     #[serde(default)]
     pub msg: String,
     #[serde(default)]
-    pub details: String,
+    pub(crate) details: String,
 }
 
 impl PluginError {

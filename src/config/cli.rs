@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
     #[command(flatten)]
     pub flags: Flags,
 }
@@ -45,7 +45,7 @@ pub enum Command {
 pub struct Flags {
     /// Configuration file [default: /opt/kaloom/etc/podagent.toml, skipped when absent].
     #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Name of this node, as the API server knows it (key `node_name`).
     #[arg(
         long = "node-name",
@@ -53,13 +53,13 @@ pub struct Flags {
         global = true,
         value_name = "NAME"
     )]
-    pub node_name: Option<String>,
+    pub(crate) node_name: Option<String>,
     /// Kubeconfig file (key `kube.kubeconfig`).
     #[arg(long, global = true, value_name = "FILE")]
-    pub kubeconfig: Option<String>,
+    pub(crate) kubeconfig: Option<String>,
     /// Pod annotation holding the network attachments (key `annotation_key`).
     #[arg(long = "annotation-key", global = true, value_name = "KEY")]
-    pub annotation_key: Option<String>,
+    pub(crate) annotation_key: Option<String>,
     /// Container runtime: auto, containerd, crio or docker (key `runtime.kind`).
     #[arg(
         long = "runtime",
@@ -67,16 +67,16 @@ pub struct Flags {
         global = true,
         value_name = "KIND"
     )]
-    pub runtime: Option<String>,
+    pub(crate) runtime: Option<String>,
     /// Runtime socket, `unix:///path` or a bare path (key `runtime.endpoint`).
     #[arg(long = "runtime-endpoint", global = true, value_name = "ENDPOINT")]
-    pub runtime_endpoint: Option<String>,
+    pub(crate) runtime_endpoint: Option<String>,
     /// CRI-O socket; used when the runtime is crio (Go podagent compatibility).
     #[arg(long = "crio-endpoint", global = true, value_name = "ENDPOINT")]
-    pub crio_endpoint: Option<String>,
+    pub(crate) crio_endpoint: Option<String>,
     /// Docker socket; used when the runtime is docker (Go podagent compatibility).
     #[arg(long = "docker-endpoint", global = true, value_name = "ENDPOINT")]
-    pub docker_endpoint: Option<String>,
+    pub(crate) docker_endpoint: Option<String>,
     /// Directory holding the node's CNI configuration (key `cni.conf_dir`).
     #[arg(
         long = "cni-conf-dir",
@@ -84,7 +84,7 @@ pub struct Flags {
         global = true,
         value_name = "DIR"
     )]
-    pub cni_conf_dir: Option<String>,
+    pub(crate) cni_conf_dir: Option<String>,
     /// Colon-separated CNI plugin directories (key `cni.bin_dirs`).
     #[arg(
         long = "cni-bin-dirs",
@@ -92,7 +92,7 @@ pub struct Flags {
         global = true,
         value_name = "DIRS"
     )]
-    pub cni_bin_dirs: Option<String>,
+    pub(crate) cni_bin_dirs: Option<String>,
     /// CNI vendor name: plugins are looked up in /opt/<vendor>/cni/bin first (key `cni.vendor`).
     #[arg(
         long = "cni-vendor",
@@ -100,13 +100,13 @@ pub struct Flags {
         global = true,
         value_name = "NAME"
     )]
-    pub cni_vendor: Option<String>,
+    pub(crate) cni_vendor: Option<String>,
     /// Directory for podagent's durable records (key `state_dir`).
     #[arg(long = "state-dir", global = true, value_name = "DIR")]
-    pub state_dir: Option<String>,
+    pub(crate) state_dir: Option<String>,
     /// Log filter such as `info` or `podagent=debug` (key `log_level`; RUST_LOG wins).
     #[arg(long = "log-level", global = true, value_name = "LEVEL")]
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
 }
 
 #[cfg(test)]

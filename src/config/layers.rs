@@ -21,7 +21,7 @@ use super::{ConfigError, Flags, Problem};
 
 /// Where a configuration value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     Default,
     File(PathBuf),
     Env(String),
@@ -262,8 +262,8 @@ fn flag_layer(flags: &Flags, problems: &mut Vec<Problem>) -> Layer {
 /// A value together with where it came from.
 #[derive(Debug, Clone)]
 pub(crate) struct Setting<T> {
-    pub value: T,
-    pub origin: Origin,
+    pub(crate) value: T,
+    pub(crate) origin: Origin,
 }
 
 /// The merged layers, queried key by key so that every bad value is reported, not only the

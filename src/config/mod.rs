@@ -19,15 +19,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cli::{Cli, Command, Flags};
-pub use layers::Origin;
+pub(crate) use layers::Origin;
 
 /// The runtime kinds are the runtime module's own; configuration only chooses one.
-pub use crate::runtime::RuntimeKind;
+pub(crate) use crate::runtime::RuntimeKind;
 
 /// The configuration file read when `--config` is not given (absent is fine).
-pub const DEFAULT_CONFIG_FILE: &str = "/opt/kaloom/etc/podagent.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "/opt/kaloom/etc/podagent.toml";
 /// The kubeconfig written by the RPM's `create-kubeconfig.sh`.
-pub const DEFAULT_KUBECONFIG: &str = "/opt/kaloom/etc/podagent-kubeconfig.yaml";
+pub(crate) const DEFAULT_KUBECONFIG: &str = "/opt/kaloom/etc/podagent-kubeconfig.yaml";
 /// The exit code for a bad configuration or command line (`EX_USAGE` from sysexits.h).
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -35,54 +35,54 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// This node's name: only pods with `spec.nodeName` equal to it are watched.
-    pub node_name: String,
+    pub(crate) node_name: String,
     /// The pod annotation that lists the network attachments.
-    pub annotation_key: String,
+    pub(crate) annotation_key: String,
     /// Where podagent keeps its durable per-pod records and CNI result cache.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// A `tracing` filter directive (`RUST_LOG` overrides it).
     pub log_level: String,
     /// How long in-flight work may run after SIGTERM before podagent exits anyway.
-    pub shutdown_grace: Duration,
-    pub kube: KubeSettings,
-    pub runtime: RuntimeSettings,
-    pub cni: CniSettings,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) kube: KubeSettings,
+    pub(crate) runtime: RuntimeSettings,
+    pub(crate) cni: CniSettings,
     pub reconcile: ReconcileSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubeSettings {
-    pub kubeconfig: PathBuf,
+pub(crate) struct KubeSettings {
+    pub(crate) kubeconfig: PathBuf,
     /// Whether the path was configured rather than defaulted: only a defaulted, absent
     /// kubeconfig may fall back to the in-cluster service account.
-    pub kubeconfig_explicit: bool,
+    pub(crate) kubeconfig_explicit: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimeSettings {
-    pub kind: RuntimeKind,
+pub(crate) struct RuntimeSettings {
+    pub(crate) kind: RuntimeKind,
     /// The runtime's socket; `None` means the kind's well-known default.
-    pub endpoint: Option<PathBuf>,
+    pub(crate) endpoint: Option<PathBuf>,
     /// Deadline of every call to the runtime.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CniSettings {
-    pub conf_dir: PathBuf,
-    pub bin_dirs: Vec<PathBuf>,
+pub(crate) struct CniSettings {
+    pub(crate) conf_dir: PathBuf,
+    pub(crate) bin_dirs: Vec<PathBuf>,
     /// Plugins are looked up in `/opt/<vendor>/cni/bin` first when set.
-    pub vendor: Option<String>,
+    pub(crate) vendor: Option<String>,
     /// Upper bound of one plugin run; the plugin is killed after it.
-    pub plugin_timeout: Duration,
+    pub(crate) plugin_timeout: Duration,
     /// Environment variables passed through to plugins besides `CNI_*` and `PATH`.
-    pub env_passthrough: Vec<String>,
+    pub(crate) env_passthrough: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileSettings {
     /// How many pods may be reconciled at the same time.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// First retry delay after a failed reconcile; doubled per failure up to `retry_cap`.
     pub retry_base: Duration,
     pub retry_cap: Duration,
@@ -93,9 +93,9 @@ pub struct ReconcileSettings {
 /// One bad setting: which key, where its value came from, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    pub key: String,
-    pub origin: Origin,
-    pub message: String,
+    pub(crate) key: String,
+    pub(crate) origin: Origin,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for Problem {
@@ -157,7 +157,7 @@ impl Config {
 
 impl Config {
     /// What the runtime module needs to reach the configured runtime.
-    pub fn runtime_settings(&self) -> crate::runtime::Settings {
+    pub(crate) fn runtime_settings(&self) -> crate::runtime::Settings {
         crate::runtime::Settings {
             kind: self.runtime.kind,
             endpoint: self.runtime.endpoint.clone(),
@@ -166,7 +166,7 @@ impl Config {
     }
 
     /// What the CNI invoker needs; its result cache lives in podagent's state dir.
-    pub fn cni_settings(&self) -> crate::cni::Settings {
+    pub(crate) fn cni_settings(&self) -> crate::cni::Settings {
         crate::cni::Settings {
             conf_dir: self.cni.conf_dir.clone(),
             bin_dirs: self.cni.bin_dirs.clone(),

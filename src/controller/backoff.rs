@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 /// The delay before retry number `failures` (1 for the first failure); `random` in [0, 1).
-pub fn retry_delay(
+pub(crate) fn retry_delay(
     failures: u32,
     retry_later: bool,
     base: Duration,
@@ -30,7 +30,7 @@ pub fn retry_delay(
 
 /// A resync period spread over its last quarter, so pods listed together do not all resync
 /// in the same instant.
-pub fn jittered(period: Duration, random: f64) -> Duration {
+pub(crate) fn jittered(period: Duration, random: f64) -> Duration {
     let quarter = period / 4;
     period - quarter + quarter.mul_f64(random.clamp(0.0, 1.0))
 }

@@ -21,37 +21,37 @@ use crate::store::Store;
 use std::time::Duration;
 
 #[derive(Debug, Default)]
-pub struct Node {
+pub(crate) struct Node {
     /// Pod uid → (sandbox id, netns).
-    pub sandboxes: HashMap<String, (String, PathBuf)>,
+    pub(crate) sandboxes: HashMap<String, (String, PathBuf)>,
     /// Netns → link names.
-    pub links: HashMap<PathBuf, BTreeSet<String>>,
+    pub(crate) links: HashMap<PathBuf, BTreeSet<String>>,
     /// Netns → the namespace behind the path (a new one each time a sandbox is made).
-    pub namespaces: HashMap<PathBuf, u64>,
+    pub(crate) namespaces: HashMap<PathBuf, u64>,
     /// `ADD <pod name> <ifname>` / `DEL …`, in order.
-    pub cni_calls: Vec<String>,
-    pub forgotten_sandboxes: Vec<String>,
-    pub runtime_calls: usize,
+    pub(crate) cni_calls: Vec<String>,
+    pub(crate) forgotten_sandboxes: Vec<String>,
+    pub(crate) runtime_calls: usize,
     /// Pod names whose ADDs fail, with the CNI error code.
-    pub failing: HashMap<String, u64>,
+    pub(crate) failing: HashMap<String, u64>,
     /// Pod names whose DELs fail, with the CNI error code.
-    pub failing_del: HashMap<String, u64>,
-    pub events: Vec<(String, Notice)>,
-    pub statuses: Vec<(String, Option<String>)>,
+    pub(crate) failing_del: HashMap<String, u64>,
+    pub(crate) events: Vec<(String, Notice)>,
+    pub(crate) statuses: Vec<(String, Option<String>)>,
     /// How long each ADD takes, to keep reconcile slots busy.
-    pub add_delay: Duration,
+    pub(crate) add_delay: Duration,
 }
 
 #[derive(Clone, Default)]
-pub struct Fakes(pub Arc<Mutex<Node>>);
+pub(crate) struct Fakes(pub(crate) Arc<Mutex<Node>>);
 
 impl Fakes {
-    pub fn node(&self) -> std::sync::MutexGuard<'_, Node> {
+    pub(crate) fn node(&self) -> std::sync::MutexGuard<'_, Node> {
         self.0.lock().expect("fake node lock")
     }
 
     /// Gives `uid` a ready sandbox `id` whose netns holds `lo` and `eth0`.
-    pub fn sandbox(&self, uid: &str, id: &str) -> PathBuf {
+    pub(crate) fn sandbox(&self, uid: &str, id: &str) -> PathBuf {
         let netns = PathBuf::from(format!("/var/run/netns/fake-{id}"));
         let mut node = self.node();
         node.sandboxes
@@ -65,11 +65,11 @@ impl Fakes {
         netns
     }
 
-    pub fn cni_calls(&self) -> Vec<String> {
+    pub(crate) fn cni_calls(&self) -> Vec<String> {
         self.node().cni_calls.clone()
     }
 
-    pub fn reasons(&self) -> Vec<&'static str> {
+    pub(crate) fn reasons(&self) -> Vec<&'static str> {
         self.node().events.iter().map(|(_, n)| n.reason).collect()
     }
 }
@@ -132,10 +132,6 @@ impl Cni for Fakes {
         if let Some(links) = node.links.get_mut(&a.netns) {
             links.remove(&a.ifname);
         }
-        Ok(())
-    }
-
-    async fn check(&self, _: &crate::cni::Attachment) -> Result<(), CniError> {
         Ok(())
     }
 
@@ -232,7 +228,7 @@ fn settings() -> ReconcileSettings {
     }
 }
 
-pub fn context(fakes: &Fakes, dir: &std::path::Path) -> Context<Fakes, Fakes> {
+pub(crate) fn context(fakes: &Fakes, dir: &std::path::Path) -> Context<Fakes, Fakes> {
     Context {
         runtime: fakes.clone(),
         cni: fakes.clone(),
@@ -243,7 +239,7 @@ pub fn context(fakes: &Fakes, dir: &std::path::Path) -> Context<Fakes, Fakes> {
     }
 }
 
-pub fn view(uid: &str, networks: Option<&str>) -> PodView {
+pub(crate) fn view(uid: &str, networks: Option<&str>) -> PodView {
     PodView {
         uid: uid.into(),
         namespace: "ns".into(),

@@ -16,8 +16,8 @@
 //!   with their CNI calls, are awaited; the daemon bounds that wait with its grace period.
 
 mod backoff;
-pub mod reconcile;
-pub mod report;
+pub(crate) mod reconcile;
+pub(crate) mod report;
 
 #[cfg(test)]
 mod fakes;
@@ -31,9 +31,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub use backoff::{jittered, retry_delay};
-pub use reconcile::{Job, Memo, Outcome, ReconcileError, Verdict, reconcile};
-pub use report::{Feedback, KubeFeedback, STATUS_ANNOTATION};
+pub(crate) use backoff::{jittered, retry_delay};
+pub(crate) use reconcile::{Job, Memo, Outcome, Verdict, reconcile};
+pub(crate) use report::{Feedback, KubeFeedback};
 
 use crate::annotation;
 use crate::cni::Cni;
@@ -44,21 +44,21 @@ use crate::runtime::{PodRef, Runtime};
 use crate::store::{PodRecord, Store};
 
 /// Everything a reconcile talks to.
-pub struct Context<R, C> {
-    pub runtime: R,
-    pub cni: C,
-    pub links: Arc<dyn LinkObserver>,
-    pub store: Store,
-    pub feedback: Arc<dyn Feedback>,
-    pub settings: ReconcileSettings,
+pub(crate) struct Context<R, C> {
+    pub(crate) runtime: R,
+    pub(crate) cni: C,
+    pub(crate) links: Arc<dyn LinkObserver>,
+    pub(crate) store: Store,
+    pub(crate) feedback: Arc<dyn Feedback>,
+    pub(crate) settings: ReconcileSettings,
 }
 
 /// What the controller tells the daemon after each turn of its loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Summary {
-    pub pods: usize,
+pub(crate) struct Summary {
+    pub(crate) pods: usize,
     /// Attachments the pods' valid annotations ask podagent for.
-    pub wanted: usize,
+    pub(crate) wanted: usize,
 }
 
 /// A reconcile task's result: the pod uid and its outcome.
@@ -125,7 +125,7 @@ fn pod_ref(view: &PodView) -> PodRef {
 }
 
 /// The work loop; see the module docs.
-pub struct Controller<R, C> {
+pub(crate) struct Controller<R, C> {
     ctx: Arc<Context<R, C>>,
     pods: HashMap<String, Entry>,
     running: HashMap<tokio::task::Id, String>,
@@ -138,7 +138,7 @@ where
 {
     /// A controller that starts from the stored `records` and the initial list of `pods`:
     /// every one of them is due at once, and records whose pod is not listed are forgotten.
-    pub fn new(ctx: Context<R, C>, records: Vec<PodRecord>, pods: Vec<PodView>) -> Self {
+    pub(crate) fn new(ctx: Context<R, C>, records: Vec<PodRecord>, pods: Vec<PodView>) -> Self {
         let mut controller = Controller {
             ctx: Arc::new(ctx),
             pods: HashMap::new(),
@@ -160,7 +160,7 @@ where
 
     /// Runs until `events` closes, then waits for the reconciles in flight. `beat` is called
     /// after every turn of the loop, and at least every `tick` when idle.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut events: mpsc::Receiver<PodEvent>,
         tick: Duration,
@@ -199,7 +199,7 @@ where
     }
 
     /// Counts for the daemon's status line.
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         let present = self.pods.values().filter(|e| e.view.is_some());
         Summary {
             pods: present.count(),

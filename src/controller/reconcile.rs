@@ -27,7 +27,7 @@ use crate::store::{Attachment, Phase, PodRecord, Store, StoreError};
 
 /// A failed reconcile; the pod is retried with backoff.
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     #[error("finding the sandbox of pod {pod}: {source}")]
     Runtime {
         pod: String,
@@ -62,7 +62,7 @@ pub enum ReconcileError {
 
 impl ReconcileError {
     /// The plugin asked to be called again later (CNI code 11): retry at the base delay.
-    pub fn is_retry_later(&self) -> bool {
+    pub(crate) fn is_retry_later(&self) -> bool {
         match self {
             ReconcileError::Add { source, .. } | ReconcileError::Del { source, .. } => {
                 source.is_retry_later()
@@ -74,21 +74,21 @@ impl ReconcileError {
 
 /// What the controller remembers about a pod's feedback between reconciles.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Memo {
+pub(crate) struct Memo {
     /// The status annotation value last written: `None` until known, `Some(None)` when absent.
-    pub status: Option<Option<String>>,
+    pub(crate) status: Option<Option<String>>,
     /// The invalid annotation value already reported, so each distinct value is reported once.
-    pub invalid: Option<String>,
+    pub(crate) invalid: Option<String>,
     /// The HostNetworkPod warning was given.
-    pub host_network_warned: bool,
+    pub(crate) host_network_warned: bool,
     /// The runtime's last answer for the pod's sandbox, while it can still be trusted.
-    pub sandbox: Option<KnownSandbox>,
+    pub(crate) sandbox: Option<KnownSandbox>,
 }
 
 /// A sandbox the runtime named, with what it was named for: the pod's containers then and the
 /// namespace its netns path led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownSandbox {
+pub(crate) struct KnownSandbox {
     container_ids: Vec<String>,
     sandbox: Sandbox,
     netns: NetnsId,
@@ -96,16 +96,16 @@ pub struct KnownSandbox {
 
 /// A reconcile's input: the pod (`view` is `None` when it is gone) and what is recorded.
 #[derive(Debug)]
-pub struct Job {
-    pub pod: PodRef,
-    pub view: Option<PodView>,
-    pub record: Option<PodRecord>,
-    pub memo: Memo,
+pub(crate) struct Job {
+    pub(crate) pod: PodRef,
+    pub(crate) view: Option<PodView>,
+    pub(crate) record: Option<PodRecord>,
+    pub(crate) memo: Memo,
 }
 
 /// How a reconcile ended.
 #[derive(Debug)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Everything that can be done now is done; look again at the next change or resync.
     Settled,
     /// Try again after a backoff.
@@ -116,10 +116,10 @@ pub enum Verdict {
 
 /// A reconcile's output: the record and memo to keep, and the verdict.
 #[derive(Debug)]
-pub struct Outcome {
-    pub record: Option<PodRecord>,
-    pub memo: Memo,
-    pub verdict: Verdict,
+pub(crate) struct Outcome {
+    pub(crate) record: Option<PodRecord>,
+    pub(crate) memo: Memo,
+    pub(crate) verdict: Verdict,
 }
 
 /// Reconciles one pod. Never fails as a whole: errors become [`Verdict::Retry`].
@@ -128,7 +128,7 @@ pub struct Outcome {
     namespace = %job.pod.namespace,
     uid = %job.pod.uid,
 ))]
-pub async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job) -> Outcome {
+pub(crate) async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job) -> Outcome {
     let Job {
         pod,
         view,

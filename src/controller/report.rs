@@ -34,9 +34,9 @@ use crate::runtime::PodRef;
 use crate::store::{Phase, PodRecord};
 
 /// The annotation podagent writes the attachments it manages into.
-pub const STATUS_ANNOTATION: &str = "podagent.kaloom.com/network-status";
+pub(crate) const STATUS_ANNOTATION: &str = "podagent.kaloom.com/network-status";
 /// `reportingController` / `reportingComponent` of every Event podagent records.
-pub const REPORTING_COMPONENT: &str = "podagent";
+pub(crate) const REPORTING_COMPONENT: &str = "podagent";
 /// The API server refuses Event notes longer than this (bytes).
 const MAX_NOTE_BYTES: usize = 1024;
 /// Room left in an Event name for the pod name (names are at most 253 characters).
@@ -44,7 +44,7 @@ const MAX_NAME_PREFIX: usize = 200;
 
 /// Whether an Event reports something normal or something a person should look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Severity {
+pub(crate) enum Severity {
     Normal,
     Warning,
 }
@@ -60,19 +60,19 @@ impl Severity {
 
 /// One Event about a pod.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Notice {
-    pub severity: Severity,
+pub(crate) struct Notice {
+    pub(crate) severity: Severity,
     /// `AddedInterface`, `FailedAddingInterface`, …
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
     /// What podagent was doing: `AddInterface`, `RemoveInterface`, `ReadAnnotation`, `Plan`.
-    pub action: &'static str,
-    pub note: String,
+    pub(crate) action: &'static str,
+    pub(crate) note: String,
 }
 
 /// Why feedback could not be delivered. Never fatal to a reconcile: the attachment itself is
 /// what matters, the feedback is retried on the next reconcile.
 #[derive(Debug, thiserror::Error)]
-pub enum ReportError {
+pub(crate) enum ReportError {
     #[error("recording Event {reason} on pod {pod}: {source}")]
     Event {
         pod: String,
@@ -84,7 +84,7 @@ pub enum ReportError {
 }
 
 /// Where feedback goes: the API server in the daemon, a recorder in unit tests.
-pub trait Feedback: Send + Sync {
+pub(crate) trait Feedback: Send + Sync {
     /// Records `notice` on the pod, aggregating repeats.
     fn event<'a>(
         &'a self,
@@ -105,19 +105,19 @@ pub trait Feedback: Send + Sync {
 
 /// One entry of the status annotation (NPWG `network-status` shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NetworkStatus {
-    pub name: String,
-    pub interface: String,
+pub(crate) struct NetworkStatus {
+    pub(crate) name: String,
+    pub(crate) interface: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<String>,
+    pub(crate) ips: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
+    pub(crate) mac: Option<String>,
 }
 
 /// The status annotation value for `record`: its attached networks, with addresses and MAC
 /// from the CNI result when there is one (podagent made the attachment), else from the link
 /// seen in the netns (an adopted attachment). `None` when podagent manages nothing in the pod.
-pub fn status_value(record: Option<&PodRecord>, links: &[Link]) -> Option<String> {
+pub(crate) fn status_value(record: Option<&PodRecord>, links: &[Link]) -> Option<String> {
     let entries: Vec<NetworkStatus> = record
         .into_iter()
         .flat_map(|r| r.attachments.values())
@@ -166,7 +166,7 @@ struct Seen {
 }
 
 /// Feedback through the API server.
-pub struct KubeFeedback {
+pub(crate) struct KubeFeedback {
     kube: KubeClient,
     node: String,
     /// Keyed by pod uid, then by (reason, note).
@@ -174,7 +174,7 @@ pub struct KubeFeedback {
 }
 
 impl KubeFeedback {
-    pub fn new(kube: KubeClient, node: &str) -> KubeFeedback {
+    pub(crate) fn new(kube: KubeClient, node: &str) -> KubeFeedback {
         KubeFeedback {
             kube,
             node: node.to_owned(),

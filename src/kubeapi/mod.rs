@@ -25,7 +25,8 @@ pub use pods::{PodEvent, PodView, PodWatcher};
 use crate::config::KubeSettings;
 
 /// The service-account token a pod gets; its presence means "running in a cluster".
-pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub(crate) const SERVICE_ACCOUNT_TOKEN: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -71,15 +72,15 @@ pub enum KubeError {
 
 /// What a request was, so its failure can say which permission is missing.
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub verb: &'static str,
-    pub resource: &'static str,
-    pub scope: String,
+pub(crate) struct Request {
+    pub(crate) verb: &'static str,
+    pub(crate) resource: &'static str,
+    pub(crate) scope: String,
 }
 
 impl Request {
     /// Classifies a failed request: no answer, bad credentials, missing RBAC rule, or other.
-    pub fn error(&self, url: &str, err: kube::Error) -> KubeError {
+    pub(crate) fn error(&self, url: &str, err: kube::Error) -> KubeError {
         match err {
             kube::Error::Api(status) => match status.code {
                 401 => KubeError::Unauthorized {
@@ -110,7 +111,7 @@ impl Request {
 
 /// Where the credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
+pub(crate) enum Credentials {
     Kubeconfig(PathBuf),
     InCluster,
 }
@@ -118,7 +119,7 @@ pub enum Credentials {
 impl Credentials {
     /// The configured kubeconfig, or the in-cluster service account when the kubeconfig was
     /// not configured explicitly, its default file is absent and the token file exists.
-    pub fn resolve(settings: &KubeSettings) -> Credentials {
+    pub(crate) fn resolve(settings: &KubeSettings) -> Credentials {
         Credentials::resolve_with(settings, Path::new(SERVICE_ACCOUNT_TOKEN))
     }
 
@@ -142,13 +143,13 @@ impl std::fmt::Display for Credentials {
 
 /// A connected client and the server URL it talks to (for messages).
 #[derive(Clone)]
-pub struct KubeClient {
-    pub client: kube::Client,
-    pub url: String,
+pub(crate) struct KubeClient {
+    pub(crate) client: kube::Client,
+    pub(crate) url: String,
 }
 
 /// Whether a file's mode lets any user read it (a kubeconfig holds a bearer credential).
-pub fn world_readable(path: &Path) -> bool {
+pub(crate) fn world_readable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
@@ -186,7 +187,7 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, KubeError> {
 }
 
 /// Builds a client from `credentials`. No request is made yet.
-pub async fn connect(credentials: &Credentials) -> Result<KubeClient, KubeError> {
+pub(crate) async fn connect(credentials: &Credentials) -> Result<KubeClient, KubeError> {
     let config = match credentials {
         Credentials::Kubeconfig(path) => {
             let kubeconfig = read_kubeconfig(path)?;
@@ -209,7 +210,7 @@ pub async fn connect(credentials: &Credentials) -> Result<KubeClient, KubeError>
 
 /// Proves podagent may record Events: a server-side dry-run create of one, which checks
 /// authentication, RBAC and admission without storing anything.
-pub async fn can_create_events(kube: &KubeClient, node: &str) -> Result<(), KubeError> {
+pub(crate) async fn can_create_events(kube: &KubeClient, node: &str) -> Result<(), KubeError> {
     let namespace = "default";
     let request = Request {
         verb: "create",

@@ -23,9 +23,9 @@ use crate::systemd::Liveness;
 /// The slim copy of a pod that podagent keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodView {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
+    pub(crate) uid: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
     /// `status.phase` (`Pending`, `Running`, …); empty when the kubelet has not reported yet.
     pub phase: String,
     /// The value of the configured networks annotation, if the pod has it.
@@ -63,7 +63,7 @@ impl PodView {
     }
 
     /// `namespace/name`, the way people name pods.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 }
@@ -114,7 +114,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const WATCH_GRACE: Duration = Duration::from_secs(5);
 
 impl PodWatcher {
-    pub fn new(
+    pub(crate) fn new(
         kube: KubeClient,
         node: &str,
         annotation_key: &str,
@@ -138,7 +138,7 @@ impl PodWatcher {
     }
 
     /// The node's pods and the resourceVersion to watch from.
-    pub async fn list(&self) -> Result<(Vec<PodView>, String), KubeError> {
+    pub(crate) async fn list(&self) -> Result<(Vec<PodView>, String), KubeError> {
         let params = ListParams::default().fields(&self.selector);
         let list = self
             .api
@@ -157,7 +157,7 @@ impl PodWatcher {
     /// Watches from `version` forever, sending changes to `events` and beating `liveness`
     /// whenever the server answers. Errors are logged and retried with backoff: the watchdog,
     /// not this loop, decides when it has been failing too long.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         mut version: String,
         events: mpsc::Sender<PodEvent>,

@@ -62,7 +62,7 @@ impl CriRuntime {
         }
     }
 
-    pub fn endpoint(&self) -> &Path {
+    pub(crate) fn endpoint(&self) -> &Path {
         &self.endpoint
     }
 

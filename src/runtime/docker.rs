@@ -31,7 +31,7 @@ pub struct DockerRuntime {
 
 impl DockerRuntime {
     /// A client for the Engine socket at `endpoint`; fails when the socket file is missing.
-    pub fn new(endpoint: PathBuf, timeout: Duration) -> Result<Self, RuntimeError> {
+    pub(crate) fn new(endpoint: PathBuf, timeout: Duration) -> Result<Self, RuntimeError> {
         let path = endpoint
             .to_str()
             .ok_or_else(|| RuntimeError::InvalidEndpoint {
@@ -53,7 +53,7 @@ impl DockerRuntime {
         })
     }
 
-    pub fn endpoint(&self) -> &Path {
+    pub(crate) fn endpoint(&self) -> &Path {
         &self.endpoint
     }
 

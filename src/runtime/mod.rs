@@ -17,9 +17,9 @@
 //! that dispatches statically), while unit tests of the reconciler plug in a fake through the
 //! generic parameter. No `dyn Runtime` is needed, so no allocation per call.
 
-pub mod cri;
-pub mod docker;
-mod verbose;
+pub(crate) mod cri;
+pub(crate) mod docker;
+pub(crate) mod verbose;
 
 use std::fmt;
 use std::future::Future;
@@ -27,11 +27,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 pub use cri::CriRuntime;
-pub use docker::DockerRuntime;
-pub use verbose::{VerboseInfoError, sandbox_netns};
+pub(crate) use docker::DockerRuntime;
+pub(crate) use verbose::VerboseInfoError;
 
 /// Label every kubelet-created sandbox carries (CRI runtimes and cri-dockerd alike).
-pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+pub(crate) const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 
 /// Which pod podagent asks about. The UID is the key; namespace and name make logs readable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -55,7 +55,7 @@ pub struct Sandbox {
     /// The namespace path, verbatim from the runtime (`/var/run/netns/cni-…`) or
     /// `/proc/<pid>/ns/net` of the sandbox's process.
     pub netns: PathBuf,
-    pub created_at: SystemTime,
+    pub(crate) created_at: SystemTime,
 }
 
 /// What answered at the endpoint.
@@ -124,10 +124,10 @@ impl Default for Settings {
     }
 }
 
-pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
-pub const CRIO_SOCKET: &str = "/var/run/crio/crio.sock";
-pub const CRI_DOCKERD_SOCKET: &str = "/var/run/cri-dockerd.sock";
-pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub(crate) const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+pub(crate) const CRIO_SOCKET: &str = "/var/run/crio/crio.sock";
+pub(crate) const CRI_DOCKERD_SOCKET: &str = "/var/run/cri-dockerd.sock";
+pub(crate) const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// Why a runtime question got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -326,7 +326,7 @@ fn candidates(settings: &Settings) -> Result<Vec<Candidate>, RuntimeError> {
 }
 
 /// The socket path of an endpoint given as `unix:///path` or as a bare absolute path.
-pub fn socket_path(endpoint: &Path) -> Result<PathBuf, RuntimeError> {
+pub(crate) fn socket_path(endpoint: &Path) -> Result<PathBuf, RuntimeError> {
     let invalid = |reason: &str| RuntimeError::InvalidEndpoint {
         endpoint: endpoint.display().to_string(),
         reason: reason.to_owned(),
