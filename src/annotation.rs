@@ -20,16 +20,14 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::names::{check_label, check_subdomain};
+
 pub use mac::{MacAddr, MacError};
 
 /// Largest annotation value accepted, checked before parsing.
 pub const MAX_ANNOTATION_BYTES: usize = 64 * 1024;
 /// Most entries accepted in one annotation; far more than any pod has interfaces.
 pub const MAX_NETWORKS: usize = 64;
-const MAX_SUBDOMAIN_LEN: usize = 253;
-const MAX_LABEL_LEN: usize = 63;
-/// Longest user value echoed back in an error, so a message stays readable in an Event.
-const MAX_SHOWN_CHARS: usize = 40;
 const IFNAME_PREFIX: &str = "net";
 const IFNAME_HEX_CHARS: usize = 12;
 
@@ -329,60 +327,6 @@ fn string_list_field(fields: &Map<String, Value>, key: &str) -> Result<Vec<Strin
             })
             .collect(),
         Some(other) => Err(format!("must be a list of strings, found {}", kind(other))),
-    }
-}
-
-/// A Kubernetes DNS-1123 subdomain: dot-separated labels of lower-case letters, digits and '-',
-/// each starting and ending with a letter or digit. This is what keeps `;`, `=`, `/`, spaces and
-/// other characters with meaning in CNI_ARGS or paths out of everything derived from the name.
-pub(crate) fn check_subdomain(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if name.len() > MAX_SUBDOMAIN_LEN {
-        return Err(format!("is longer than {MAX_SUBDOMAIN_LEN} characters"));
-    }
-    if !name.split('.').all(is_label_syntax) {
-        return Err(format!(
-            "{} is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', \
-             starting and ending with a letter or digit)",
-            quoted(name)
-        ));
-    }
-    Ok(())
-}
-
-/// A Kubernetes DNS-1123 label, the syntax of a namespace name.
-fn check_label(name: &str) -> Result<(), String> {
-    if name.len() > MAX_LABEL_LEN {
-        return Err(format!("is longer than {MAX_LABEL_LEN} characters"));
-    }
-    if !is_label_syntax(name) {
-        return Err(format!(
-            "{} is not a DNS-1123 label (lower-case letters, digits and '-', \
-             starting and ending with a letter or digit)",
-            quoted(name)
-        ));
-    }
-    Ok(())
-}
-
-fn is_label_syntax(label: &str) -> bool {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = label.as_bytes();
-    match (bytes.first(), bytes.last()) {
-        (Some(&first), Some(&last)) => {
-            alnum(first) && alnum(last) && bytes.iter().all(|&b| alnum(b) || b == b'-')
-        }
-        _ => false,
-    }
-}
-
-/// A user value made safe to echo: quoted and escaped, and shortened when long.
-fn quoted(value: &str) -> String {
-    match value.char_indices().nth(MAX_SHOWN_CHARS) {
-        Some((cut, _)) => format!("{:?}…", &value[..cut]),
-        None => format!("{value:?}"),
     }
 }
 

@@ -131,7 +131,7 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
         container_runtime(config).await,
     ));
 
-    let invoker = Invoker::new(config.cni_settings());
+    let invoker = Invoker::new(config.cni.clone());
     let primary =
         bounded(async { invoker.primary_config().await.map_err(|e| e.to_string()) }).await;
     emit(line(
@@ -199,7 +199,7 @@ async fn create_event(config: &Config, kube: &KubeClient) -> Result<String, Stri
 }
 
 async fn container_runtime(config: &Config) -> Result<String, String> {
-    let settings = config.runtime_settings();
+    let settings = config.runtime.clone();
     bounded(async {
         let runtime = runtime::connect(&settings)
             .await

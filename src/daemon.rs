@@ -165,7 +165,7 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
 
     let context = Context {
         runtime,
-        cni: Invoker::new(config.cni_settings()),
+        cni: Invoker::new(config.cni.clone()),
         links: Arc::new(Netlink),
         store,
         feedback: Arc::new(KubeFeedback::new(kube.clone(), &node)),
@@ -239,7 +239,7 @@ async fn start(
     let (pods, version) = retry(notifier, &waiting, || watcher.list()).await;
     tracing::info!(pods = pods.len(), node = %config.node_name, "listed this node's pods");
 
-    let settings = config.runtime_settings();
+    let settings = config.runtime.clone();
     let target = settings.endpoint.as_ref().map_or_else(
         || format!("{} (default sockets)", settings.kind),
         |endpoint| endpoint.display().to_string(),

@@ -15,6 +15,7 @@ pub mod config;
 mod controller;
 pub mod daemon;
 pub mod kubeapi;
+mod names;
 pub mod netns;
 pub mod plan;
 pub mod runtime;

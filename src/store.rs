@@ -110,7 +110,7 @@ impl PodRecord {
         for (key, attachment) in &self.attachments {
             // A planted or damaged file must not bring a name the annotation parser would
             // have refused (`;`, `=`, `/`, control characters) into CNI_ARGS or a log line.
-            annotation::check_subdomain(key)
+            crate::names::check_subdomain(key)
                 .map_err(|reason| format!("attachment name {reason}"))?;
             if *key != attachment.selection.name {
                 return Err(format!(

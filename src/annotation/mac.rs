@@ -37,7 +37,7 @@ impl FromStr for MacAddr {
 
     fn from_str(text: &str) -> Result<Self, MacError> {
         let syntax = || MacError::Syntax {
-            value: super::quoted(text),
+            value: crate::names::quoted(text),
         };
         let mut octets = [0u8; 6];
         let mut parts = text.split(':');

@@ -35,8 +35,9 @@ pub use error::{CniError, Op, PluginRun};
 pub use invoker::{Invoker, NetworkSummary, PluginVersion};
 pub use result::{Cidr, CniResult, Dns, Interface, IpConfig, PluginError, Route};
 
-/// How the invoker finds configs and plugins, validated by the config module.
-#[derive(Debug, Clone)]
+/// How the invoker finds configs and plugins: the configuration's `cni.*` keys (`Default` is
+/// empty, not usable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Directory holding the node's network configs (`/etc/cni/net.d`).
     pub conf_dir: PathBuf,

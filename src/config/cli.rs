@@ -1,13 +1,18 @@
 //! The command line: subcommands and the flags that override the configuration file.
 //!
 //! Flags are only one layer of the configuration (see the parent module); they are kept as
-//! plain `Option<String>`s here so that every value, whatever its layer, goes through the same
-//! validation and its errors name the flag it came from. The original Go podagent's option names
-//! are accepted as aliases so that existing unit files and scripts keep working.
+//! text here so that every value, whatever its layer, goes through the same validation and its
+//! errors name the flag it came from. The flags are built from the key table, so a key's flag,
+//! help line and Go podagent alias (kept so that existing unit files and scripts keep working)
+//! are declared once, with the key.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+
+use super::DEFAULT_CONFIG_FILE;
+use super::keys::{self, KEYS};
 
 /// `podagent [run|check|version] [flags]`.
 #[derive(Debug, Parser)]
@@ -40,73 +45,113 @@ pub enum Command {
     Version,
 }
 
-/// Flags accepted by every subcommand. Each overrides the matching configuration key.
-#[derive(Debug, Clone, Default, Args)]
+/// Flags accepted by every subcommand: `--config`, one flag per key that has one in the key
+/// table (with the Go podagent's name as an alias), and the Go podagent's per-runtime endpoint
+/// flags. Values stay text; the configuration layers type and check them.
+#[derive(Debug, Clone, Default)]
 pub struct Flags {
-    /// Configuration file [default: /opt/kaloom/etc/podagent.toml, skipped when absent].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub(crate) config: Option<PathBuf>,
-    /// Name of this node, as the API server knows it (key `node_name`).
-    #[arg(
-        long = "node-name",
-        visible_alias = "node",
-        global = true,
-        value_name = "NAME"
-    )]
-    pub(crate) node_name: Option<String>,
-    /// Kubeconfig file (key `kube.kubeconfig`).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub(crate) kubeconfig: Option<String>,
-    /// Pod annotation holding the network attachments (key `annotation_key`).
-    #[arg(long = "annotation-key", global = true, value_name = "KEY")]
-    pub(crate) annotation_key: Option<String>,
-    /// Container runtime: auto, containerd, crio or docker (key `runtime.kind`).
-    #[arg(
-        long = "runtime",
-        visible_alias = "container-type",
-        global = true,
-        value_name = "KIND"
-    )]
-    pub(crate) runtime: Option<String>,
-    /// Runtime socket, `unix:///path` or a bare path (key `runtime.endpoint`).
-    #[arg(long = "runtime-endpoint", global = true, value_name = "ENDPOINT")]
-    pub(crate) runtime_endpoint: Option<String>,
-    /// CRI-O socket; used when the runtime is crio (Go podagent compatibility).
-    #[arg(long = "crio-endpoint", global = true, value_name = "ENDPOINT")]
-    pub(crate) crio_endpoint: Option<String>,
-    /// Docker socket; used when the runtime is docker (Go podagent compatibility).
-    #[arg(long = "docker-endpoint", global = true, value_name = "ENDPOINT")]
-    pub(crate) docker_endpoint: Option<String>,
-    /// Directory holding the node's CNI configuration (key `cni.conf_dir`).
-    #[arg(
-        long = "cni-conf-dir",
-        visible_alias = "cni-conf-path",
-        global = true,
-        value_name = "DIR"
-    )]
-    pub(crate) cni_conf_dir: Option<String>,
-    /// Colon-separated CNI plugin directories (key `cni.bin_dirs`).
-    #[arg(
-        long = "cni-bin-dirs",
-        visible_alias = "cni-bin-path",
-        global = true,
-        value_name = "DIRS"
-    )]
-    pub(crate) cni_bin_dirs: Option<String>,
-    /// CNI vendor name: plugins are looked up in /opt/<vendor>/cni/bin first (key `cni.vendor`).
-    #[arg(
-        long = "cni-vendor",
-        visible_alias = "cni-vendor-name",
-        global = true,
-        value_name = "NAME"
-    )]
-    pub(crate) cni_vendor: Option<String>,
-    /// Directory for podagent's durable records (key `state_dir`).
-    #[arg(long = "state-dir", global = true, value_name = "DIR")]
-    pub(crate) state_dir: Option<String>,
-    /// Log filter such as `info` or `podagent=debug` (key `log_level`; RUST_LOG wins).
-    #[arg(long = "log-level", global = true, value_name = "LEVEL")]
-    pub(crate) log_level: Option<String>,
+    /// Configuration file; the default file is used (and may be absent) without it.
+    pub config: Option<PathBuf>,
+    /// Key path → the text given to its flag.
+    values: BTreeMap<&'static str, String>,
+    crio_endpoint: Option<String>,
+    docker_endpoint: Option<String>,
+}
+
+const CONFIG: &str = "config";
+const CRIO_ENDPOINT: &str = "crio-endpoint";
+const DOCKER_ENDPOINT: &str = "docker-endpoint";
+
+impl Flags {
+    /// Each key set by a flag: its path, how to name the flag in a message, the text given.
+    pub(super) fn values(&self) -> impl Iterator<Item = (&'static str, String, &str)> {
+        self.values.iter().map(|(path, text)| {
+            let name = keys::find(path)
+                .and_then(|k| k.flag)
+                .map_or_else(|| format!("--{path}"), |f| f.names());
+            (*path, name, text.as_str())
+        })
+    }
+
+    /// The text given to the flag of key `path`.
+    pub(super) fn value(&self, path: &str) -> Option<&str> {
+        self.values.get(path).map(String::as_str)
+    }
+
+    pub(super) fn crio_endpoint(&self) -> Option<&str> {
+        self.crio_endpoint.as_deref()
+    }
+
+    pub(super) fn docker_endpoint(&self) -> Option<&str> {
+        self.docker_endpoint.as_deref()
+    }
+}
+
+impl Args for Flags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let text = |id: &'static str, value_name: &'static str, help: String| {
+            Arg::new(id)
+                .long(id)
+                .global(true)
+                .value_name(value_name)
+                .help(help)
+        };
+        let mut cmd = cmd.arg(
+            text(
+                CONFIG,
+                "FILE",
+                format!("Configuration file [default: {DEFAULT_CONFIG_FILE}, skipped when absent]"),
+            )
+            .value_parser(clap::value_parser!(PathBuf)),
+        );
+        for key in KEYS {
+            if let Some(flag) = key.flag {
+                let help = format!("{} (key `{}`)", key.summary(), key.path);
+                let mut arg = text(flag.long, flag.value_name, help);
+                if let Some(alias) = flag.go_alias {
+                    arg = arg.visible_alias(alias);
+                }
+                cmd = cmd.arg(arg);
+            }
+        }
+        cmd.arg(text(
+            CRIO_ENDPOINT,
+            "ENDPOINT",
+            "CRI-O socket; used when the runtime is crio (Go podagent compatibility)".into(),
+        ))
+        .arg(text(
+            DOCKER_ENDPOINT,
+            "ENDPOINT",
+            "Docker socket; used when the runtime is docker (Go podagent compatibility)".into(),
+        ))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for Flags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Flags::default();
+        flags.update_from_arg_matches(matches)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        let text = |id: &str| matches.get_one::<String>(id).cloned();
+        if let Some(path) = matches.get_one::<PathBuf>(CONFIG) {
+            self.config = Some(path.clone());
+        }
+        for key in KEYS {
+            if let Some(value) = key.flag.and_then(|flag| text(flag.long)) {
+                self.values.insert(key.path, value);
+            }
+        }
+        self.crio_endpoint = text(CRIO_ENDPOINT).or(self.crio_endpoint.take());
+        self.docker_endpoint = text(DOCKER_ENDPOINT).or(self.docker_endpoint.take());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -141,10 +186,10 @@ mod tests {
             "--cni-vendor-name=kaloom",
             "--container-type=crio",
         ]);
-        assert_eq!(cli.flags.node_name.as_deref(), Some("n1"));
-        assert_eq!(cli.flags.cni_bin_dirs.as_deref(), Some("/a:/b"));
-        assert_eq!(cli.flags.cni_conf_dir.as_deref(), Some("/c"));
-        assert_eq!(cli.flags.cni_vendor.as_deref(), Some("kaloom"));
-        assert_eq!(cli.flags.runtime.as_deref(), Some("crio"));
+        assert_eq!(cli.flags.value("node_name"), Some("n1"));
+        assert_eq!(cli.flags.value("cni.bin_dirs"), Some("/a:/b"));
+        assert_eq!(cli.flags.value("cni.conf_dir"), Some("/c"));
+        assert_eq!(cli.flags.value("cni.vendor"), Some("kaloom"));
+        assert_eq!(cli.flags.value("runtime.kind"), Some("crio"));
     }
 }

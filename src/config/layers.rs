@@ -4,9 +4,9 @@
 //! are applied later, during validation, so that a value present here always has a real origin
 //! that an error message can name: the file path, the environment variable or the flag.
 //!
-//! The environment and flag layers are built from the table of known keys, so a value gets the
-//! key's type (a colon-separated list becomes an array, a number stays text when the key is
-//! text) instead of figment's guess, and the table is also what makes unknown keys an error.
+//! The environment and flag layers are built from the key table, so a value gets the key's type
+//! (a colon-separated list becomes an array, a number stays text when the key is text) instead
+//! of figment's guess, and the table is also what makes unknown keys an error.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use serde::de::DeserializeOwned;
 
+use super::keys::{self, env_var_name, key_path_of_env};
 use super::{ConfigError, Flags, Problem};
 
 /// Where a configuration value came from.
@@ -25,7 +25,7 @@ pub(crate) enum Origin {
     Default,
     File(PathBuf),
     Env(String),
-    Flag(&'static str),
+    Flag(String),
 }
 
 impl fmt::Display for Origin {
@@ -39,96 +39,8 @@ impl fmt::Display for Origin {
     }
 }
 
-/// How a text value from the environment or a flag becomes a typed value.
-#[derive(Clone, Copy)]
-enum Kind {
-    Text,
-    Number,
-    /// A list written as one string, split on this separator.
-    List(char),
-}
-
-struct Key {
-    path: &'static str,
-    kind: Kind,
-    flag: Option<&'static str>,
-}
-
-const fn key(path: &'static str, kind: Kind, flag: Option<&'static str>) -> Key {
-    Key { path, kind, flag }
-}
-
-/// Every key podagent understands. Anything else in any layer is reported as unknown.
-const KEYS: &[Key] = &[
-    key("node_name", Kind::Text, Some("--node-name/--node")),
-    key("annotation_key", Kind::Text, Some("--annotation-key")),
-    key("state_dir", Kind::Text, Some("--state-dir")),
-    key("log_level", Kind::Text, Some("--log-level")),
-    key("shutdown_grace", Kind::Text, None),
-    key("kube.kubeconfig", Kind::Text, Some("--kubeconfig")),
-    key(
-        "runtime.kind",
-        Kind::Text,
-        Some("--runtime/--container-type"),
-    ),
-    key("runtime.endpoint", Kind::Text, Some("--runtime-endpoint")),
-    key("runtime.timeout", Kind::Text, None),
-    key(
-        "cni.conf_dir",
-        Kind::Text,
-        Some("--cni-conf-dir/--cni-conf-path"),
-    ),
-    key(
-        "cni.bin_dirs",
-        Kind::List(':'),
-        Some("--cni-bin-dirs/--cni-bin-path"),
-    ),
-    key(
-        "cni.vendor",
-        Kind::Text,
-        Some("--cni-vendor/--cni-vendor-name"),
-    ),
-    key("cni.plugin_timeout", Kind::Text, None),
-    key("cni.env_passthrough", Kind::List(','), None),
-    key("reconcile.concurrency", Kind::Number, None),
-    key("reconcile.retry_base", Kind::Text, None),
-    key("reconcile.retry_cap", Kind::Text, None),
-    key("reconcile.resync_period", Kind::Text, None),
-];
-
-/// Tables that group keys; a table name alone is not a setting.
-const TABLES: &[&str] = &["kube", "runtime", "cni", "reconcile"];
-
-const ENV_PREFIX: &str = "PODAGENT_";
 const ENV_LAYER: &str = "environment";
 const FLAG_LAYER: &str = "command-line flags";
-
-fn find_key(path: &str) -> Option<&'static Key> {
-    KEYS.iter().find(|k| k.path == path)
-}
-
-/// `cni.conf_dir` → `PODAGENT_CNI__CONF_DIR`.
-pub(crate) fn env_var_name(path: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        path.replace('.', "__").to_ascii_uppercase()
-    )
-}
-
-fn typed(kind: Kind, text: &str) -> Value {
-    match kind {
-        Kind::Text => Value::from(text.to_string()),
-        // figment's parser turns digits into a number and leaves anything else as text, which
-        // then fails to deserialize with a message naming the expected type.
-        Kind::Number => text.parse::<Value>().unwrap_or_else(|never| match never {}),
-        Kind::List(separator) => Value::from(
-            text.split(separator)
-                .filter(|item| !item.is_empty())
-                .map(|item| Value::from(item.to_string()))
-                .collect::<Vec<_>>(),
-        ),
-    }
-}
 
 /// Inserts `value` at the dotted `path` of `dict`.
 fn insert(dict: &mut Dict, path: &str, value: Value) {
@@ -145,6 +57,12 @@ fn insert(dict: &mut Dict, path: &str, value: Value) {
             }
         }
     }
+}
+
+/// A value given as text, typed as its key's default is; unknown keys stay text (they are
+/// reported anyway).
+fn typed(path: &str, text: &str) -> Value {
+    keys::find(path).map_or_else(|| Value::from(text.to_string()), |k| k.default.typed(text))
 }
 
 /// A layer that is already a dictionary, named for error messages.
@@ -191,12 +109,9 @@ fn file_layer(explicit: Option<&Path>, default: &Path) -> Result<Option<Layer>, 
 fn env_layer(vars: impl IntoIterator<Item = (String, String)>) -> Layer {
     let mut dict = Dict::new();
     for (name, text) in vars {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let path = rest.to_ascii_lowercase().replace("__", ".");
-        let kind = find_key(&path).map_or(Kind::Text, |k| k.kind);
-        insert(&mut dict, &path, typed(kind, &text));
+        if let Some(path) = key_path_of_env(&name) {
+            insert(&mut dict, &path, typed(&path, &text));
+        }
     }
     Layer {
         metadata: Metadata::named(ENV_LAYER),
@@ -204,40 +119,31 @@ fn env_layer(vars: impl IntoIterator<Item = (String, String)>) -> Layer {
     }
 }
 
-fn flag_layer(flags: &Flags, problems: &mut Vec<Problem>) -> Layer {
+/// The flags as a layer, and for each key it sets the flag that set it (what error messages
+/// name: `--cni-conf-dir/--cni-conf-path`, or a Go podagent endpoint flag).
+fn flag_layer(
+    flags: &Flags,
+    problems: &mut Vec<Problem>,
+) -> (Layer, BTreeMap<&'static str, String>) {
     let mut dict = Dict::new();
-    let mut set = |path: &str, text: &Option<String>| {
-        if let (Some(text), Some(key)) = (text, find_key(path)) {
-            insert(&mut dict, path, typed(key.kind, text));
-        }
-    };
-    set("node_name", &flags.node_name);
-    set("annotation_key", &flags.annotation_key);
-    set("state_dir", &flags.state_dir);
-    set("log_level", &flags.log_level);
-    set("kube.kubeconfig", &flags.kubeconfig);
-    set("runtime.kind", &flags.runtime);
-    set("runtime.endpoint", &flags.runtime_endpoint);
-    set("cni.conf_dir", &flags.cni_conf_dir);
-    set("cni.bin_dirs", &flags.cni_bin_dirs);
-    set("cni.vendor", &flags.cni_vendor);
-
+    let mut named = BTreeMap::new();
+    for (key, flag_name, text) in flags.values() {
+        insert(&mut dict, key, typed(key, text));
+        named.insert(key, flag_name);
+    }
     // The Go podagent took one endpoint flag per runtime and used the one matching
     // --container-type; without a type, a single endpoint flag also selects its runtime.
-    if flags.runtime_endpoint.is_none() {
-        let legacy = match (
-            flags.runtime.as_deref(),
-            &flags.crio_endpoint,
-            &flags.docker_endpoint,
-        ) {
-            (Some("crio"), Some(crio), _) => Some((None, crio)),
-            (Some("docker"), _, Some(docker)) => Some((None, docker)),
-            (None, Some(crio), None) => Some((Some("crio"), crio)),
-            (None, None, Some(docker)) => Some((Some("docker"), docker)),
+    let kind = flags.value("runtime.kind");
+    if flags.value("runtime.endpoint").is_none() {
+        let legacy = match (kind, flags.crio_endpoint(), flags.docker_endpoint()) {
+            (Some("crio"), Some(crio), _) => Some(("crio", "--crio-endpoint", crio)),
+            (Some("docker"), _, Some(docker)) => Some(("docker", "--docker-endpoint", docker)),
+            (None, Some(crio), None) => Some(("crio", "--crio-endpoint", crio)),
+            (None, None, Some(docker)) => Some(("docker", "--docker-endpoint", docker)),
             (None, Some(_), Some(_)) => {
                 problems.push(Problem {
                     key: "runtime.endpoint".into(),
-                    origin: Origin::Flag("--crio-endpoint"),
+                    origin: Origin::Flag("--crio-endpoint".into()),
                     message: "both --crio-endpoint and --docker-endpoint given without \
                               --container-type: say which runtime to use"
                         .into(),
@@ -246,17 +152,24 @@ fn flag_layer(flags: &Flags, problems: &mut Vec<Problem>) -> Layer {
             }
             _ => None,
         };
-        if let Some((kind, endpoint)) = legacy {
-            if let Some(kind) = kind {
-                insert(&mut dict, "runtime.kind", Value::from(kind.to_string()));
+        if let Some((runtime, flag_name, endpoint)) = legacy {
+            if kind.is_none() {
+                insert(&mut dict, "runtime.kind", Value::from(runtime.to_string()));
+                named.insert("runtime.kind", flag_name.to_string());
             }
-            insert(&mut dict, "runtime.endpoint", Value::from(endpoint.clone()));
+            insert(
+                &mut dict,
+                "runtime.endpoint",
+                Value::from(endpoint.to_string()),
+            );
+            named.insert("runtime.endpoint", flag_name.to_string());
         }
     }
-    Layer {
+    let layer = Layer {
         metadata: Metadata::named(FLAG_LAYER),
         dict,
-    }
+    };
+    (layer, named)
 }
 
 /// A value together with where it came from.
@@ -266,11 +179,27 @@ pub(crate) struct Setting<T> {
     pub(crate) origin: Origin,
 }
 
+impl<T> Setting<T> {
+    /// A built-in default.
+    pub(crate) fn default_of(value: T) -> Setting<T> {
+        Setting {
+            value,
+            origin: Origin::Default,
+        }
+    }
+
+    /// Whether no layer set the value.
+    pub(crate) fn is_default(&self) -> bool {
+        self.origin == Origin::Default
+    }
+}
+
 /// The merged layers, queried key by key so that every bad value is reported, not only the
 /// first one serde would stop at.
 pub(crate) struct Layers {
     figment: Figment,
-    flags: Flags,
+    /// Which flag set each key the flag layer holds.
+    flag_names: BTreeMap<&'static str, String>,
 }
 
 impl Layers {
@@ -284,12 +213,11 @@ impl Layers {
         if let Some(file) = file_layer(flags.config.as_deref(), default_file)? {
             figment = figment.merge(file);
         }
-        let figment = figment
-            .merge(env_layer(env))
-            .merge(flag_layer(flags, problems));
+        let (flag_layer, flag_names) = flag_layer(flags, problems);
+        let figment = figment.merge(env_layer(env)).merge(flag_layer);
         Ok(Layers {
             figment,
-            flags: flags.clone(),
+            flag_names,
         })
     }
 
@@ -301,50 +229,18 @@ impl Layers {
             return Origin::File(file.to_path_buf());
         }
         if metadata.name == FLAG_LAYER {
-            return Origin::Flag(self.flag_name(path));
+            // Every key the flag layer sets is named in `flag_names`.
+            let name = self.flag_names.get(path).map_or("--config", String::as_str);
+            return Origin::Flag(name.to_string());
         }
         Origin::Env(env_var_name(path))
     }
 
-    fn flag_name(&self, path: &str) -> &'static str {
-        let flags = &self.flags;
-        // Which legacy endpoint flag supplied runtime.endpoint (and runtime.kind, when no
-        // --container-type was given); mirrors `flag_layer`.
-        let legacy = match (&flags.runtime, &flags.crio_endpoint, &flags.docker_endpoint) {
-            (Some(kind), Some(_), _) if kind == "crio" => Some("--crio-endpoint"),
-            (Some(kind), _, Some(_)) if kind == "docker" => Some("--docker-endpoint"),
-            (None, Some(_), None) => Some("--crio-endpoint"),
-            (None, None, Some(_)) => Some("--docker-endpoint"),
-            _ => None,
-        }
-        .filter(|_| flags.runtime_endpoint.is_none());
-        match (path, legacy) {
-            ("runtime.endpoint", Some(flag)) => flag,
-            ("runtime.kind", Some(flag)) if flags.runtime.is_none() => flag,
-            // Every key the flag layer sets has a flag name in the table.
-            _ => find_key(path).and_then(|k| k.flag).unwrap_or("--config"),
-        }
-    }
-
-    /// The value of `path` if any layer sets it; a value of the wrong type is a problem.
-    pub(crate) fn get<T: DeserializeOwned>(
-        &self,
-        path: &'static str,
-        problems: &mut Vec<Problem>,
-    ) -> Option<Setting<T>> {
+    /// The value of `path` if any layer sets it.
+    pub(crate) fn get(&self, path: &str) -> Option<Setting<Value>> {
         let value = self.figment.find_value(path).ok()?;
         let origin = self.origin(path, &value);
-        match value.deserialize::<T>() {
-            Ok(value) => Some(Setting { value, origin }),
-            Err(e) => {
-                problems.push(Problem {
-                    key: path.into(),
-                    origin,
-                    message: e.kind.to_string(),
-                });
-                None
-            }
-        }
+        Some(Setting { value, origin })
     }
 
     /// Reports every key no layer should have set (usually a typo).
@@ -373,11 +269,11 @@ fn collect_unknown(dict: &Dict, prefix: &str, found: &mut BTreeMap<String, Value
         } else {
             format!("{prefix}.{name}")
         };
-        if find_key(&path).is_some() {
+        if keys::find(&path).is_some() {
             continue;
         }
         match value {
-            Value::Dict(_, inner) if TABLES.contains(&path.as_str()) => {
+            Value::Dict(_, inner) if keys::is_table(&path) => {
                 collect_unknown(inner, &path, found);
             }
             _ => {

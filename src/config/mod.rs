@@ -11,6 +11,7 @@
 //! Durations are written as strings with a unit: `"500ms"`, `"30s"`, `"5m"`, `"1h 30m"`.
 
 mod cli;
+mod keys;
 mod layers;
 mod validate;
 
@@ -28,11 +29,16 @@ pub(crate) use crate::runtime::RuntimeKind;
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "/opt/kaloom/etc/podagent.toml";
 /// The kubeconfig written by the RPM's `create-kubeconfig.sh`.
 pub(crate) const DEFAULT_KUBECONFIG: &str = "/opt/kaloom/etc/podagent-kubeconfig.yaml";
+/// podagent's CNI result cache, under its state dir (never `/var/lib/cni/results`, where a
+/// runtime's CNI GC could delete it).
+const CNI_CACHE_DIR: &str = "cni-results";
 /// The exit code for a bad configuration or command line (`EX_USAGE` from sysexits.h).
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
 /// The validated configuration. Every field has a value; nothing here needs checking again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The modules that own an outside system define their settings; this holds them as they are.
+/// `Default` is the empty configuration [`Config::load`] fills in, not a usable one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     /// This node's name: only pods with `spec.nodeName` equal to it are watched.
     pub(crate) node_name: String,
@@ -45,12 +51,12 @@ pub struct Config {
     /// How long in-flight work may run after SIGTERM before podagent exits anyway.
     pub(crate) shutdown_grace: Duration,
     pub(crate) kube: KubeSettings,
-    pub(crate) runtime: RuntimeSettings,
-    pub(crate) cni: CniSettings,
+    pub(crate) runtime: crate::runtime::Settings,
+    pub(crate) cni: crate::cni::Settings,
     pub reconcile: ReconcileSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct KubeSettings {
     pub(crate) kubeconfig: PathBuf,
     /// Whether the path was configured rather than defaulted: only a defaulted, absent
@@ -58,28 +64,7 @@ pub(crate) struct KubeSettings {
     pub(crate) kubeconfig_explicit: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RuntimeSettings {
-    pub(crate) kind: RuntimeKind,
-    /// The runtime's socket; `None` means the kind's well-known default.
-    pub(crate) endpoint: Option<PathBuf>,
-    /// Deadline of every call to the runtime.
-    pub(crate) timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CniSettings {
-    pub(crate) conf_dir: PathBuf,
-    pub(crate) bin_dirs: Vec<PathBuf>,
-    /// Plugins are looked up in `/opt/<vendor>/cni/bin` first when set.
-    pub(crate) vendor: Option<String>,
-    /// Upper bound of one plugin run; the plugin is killed after it.
-    pub(crate) plugin_timeout: Duration,
-    /// Environment variables passed through to plugins besides `CNI_*` and `PATH`.
-    pub(crate) env_passthrough: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileSettings {
     /// How many pods may be reconciled at the same time.
     pub(crate) concurrency: usize,
@@ -145,35 +130,43 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let layers = layers::Layers::build(flags, env, default_file, &mut problems)?;
-        let raw = validate::RawConfig::collect(&layers, &mut problems);
+        // Every key's default or configured value replaces the empty values before anyone
+        // sees the configuration.
+        let mut config = Config::default();
+        for key in keys::KEYS {
+            let setting = layers
+                .get(key.path)
+                .unwrap_or_else(|| layers::Setting::default_of(key.default.value(host_name)));
+            if let Err(message) = (key.apply)(&mut config, &setting) {
+                problems.push(Problem {
+                    key: key.path.into(),
+                    origin: setting.origin,
+                    message,
+                });
+            }
+        }
+        let has_problem = |key: &str| problems.iter().any(|p| p.key == key);
+        if !has_problem("reconcile.retry_base")
+            && !has_problem("reconcile.retry_cap")
+            && config.reconcile.retry_base > config.reconcile.retry_cap
+        {
+            let origin = layers
+                .get("reconcile.retry_cap")
+                .map_or(Origin::Default, |s| s.origin);
+            problems.push(Problem {
+                key: "reconcile.retry_cap".into(),
+                origin,
+                message: format!(
+                    "{:?} is shorter than reconcile.retry_base {:?}",
+                    config.reconcile.retry_cap, config.reconcile.retry_base
+                ),
+            });
+        }
         layers.unknown_keys(&mut problems);
-        let config = raw.validate(host_name, &mut problems);
-        match config {
-            Some(config) if problems.is_empty() => Ok(config),
-            _ => Err(ConfigError::Invalid { problems }),
-        }
-    }
-}
-
-impl Config {
-    /// What the runtime module needs to reach the configured runtime.
-    pub(crate) fn runtime_settings(&self) -> crate::runtime::Settings {
-        crate::runtime::Settings {
-            kind: self.runtime.kind,
-            endpoint: self.runtime.endpoint.clone(),
-            timeout: self.runtime.timeout,
-        }
-    }
-
-    /// What the CNI invoker needs; its result cache lives in podagent's state dir.
-    pub(crate) fn cni_settings(&self) -> crate::cni::Settings {
-        crate::cni::Settings {
-            conf_dir: self.cni.conf_dir.clone(),
-            bin_dirs: self.cni.bin_dirs.clone(),
-            vendor: self.cni.vendor.clone(),
-            timeout: self.cni.plugin_timeout,
-            env_passthrough: self.cni.env_passthrough.clone(),
-            cache_dir: self.state_dir.join("cni-results"),
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { problems })
         }
     }
 }
@@ -205,11 +198,22 @@ mod tests {
         Config::load_from(flags, env(vars), &no_default_file(), HOST)
     }
 
+    /// The flags of a command line, parsed as the binary parses them.
+    fn flags(args: &[&str]) -> Flags {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("podagent").chain(args.iter().copied()))
+            .expect("flags parse")
+            .flags
+    }
+
+    fn config_flag(path: impl Into<PathBuf>) -> Flags {
+        let mut flags = Flags::default();
+        flags.config = Some(path.into());
+        flags
+    }
+
     fn with_file(file: &tempfile::NamedTempFile) -> Flags {
-        Flags {
-            config: Some(file.path().to_path_buf()),
-            ..Flags::default()
-        }
+        config_flag(file.path().to_path_buf())
     }
 
     fn problems(result: Result<Config, ConfigError>) -> Vec<Problem> {
@@ -251,10 +255,7 @@ mod tests {
     #[test]
     fn shipped_file_equals_the_builtin_defaults() {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/podagent.toml");
-        let flags = Flags {
-            config: Some(shipped),
-            ..Flags::default()
-        };
+        let flags = config_flag(shipped);
         let from_file = load(&flags, &[]).expect("the shipped file is valid");
         let mut expected = builtin_defaults();
         // The file names the kubeconfig, which makes it explicit; the path is the same.
@@ -265,10 +266,7 @@ mod tests {
     #[test]
     fn missing_default_file_is_fine_but_missing_explicit_file_is_an_error() {
         assert!(load(&Flags::default(), &[]).is_ok());
-        let flags = Flags {
-            config: Some(no_default_file()),
-            ..Flags::default()
-        };
+        let flags = config_flag(no_default_file());
         match load(&flags, &[]) {
             Err(ConfigError::ReadFile { path, .. }) => assert_eq!(path, no_default_file()),
             other => panic!("expected a read error, got {other:?}"),
@@ -284,9 +282,9 @@ mod tests {
             ("PODAGENT_STATE_DIR", "/env"),
             ("PODAGENT_CNI__CONF_DIR", "/env/net.d"),
         ];
-        let mut flags = with_file(&file);
-        flags.cni_conf_dir = Some("/flag/net.d".into());
-        let config = load(&flags, &vars).expect("valid");
+        let config_path = file.path().to_str().unwrap();
+        let given = flags(&["--config", config_path, "--cni-conf-dir", "/flag/net.d"]);
+        let config = load(&given, &vars).expect("valid");
         assert_eq!(config.annotation_key, "from-file");
         assert_eq!(config.state_dir, PathBuf::from("/env"));
         assert_eq!(config.cni.conf_dir, PathBuf::from("/flag/net.d"));
@@ -313,11 +311,8 @@ mod tests {
 
     #[test]
     fn cni_bin_path_flag_is_colon_separated() {
-        let flags = Flags {
-            cni_bin_dirs: Some("/usr/lib/cni:/opt/cni/bin".into()),
-            ..Flags::default()
-        };
-        let config = load(&flags, &[]).expect("valid");
+        let given = flags(&["--cni-bin-path", "/usr/lib/cni:/opt/cni/bin"]);
+        let config = load(&given, &[]).expect("valid");
         assert_eq!(
             config.cni.bin_dirs,
             [PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]
@@ -333,44 +328,35 @@ mod tests {
             ),
             ("/run/crio/crio.sock", "/run/crio/crio.sock"),
         ] {
-            let flags = Flags {
-                runtime_endpoint: Some(given.into()),
-                ..Flags::default()
-            };
-            let config = load(&flags, &[]).expect("valid");
+            let config = load(&flags(&["--runtime-endpoint", given]), &[]).expect("valid");
             assert_eq!(config.runtime.endpoint, Some(PathBuf::from(expected)));
         }
     }
 
     #[test]
     fn go_endpoint_flags_follow_the_container_type() {
-        let flags = Flags {
-            runtime: Some("docker".into()),
-            crio_endpoint: Some("/run/crio/crio.sock".into()),
-            docker_endpoint: Some("unix:///var/run/docker.sock".into()),
-            ..Flags::default()
-        };
-        let config = load(&flags, &[]).expect("valid");
+        let docker = flags(&[
+            "--container-type=docker",
+            "--crio-endpoint=/run/crio/crio.sock",
+            "--docker-endpoint=unix:///var/run/docker.sock",
+        ]);
+        let config = load(&docker, &[]).expect("valid");
         assert_eq!(config.runtime.kind, RuntimeKind::Docker);
         assert_eq!(
             config.runtime.endpoint,
             Some(PathBuf::from("/var/run/docker.sock"))
         );
 
-        let crio_only = Flags {
-            crio_endpoint: Some("/run/crio/crio.sock".into()),
-            ..Flags::default()
-        };
+        let crio_only = flags(&["--crio-endpoint", "/run/crio/crio.sock"]);
         let config = load(&crio_only, &[]).expect("valid");
         assert_eq!(config.runtime.kind, RuntimeKind::Crio);
+        let relative = problems(load(&flags(&["--crio-endpoint", "crio.sock"]), &[]));
+        assert_eq!(relative[0].key, "runtime.endpoint");
+        assert_eq!(relative[0].origin, Origin::Flag("--crio-endpoint".into()));
 
-        let both = Flags {
-            crio_endpoint: Some("/a".into()),
-            docker_endpoint: Some("/b".into()),
-            ..Flags::default()
-        };
+        let both = flags(&["--crio-endpoint", "/a", "--docker-endpoint", "/b"]);
         let found = problems(load(&both, &[]));
-        assert_eq!(found[0].origin, Origin::Flag("--crio-endpoint"));
+        assert_eq!(found[0].origin, Origin::Flag("--crio-endpoint".into()));
     }
 
     #[test]
@@ -379,9 +365,9 @@ mod tests {
             "state_dir = \"relative\"\n[reconcile]\nconcurrency = 0\nresync_period = \"soon\"\n",
         );
         let vars = [("PODAGENT_RUNTIME__KIND", "podman")];
-        let mut flags = with_file(&file);
-        flags.cni_conf_dir = Some("net.d".into());
-        let found = problems(load(&flags, &vars));
+        let config_path = file.path().to_str().unwrap();
+        let given = flags(&["--config", config_path, "--cni-conf-path", "net.d"]);
+        let found = problems(load(&given, &vars));
         let at = |key: &str| {
             found
                 .iter()
@@ -404,7 +390,7 @@ mod tests {
         );
         assert_eq!(
             at("cni.conf_dir").origin,
-            Origin::Flag("--cni-conf-dir/--cni-conf-path")
+            Origin::Flag("--cni-conf-dir/--cni-conf-path".into())
         );
     }
 
@@ -476,11 +462,7 @@ mod tests {
 
     #[test]
     fn configured_kubeconfig_is_explicit() {
-        let flags = Flags {
-            kubeconfig: Some("/etc/kube.yaml".into()),
-            ..Flags::default()
-        };
-        let config = load(&flags, &[]).expect("valid");
+        let config = load(&flags(&["--kubeconfig", "/etc/kube.yaml"]), &[]).expect("valid");
         assert!(config.kube.kubeconfig_explicit);
     }
 
@@ -503,5 +485,95 @@ mod tests {
             found[0].to_string(),
             "`state_dir` (from environment variable PODAGENT_STATE_DIR): must be an absolute path, got \"x\""
         );
+    }
+
+    /// Compares a file of the repository with what the key table renders for it; with
+    /// `PODAGENT_BLESS=1` in the environment, writes the rendering instead.
+    fn assert_rendered(relative: &str, actual: &str, rendered: &str) {
+        if std::env::var_os("PODAGENT_BLESS").is_some() {
+            return;
+        }
+        assert!(
+            actual == rendered,
+            "{relative} is not what the key table (src/config/keys.rs) renders; run the test \
+             with PODAGENT_BLESS=1 to rewrite it, or make it read:\n{rendered}"
+        );
+    }
+
+    #[test]
+    fn shipped_file_is_rendered_from_the_key_table() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/podagent.toml");
+        let rendered = keys::render::toml_file();
+        if std::env::var_os("PODAGENT_BLESS").is_some() {
+            std::fs::write(&path, &rendered).expect("write etc/podagent.toml");
+        }
+        let shipped = std::fs::read_to_string(&path).expect("read etc/podagent.toml");
+        assert_rendered("etc/podagent.toml", &shipped, &rendered);
+    }
+
+    #[test]
+    fn readme_key_list_is_rendered_from_the_key_table() {
+        const BEGIN: &str = "<!-- keys: rendered from src/config/keys.rs -->\n";
+        const END: &str = "<!-- end of keys -->\n";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        let readme = std::fs::read_to_string(&path).expect("read README.md");
+        let (Some(start), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
+            panic!("README.md has no key list between {BEGIN:?} and {END:?}");
+        };
+        let listed = &readme[start + BEGIN.len()..end];
+        let rendered = keys::render::readme_table();
+        if std::env::var_os("PODAGENT_BLESS").is_some() {
+            let updated = format!(
+                "{}{rendered}{}",
+                &readme[..start + BEGIN.len()],
+                &readme[end..]
+            );
+            std::fs::write(&path, updated).expect("write README.md");
+        }
+        assert_rendered("README.md's key list", listed, &rendered);
+    }
+
+    #[test]
+    fn help_names_every_flag_its_alias_and_its_key() {
+        use clap::CommandFactory;
+        let help = <Cli as CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for key in keys::KEYS {
+            let Some(flag) = key.flag else { continue };
+            assert!(
+                help.contains(&format!("--{} <{}>", flag.long, flag.value_name)),
+                "{help}"
+            );
+            assert!(
+                help.contains(&format!("{} (key `{}`)", key.summary(), key.path)),
+                "{help}"
+            );
+            if let Some(alias) = flag.go_alias {
+                assert!(help.contains(&format!("--{alias}")), "{help}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_has_an_environment_variable_that_sets_it() {
+        for key in keys::KEYS {
+            let var = keys::env_var_name(key.path);
+            let text = match key.default {
+                keys::Builtin::List { items, separator } => items.join(&separator.to_string()),
+                keys::Builtin::Number(n) => n.to_string(),
+                keys::Builtin::Text(text) => text.to_string(),
+                keys::Builtin::HostName => "node-2".to_string(),
+            };
+            let from_env = load(&Flags::default(), &[(&var, &text)]).expect(&var);
+            let mut expected = builtin_defaults();
+            if key.path == "node_name" {
+                expected.node_name = "node-2".into();
+            }
+            if key.path == "kube.kubeconfig" {
+                expected.kube.kubeconfig_explicit = true;
+            }
+            assert_eq!(from_env, expected, "{var}={text}");
+        }
     }
 }

@@ -104,24 +104,15 @@ impl fmt::Display for RuntimeKind {
     }
 }
 
-/// How to reach the runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach the runtime: the configuration's `runtime.*` keys (`Default` is empty, not
+/// usable: its timeout is zero).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     pub kind: RuntimeKind,
     /// A socket path, bare or as `unix:///path`; `None` uses the kind's default sockets.
     pub endpoint: Option<PathBuf>,
     /// Deadline of every single runtime call.
     pub timeout: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            kind: RuntimeKind::Auto,
-            endpoint: None,
-            timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 pub(crate) const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -374,7 +365,7 @@ mod tests {
         Settings {
             kind,
             endpoint: endpoint.map(PathBuf::from),
-            ..Settings::default()
+            timeout: Duration::from_secs(5),
         }
     }
 
