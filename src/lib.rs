@@ -14,6 +14,7 @@ pub mod cni;
 pub mod config;
 mod controller;
 pub mod daemon;
+pub mod error_chain;
 pub mod kubeapi;
 pub mod netns;
 pub mod plan;
