@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::cni::Invoker;
 use crate::config::{Config, DEFAULT_CONFIG_FILE, EXIT_BAD_CONFIG, Flags};
+use crate::error_chain::render;
 use crate::kubeapi::{self, Credentials, KubeClient, PodWatcher};
 use crate::runtime::{self, Runtime};
 
@@ -57,7 +58,7 @@ pub fn run(flags: &Flags) -> ExitCode {
     let config = match Config::load(flags) {
         Ok(config) => config,
         Err(e) => {
-            println!("{}", line("config valid", Err(e.to_string())));
+            println!("{}", line("config valid", Err(render(&e))));
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
@@ -78,7 +79,7 @@ pub fn run(flags: &Flags) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            println!("{}", line("async runtime", Err(e.to_string())));
+            println!("{}", line("async runtime", Err(render(&e))));
             return ExitCode::FAILURE;
         }
     };
@@ -99,12 +100,8 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
     };
 
     let credentials = Credentials::resolve(&config.kube);
-    let kube = bounded(async {
-        kubeapi::connect(&credentials)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    let kube =
+        bounded(async { kubeapi::connect(&credentials).await.map_err(|e| render(&e)) }).await;
     emit(line(
         "kubeconfig readable",
         kube.as_ref()
@@ -132,8 +129,7 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
     ));
 
     let invoker = Invoker::new(config.cni.clone());
-    let primary =
-        bounded(async { invoker.primary_config().await.map_err(|e| e.to_string()) }).await;
+    let primary = bounded(async { invoker.primary_config().await.map_err(|e| render(&e)) }).await;
     emit(line(
         "CNI primary config usable",
         primary
@@ -179,7 +175,7 @@ async fn list_pods(config: &Config, kube: &KubeClient) -> Result<String, String>
         &config.annotation_key,
         Duration::from_secs(1),
     );
-    let (pods, _) = bounded(async { watcher.list().await.map_err(|e| e.to_string()) }).await?;
+    let (pods, _) = bounded(async { watcher.list().await.map_err(|e| render(&e)) }).await?;
     Ok(format!(
         "{}: {} pods on node {}",
         kube.url,
@@ -192,7 +188,7 @@ async fn create_event(config: &Config, kube: &KubeClient) -> Result<String, Stri
     bounded(async {
         kubeapi::can_create_events(kube, &config.node_name)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| render(&e))
     })
     .await?;
     Ok("server-side dry run of an events.k8s.io/v1 Event accepted".to_string())
@@ -201,10 +197,8 @@ async fn create_event(config: &Config, kube: &KubeClient) -> Result<String, Stri
 async fn container_runtime(config: &Config) -> Result<String, String> {
     let settings = config.runtime.clone();
     bounded(async {
-        let runtime = runtime::connect(&settings)
-            .await
-            .map_err(|e| e.to_string())?;
-        let version = runtime.version().await.map_err(|e| e.to_string())?;
+        let runtime = runtime::connect(&settings).await.map_err(|e| render(&e))?;
+        let version = runtime.version().await.map_err(|e| render(&e))?;
         Ok(format!(
             "{} ({} {}, API {}) at {}",
             version.kind,
@@ -218,7 +212,7 @@ async fn container_runtime(config: &Config) -> Result<String, String> {
 }
 
 async fn plugin_binaries(invoker: &Invoker) -> Result<String, String> {
-    let versions = bounded(async { invoker.version().await.map_err(|e| e.to_string()) }).await?;
+    let versions = bounded(async { invoker.version().await.map_err(|e| render(&e)) }).await?;
     let found: Vec<String> = versions
         .iter()
         .map(|v| format!("{} (cniVersion {})", v.plugin, v.cni_version))

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::cni::Invoker;
 use crate::config::Config;
 use crate::controller::{Context, Controller, KubeFeedback, Summary};
+use crate::error_chain;
 use crate::kubeapi::{self, Credentials, KubeClient, KubeError, PodView, PodWatcher};
 use crate::netns::Netlink;
 use crate::runtime::{self, AnyRuntime, Runtime};
@@ -101,7 +102,7 @@ fn shutdown_signal() -> Result<impl Future<Output = &'static str>, DaemonError> 
 }
 
 /// Runs `attempt` until it succeeds, reporting each failure in the log and in `STATUS=`.
-async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+async fn retry<T, E: std::error::Error, F: Future<Output = Result<T, E>>>(
     notifier: &dyn Notifier,
     waiting_for: &str,
     mut attempt: impl FnMut() -> F,
@@ -111,8 +112,11 @@ async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
         match attempt().await {
             Ok(value) => return value,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "waiting for {waiting_for}");
-                notifier.notify(Message::Status(format!("waiting for {waiting_for}: {e}")));
+                let error = error_chain::render(&e);
+                tracing::warn!(error = %error, retry_in = ?delay, "waiting for {waiting_for}");
+                notifier.notify(Message::Status(format!(
+                    "waiting for {waiting_for}: {error}"
+                )));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RETRY_CAP);
             }
@@ -153,7 +157,7 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     let store = Store::open(&config.state_dir)?;
     let loaded = store.load_all()?;
     for bad in &loaded.bad_files {
-        tracing::warn!(error = %bad.error, moved_to = ?bad.moved_to, "unusable state file set aside");
+        tracing::warn!(error = %error_chain::render(&bad.error), moved_to = ?bad.moved_to, "unusable state file set aside");
     }
     tracing::info!(
         pods = pods.len(),

@@ -14,6 +14,7 @@ pub mod cni;
 pub mod config;
 mod controller;
 pub mod daemon;
+pub mod error_chain;
 pub mod kubeapi;
 mod names;
 pub mod netns;

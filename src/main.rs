@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use podagent::config::{Cli, Command, Config, EXIT_BAD_CONFIG};
+use podagent::error_chain::render;
 use podagent::{check, daemon, systemd, telemetry};
 
 fn version() -> String {
@@ -20,21 +21,22 @@ fn version() -> String {
 
 fn run(config: Config) -> ExitCode {
     if let Err(e) = telemetry::init(&config.log_level, true) {
-        eprintln!("podagent: {e}");
+        eprintln!("podagent: {}", render(&e));
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
+            tracing::error!(error = %render(&e), "cannot start the async runtime");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(daemon::run(config, Arc::new(systemd::SdNotify))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "podagent failed");
-            eprintln!("podagent: {e}");
+            let rendered = render(&e);
+            tracing::error!(error = %rendered, "podagent failed");
+            eprintln!("podagent: {rendered}");
             ExitCode::FAILURE
         }
     }
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
         Command::Run => match Config::load(&cli.flags) {
             Ok(config) => run(config),
             Err(e) => {
-                eprintln!("podagent: {e}");
+                eprintln!("podagent: {}", render(&e));
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },

@@ -110,6 +110,32 @@ fn assert_only_failure(lines: &[String], what: &str) {
     }
 }
 
+/// The `what` line failed and says exactly `detail`.
+fn assert_failed(lines: &[String], what: &str, detail: &str) {
+    assert_eq!(
+        line(lines, what),
+        format!("✗ {what}: {detail}"),
+        "{lines:#?}"
+    );
+}
+
+/// No line says one cause twice: a wrapper that embeds its source and a transport that wraps
+/// one io error in several layers must not show through as repetition.
+fn assert_each_cause_once(lines: &[String]) {
+    for l in lines {
+        assert!(l.matches("os error").count() <= 1, "cause repeated: {l}");
+        let mut causes: Vec<&str> = l
+            .split(": ")
+            .flat_map(|part| part.split("; "))
+            .filter(|cause| cause.len() > 8)
+            .collect();
+        let said = causes.len();
+        causes.sort_unstable();
+        causes.dedup();
+        assert_eq!(causes.len(), said, "cause repeated: {l}");
+    }
+}
+
 #[tokio::test]
 async fn invalid_config_exits_64_naming_each_key_and_its_source() {
     let config = ConfigFile::write("anotation_key = \"typo\"\nstate_dir = \"relative\"\n");
@@ -125,30 +151,81 @@ async fn invalid_config_exits_64_naming_each_key_and_its_source() {
     )
     .await;
     assert_eq!(out.status.code(), Some(64), "{out:?}");
-    let stderr = text(&out.stderr);
     let file = config.path().display().to_string();
-    for expected in [
-        format!("`anotation_key` (from file {file}): unknown key"),
-        format!("`state_dir` (from file {file}): must be an absolute path"),
-        "`cni.conf_dir` (from flag --cni-conf-dir/--cni-conf-path)".to_string(),
-        "`reconcile.concurrency` (from environment variable PODAGENT_RECONCILE__CONCURRENCY)"
-            .to_string(),
-    ] {
-        assert!(
-            stderr.contains(&expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "podagent: invalid configuration:\n  \
+             `reconcile.concurrency` (from environment variable \
+             PODAGENT_RECONCILE__CONCURRENCY): invalid type: found string \"lots\", expected u64\n  \
+             `anotation_key` (from file {file}): unknown key (see \
+             /opt/kaloom/etc/podagent.toml for the valid ones)\n  \
+             `state_dir` (from file {file}): must be an absolute path, got \"relative\"\n  \
+             `cni.conf_dir` (from flag --cni-conf-dir/--cni-conf-path): must be an absolute \
+             path, got \"net.d\"\n"
+        )
+    );
 }
 
 #[tokio::test]
 async fn missing_explicit_config_file_exits_64_naming_it() {
     let out = podagent(&["run", "--config", "/nonexistent/podagent.toml"], &[]).await;
     assert_eq!(out.status.code(), Some(64), "{out:?}");
-    assert!(
-        text(&out.stderr).contains("/nonexistent/podagent.toml"),
-        "{out:?}"
+    // The io error is both embedded in the message and its source: said once.
+    assert_eq!(
+        text(&out.stderr),
+        "podagent: cannot read configuration file /nonexistent/podagent.toml: No such file or \
+         directory (os error 2)\n"
     );
+}
+
+#[tokio::test]
+async fn invalid_log_filter_exits_64_naming_where_it_came_from() {
+    let config = ConfigFile::write("");
+    let out = podagent(
+        &["run", "--config", &config.path_str()],
+        &[("RUST_LOG", "podagent=[")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        "podagent: invalid log filter \"podagent=[\" (from RUST_LOG): error parsing level \
+         filter: expected one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\", \
+         or a number 0-5\n"
+    );
+}
+
+#[tokio::test]
+async fn missing_kubeconfig_ends_the_daemon_with_one_rendered_error() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = scratch.path().join("absent-kubeconfig.yaml");
+    let config = ConfigFile::write(&format!(
+        "node_name = \"n1\"\nstate_dir = \"{}\"\n[kube]\nkubeconfig = \"{}\"\n",
+        scratch.path().join("state").display(),
+        kubeconfig.display()
+    ));
+    let out = podagent(&["run", "--config", &config.path_str()], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let error = format!(
+        "kubeconfig {} does not exist (write it with scripts/create-kubeconfig.sh, or run \
+         podagent in a pod with a service account)",
+        kubeconfig.display()
+    );
+    assert_eq!(
+        stderr.lines().last(),
+        Some(format!("podagent: {error}").as_str()),
+        "{stderr}"
+    );
+    // Under systemd the log line goes to the journal instead; on stderr it carries the same
+    // rendering as a field.
+    for log in stderr.lines().filter(|l| l.contains("podagent failed")) {
+        assert!(
+            log.ends_with(&format!("podagent failed error={error}")),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -244,6 +321,7 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     let mut containerd = Containerd::start().await;
     let scratch = tempfile::tempdir().expect("temp dir");
     let host = healthy(&node, &containerd, scratch.path());
+    let server = testkit::control_plane::shared().server();
 
     let (code, lines) = check(&host).await;
     assert_eq!(code, Some(0), "{lines:#?}");
@@ -259,14 +337,37 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
         line(&lines, "CNI plugin binaries present").contains("bridge"),
         "{lines:#?}"
     );
+    assert_each_cause_once(&lines);
+
+    // No kubeconfig: the API checks that need one say why they were skipped.
+    let absent = scratch.path().join("absent-kubeconfig.yaml");
+    let (code, lines) = check(&Host {
+        kubeconfig: absent.clone(),
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_failed(
+        &lines,
+        "kubeconfig readable",
+        &format!(
+            "kubeconfig {} does not exist (write it with scripts/create-kubeconfig.sh, or run \
+             podagent in a pod with a service account)",
+            absent.display()
+        ),
+    );
+    for what in ["pods on this node listable", "events creatable"] {
+        assert_failed(&lines, what, "not checked: no usable kubeconfig");
+    }
+    assert_each_cause_once(&lines);
 
     // Wrong token: the API server rejects the credentials.
-    let wrong = scratch.path().join("wrong-kubeconfig.yaml");
     let original = std::fs::read_to_string(host.kubeconfig.as_path()).expect("read kubeconfig");
     let token = original
         .lines()
         .find_map(|line| line.trim().strip_prefix("token: "))
         .expect("podagent's kubeconfig carries a token");
+    let wrong = scratch.path().join("wrong-kubeconfig.yaml");
     std::fs::write(&wrong, original.replace(token, "\"wrong-token\"")).expect("write kubeconfig");
     let (code, lines) = check(&Host {
         kubeconfig: wrong,
@@ -274,14 +375,31 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     })
     .await;
     assert_eq!(code, Some(1), "{lines:#?}");
-    assert!(
-        line(&lines, "pods on this node listable").contains("401 Unauthorized"),
-        "{lines:#?}"
+    let rejected = format!(
+        "API server {server}/ rejected podagent's credentials (401 Unauthorized): Unauthorized"
     );
-    assert!(
-        line(&lines, "events creatable").starts_with('✗'),
-        "{lines:#?}"
+    assert_failed(&lines, "pods on this node listable", &rejected);
+    assert_failed(&lines, "events creatable", &rejected);
+    assert_each_cause_once(&lines);
+
+    // Nothing listens where the kubeconfig points: the transport's chain shows, each cause once.
+    let closed = closed_port();
+    let moved = scratch.path().join("moved-kubeconfig.yaml");
+    let elsewhere = format!("https://127.0.0.1:{closed}");
+    std::fs::write(&moved, original.replace(server, &elsewhere)).expect("write kubeconfig");
+    let (code, lines) = check(&Host {
+        kubeconfig: moved,
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let unreachable = format!(
+        "API server {elsewhere}/ is unreachable: ServiceError: client error (Connect): tcp \
+         connect error: Connection refused (os error 111)"
     );
+    assert_failed(&lines, "pods on this node listable", &unreachable);
+    assert_failed(&lines, "events creatable", &unreachable);
+    assert_each_cause_once(&lines);
 
     // Empty CNI conf dir.
     let empty = scratch.path().join("empty-net.d");
@@ -292,11 +410,22 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     })
     .await;
     assert_eq!(code, Some(1), "{lines:#?}");
-    let cni = line(&lines, "CNI primary config usable");
-    assert!(
-        cni.starts_with('✗') && cni.contains(&empty.display().to_string()),
-        "{lines:#?}"
+    assert_failed(
+        &lines,
+        "CNI primary config usable",
+        &format!(
+            "no usable CNI network config in {}: no *.conf, *.conflist or *.json file; install \
+             the node's CNI config there (a .conf, .conflist or .json file) or point podagent at \
+             the right directory",
+            empty.display()
+        ),
     );
+    assert_failed(
+        &lines,
+        "CNI plugin binaries present",
+        "not checked: no usable CNI config",
+    );
+    assert_each_cause_once(&lines);
 
     // The plugin binaries are not in the bin dir.
     let no_plugins = scratch.path().join("empty-bin");
@@ -308,21 +437,100 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     .await;
     assert_eq!(code, Some(1), "{lines:#?}");
     assert_only_failure(&lines, "CNI plugin binaries present");
-    assert!(
-        line(&lines, "CNI plugin binaries present").contains("no plugin binary `bridge`"),
-        "{lines:#?}"
+    assert_failed(
+        &lines,
+        "CNI plugin binaries present",
+        &format!(
+            "CNI VERSION by plugin `bridge` for network `podagent-test`: no plugin binary \
+             `bridge` in /opt/bridge/bin, {}; install the plugin there or fix the CNI bin dirs \
+             and vendor settings",
+            no_plugins.display()
+        ),
+    );
+    assert_each_cause_once(&lines);
+
+    // The state dir cannot be created: its parent is a file.
+    let file = scratch.path().join("a-file");
+    std::fs::write(&file, b"").expect("write file");
+    let (code, lines) = check(&Host {
+        state_dir: file.join("state"),
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "state dir writable");
+    assert_failed(
+        &lines,
+        "state dir writable",
+        &format!("{}/state: Not a directory (os error 20)", file.display()),
     );
 
-    // Stopped runtime.
+    // No runtime socket at the configured path.
+    let nowhere = scratch.path().join("nowhere.sock");
+    let (code, lines) = check(&Host {
+        runtime_socket: nowhere.clone(),
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "container runtime reachable");
+    assert_failed(
+        &lines,
+        "container runtime reachable",
+        &format!(
+            "no container runtime answered a version call (kind containerd); tried: \
+             containerd: no socket at {}",
+            nowhere.display()
+        ),
+    );
+
+    // A socket file nobody accepts on, as a runtime that died leaves it.
+    let stale = scratch.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let (code, lines) = check(&Host {
+        runtime_socket: stale.clone(),
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_failed(
+        &lines,
+        "container runtime reachable",
+        &format!(
+            "no container runtime answered a version call (kind containerd); tried: \
+             containerd: nothing listening on {}",
+            stale.display()
+        ),
+    );
+
+    // Stopped runtime: containerd removes its socket on the way out, or leaves it behind.
     containerd.stop_daemon().await;
     let (code, lines) = check(&healthy(&node, &containerd, scratch.path())).await;
     assert_eq!(code, Some(1), "{lines:#?}");
     assert_only_failure(&lines, "container runtime reachable");
+    let socket = containerd.socket().display();
+    let tried = "no container runtime answered a version call (kind containerd); tried:";
+    let stopped = line(&lines, "container runtime reachable");
     assert!(
-        line(&lines, "container runtime reachable")
-            .contains(&containerd.socket().display().to_string()),
+        [
+            format!("✗ container runtime reachable: {tried} containerd: no socket at {socket}"),
+            format!(
+                "✗ container runtime reachable: {tried} containerd: nothing listening on {socket}"
+            ),
+        ]
+        .iter()
+        .any(|expected| expected == stopped),
         "{lines:#?}"
     );
+    assert_each_cause_once(&lines);
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("bind a loopback port")
 }
 
 #[tokio::test]
@@ -330,9 +538,13 @@ async fn check_reports_an_invalid_config_and_exits_64() {
     let config = ConfigFile::write("[cni]\nbin_dirs = []\n");
     let out = podagent(&["check", "--config", &config.path_str()], &[]).await;
     assert_eq!(out.status.code(), Some(64), "{out:?}");
-    let stdout = text(&out.stdout);
-    assert!(stdout.starts_with("✗ config valid: "), "{stdout}");
-    assert!(stdout.contains("`cni.bin_dirs`"), "{stdout}");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "✗ config valid: invalid configuration:\n  `cni.bin_dirs` (from file {}): needs at least one directory\n",
+            config.path().display()
+        )
+    );
 }
 
 #[tokio::test]

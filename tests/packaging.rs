@@ -42,7 +42,15 @@ const EXPECTED: &[(&str, &str)] = &[
         "-rw-r--r--",
     ),
     (
+        "/opt/kaloom/share/podagent/manifests/podagent-crio.yaml",
+        "-rw-r--r--",
+    ),
+    (
         "/opt/kaloom/share/podagent/manifests/podagent-cs.yaml",
+        "-rw-r--r--",
+    ),
+    (
+        "/opt/kaloom/share/podagent/manifests/podagent-docker.yaml",
         "-rw-r--r--",
     ),
     (

@@ -371,14 +371,47 @@ fn documents(path: &Path) -> Vec<Value> {
 }
 
 const DAEMONSETS: [(&str, &str, &str); 3] = [
-    ("podagent-ds.yaml", "docker", "unix:///var/run/docker.sock"),
-    ("podagent-cs.yaml", "crio", "unix:///var/run/crio/crio.sock"),
+    (
+        "podagent-docker.yaml",
+        "docker",
+        "unix:///var/run/docker.sock",
+    ),
+    (
+        "podagent-crio.yaml",
+        "crio",
+        "unix:///var/run/crio/crio.sock",
+    ),
     (
         "podagent-containerd.yaml",
         "containerd",
         "unix:///run/containerd/containerd.sock",
     ),
 ];
+
+/// The seed's file names and the files that replaced them, kept for one release.
+const DEPRECATED_NAMES: [(&str, &str); 2] = [
+    ("podagent-ds.yaml", "podagent-docker.yaml"),
+    ("podagent-cs.yaml", "podagent-crio.yaml"),
+];
+
+#[test]
+fn seed_manifest_names_apply_the_same_objects_as_their_new_names() {
+    for (old, new) in DEPRECATED_NAMES {
+        let read = |file: &str| {
+            let path = repo().join("manifests").join(file);
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        assert_eq!(
+            read(old),
+            format!(
+                "# Deprecated name: use {new}; removed in the next release\n{}",
+                read(new)
+            ),
+            "manifests/{old} must be manifests/{new} behind the deprecation comment \
+             (a copy of {new} with that comment as its first line)"
+        );
+    }
+}
 
 #[test]
 fn daemonsets_are_consistent_with_their_runtime_and_the_rbac_manifest() {

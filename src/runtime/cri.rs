@@ -10,6 +10,7 @@
 //! the socket again. Each call is bounded by the configured deadline, so a hung runtime costs
 //! one reconcile a few seconds, never the agent.
 
+use std::error::Error as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +23,8 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
+
+use crate::error_chain::render_causes;
 
 use super::{
     POD_UID_LABEL, PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox, verbose,
@@ -91,11 +94,14 @@ impl CriRuntime {
     fn status_error(&self, call: &'static str, status: Status) -> RuntimeError {
         let endpoint = self.endpoint.clone();
         match status.code() {
-            Code::Unavailable => RuntimeError::Unreachable {
+            // tonic puts the interesting part (e.g. "No such file or directory") in the chain.
+            Code::Unavailable => super::unreachable(
+                self.kind,
                 endpoint,
                 call,
-                reason: status_text(&status),
-            },
+                &status,
+                render_causes(status.message().to_owned(), status.source()),
+            ),
             Code::DeadlineExceeded => RuntimeError::DeadlineExceeded {
                 endpoint,
                 call,
@@ -104,7 +110,7 @@ impl CriRuntime {
             code => RuntimeError::UnexpectedResponse {
                 endpoint,
                 call,
-                what: format!("{code:?}: {}", status_text(&status)),
+                what: render_causes(format!("{code:?}: {}", status.message()), status.source()),
             },
         }
     }
@@ -237,18 +243,6 @@ fn created_at(nanos: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
 }
 
-/// tonic puts the interesting part (e.g. "No such file or directory") in the source chain.
-fn status_text(status: &Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        source = error.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,7 +275,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_socket_is_unreachable_naming_the_endpoint() {
+    async fn missing_socket_says_so_naming_runtime_and_path() {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("absent.sock");
         let runtime = CriRuntime::new(
@@ -289,13 +283,29 @@ mod tests {
             socket.clone(),
             Duration::from_secs(2),
         );
-        match runtime.version().await {
-            Err(RuntimeError::Unreachable { endpoint, call, .. }) => {
-                assert_eq!(endpoint, socket);
-                assert_eq!(call, "Version");
-            }
-            other => panic!("expected Unreachable, got {other:?}"),
-        }
+        let error = runtime.version().await.expect_err("no socket");
+        assert!(
+            matches!(error, RuntimeError::NoSocket { kind: RuntimeKind::Containerd, ref endpoint } if *endpoint == socket),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("containerd: no socket at {}", socket.display())
+        );
+    }
+
+    #[tokio::test]
+    async fn socket_left_behind_by_a_stopped_runtime_is_nothing_listening() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("stale.sock");
+        // Binding and dropping the listener leaves the socket file with nobody accepting.
+        drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+        let runtime = CriRuntime::new(RuntimeKind::Crio, socket.clone(), Duration::from_secs(2));
+        let error = runtime.version().await.expect_err("nobody listens");
+        assert_eq!(
+            error.to_string(),
+            format!("crio: nothing listening on {}", socket.display())
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@ use bollard::errors::Error as DockerError;
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptions;
 
+use crate::error_chain::render;
+
 use super::{POD_UID_LABEL, PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
 
 /// The label dockershim and cri-dockerd put on sandbox (pause) containers.
@@ -41,11 +43,7 @@ impl DockerRuntime {
         // bollard's own timeout is whole seconds; the precise deadline is ours, below.
         let seconds = timeout.as_secs().max(1);
         let docker = Docker::connect_with_unix(path, seconds, bollard::API_DEFAULT_VERSION)
-            .map_err(|error| RuntimeError::Unreachable {
-                endpoint: endpoint.clone(),
-                call: "connect",
-                reason: error.to_string(),
-            })?;
+            .map_err(|error| unreachable(endpoint.clone(), "connect", error))?;
         Ok(DockerRuntime {
             endpoint,
             timeout,
@@ -87,16 +85,27 @@ impl DockerRuntime {
             },
             DockerError::IOError { .. }
             | DockerError::HyperLegacyError { .. }
-            | DockerError::SocketNotFoundError(_) => RuntimeError::Unreachable {
-                endpoint,
-                call,
-                reason: error.to_string(),
-            },
+            | DockerError::SocketNotFoundError(_) => unreachable(endpoint, call, error),
             error => RuntimeError::UnexpectedResponse {
                 endpoint,
                 call,
-                what: error.to_string(),
+                what: render(&error),
             },
+        }
+    }
+}
+
+/// Why the Engine at `endpoint` could not be reached. bollard checks that the socket file exists
+/// before dialling and says so in a variant of its own, without an io error to classify.
+fn unreachable(endpoint: PathBuf, call: &'static str, error: DockerError) -> RuntimeError {
+    match error {
+        DockerError::SocketNotFoundError(_) => RuntimeError::NoSocket {
+            kind: RuntimeKind::Docker,
+            endpoint,
+        },
+        error => {
+            let reason = render(&error);
+            super::unreachable(RuntimeKind::Docker, endpoint, call, &error, reason)
         }
     }
 }

@@ -26,6 +26,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::error_chain::render;
+
 pub use cri::CriRuntime;
 pub(crate) use docker::DockerRuntime;
 pub(crate) use verbose::VerboseInfoError;
@@ -91,16 +93,30 @@ impl RuntimeKind {
             _ => None,
         }
     }
-}
 
-impl fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+    /// The setting's value (`auto`, `containerd`, …).
+    fn as_str(self) -> &'static str {
+        match self {
             RuntimeKind::Auto => "auto",
             RuntimeKind::Containerd => "containerd",
             RuntimeKind::Crio => "crio",
             RuntimeKind::Docker => "docker",
-        })
+        }
+    }
+
+    /// Who an error is about: with `auto` and an explicit socket nobody knows which runtime
+    /// was meant, and "auto: no socket at …" would read as a runtime named auto.
+    fn runtime(self) -> &'static str {
+        match self {
+            RuntimeKind::Auto => "container runtime",
+            kind => kind.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -133,7 +149,21 @@ pub enum RuntimeError {
         sandbox_id: String,
         reason: String,
     },
-    /// Nothing answered on the socket (missing, refused, runtime restarting): retry later.
+    /// The socket file does not exist: the runtime is not installed, not started yet, or
+    /// listens elsewhere. Retry later.
+    #[error("{}: no socket at {}", kind.runtime(), endpoint.display())]
+    NoSocket {
+        kind: RuntimeKind,
+        endpoint: PathBuf,
+    },
+    /// The socket file exists but nothing accepts on it: the runtime stopped or is
+    /// restarting. Retry later.
+    #[error("{}: nothing listening on {}", kind.runtime(), endpoint.display())]
+    NotListening {
+        kind: RuntimeKind,
+        endpoint: PathBuf,
+    },
+    /// The connection failed some other way (reset, permission denied): retry later.
     #[error("container runtime at {} is unreachable ({call}): {reason}", endpoint.display())]
     Unreachable {
         endpoint: PathBuf,
@@ -229,25 +259,29 @@ struct Candidate {
 /// Must run inside a tokio runtime: the CRI channel's connection task is spawned on it.
 pub async fn connect(settings: &Settings) -> Result<AnyRuntime, RuntimeError> {
     let mut tried = Vec::new();
+    // Sockets that are missing or that nobody accepts on: every protocol fails there alike, so
+    // the second protocol on the same socket is not tried and the cause is said once.
+    let mut unusable: Vec<PathBuf> = Vec::new();
     for candidate in candidates(settings)? {
+        if unusable.contains(&candidate.path) {
+            continue;
+        }
         let runtime = match candidate.protocol {
-            Protocol::Cri => AnyRuntime::Cri(CriRuntime::new(
+            Protocol::Cri => Ok(AnyRuntime::Cri(CriRuntime::new(
                 candidate.kind,
                 candidate.path.clone(),
                 settings.timeout,
-            )),
+            ))),
             Protocol::DockerEngine => {
-                match DockerRuntime::new(candidate.path.clone(), settings.timeout) {
-                    Ok(runtime) => AnyRuntime::Docker(runtime),
-                    Err(error) => {
-                        tried.push(error.to_string());
-                        continue;
-                    }
-                }
+                DockerRuntime::new(candidate.path.clone(), settings.timeout).map(AnyRuntime::Docker)
             }
         };
-        match runtime.version().await {
-            Ok(version) => {
+        let answer = match runtime {
+            Ok(runtime) => runtime.version().await.map(|version| (runtime, version)),
+            Err(error) => Err(error),
+        };
+        match answer {
+            Ok((runtime, version)) => {
                 tracing::info!(
                     configured = %settings.kind,
                     runtime = %version.kind,
@@ -260,8 +294,15 @@ pub async fn connect(settings: &Settings) -> Result<AnyRuntime, RuntimeError> {
                 return Ok(runtime);
             }
             Err(error) => {
+                if matches!(
+                    error,
+                    RuntimeError::NoSocket { .. } | RuntimeError::NotListening { .. }
+                ) {
+                    unusable.push(candidate.path.clone());
+                }
+                let error = render(&error);
                 tracing::debug!(endpoint = %candidate.path.display(), %error, "runtime candidate did not answer");
-                tried.push(error.to_string());
+                tried.push(error);
             }
         }
     }
@@ -338,6 +379,33 @@ pub(crate) fn socket_path(endpoint: &Path) -> Result<PathBuf, RuntimeError> {
         return Err(invalid("the socket path must be absolute"));
     }
     Ok(PathBuf::from(path))
+}
+
+/// Classifies a failed connection from the io error somewhere in its chain: a missing socket
+/// and a socket nobody accepts on are the usual cases on a node, and the io error's own text
+/// ("No such file or directory") does not say which file or which runtime. `reason` is what
+/// the error says otherwise.
+fn unreachable(
+    kind: RuntimeKind,
+    endpoint: PathBuf,
+    call: &'static str,
+    error: &(dyn std::error::Error + 'static),
+    reason: String,
+) -> RuntimeError {
+    let io_kind = std::iter::successors(Some(error), |&error| error.source())
+        .find_map(|error| error.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    match io_kind {
+        Some(std::io::ErrorKind::NotFound) => RuntimeError::NoSocket { kind, endpoint },
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            RuntimeError::NotListening { kind, endpoint }
+        }
+        _ => RuntimeError::Unreachable {
+            endpoint,
+            call,
+            reason,
+        },
+    }
 }
 
 /// Runs `request` under `timeout`; when it runs out, the error names the endpoint and the call.
