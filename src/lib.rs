@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod kubeapi;
 pub mod netns;
 pub mod plan;
+pub mod pod;
 pub mod runtime;
 pub mod store;
 pub mod systemd;

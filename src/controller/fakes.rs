@@ -16,7 +16,8 @@ use crate::cni::{Cni, CniError, CniResult, Op, PluginRun};
 use crate::config::ReconcileSettings;
 use crate::kubeapi::PodView;
 use crate::netns::{Inspection, Link, LinkObserver, NetnsError, NetnsId, OperState};
-use crate::runtime::{PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
+use crate::pod::PodRef;
+use crate::runtime::{Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
 use crate::store::Store;
 use std::time::Duration;
 

@@ -40,7 +40,8 @@ use crate::cni::Cni;
 use crate::config::ReconcileSettings;
 use crate::kubeapi::{PodEvent, PodView};
 use crate::netns::LinkObserver;
-use crate::runtime::{PodRef, Runtime};
+use crate::pod::PodRef;
+use crate::runtime::Runtime;
 use crate::store::{PodRecord, Store};
 
 /// Everything a reconcile talks to.
@@ -114,14 +115,6 @@ fn wanted(view: Option<&PodView>) -> usize {
         .map_or(0, |selections| {
             selections.iter().filter(|s| s.is_managed()).count()
         })
-}
-
-fn pod_ref(view: &PodView) -> PodRef {
-    PodRef {
-        uid: view.uid.clone(),
-        namespace: view.namespace.clone(),
-        name: view.name.clone(),
-    }
 }
 
 /// The work loop; see the module docs.
@@ -235,16 +228,17 @@ where
         if existing.is_some_and(|entry| entry.view.as_ref() == Some(&view)) {
             return;
         }
-        debug!(pod = %view.key(), namespace = %view.namespace, uid = %view.uid, phase = %view.phase, "pod changed");
+        let pod = view.pod();
+        debug!(pod = %pod, namespace = %pod.namespace, uid = %pod.uid, phase = %view.phase, "pod changed");
         match self.pods.get_mut(&view.uid) {
             Some(entry) => {
-                entry.pod = pod_ref(&view);
+                entry.pod = pod;
                 entry.wanted = wanted(Some(&view));
                 entry.view = Some(view);
                 entry.touch();
             }
             None => {
-                let entry = Entry::new(pod_ref(&view), Some(view), None);
+                let entry = Entry::new(pod, Some(view), None);
                 self.pods.insert(entry.pod.uid.clone(), entry);
             }
         }
@@ -254,11 +248,18 @@ where
         if let Some(entry) = self.pods.get_mut(uid)
             && entry.view.is_some()
         {
-            debug!(pod = %format_args!("{}/{}", entry.pod.namespace, entry.pod.name), namespace = %entry.pod.namespace, uid = %entry.pod.uid, "pod gone");
+            debug!(pod = %entry.pod, namespace = %entry.pod.namespace, uid = %entry.pod.uid, "pod gone");
             entry.view = None;
             entry.wanted = 0;
             entry.touch();
         }
+    }
+
+    /// The `pod` log field of a known pod.
+    fn pod(&self, uid: &str) -> Option<tracing::field::DisplayValue<&PodRef>> {
+        self.pods
+            .get(uid)
+            .map(|entry| tracing::field::display(&entry.pod))
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -319,7 +320,7 @@ where
                 let Some(uid) = self.running.remove(&error.id()) else {
                     return;
                 };
-                warn!(uid = %uid, error = %error, "reconcile task ended abnormally");
+                warn!(pod = self.pod(&uid), uid = %uid, error = %error, "reconcile task ended abnormally");
                 let record = self.reload(&uid);
                 let outcome = Outcome {
                     record,
@@ -334,7 +335,7 @@ where
         match outcome.verdict {
             Verdict::Retry(ref error) => {
                 let soon = error.is_retry_later();
-                warn!(uid = %uid, error = %error, "reconcile failed");
+                warn!(pod = self.pod(&uid), uid = %uid, error = %error, "reconcile failed");
                 self.schedule_failure(&uid, outcome, soon);
             }
             Verdict::Gone => {
@@ -388,7 +389,7 @@ where
         // A change that came in meanwhile may have fixed the cause, but it must not turn a
         // failing pod into a hot loop: it waits for the retry like everything else.
         entry.dirty = false;
-        debug!(pod = %entry.pod, failures = entry.failures, retry_in = ?delay, "retry scheduled");
+        debug!(pod = %entry.pod, uid = %entry.pod.uid, failures = entry.failures, retry_in = ?delay, "retry scheduled");
         entry.due = Some(Instant::now() + delay);
     }
 

@@ -22,7 +22,8 @@ use crate::cni::{self, Cni, CniError, CniResult};
 use crate::kubeapi::PodView;
 use crate::netns::{Inspection, Link, NetnsError, NetnsId};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
-use crate::runtime::{PodRef, Runtime, RuntimeError, Sandbox};
+use crate::pod::PodRef;
+use crate::runtime::{Runtime, RuntimeError, Sandbox};
 use crate::store::{Attachment, Phase, PodRecord, Store, StoreError};
 
 /// A failed reconcile; the pod is retried with backoff.
@@ -124,7 +125,7 @@ pub(crate) struct Outcome {
 
 /// Reconciles one pod. Never fails as a whole: errors become [`Verdict::Retry`].
 #[instrument(skip_all, fields(
-    pod = %format_args!("{}/{}", job.pod.namespace, job.pod.name),
+    pod = %job.pod,
     namespace = %job.pod.namespace,
     uid = %job.pod.uid,
 ))]

@@ -30,7 +30,7 @@ use serde_json::json;
 use crate::cni::CniResult;
 use crate::kubeapi::{KubeClient, KubeError, Request};
 use crate::netns::Link;
-use crate::runtime::PodRef;
+use crate::pod::PodRef;
 use crate::store::{Phase, PodRecord};
 
 /// The annotation podagent writes the attachments it manages into.

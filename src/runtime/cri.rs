@@ -23,9 +23,8 @@ use k8s_cri::v1::{
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
-use super::{
-    POD_UID_LABEL, PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox, verbose,
-};
+use super::{POD_UID_LABEL, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox, verbose};
+use crate::pod::PodRef;
 
 /// The CRI API version podagent speaks (sent in `VersionRequest`).
 const CRI_API_VERSION: &str = "v1";
@@ -132,7 +131,7 @@ impl CriRuntime {
 }
 
 impl Runtime for CriRuntime {
-    #[tracing::instrument(skip(self), fields(pod = %pod, endpoint = %self.endpoint.display()))]
+    #[tracing::instrument(skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
     async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
         let ready = self.list(pod, Some(PodSandboxState::SandboxReady)).await?;
         let Some(chosen) = newest(&ready) else {

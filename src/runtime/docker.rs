@@ -15,7 +15,8 @@ use bollard::errors::Error as DockerError;
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptions;
 
-use super::{POD_UID_LABEL, PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
+use super::{POD_UID_LABEL, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
+use crate::pod::PodRef;
 
 /// The label dockershim and cri-dockerd put on sandbox (pause) containers.
 const DOCKER_TYPE_LABEL: &str = "io.kubernetes.docker.type";
@@ -102,7 +103,7 @@ impl DockerRuntime {
 }
 
 impl Runtime for DockerRuntime {
-    #[tracing::instrument(skip(self), fields(pod = %pod, endpoint = %self.endpoint.display()))]
+    #[tracing::instrument(skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
     async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
         let options = ListContainersOptions {
             all: true,

@@ -30,22 +30,10 @@ pub use cri::CriRuntime;
 pub(crate) use docker::DockerRuntime;
 pub(crate) use verbose::VerboseInfoError;
 
+use crate::pod::PodRef;
+
 /// Label every kubelet-created sandbox carries (CRI runtimes and cri-dockerd alike).
 pub(crate) const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
-
-/// Which pod podagent asks about. The UID is the key; namespace and name make logs readable.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PodRef {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for PodRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} ({})", self.namespace, self.name, self.uid)
-    }
-}
 
 /// A ready pod sandbox. Only ready sandboxes are returned: every other state is an error that
 /// says why, so a value of this type always has a live network namespace behind `netns`.
