@@ -18,11 +18,11 @@ use tracing::{debug, instrument, warn};
 
 use super::cache::{Entry, ResultCache};
 use super::config::{ConfDir, NetworkList, Primary, SpecVersion};
-use super::env::{self, Lookup, Target};
+use super::env::{self, Lookup, ValidTarget};
 use super::error::{CniError, Op, PluginRun};
 use super::exec::{self, Invocation, Output};
 use super::result::CniResult;
-use super::{Attachment, Cni, Settings};
+use super::{Cni, Settings, Target};
 
 /// What `podagent check` shows about the primary network config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl Invoker {
     async fn exec(
         &self,
         run: &PluginRun,
-        target: Option<(&Target, &str)>,
+        target: Option<(&ValidTarget, &str)>,
         stdin: Vec<u8>,
     ) -> Result<Output, CniError> {
         let dirs = env::search_dirs(&self.settings, &run.plugin);
@@ -157,7 +157,7 @@ impl Invoker {
     async fn del_list(
         &self,
         list: &NetworkList,
-        target: &Target,
+        target: &ValidTarget,
         cni_args: &str,
         capability_args: &Map<String, Value>,
         prev_result: Option<&Value>,
@@ -177,7 +177,11 @@ impl Invoker {
     }
 
     /// ADD for the whole list in order; the final plugin's result is the list's.
-    async fn add_list(&self, list: &NetworkList, target: &Target) -> Result<CniResult, CniError> {
+    async fn add_list(
+        &self,
+        list: &NetworkList,
+        target: &ValidTarget,
+    ) -> Result<CniResult, CniError> {
         let mut prev: Option<CniResult> = None;
         for index in 0..list.plugins.len() {
             let run = plugin_run(Op::Add, list, index, Some(target));
@@ -196,7 +200,7 @@ impl Invoker {
         })
     }
 
-    async fn cached(&self, target: &Target) -> Result<Option<(PathBuf, Entry)>, CniError> {
+    async fn cached(&self, target: &ValidTarget) -> Result<Option<(PathBuf, Entry)>, CniError> {
         let cache = self.cache.clone();
         let (sandbox_id, ifname) = (target.sandbox_id.clone(), target.ifname.clone());
         blocking(move || cache.find(&sandbox_id, &ifname)).await
@@ -205,8 +209,8 @@ impl Invoker {
 
 impl Cni for Invoker {
     #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
-    async fn add(&self, a: &Attachment) -> Result<CniResult, CniError> {
-        let target = Target::new(a)?;
+    async fn add(&self, a: &Target) -> Result<CniResult, CniError> {
+        let target = ValidTarget::new(a)?;
         let primary = self.primary().await?;
         if let Some((path, entry)) = self.cached(&target).await? {
             // The reconciler only adds what it saw missing, so an entry here is a leftover of
@@ -247,8 +251,8 @@ impl Cni for Invoker {
     }
 
     #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
-    async fn del(&self, a: &Attachment) -> Result<(), CniError> {
-        let target = Target::new(a)?;
+    async fn del(&self, a: &Target) -> Result<(), CniError> {
+        let target = ValidTarget::new(a)?;
         let Some((path, entry)) = self.cached(&target).await? else {
             // Nothing cached (attached by kactus, or before a crash): the current config and
             // the attachment's own args, without prevResult.
@@ -275,7 +279,7 @@ impl Invoker {
     /// DEL with what the cached ADD used; the entry goes once every plugin succeeded.
     async fn del_cached(
         &self,
-        target: &Target,
+        target: &ValidTarget,
         path: PathBuf,
         entry: Entry,
     ) -> Result<(), CniError> {
@@ -296,7 +300,7 @@ impl Invoker {
     async fn rollback(
         &self,
         list: &NetworkList,
-        target: &Target,
+        target: &ValidTarget,
         final_result: Option<&Value>,
     ) -> Result<(), CniError> {
         let (args, caps) = (&target.cni_args, &target.capability_args);
@@ -304,7 +308,7 @@ impl Invoker {
     }
 }
 
-fn plugin_run(op: Op, list: &NetworkList, index: usize, target: Option<&Target>) -> PluginRun {
+fn plugin_run(op: Op, list: &NetworkList, index: usize, target: Option<&ValidTarget>) -> PluginRun {
     PluginRun {
         op,
         plugin: list.plugins[index].0.clone(),

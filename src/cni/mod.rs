@@ -53,9 +53,11 @@ pub struct Settings {
     pub cache_dir: PathBuf,
 }
 
-/// One network attachment of one pod sandbox: everything a plugin run needs.
+/// What a plugin run is aimed at: one network of one pod sandbox, with everything the plugin
+/// needs to know about it. (What podagent writes down about an attachment is
+/// `store::Attachment`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
+pub struct Target {
     /// The pod sandbox id (`CNI_CONTAINERID`).
     pub sandbox_id: String,
     /// The sandbox's network namespace path (`CNI_NETNS`).
@@ -82,10 +84,10 @@ pub trait Cni: Send + Sync {
     /// an interface missing from the netns: plugins refuse an existing one, and the DEL that
     /// follows any failed ADD then removes it. An attachment still cached from an earlier ADD
     /// (its interface was deleted by hand) is DELeted first, so its IPAM lease is released.
-    fn add(&self, a: &Attachment) -> impl Future<Output = Result<CniResult, CniError>> + Send;
+    fn add(&self, a: &Target) -> impl Future<Output = Result<CniResult, CniError>> + Send;
 
     /// Detaches the interface; succeeds when it is already gone or the netns no longer exists.
-    fn del(&self, a: &Attachment) -> impl Future<Output = Result<(), CniError>> + Send;
+    fn del(&self, a: &Target) -> impl Future<Output = Result<(), CniError>> + Send;
 
     /// Drops what is remembered about a sandbox that is gone (the runtime's own teardown
     /// removed its netns). Fakes may keep this default, which remembers nothing.

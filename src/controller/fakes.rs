@@ -102,7 +102,7 @@ impl Runtime for Fakes {
 }
 
 impl Cni for Fakes {
-    async fn add(&self, a: &crate::cni::Attachment) -> Result<CniResult, CniError> {
+    async fn add(&self, a: &crate::cni::Target) -> Result<CniResult, CniError> {
         let delay = self.node().add_delay;
         tokio::time::sleep(delay).await;
         let mut node = self.node();
@@ -123,7 +123,7 @@ impl Cni for Fakes {
         Ok(CniResult::parse(raw).expect("fake result"))
     }
 
-    async fn del(&self, a: &crate::cni::Attachment) -> Result<(), CniError> {
+    async fn del(&self, a: &crate::cni::Target) -> Result<(), CniError> {
         let mut node = self.node();
         node.cni_calls
             .push(format!("DEL {} {}", a.pod_name, a.ifname));
@@ -143,7 +143,7 @@ impl Cni for Fakes {
 }
 
 /// The error of a plugin that refused `op` on `a` with CNI error `code`.
-fn refused(op: Op, a: &crate::cni::Attachment, code: u64) -> CniError {
+fn refused(op: Op, a: &crate::cni::Target, code: u64) -> CniError {
     CniError::Failed {
         run: Box::new(PluginRun {
             op,

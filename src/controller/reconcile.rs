@@ -219,10 +219,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
                         }
                         Err(source) => unreadable = Some(source),
                     }
-                    facts.sandbox = Some(plan::Sandbox {
-                        id: sandbox.id,
-                        netns: sandbox.netns,
-                    });
+                    facts.sandbox = Some(sandbox);
                 }
                 Ok(None) => {}
                 Err(source) => {
@@ -297,7 +294,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         &mut self,
         step: Step,
         view: &PodView,
-        sandbox: Option<&plan::Sandbox>,
+        sandbox: Option<&Sandbox>,
         unreadable: &mut Option<NetnsError>,
     ) -> Result<(), ReconcileError> {
         match step {
@@ -413,7 +410,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
     async fn add(
         &mut self,
         selection: NetworkSelection,
-        sandbox: &plan::Sandbox,
+        sandbox: &Sandbox,
     ) -> Result<(), ReconcileError> {
         let target = self.target(sandbox, &selection);
         let span = info_span!("add", network = %selection.name, ifname = %target.ifname, sandbox = %sandbox.id);
@@ -474,7 +471,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
     async fn del(
         &mut self,
         attachment: Attachment,
-        sandbox: &plan::Sandbox,
+        sandbox: &Sandbox,
     ) -> Result<(), ReconcileError> {
         let target = self.target(sandbox, &attachment.selection);
         let name = attachment.selection.name.clone();
@@ -535,8 +532,8 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         .await
     }
 
-    fn target(&self, sandbox: &plan::Sandbox, selection: &NetworkSelection) -> cni::Attachment {
-        cni::Attachment {
+    fn target(&self, sandbox: &Sandbox, selection: &NetworkSelection) -> cni::Target {
+        cni::Target {
             sandbox_id: sandbox.id.clone(),
             netns: sandbox.netns.clone(),
             ifname: selection.ifname(),
@@ -549,7 +546,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
     }
 
     /// The record for the current sandbox, created when the pod had none.
-    fn record_for(&mut self, sandbox: &plan::Sandbox) -> &mut PodRecord {
+    fn record_for(&mut self, sandbox: &Sandbox) -> &mut PodRecord {
         self.record.get_or_insert_with(|| PodRecord {
             uid: self.pod.uid.clone(),
             namespace: self.pod.namespace.clone(),
