@@ -164,8 +164,8 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     notifier.notify(Message::Ready);
 
     let context = Context {
-        runtime,
-        cni: Invoker::new(config.cni_settings()),
+        runtime: Arc::new(runtime),
+        cni: Arc::new(Invoker::new(config.cni_settings())),
         links: Arc::new(Netlink),
         store,
         feedback: Arc::new(KubeFeedback::new(kube.clone(), &node)),

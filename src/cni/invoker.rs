@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tracing::{debug, instrument, warn};
@@ -208,8 +209,22 @@ impl Invoker {
 }
 
 impl Cni for Invoker {
-    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
-    async fn add(&self, a: &Target) -> Result<CniResult, CniError> {
+    fn add<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<CniResult, CniError>> {
+        Box::pin(self.attach(target))
+    }
+
+    fn del<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<(), CniError>> {
+        Box::pin(self.detach(target))
+    }
+
+    fn forget_sandbox<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<(), CniError>> {
+        Box::pin(self.forget_cached(sandbox_id))
+    }
+}
+
+impl Invoker {
+    #[instrument(name = "add", skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
+    async fn attach(&self, a: &Target) -> Result<CniResult, CniError> {
         let target = ValidTarget::new(a)?;
         let primary = self.primary().await?;
         if let Some((path, entry)) = self.cached(&target).await? {
@@ -250,8 +265,8 @@ impl Cni for Invoker {
         Ok(result)
     }
 
-    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
-    async fn del(&self, a: &Target) -> Result<(), CniError> {
+    #[instrument(name = "del", skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
+    async fn detach(&self, a: &Target) -> Result<(), CniError> {
         let target = ValidTarget::new(a)?;
         let Some((path, entry)) = self.cached(&target).await? else {
             // Nothing cached (attached by kactus, or before a crash): the current config and
@@ -265,7 +280,7 @@ impl Cni for Invoker {
         self.del_cached(&target, path, entry).await
     }
 
-    async fn forget_sandbox(&self, sandbox_id: &str) -> Result<(), CniError> {
+    async fn forget_cached(&self, sandbox_id: &str) -> Result<(), CniError> {
         env::validate_sandbox_id(sandbox_id)?;
         let cache = self.cache.clone();
         let id = sandbox_id.to_owned();

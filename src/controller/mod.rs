@@ -44,10 +44,10 @@ use crate::pod::PodRef;
 use crate::runtime::Runtime;
 use crate::store::{PodRecord, Store};
 
-/// Everything a reconcile talks to.
-pub(crate) struct Context<R, C> {
-    pub(crate) runtime: R,
-    pub(crate) cni: C,
+/// Everything a reconcile talks to; each edge is a boxed `dyn` trait, enough at this call rate.
+pub(crate) struct Context {
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) cni: Arc<dyn Cni>,
     pub(crate) links: Arc<dyn LinkObserver>,
     pub(crate) store: Store,
     pub(crate) feedback: Arc<dyn Feedback>,
@@ -118,20 +118,16 @@ fn wanted(view: Option<&PodView>) -> usize {
 }
 
 /// The work loop; see the module docs.
-pub(crate) struct Controller<R, C> {
-    ctx: Arc<Context<R, C>>,
+pub(crate) struct Controller {
+    ctx: Arc<Context>,
     pods: HashMap<String, Entry>,
     running: HashMap<tokio::task::Id, String>,
 }
 
-impl<R, C> Controller<R, C>
-where
-    R: Runtime + 'static,
-    C: Cni + 'static,
-{
+impl Controller {
     /// A controller that starts from the stored `records` and the initial list of `pods`:
     /// every one of them is due at once, and records whose pod is not listed are forgotten.
-    pub(crate) fn new(ctx: Context<R, C>, records: Vec<PodRecord>, pods: Vec<PodView>) -> Self {
+    pub(crate) fn new(ctx: Context, records: Vec<PodRecord>, pods: Vec<PodView>) -> Self {
         let mut controller = Controller {
             ctx: Arc::new(ctx),
             pods: HashMap::new(),

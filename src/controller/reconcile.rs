@@ -18,12 +18,12 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 use super::Context;
 use super::report::{Notice, Severity, status_value};
 use crate::annotation::{self, NetworkSelection};
-use crate::cni::{self, Cni, CniError, CniResult};
+use crate::cni::{self, CniError, CniResult};
 use crate::kubeapi::PodView;
 use crate::netns::{Inspection, Link, NetnsError, NetnsId};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
 use crate::pod::PodRef;
-use crate::runtime::{Runtime, RuntimeError, Sandbox};
+use crate::runtime::{RuntimeError, Sandbox};
 use crate::store::{Attachment, Phase, PodRecord, Store, StoreError};
 
 /// A failed reconcile; the pod is retried with backoff.
@@ -129,7 +129,7 @@ pub(crate) struct Outcome {
     namespace = %job.pod.namespace,
     uid = %job.pod.uid,
 ))]
-pub(crate) async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job) -> Outcome {
+pub(crate) async fn reconcile(ctx: &Context, job: Job) -> Outcome {
     let Job {
         pod,
         view,
@@ -155,8 +155,8 @@ pub(crate) async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job)
 }
 
 /// The state of one reconcile in progress.
-struct Run<'a, R, C> {
-    ctx: &'a Context<R, C>,
+struct Run<'a> {
+    ctx: &'a Context,
     pod: &'a PodRef,
     record: Option<PodRecord>,
     memo: Memo,
@@ -164,7 +164,7 @@ struct Run<'a, R, C> {
     links: Vec<Link>,
 }
 
-impl<R: Runtime, C: Cni> Run<'_, R, C> {
+impl Run<'_> {
     /// The pod no longer exists: forget its record and cached CNI results. No DEL: the
     /// runtime's own teardown removes the netns and everything in it.
     async fn gone(&mut self) -> Verdict {

@@ -23,6 +23,8 @@ use k8s_cri::v1::{
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
+use futures::future::BoxFuture;
+
 use super::{POD_UID_LABEL, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox, verbose};
 use crate::pod::PodRef;
 
@@ -131,8 +133,18 @@ impl CriRuntime {
 }
 
 impl Runtime for CriRuntime {
-    #[tracing::instrument(skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
-    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+    fn sandbox<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Sandbox, RuntimeError>> {
+        Box::pin(self.find_sandbox(pod))
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<RuntimeVersion, RuntimeError>> {
+        Box::pin(self.ask_version())
+    }
+}
+
+impl CriRuntime {
+    #[tracing::instrument(name = "sandbox", skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
+    async fn find_sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
         let ready = self.list(pod, Some(PodSandboxState::SandboxReady)).await?;
         let Some(chosen) = newest(&ready) else {
             // Only now ask for every state: it tells "not ready" (retry soon) from "none".
@@ -202,7 +214,7 @@ impl Runtime for CriRuntime {
         })
     }
 
-    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+    async fn ask_version(&self) -> Result<RuntimeVersion, RuntimeError> {
         let mut client = self.client.clone();
         let request = VersionRequest {
             version: CRI_API_VERSION.to_owned(),

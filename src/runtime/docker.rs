@@ -15,6 +15,8 @@ use bollard::errors::Error as DockerError;
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptions;
 
+use futures::future::BoxFuture;
+
 use super::{POD_UID_LABEL, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
 use crate::pod::PodRef;
 
@@ -103,8 +105,18 @@ impl DockerRuntime {
 }
 
 impl Runtime for DockerRuntime {
-    #[tracing::instrument(skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
-    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+    fn sandbox<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Sandbox, RuntimeError>> {
+        Box::pin(self.find_sandbox(pod))
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<RuntimeVersion, RuntimeError>> {
+        Box::pin(self.ask_version())
+    }
+}
+
+impl DockerRuntime {
+    #[tracing::instrument(name = "sandbox", skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
+    async fn find_sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
@@ -172,7 +184,7 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+    async fn ask_version(&self) -> Result<RuntimeVersion, RuntimeError> {
         let version = self.call("version", self.docker.version()).await?;
         let missing = |field: &str| RuntimeError::UnexpectedResponse {
             endpoint: self.endpoint.clone(),
