@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 
 use crate::cni::Invoker;
 use crate::config::Config;
-use crate::controller::{Context, Controller, KubeFeedback, Summary};
+use crate::controller::{Context, Controller, Summary};
+use crate::kubeapi::events::KubeFeedback;
 use crate::kubeapi::{self, Credentials, KubeClient, KubeError, PodView, PodWatcher};
 use crate::netns::Netlink;
 use crate::runtime::{self, AnyRuntime, Runtime};

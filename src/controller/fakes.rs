@@ -11,10 +11,11 @@ use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::Context;
-use super::report::{Feedback, Notice, ReportError};
+use super::report::Notice;
 use crate::cni::{Cni, CniError, CniResult, Op, PluginRun, Target};
 use crate::config::ReconcileSettings;
 use crate::kubeapi::PodView;
+use crate::kubeapi::events::{Feedback, ReportError};
 use crate::netns::{Inspection, Link, LinkObserver, NetnsError, NetnsId, OperState};
 use crate::pod::PodRef;
 use crate::runtime::{Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};

@@ -33,11 +33,11 @@ use tracing::{debug, info, warn};
 
 pub(crate) use backoff::{jittered, retry_delay};
 pub(crate) use reconcile::{Job, Memo, Outcome, Verdict, reconcile};
-pub(crate) use report::{Feedback, KubeFeedback};
 
 use crate::annotation;
 use crate::cni::Cni;
 use crate::config::ReconcileSettings;
+use crate::kubeapi::events::Feedback;
 use crate::kubeapi::{PodEvent, PodView};
 use crate::netns::LinkObserver;
 use crate::pod::PodRef;
