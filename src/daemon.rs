@@ -139,8 +139,8 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
         "podagent starting"
     );
 
-    let watchdog = systemd::watchdog_interval();
-    let cadence = Cadence::for_watchdog(watchdog.map(|interval| interval * 2));
+    let watchdog = systemd::watchdog_ping_interval();
+    let cadence = Cadence::for_watchdog(watchdog.map(|ping| ping * 2));
     let startup = start(&config, notifier.as_ref(), &cadence);
     let (kube, pods, version, runtime) = tokio::select! {
         started = startup => started?,

@@ -40,6 +40,8 @@ pub(crate) struct Node {
     pub(crate) failing_del: HashMap<String, u64>,
     pub(crate) events: Vec<(String, Notice)>,
     pub(crate) statuses: Vec<(String, Option<String>)>,
+    /// How many ADDs panic (a bug in a reconcile) before the next ones work.
+    pub(crate) panicking_adds: usize,
     /// How long each ADD takes, to keep reconcile slots busy.
     pub(crate) add_delay: Duration,
 }
@@ -140,6 +142,12 @@ impl Fakes {
         let mut node = self.node();
         node.cni_calls
             .push(format!("ADD {} {}", a.pod_name, a.ifname));
+        if node.panicking_adds > 0 {
+            node.panicking_adds -= 1;
+            // Not while holding the lock: a poisoned node would fail every later call.
+            drop(node);
+            panic!("fake ADD panics");
+        }
         if let Some(code) = node.failing.get(&a.pod_name).copied() {
             return Err(refused(Op::Add, a, code));
         }

@@ -42,7 +42,17 @@ use crate::kubeapi::{PodEvent, PodView};
 use crate::netns::LinkObserver;
 use crate::pod::PodRef;
 use crate::runtime::Runtime;
-use crate::store::{PodRecord, Store};
+use crate::store::{PodRecord, Store, StoreError};
+
+/// Why the loop could not do its own part of the work (a reconcile's failures are
+/// [`reconcile::ReconcileError`]s).
+#[derive(Debug, thiserror::Error)]
+enum ControllerError {
+    #[error("reloading the record of pod uid {uid} after its reconcile ended abnormally: {source}")]
+    Reload { uid: String, source: StoreError },
+    #[error("the record reload of pod uid {uid} did not complete: {reason}")]
+    ReloadTask { uid: String, reason: String },
+}
 
 /// Everything a reconcile talks to; each edge is a boxed `dyn` trait, enough at this call rate.
 pub(crate) struct Context {
@@ -167,7 +177,7 @@ impl Controller {
                 None
             };
             tokio::select! {
-                done = tasks.join_next_with_id(), if !tasks.is_empty() => self.finish(done),
+                done = tasks.join_next_with_id(), if !tasks.is_empty() => self.finish(done).await,
                 event = events.recv() => match event {
                     Some(event) => self.apply(event),
                     None => break,
@@ -183,7 +193,7 @@ impl Controller {
             );
         }
         while let Some(done) = tasks.join_next_with_id().await {
-            self.finish(Some(done));
+            self.finish(Some(done)).await;
         }
     }
 
@@ -301,7 +311,7 @@ impl Controller {
         }
     }
 
-    fn finish(
+    async fn finish(
         &mut self,
         done: Option<Result<(tokio::task::Id, Finished), tokio::task::JoinError>>,
     ) {
@@ -317,7 +327,13 @@ impl Controller {
                     return;
                 };
                 warn!(pod = self.pod(&uid), uid = %uid, error = %error, "reconcile task ended abnormally");
-                let record = self.reload(&uid);
+                let record = match self.reload(&uid).await {
+                    Ok(record) => record,
+                    Err(error) => {
+                        warn!(pod = self.pod(&uid), uid = %uid, error = %error, "retrying without a record");
+                        None
+                    }
+                };
                 let outcome = Outcome {
                     record,
                     memo: Memo::default(),
@@ -389,9 +405,21 @@ impl Controller {
         entry.due = Some(Instant::now() + delay);
     }
 
-    fn reload(&self, uid: &str) -> Option<PodRecord> {
-        let loaded = self.ctx.store.load_all().ok()?;
-        loaded.records.into_iter().find(|r| r.uid == uid)
+    /// The pod's record as the disk has it. The state dir is read off the loop task, which
+    /// must keep serving the other pods meanwhile.
+    async fn reload(&self, uid: &str) -> Result<Option<PodRecord>, ControllerError> {
+        let store = self.ctx.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load_all())
+            .await
+            .map_err(|e| ControllerError::ReloadTask {
+                uid: uid.to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(|source| ControllerError::Reload {
+                uid: uid.to_owned(),
+                source,
+            })?;
+        Ok(loaded.records.into_iter().find(|r| r.uid == uid))
     }
 }
 
