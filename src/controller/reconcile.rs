@@ -141,7 +141,7 @@ pub(crate) async fn reconcile(ctx: &Context, job: Job) -> Outcome {
         pod: &pod,
         record,
         memo,
-        links: Vec::new(),
+        sight: Sight::default(),
     };
     let verdict = match &view {
         None => run.gone().await,
@@ -160,8 +160,48 @@ struct Run<'a> {
     pod: &'a PodRef,
     record: Option<PodRecord>,
     memo: Memo,
-    /// The links seen in the netns at the start (for adopted attachments' status).
-    links: Vec<Link>,
+    sight: Sight,
+}
+
+/// What a reconcile saw in the pod's netns before planning: the links (the plan's input, and
+/// adopted attachments' status), or why there are none to show.
+#[derive(Debug, Default)]
+enum Sight {
+    /// Nothing to look into: the pod is not running, is being deleted, uses hostNetwork or
+    /// has no ready sandbox.
+    #[default]
+    NotLooked,
+    Links(Vec<Link>),
+    /// The netns could not be read: the reconcile fails with this if the plan needs the links.
+    Unreadable(NetnsError),
+}
+
+impl Sight {
+    /// What the plan knows of it.
+    fn observed(&self) -> Observed {
+        match self {
+            Sight::Links(links) => Observed::Links(links.iter().map(|l| l.name.clone()).collect()),
+            Sight::NotLooked | Sight::Unreadable(_) => Observed::Unknown,
+        }
+    }
+
+    fn links(&self) -> &[Link] {
+        match self {
+            Sight::Links(links) => links,
+            Sight::NotLooked | Sight::Unreadable(_) => &[],
+        }
+    }
+
+    /// Why the netns could not be read, handed over once.
+    fn take_error(&mut self) -> Option<NetnsError> {
+        match std::mem::take(self) {
+            Sight::Unreadable(error) => Some(error),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }
 
 impl Run<'_> {
@@ -205,20 +245,13 @@ impl Run<'_> {
             host_network: view.host_network,
             sandbox: None,
         };
-        let mut observed = Observed::Unknown;
-        let mut unreadable = None;
         if facts.running && !facts.deleting && !facts.host_network {
             match self.observe(view).await {
                 Ok(Some((sandbox, inspection))) => {
-                    match inspection {
-                        Ok(found) => {
-                            observed = Observed::Links(
-                                found.links.iter().map(|l| l.name.clone()).collect(),
-                            );
-                            self.links = found.links;
-                        }
-                        Err(source) => unreadable = Some(source),
-                    }
+                    self.sight = match inspection {
+                        Ok(found) => Sight::Links(found.links),
+                        Err(source) => Sight::Unreadable(source),
+                    };
                     facts.sandbox = Some(sandbox);
                 }
                 Ok(None) => {}
@@ -234,13 +267,13 @@ impl Run<'_> {
         let steps = plan::plan(&PlanInput {
             pod: Some(&facts),
             desired: &desired,
-            observed: &observed,
+            observed: &self.sight.observed(),
             recorded: self.record.as_ref(),
         });
         let mut verdict = Verdict::Settled;
         for step in steps {
             let sandbox = facts.sandbox.as_ref();
-            if let Err(error) = self.step(step, view, sandbox, &mut unreadable).await {
+            if let Err(error) = self.step(step, view, sandbox).await {
                 verdict = Verdict::Retry(error);
                 break;
             }
@@ -295,7 +328,6 @@ impl Run<'_> {
         step: Step,
         view: &PodView,
         sandbox: Option<&Sandbox>,
-        unreadable: &mut Option<NetnsError>,
     ) -> Result<(), ReconcileError> {
         match step {
             Step::Skip(SkipReason::HostNetwork) => {
@@ -315,7 +347,7 @@ impl Run<'_> {
                 }
                 Ok(())
             }
-            Step::Skip(reason) => self.skip(reason, unreadable),
+            Step::Skip(reason) => self.skip(reason),
             Step::ReportInvalid(error) => {
                 if self.memo.invalid != view.networks {
                     warn!(error = %error, "networks annotation refused; nothing changed");
@@ -384,11 +416,7 @@ impl Run<'_> {
         }
     }
 
-    fn skip(
-        &mut self,
-        reason: SkipReason,
-        unreadable: &mut Option<NetnsError>,
-    ) -> Result<(), ReconcileError> {
+    fn skip(&mut self, reason: SkipReason) -> Result<(), ReconcileError> {
         match reason {
             SkipReason::NotRunning | SkipReason::Deleting | SkipReason::HostNetwork => {
                 debug!(?reason, "nothing to do for this pod now");
@@ -397,7 +425,7 @@ impl Run<'_> {
             SkipReason::SandboxNotReady => Err(ReconcileError::SandboxNotReady {
                 pod: self.pod.to_string(),
             }),
-            SkipReason::NetnsUnreadable => match unreadable.take() {
+            SkipReason::NetnsUnreadable => match self.sight.take_error() {
                 Some(source) => Err(ReconcileError::Links {
                     pod: self.pod.to_string(),
                     source: Box::new(source),
@@ -615,7 +643,7 @@ impl Run<'_> {
     /// Writes the status annotation when it changed; a pod podagent never managed anything in
     /// is left untouched.
     async fn report_status(&mut self) {
-        let value = status_value(self.record.as_ref(), &self.links);
+        let value = status_value(self.record.as_ref(), self.sight.links());
         match &self.memo.status {
             Some(written) if *written == value => return,
             None if value.is_none() => {
