@@ -115,12 +115,12 @@ pub enum AnnotationError {
     #[error("networks annotation lists {count} networks, more than the {max} allowed")]
     TooMany { count: usize, max: usize },
     #[error("networks annotation is invalid: {}", join(problems))]
-    Invalid { problems: Vec<Problem> },
+    Invalid { problems: Vec<EntryProblem> },
 }
 
 /// One problem with one entry, e.g. `[1].ifMac: 01:00:5e:00:00:01 is a multicast address`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub struct EntryProblem {
     /// Position of the entry in the list, from 0.
     pub index: usize,
     /// The JSON field at fault; `None` when the entry as a whole is.
@@ -128,7 +128,7 @@ pub struct Problem {
     pub(crate) reason: String,
 }
 
-impl fmt::Display for Problem {
+impl fmt::Display for EntryProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}]", self.index)?;
         if let Some(field) = self.field {
@@ -138,10 +138,10 @@ impl fmt::Display for Problem {
     }
 }
 
-fn join(problems: &[Problem]) -> String {
+fn join(problems: &[EntryProblem]) -> String {
     problems
         .iter()
-        .map(Problem::to_string)
+        .map(EntryProblem::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -177,7 +177,7 @@ pub fn parse(value: Option<&str>) -> Result<Vec<NetworkSelection>, AnnotationErr
     let mut selections = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
         let mut report = |field, reason| {
-            problems.push(Problem {
+            problems.push(EntryProblem {
                 index,
                 field,
                 reason,
@@ -270,13 +270,16 @@ fn selection(fields: &Map<String, Value>, report: &mut Report<'_>) -> Option<Net
 }
 
 /// Rules that span entries: unique names (ignoring case) and at most one primary.
-fn check_across_entries(selections: &[(usize, NetworkSelection)], problems: &mut Vec<Problem>) {
+fn check_across_entries(
+    selections: &[(usize, NetworkSelection)],
+    problems: &mut Vec<EntryProblem>,
+) {
     let mut first_by_name: HashMap<String, usize> = HashMap::new();
     let mut primary: Option<usize> = None;
     for (index, selection) in selections {
         let key = selection.name.to_lowercase();
         if let Some(first) = first_by_name.get(&key) {
-            problems.push(Problem {
+            problems.push(EntryProblem {
                 index: *index,
                 field: Some("name"),
                 reason: format!("{} is already used by entry [{first}]", selection.name),
@@ -286,7 +289,7 @@ fn check_across_entries(selections: &[(usize, NetworkSelection)], problems: &mut
         }
         if selection.is_primary {
             match primary {
-                Some(first) => problems.push(Problem {
+                Some(first) => problems.push(EntryProblem {
                     index: *index,
                     field: Some("isPrimary"),
                     reason: format!("entry [{first}] is already primary; at most one may be"),
@@ -345,14 +348,14 @@ fn kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
-    fn problems(value: &str) -> Vec<Problem> {
+    fn problems(value: &str) -> Vec<EntryProblem> {
         match parse(Some(value)) {
             Err(AnnotationError::Invalid { problems }) => problems,
             other => panic!("expected Invalid for {value}, got {other:?}"),
         }
     }
 
-    fn located(problems: &[Problem]) -> Vec<(usize, Option<&'static str>)> {
+    fn located(problems: &[EntryProblem]) -> Vec<(usize, Option<&'static str>)> {
         problems.iter().map(|p| (p.index, p.field)).collect()
     }
 

@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::cni::Invoker;
 use crate::config::Config;
-use crate::controller::{Context, Controller, KubeFeedback, Summary};
+use crate::controller::{Context, Controller, Summary};
 use crate::error_chain;
+use crate::kubeapi::events::KubeFeedback;
 use crate::kubeapi::{self, Credentials, KubeClient, KubeError, PodView, PodWatcher};
 use crate::netns::Netlink;
 use crate::runtime::{self, AnyRuntime, Runtime};
@@ -142,8 +143,8 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
         "podagent starting"
     );
 
-    let watchdog = systemd::watchdog_interval();
-    let cadence = Cadence::for_watchdog(watchdog.map(|interval| interval * 2));
+    let watchdog = systemd::watchdog_ping_interval();
+    let cadence = Cadence::for_watchdog(watchdog.map(|ping| ping * 2));
     let startup = start(&config, notifier.as_ref(), &cadence);
     let (kube, pods, version, runtime) = tokio::select! {
         started = startup => started?,
@@ -168,8 +169,8 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     notifier.notify(Message::Ready);
 
     let context = Context {
-        runtime,
-        cni: Invoker::new(config.cni.clone()),
+        runtime: Arc::new(runtime),
+        cni: Arc::new(Invoker::new(config.cni.clone())),
         links: Arc::new(Netlink),
         store,
         feedback: Arc::new(KubeFeedback::new(kube.clone(), &node)),

@@ -19,6 +19,7 @@ pub mod kubeapi;
 mod names;
 pub mod netns;
 pub mod plan;
+pub mod pod;
 pub mod runtime;
 pub mod store;
 pub mod systemd;

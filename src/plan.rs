@@ -34,9 +34,9 @@
 //! the next reconcile re-plans from whatever is then true.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use crate::annotation::{self, AnnotationError, NetworkSelection};
+use crate::runtime::Sandbox;
 use crate::store::{Attachment, Phase, PodRecord};
 
 /// The few facts about a pod the plan needs.
@@ -49,13 +49,6 @@ pub struct PodFacts {
     pub host_network: bool,
     /// The ready sandbox, if the runtime has one for this pod.
     pub sandbox: Option<Sandbox>,
-}
-
-/// A ready pod sandbox and its network namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sandbox {
-    pub id: String,
-    pub netns: PathBuf,
 }
 
 /// The links seen in the sandbox's netns.
@@ -290,6 +283,7 @@ mod tests {
         Sandbox {
             id: id.into(),
             netns: format!("/var/run/netns/cni-{id}").into(),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

@@ -63,8 +63,10 @@ impl Notifier for SdNotify {
     }
 }
 
-/// The interval systemd expects `WATCHDOG=1` at (half its `WATCHDOG_USEC`), if it expects any.
-pub(crate) fn watchdog_interval() -> Option<Duration> {
+/// How often to send `WATCHDOG=1`: half of systemd's watchdog timeout (`WATCHDOG_USEC`), so a
+/// ping that comes a little late still beats the deadline. `None` when systemd expects no pings
+/// (no `WATCHDOG_USEC`, or one meant for another process).
+pub(crate) fn watchdog_ping_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
 }
 

@@ -1,7 +1,7 @@
 //! Logging: `tracing` events to journald when podagent runs under systemd, to stderr otherwise.
 //!
 //! Operators read podagent's logs with `journalctl -u podagent`, and filter them by pod or
-//! network (`journalctl POD=web-0 NETWORK=green`). That only works when events reach journald
+//! network (`journalctl POD=team/web-0 NETWORK=green`). That only works when events reach journald
 //! natively with their fields as journal fields: the stderr stream systemd would capture
 //! otherwise flattens them into text. So under systemd (`JOURNAL_STREAM` set, or the journald
 //! socket present) events go straight to the journal with `SYSLOG_IDENTIFIER=podagent` and each

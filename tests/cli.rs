@@ -156,13 +156,13 @@ async fn invalid_config_exits_64_naming_each_key_and_its_source() {
         text(&out.stderr),
         format!(
             "podagent: invalid configuration:\n  \
+             `state_dir` (from file {file}): must be an absolute path, got \"relative\"\n  \
+             `cni.conf_dir` (from flag --cni-conf-dir/--cni-conf-path): must be an absolute \
+             path, got \"net.d\"\n  \
              `reconcile.concurrency` (from environment variable \
              PODAGENT_RECONCILE__CONCURRENCY): invalid type: found string \"lots\", expected u64\n  \
              `anotation_key` (from file {file}): unknown key (see \
-             /opt/kaloom/etc/podagent.toml for the valid ones)\n  \
-             `state_dir` (from file {file}): must be an absolute path, got \"relative\"\n  \
-             `cni.conf_dir` (from flag --cni-conf-dir/--cni-conf-path): must be an absolute \
-             path, got \"net.d\"\n"
+             /opt/kaloom/etc/podagent.toml for the valid ones)\n"
         )
     );
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
-use podagent::cni::{Attachment, Cni, CniError, Invoker, Op, Settings};
+use podagent::cni::{Cni, CniError, Invoker, Op, Settings, Target};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use testkit::netns::{TestNetns, run_ip, unique_name};
@@ -168,9 +168,9 @@ impl Drop for Lab {
 
 static SANDBOX: AtomicU32 = AtomicU32::new(0);
 
-fn attachment(netns: &Path, network: &str) -> Attachment {
+fn attachment(netns: &Path, network: &str) -> Target {
     let n = SANDBOX.fetch_add(1, Ordering::Relaxed);
-    Attachment {
+    Target {
         sandbox_id: format!("{:08x}{n:08x}", std::process::id()),
         netns: netns.to_owned(),
         ifname: ifname(network),

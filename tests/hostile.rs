@@ -529,8 +529,8 @@ impl CacheLab {
     }
 }
 
-fn attachment() -> cni::Attachment {
-    cni::Attachment {
+fn attachment() -> cni::Target {
+    cni::Target {
         sandbox_id: "0123abcd".into(),
         netns: "/var/run/netns/podagent-hostile-absent".into(),
         ifname: GREEN_IF.into(),
@@ -632,7 +632,7 @@ async fn pod_fields_that_would_forge_cni_args_are_refused_before_any_plugin_runs
         ] {
             let err = result.expect("refused");
             assert!(
-                matches!(err, CniError::InvalidAttachment { .. }),
+                matches!(err, CniError::InvalidTarget { .. }),
                 "{field}={value:?}: {err}"
             );
         }

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use podagent::netns;
-use podagent::runtime::{
-    self, AnyRuntime, PodRef, Runtime, RuntimeError, RuntimeKind, Sandbox, Settings,
-};
+use podagent::pod::PodRef;
+use podagent::runtime::{self, AnyRuntime, Runtime, RuntimeError, RuntimeKind, Sandbox, Settings};
 use testkit::host::{Containerd, Dockerd};
 use testkit::netns::unique_name;
 

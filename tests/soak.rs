@@ -194,7 +194,7 @@ impl World {
                 .iter()
                 .find(|n| ifname(n) == link)
                 .map_or_else(|| link.clone(), |n| (*n).to_owned());
-            let attachment = podagent::cni::Attachment {
+            let attachment = podagent::cni::Target {
                 sandbox_id: sandbox,
                 netns: pod.netns.clone(),
                 ifname: link,

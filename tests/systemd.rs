@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use testkit::fault_proxy::FaultProxy;
 use testkit::journal::{Journald, NotifySocket};
-use testkit::node::{Agent, Node};
+use testkit::node::{Agent, Node, has_link};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_podagent");
 /// The watchdog timeout the tests announce: pings every 6 s, watches renewed every 3 s, a loop
@@ -234,6 +234,72 @@ async fn logs_go_to_journald_with_structured_fields() {
     assert!(!entries.is_empty(), "no entry with POD={namespace}/cache");
     assert_eq!(entries[0]["NAMESPACE"], namespace, "{:?}", entries[0]);
     assert_eq!(entries[0]["MESSAGE"], "pod changed");
+
+    agent.stop();
+}
+
+/// Every value of a journal field: `journalctl -o json` prints a field an entry carries more
+/// than once (a span's field and its parent's) as an array.
+fn field_values(entry: &Value, field: &str) -> Vec<String> {
+    match &entry[field] {
+        Value::String(value) => vec![value.clone()],
+        Value::Array(values) => values
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_hot_plug_is_found_in_the_journal_by_its_pod_field_with_its_uid() {
+    let journald = Journald::ensure();
+    testkit::prereq::require_path(Path::new("/usr/lib/cni"), "containernetworking-plugins");
+    let node = Node::with_containerd(BINARY).await;
+    let (uid, sandbox) = node.pod("team", "web", None).await;
+    let netns = node.netns(&sandbox).await;
+    // Debug too: the controller's and the runtime's lines about the pod must match as well.
+    let agent = start(&node, "info,podagent=debug", &[], None);
+
+    node.set_networks("team", "web", Some(r#"[{"name":"green"}]"#));
+    node.eventually("green plugged in", || {
+        has_link(&netns, "net9f27410725ab").then_some(())
+    })
+    .await;
+
+    // What an operator types: `journalctl SYSLOG_IDENTIFIER=podagent POD=<namespace>/web`.
+    let namespace = node.ns("team");
+    let by_pod = vec![
+        "SYSLOG_IDENTIFIER=podagent".to_string(),
+        format!("_PID={}", agent.pid()),
+        format!("POD={namespace}/web"),
+    ];
+    let has_message = |entries: &[Value], message: &str| {
+        entries
+            .iter()
+            .any(|e| field_values(e, "MESSAGE").iter().any(|m| m == message))
+    };
+    let entries = {
+        let journald = journald.clone();
+        tokio::task::spawn_blocking(move || {
+            journald.wait_for(&by_pod, GENEROUS, |e| has_message(e, "interface added"))
+        })
+        .await
+        .expect("journal reader")
+    };
+    for message in ["CNI ADD", "interface added"] {
+        assert!(
+            has_message(&entries, message),
+            "no {message:?} line with POD={namespace}/web: {entries:?}"
+        );
+    }
+    for entry in &entries {
+        let uids = field_values(entry, "UID");
+        assert!(
+            !uids.is_empty() && uids.iter().all(|u| *u == uid),
+            "a line of pod {namespace}/web without its UID {uid}: {entry:?}"
+        );
+    }
 
     agent.stop();
 }

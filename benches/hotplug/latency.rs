@@ -288,7 +288,8 @@ pub struct Steps {
 
 /// Times each of podagent's own pre-plugin steps `trials` times through its library.
 pub async fn steps(world: &World, pod: &Pod, trials: usize) -> Result<Steps> {
-    use podagent::runtime::{CriRuntime, PodRef, Runtime, RuntimeKind};
+    use podagent::pod::PodRef;
+    use podagent::runtime::{CriRuntime, Runtime, RuntimeKind};
     use podagent::store::{Attachment, Phase, PodRecord, Store};
 
     let runtime = CriRuntime::new(

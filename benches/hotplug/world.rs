@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use podagent::cni::{Attachment, Invoker, Settings};
+use podagent::cni::{Invoker, Settings, Target};
 use serde_json::{Value, json};
 use testkit::node::{AgentConfig, Node};
 use testkit::prereq;
@@ -126,12 +126,12 @@ impl World {
     }
 
     /// What podagent hands the plugin for network `network` of `pod`.
-    pub fn attachment(&self, pod: &Pod, network: &str) -> Result<Attachment> {
+    pub fn attachment(&self, pod: &Pod, network: &str) -> Result<Target> {
         let (sandbox, netns) = pod
             .sandbox
             .clone()
             .ok_or_else(|| anyhow!("pod {} has no sandbox", pod.name))?;
-        Ok(Attachment {
+        Ok(Target {
             sandbox_id: sandbox,
             netns,
             ifname: podagent::annotation::ifname(network),

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::error::{CniError, Op};
-use super::{Attachment, Settings};
+use super::{Settings, Target};
 
 /// `PATH` for plugins when the agent itself has none (systemd gives services one).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The validated, per-attachment part of a plugin run.
+/// A [`Target`] whose fields passed validation, turned into what a plugin run takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
+pub(crate) struct ValidTarget {
     pub(crate) sandbox_id: String,
     pub(crate) netns: PathBuf,
     pub(crate) ifname: String,
@@ -29,8 +29,8 @@ pub(crate) struct Target {
     pub(crate) capability_args: Map<String, Value>,
 }
 
-impl Target {
-    pub(crate) fn new(a: &Attachment) -> Result<Target, CniError> {
+impl ValidTarget {
+    pub(crate) fn new(a: &Target) -> Result<ValidTarget, CniError> {
         validate_sandbox_id(&a.sandbox_id)?;
         validate_ifname(&a.ifname)?;
         if !a.netns.is_absolute() {
@@ -66,7 +66,7 @@ impl Target {
         if let Some(mac) = &a.if_mac {
             capability_args.insert("mac".to_owned(), Value::String(mac.clone()));
         }
-        Ok(Target {
+        Ok(ValidTarget {
             sandbox_id: a.sandbox_id.clone(),
             netns: a.netns.clone(),
             ifname: a.ifname.clone(),
@@ -77,7 +77,7 @@ impl Target {
 }
 
 fn invalid(field: &'static str, value: &str, reason: &'static str) -> CniError {
-    CniError::InvalidAttachment {
+    CniError::InvalidTarget {
         field,
         value: value.to_owned(),
         reason,
@@ -187,7 +187,7 @@ pub(crate) fn find_plugin(dirs: &[PathBuf], plugin_type: &str) -> Result<PathBuf
 pub(crate) fn plugin_env(
     op: Op,
     dirs: &[PathBuf],
-    target: Option<(&Target, &str)>,
+    target: Option<(&ValidTarget, &str)>,
     passthrough: &[String],
 ) -> Vec<(String, OsString)> {
     let mut env: Vec<(String, OsString)> = vec![("CNI_COMMAND".into(), op.as_str().into())];
@@ -215,8 +215,8 @@ pub(crate) fn plugin_env(
 mod tests {
     use super::*;
 
-    fn attachment() -> Attachment {
-        Attachment {
+    fn attachment() -> Target {
+        Target {
             sandbox_id: "0123abcd".into(),
             netns: "/var/run/netns/cni-1".into(),
             ifname: "net9f27410725ab".into(),
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn cni_args_follow_the_kactus_contract() {
-        let target = Target::new(&attachment()).unwrap();
+        let target = ValidTarget::new(&attachment()).unwrap();
         assert_eq!(
             target.cni_args,
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=pod-0;\
@@ -244,7 +244,7 @@ mod tests {
     fn if_mac_is_appended_and_offered_as_mac_capability() {
         let mut a = attachment();
         a.if_mac = Some("02:00:00:00:00:01".into());
-        let target = Target::new(&a).unwrap();
+        let target = ValidTarget::new(&a).unwrap();
         assert!(
             target
                 .cni_args
@@ -266,9 +266,9 @@ mod tests {
                 "network" => a.network = value.into(),
                 _ => a.pod_uid = value.into(),
             }
-            let err = Target::new(&a).unwrap_err();
+            let err = ValidTarget::new(&a).unwrap_err();
             assert!(
-                matches!(&err, CniError::InvalidAttachment { field: f, .. } if *f == field),
+                matches!(&err, CniError::InvalidTarget { field: f, .. } if *f == field),
                 "{err}"
             );
         }
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn environment_is_minimal() {
-        let target = Target::new(&attachment()).unwrap();
+        let target = ValidTarget::new(&attachment()).unwrap();
         let env = plugin_env(
             Op::Del,
             &["/a".into(), "/b".into()],

@@ -69,7 +69,7 @@ impl fmt::Display for PluginRun {
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
     #[error("attachment has an invalid {field} {value:?}: {reason}")]
-    InvalidAttachment {
+    InvalidTarget {
         field: &'static str,
         value: String,
         reason: &'static str,

@@ -12,17 +12,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tracing::{debug, instrument, warn};
 
 use super::cache::{Entry, ResultCache};
 use super::config::{ConfDir, NetworkList, Primary, SpecVersion};
-use super::env::{self, Lookup, Target};
+use super::env::{self, Lookup, ValidTarget};
 use super::error::{CniError, Op, PluginRun};
 use super::exec::{self, Invocation, Output};
 use super::result::CniResult;
-use super::{Attachment, Cni, Settings};
+use super::{Cni, Settings, Target};
 
 /// What `podagent check` shows about the primary network config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +113,7 @@ impl Invoker {
     async fn exec(
         &self,
         run: &PluginRun,
-        target: Option<(&Target, &str)>,
+        target: Option<(&ValidTarget, &str)>,
         stdin: Vec<u8>,
     ) -> Result<Output, CniError> {
         let dirs = env::search_dirs(&self.settings, &run.plugin);
@@ -157,7 +158,7 @@ impl Invoker {
     async fn del_list(
         &self,
         list: &NetworkList,
-        target: &Target,
+        target: &ValidTarget,
         cni_args: &str,
         capability_args: &Map<String, Value>,
         prev_result: Option<&Value>,
@@ -177,7 +178,11 @@ impl Invoker {
     }
 
     /// ADD for the whole list in order; the final plugin's result is the list's.
-    async fn add_list(&self, list: &NetworkList, target: &Target) -> Result<CniResult, CniError> {
+    async fn add_list(
+        &self,
+        list: &NetworkList,
+        target: &ValidTarget,
+    ) -> Result<CniResult, CniError> {
         let mut prev: Option<CniResult> = None;
         for index in 0..list.plugins.len() {
             let run = plugin_run(Op::Add, list, index, Some(target));
@@ -196,7 +201,7 @@ impl Invoker {
         })
     }
 
-    async fn cached(&self, target: &Target) -> Result<Option<(PathBuf, Entry)>, CniError> {
+    async fn cached(&self, target: &ValidTarget) -> Result<Option<(PathBuf, Entry)>, CniError> {
         let cache = self.cache.clone();
         let (sandbox_id, ifname) = (target.sandbox_id.clone(), target.ifname.clone());
         blocking(move || cache.find(&sandbox_id, &ifname)).await
@@ -204,9 +209,23 @@ impl Invoker {
 }
 
 impl Cni for Invoker {
-    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
-    async fn add(&self, a: &Attachment) -> Result<CniResult, CniError> {
-        let target = Target::new(a)?;
+    fn add<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<CniResult, CniError>> {
+        Box::pin(self.attach(target))
+    }
+
+    fn del<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<(), CniError>> {
+        Box::pin(self.detach(target))
+    }
+
+    fn forget_sandbox<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<(), CniError>> {
+        Box::pin(self.forget_cached(sandbox_id))
+    }
+}
+
+impl Invoker {
+    #[instrument(name = "add", skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
+    async fn attach(&self, a: &Target) -> Result<CniResult, CniError> {
+        let target = ValidTarget::new(a)?;
         let primary = self.primary().await?;
         if let Some((path, entry)) = self.cached(&target).await? {
             // The reconciler only adds what it saw missing, so an entry here is a leftover of
@@ -246,9 +265,9 @@ impl Cni for Invoker {
         Ok(result)
     }
 
-    #[instrument(skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
-    async fn del(&self, a: &Attachment) -> Result<(), CniError> {
-        let target = Target::new(a)?;
+    #[instrument(name = "del", skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
+    async fn detach(&self, a: &Target) -> Result<(), CniError> {
+        let target = ValidTarget::new(a)?;
         let Some((path, entry)) = self.cached(&target).await? else {
             // Nothing cached (attached by kactus, or before a crash): the current config and
             // the attachment's own args, without prevResult.
@@ -261,7 +280,7 @@ impl Cni for Invoker {
         self.del_cached(&target, path, entry).await
     }
 
-    async fn forget_sandbox(&self, sandbox_id: &str) -> Result<(), CniError> {
+    async fn forget_cached(&self, sandbox_id: &str) -> Result<(), CniError> {
         env::validate_sandbox_id(sandbox_id)?;
         let cache = self.cache.clone();
         let id = sandbox_id.to_owned();
@@ -275,7 +294,7 @@ impl Invoker {
     /// DEL with what the cached ADD used; the entry goes once every plugin succeeded.
     async fn del_cached(
         &self,
-        target: &Target,
+        target: &ValidTarget,
         path: PathBuf,
         entry: Entry,
     ) -> Result<(), CniError> {
@@ -296,7 +315,7 @@ impl Invoker {
     async fn rollback(
         &self,
         list: &NetworkList,
-        target: &Target,
+        target: &ValidTarget,
         final_result: Option<&Value>,
     ) -> Result<(), CniError> {
         let (args, caps) = (&target.cni_args, &target.capability_args);
@@ -304,7 +323,7 @@ impl Invoker {
     }
 }
 
-fn plugin_run(op: Op, list: &NetworkList, index: usize, target: Option<&Target>) -> PluginRun {
+fn plugin_run(op: Op, list: &NetworkList, index: usize, target: Option<&ValidTarget>) -> PluginRun {
     PluginRun {
         op,
         plugin: list.plugins[index].0.clone(),

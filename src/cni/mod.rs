@@ -27,9 +27,10 @@ mod exec;
 mod invoker;
 mod result;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 pub use error::{CniError, Op, PluginRun};
 pub use invoker::{Invoker, NetworkSummary, PluginVersion};
@@ -54,9 +55,11 @@ pub struct Settings {
     pub cache_dir: PathBuf,
 }
 
-/// One network attachment of one pod sandbox: everything a plugin run needs.
+/// What a plugin run is aimed at: one network of one pod sandbox, with everything the plugin
+/// needs to know about it. (What podagent writes down about an attachment is
+/// `store::Attachment`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
+pub struct Target {
     /// The pod sandbox id (`CNI_CONTAINERID`).
     pub sandbox_id: String,
     /// The sandbox's network namespace path (`CNI_NETNS`).
@@ -75,26 +78,23 @@ pub struct Attachment {
 
 /// The CNI operations the reconciler needs, so it can be unit-tested against a fake.
 ///
-/// The futures are `Send` so reconciles can run on any runtime worker. The trait is meant to be
-/// used generically (`R: Cni`): methods returning `impl Future` are not object safe, and a
-/// generic parameter costs nothing where the implementation is chosen once at startup.
+/// The futures are boxed and `Send`, so the reconciler holds the engine as `Arc<dyn Cni>` like
+/// every other edge and reconciles run on any runtime worker; one allocation per call is
+/// nothing next to a plugin process.
 pub trait Cni: Send + Sync {
     /// Attaches the interface; returns the final result of the plugin chain. Call it only for
     /// an interface missing from the netns: plugins refuse an existing one, and the DEL that
-    /// follows any failed ADD then removes it. An attachment still cached from an earlier ADD
-    /// (its interface was deleted by hand) is DELeted first, so its IPAM lease is released.
-    fn add(&self, a: &Attachment) -> impl Future<Output = Result<CniResult, CniError>> + Send;
+    /// follows any failed ADD then removes it. A target still cached from an earlier ADD (its
+    /// interface was deleted by hand) is DELeted first, so its IPAM lease is released.
+    fn add<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<CniResult, CniError>>;
 
     /// Detaches the interface; succeeds when it is already gone or the netns no longer exists.
-    fn del(&self, a: &Attachment) -> impl Future<Output = Result<(), CniError>> + Send;
+    fn del<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<(), CniError>>;
 
     /// Drops what is remembered about a sandbox that is gone (the runtime's own teardown
     /// removed its netns). Fakes may keep this default, which remembers nothing.
-    fn forget_sandbox(
-        &self,
-        sandbox_id: &str,
-    ) -> impl Future<Output = Result<(), CniError>> + Send {
+    fn forget_sandbox<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<(), CniError>> {
         let _ = sandbox_id;
-        async { Ok(()) }
+        Box::pin(async { Ok(()) })
     }
 }

@@ -11,12 +11,14 @@ use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::Context;
-use super::report::{Feedback, Notice, ReportError};
-use crate::cni::{Cni, CniError, CniResult, Op, PluginRun};
+use super::report::Notice;
+use crate::cni::{Cni, CniError, CniResult, Op, PluginRun, Target};
 use crate::config::ReconcileSettings;
 use crate::kubeapi::PodView;
+use crate::kubeapi::events::{Feedback, ReportError};
 use crate::netns::{Inspection, Link, LinkObserver, NetnsError, NetnsId, OperState};
-use crate::runtime::{PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
+use crate::pod::PodRef;
+use crate::runtime::{Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
 use crate::store::Store;
 use std::time::Duration;
 
@@ -38,6 +40,8 @@ pub(crate) struct Node {
     pub(crate) failing_del: HashMap<String, u64>,
     pub(crate) events: Vec<(String, Notice)>,
     pub(crate) statuses: Vec<(String, Option<String>)>,
+    /// How many ADDs panic (a bug in a reconcile) before the next ones work.
+    pub(crate) panicking_adds: usize,
     /// How long each ADD takes, to keep reconcile slots busy.
     pub(crate) add_delay: Duration,
 }
@@ -75,10 +79,10 @@ impl Fakes {
 }
 
 impl Runtime for Fakes {
-    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+    fn sandbox<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Sandbox, RuntimeError>> {
         let mut node = self.node();
         node.runtime_calls += 1;
-        match node.sandboxes.get(&pod.uid) {
+        let answer = match node.sandboxes.get(&pod.uid) {
             Some((id, netns)) => Ok(Sandbox {
                 id: id.clone(),
                 netns: netns.clone(),
@@ -87,26 +91,63 @@ impl Runtime for Fakes {
             None => Err(RuntimeError::NoSandbox {
                 pod: pod.to_string(),
             }),
-        }
+        };
+        Box::pin(async { answer })
     }
 
-    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
-        Ok(RuntimeVersion {
-            kind: RuntimeKind::Containerd,
-            name: "fake".into(),
-            version: "0".into(),
-            api_version: "v1".into(),
+    fn version(&self) -> BoxFuture<'_, Result<RuntimeVersion, RuntimeError>> {
+        Box::pin(async {
+            Ok(RuntimeVersion {
+                kind: RuntimeKind::Containerd,
+                name: "fake".into(),
+                version: "0".into(),
+                api_version: "v1".into(),
+            })
         })
     }
 }
 
 impl Cni for Fakes {
-    async fn add(&self, a: &crate::cni::Attachment) -> Result<CniResult, CniError> {
+    fn add<'a>(&'a self, a: &'a Target) -> BoxFuture<'a, Result<CniResult, CniError>> {
+        Box::pin(self.add_now(a))
+    }
+
+    fn del<'a>(&'a self, a: &'a Target) -> BoxFuture<'a, Result<(), CniError>> {
+        let mut node = self.node();
+        node.cni_calls
+            .push(format!("DEL {} {}", a.pod_name, a.ifname));
+        let answer = match node.failing_del.get(&a.pod_name).copied() {
+            Some(code) => Err(refused(Op::Del, a, code)),
+            None => {
+                if let Some(links) = node.links.get_mut(&a.netns) {
+                    links.remove(&a.ifname);
+                }
+                Ok(())
+            }
+        };
+        Box::pin(async { answer })
+    }
+
+    fn forget_sandbox<'a>(&'a self, sandbox_id: &'a str) -> BoxFuture<'a, Result<(), CniError>> {
+        self.node().forgotten_sandboxes.push(sandbox_id.to_owned());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Fakes {
+    /// An ADD that takes `add_delay`, so tests can keep reconcile slots busy.
+    async fn add_now(&self, a: &Target) -> Result<CniResult, CniError> {
         let delay = self.node().add_delay;
         tokio::time::sleep(delay).await;
         let mut node = self.node();
         node.cni_calls
             .push(format!("ADD {} {}", a.pod_name, a.ifname));
+        if node.panicking_adds > 0 {
+            node.panicking_adds -= 1;
+            // Not while holding the lock: a poisoned node would fail every later call.
+            drop(node);
+            panic!("fake ADD panics");
+        }
         if let Some(code) = node.failing.get(&a.pod_name).copied() {
             return Err(refused(Op::Add, a, code));
         }
@@ -121,28 +162,10 @@ impl Cni for Fakes {
         });
         Ok(CniResult::parse(raw).expect("fake result"))
     }
-
-    async fn del(&self, a: &crate::cni::Attachment) -> Result<(), CniError> {
-        let mut node = self.node();
-        node.cni_calls
-            .push(format!("DEL {} {}", a.pod_name, a.ifname));
-        if let Some(code) = node.failing_del.get(&a.pod_name).copied() {
-            return Err(refused(Op::Del, a, code));
-        }
-        if let Some(links) = node.links.get_mut(&a.netns) {
-            links.remove(&a.ifname);
-        }
-        Ok(())
-    }
-
-    async fn forget_sandbox(&self, sandbox_id: &str) -> Result<(), CniError> {
-        self.node().forgotten_sandboxes.push(sandbox_id.to_owned());
-        Ok(())
-    }
 }
 
 /// The error of a plugin that refused `op` on `a` with CNI error `code`.
-fn refused(op: Op, a: &crate::cni::Attachment, code: u64) -> CniError {
+fn refused(op: Op, a: &Target, code: u64) -> CniError {
     CniError::Failed {
         run: Box::new(PluginRun {
             op,
@@ -225,13 +248,14 @@ fn settings() -> ReconcileSettings {
         retry_base: Duration::from_millis(10),
         retry_cap: Duration::from_millis(80),
         resync_period: Duration::from_secs(300),
+        ..ReconcileSettings::default()
     }
 }
 
-pub(crate) fn context(fakes: &Fakes, dir: &std::path::Path) -> Context<Fakes, Fakes> {
+pub(crate) fn context(fakes: &Fakes, dir: &std::path::Path) -> Context {
     Context {
-        runtime: fakes.clone(),
-        cni: fakes.clone(),
+        runtime: Arc::new(fakes.clone()),
+        cni: Arc::new(fakes.clone()),
         links: Arc::new(fakes.clone()),
         store: Store::open(dir).expect("store"),
         feedback: Arc::new(fakes.clone()),

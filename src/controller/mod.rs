@@ -33,20 +33,31 @@ use tracing::{debug, info, warn};
 
 pub(crate) use backoff::{jittered, retry_delay};
 pub(crate) use reconcile::{Job, Memo, Outcome, Verdict, reconcile};
-pub(crate) use report::{Feedback, KubeFeedback};
 
 use crate::annotation;
 use crate::cni::Cni;
 use crate::config::ReconcileSettings;
+use crate::kubeapi::events::Feedback;
 use crate::kubeapi::{PodEvent, PodView};
 use crate::netns::LinkObserver;
-use crate::runtime::{PodRef, Runtime};
-use crate::store::{PodRecord, Store};
+use crate::pod::PodRef;
+use crate::runtime::Runtime;
+use crate::store::{PodRecord, Store, StoreError};
 
-/// Everything a reconcile talks to.
-pub(crate) struct Context<R, C> {
-    pub(crate) runtime: R,
-    pub(crate) cni: C,
+/// Why the loop could not do its own part of the work (a reconcile's failures are
+/// [`reconcile::ReconcileError`]s).
+#[derive(Debug, thiserror::Error)]
+enum ControllerError {
+    #[error("reloading the record of pod uid {uid} after its reconcile ended abnormally: {source}")]
+    Reload { uid: String, source: StoreError },
+    #[error("the record reload of pod uid {uid} did not complete: {reason}")]
+    ReloadTask { uid: String, reason: String },
+}
+
+/// Everything a reconcile talks to; each edge is a boxed `dyn` trait, enough at this call rate.
+pub(crate) struct Context {
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) cni: Arc<dyn Cni>,
     pub(crate) links: Arc<dyn LinkObserver>,
     pub(crate) store: Store,
     pub(crate) feedback: Arc<dyn Feedback>,
@@ -116,29 +127,17 @@ fn wanted(view: Option<&PodView>) -> usize {
         })
 }
 
-fn pod_ref(view: &PodView) -> PodRef {
-    PodRef {
-        uid: view.uid.clone(),
-        namespace: view.namespace.clone(),
-        name: view.name.clone(),
-    }
-}
-
 /// The work loop; see the module docs.
-pub(crate) struct Controller<R, C> {
-    ctx: Arc<Context<R, C>>,
+pub(crate) struct Controller {
+    ctx: Arc<Context>,
     pods: HashMap<String, Entry>,
     running: HashMap<tokio::task::Id, String>,
 }
 
-impl<R, C> Controller<R, C>
-where
-    R: Runtime + 'static,
-    C: Cni + 'static,
-{
+impl Controller {
     /// A controller that starts from the stored `records` and the initial list of `pods`:
     /// every one of them is due at once, and records whose pod is not listed are forgotten.
-    pub(crate) fn new(ctx: Context<R, C>, records: Vec<PodRecord>, pods: Vec<PodView>) -> Self {
+    pub(crate) fn new(ctx: Context, records: Vec<PodRecord>, pods: Vec<PodView>) -> Self {
         let mut controller = Controller {
             ctx: Arc::new(ctx),
             pods: HashMap::new(),
@@ -178,7 +177,7 @@ where
                 None
             };
             tokio::select! {
-                done = tasks.join_next_with_id(), if !tasks.is_empty() => self.finish(done),
+                done = tasks.join_next_with_id(), if !tasks.is_empty() => self.finish(done).await,
                 event = events.recv() => match event {
                     Some(event) => self.apply(event),
                     None => break,
@@ -194,7 +193,7 @@ where
             );
         }
         while let Some(done) = tasks.join_next_with_id().await {
-            self.finish(Some(done));
+            self.finish(Some(done)).await;
         }
     }
 
@@ -235,16 +234,17 @@ where
         if existing.is_some_and(|entry| entry.view.as_ref() == Some(&view)) {
             return;
         }
-        debug!(pod = %view.key(), namespace = %view.namespace, uid = %view.uid, phase = %view.phase, "pod changed");
+        let pod = view.pod();
+        debug!(pod = %pod, namespace = %pod.namespace, uid = %pod.uid, phase = %view.phase, "pod changed");
         match self.pods.get_mut(&view.uid) {
             Some(entry) => {
-                entry.pod = pod_ref(&view);
+                entry.pod = pod;
                 entry.wanted = wanted(Some(&view));
                 entry.view = Some(view);
                 entry.touch();
             }
             None => {
-                let entry = Entry::new(pod_ref(&view), Some(view), None);
+                let entry = Entry::new(pod, Some(view), None);
                 self.pods.insert(entry.pod.uid.clone(), entry);
             }
         }
@@ -254,11 +254,18 @@ where
         if let Some(entry) = self.pods.get_mut(uid)
             && entry.view.is_some()
         {
-            debug!(pod = %format_args!("{}/{}", entry.pod.namespace, entry.pod.name), namespace = %entry.pod.namespace, uid = %entry.pod.uid, "pod gone");
+            debug!(pod = %entry.pod, namespace = %entry.pod.namespace, uid = %entry.pod.uid, "pod gone");
             entry.view = None;
             entry.wanted = 0;
             entry.touch();
         }
+    }
+
+    /// The `pod` log field of a known pod.
+    fn pod(&self, uid: &str) -> Option<tracing::field::DisplayValue<&PodRef>> {
+        self.pods
+            .get(uid)
+            .map(|entry| tracing::field::display(&entry.pod))
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -304,7 +311,7 @@ where
         }
     }
 
-    fn finish(
+    async fn finish(
         &mut self,
         done: Option<Result<(tokio::task::Id, Finished), tokio::task::JoinError>>,
     ) {
@@ -319,8 +326,14 @@ where
                 let Some(uid) = self.running.remove(&error.id()) else {
                     return;
                 };
-                warn!(uid = %uid, error = %error, "reconcile task ended abnormally");
-                let record = self.reload(&uid);
+                warn!(pod = self.pod(&uid), uid = %uid, error = %error, "reconcile task ended abnormally");
+                let record = match self.reload(&uid).await {
+                    Ok(record) => record,
+                    Err(error) => {
+                        warn!(pod = self.pod(&uid), uid = %uid, error = %error, "retrying without a record");
+                        None
+                    }
+                };
                 let outcome = Outcome {
                     record,
                     memo: Memo::default(),
@@ -334,7 +347,7 @@ where
         match outcome.verdict {
             Verdict::Retry(ref error) => {
                 let soon = error.is_retry_later();
-                warn!(uid = %uid, error = %error, "reconcile failed");
+                warn!(pod = self.pod(&uid), uid = %uid, error = %error, "reconcile failed");
                 self.schedule_failure(&uid, outcome, soon);
             }
             Verdict::Gone => {
@@ -388,13 +401,25 @@ where
         // A change that came in meanwhile may have fixed the cause, but it must not turn a
         // failing pod into a hot loop: it waits for the retry like everything else.
         entry.dirty = false;
-        debug!(pod = %entry.pod, failures = entry.failures, retry_in = ?delay, "retry scheduled");
+        debug!(pod = %entry.pod, uid = %entry.pod.uid, failures = entry.failures, retry_in = ?delay, "retry scheduled");
         entry.due = Some(Instant::now() + delay);
     }
 
-    fn reload(&self, uid: &str) -> Option<PodRecord> {
-        let loaded = self.ctx.store.load_all().ok()?;
-        loaded.records.into_iter().find(|r| r.uid == uid)
+    /// The pod's record as the disk has it. The state dir is read off the loop task, which
+    /// must keep serving the other pods meanwhile.
+    async fn reload(&self, uid: &str) -> Result<Option<PodRecord>, ControllerError> {
+        let store = self.ctx.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load_all())
+            .await
+            .map_err(|e| ControllerError::ReloadTask {
+                uid: uid.to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(|source| ControllerError::Reload {
+                uid: uid.to_owned(),
+                source,
+            })?;
+        Ok(loaded.records.into_iter().find(|r| r.uid == uid))
     }
 }
 

@@ -18,11 +18,12 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 use super::Context;
 use super::report::{Notice, Severity, status_value};
 use crate::annotation::{self, NetworkSelection};
-use crate::cni::{self, Cni, CniError, CniResult};
+use crate::cni::{self, CniError, CniResult};
 use crate::kubeapi::PodView;
 use crate::netns::{Inspection, Link, NetnsError, NetnsId};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
-use crate::runtime::{PodRef, Runtime, RuntimeError, Sandbox};
+use crate::pod::PodRef;
+use crate::runtime::{RuntimeError, Sandbox};
 use crate::store::{Attachment, Phase, PodRecord, Store, StoreError};
 
 /// A failed reconcile; the pod is retried with backoff.
@@ -124,11 +125,11 @@ pub(crate) struct Outcome {
 
 /// Reconciles one pod. Never fails as a whole: errors become [`Verdict::Retry`].
 #[instrument(skip_all, fields(
-    pod = %format_args!("{}/{}", job.pod.namespace, job.pod.name),
+    pod = %job.pod,
     namespace = %job.pod.namespace,
     uid = %job.pod.uid,
 ))]
-pub(crate) async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job) -> Outcome {
+pub(crate) async fn reconcile(ctx: &Context, job: Job) -> Outcome {
     let Job {
         pod,
         view,
@@ -140,7 +141,7 @@ pub(crate) async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job)
         pod: &pod,
         record,
         memo,
-        links: Vec::new(),
+        sight: Sight::default(),
     };
     let verdict = match &view {
         None => run.gone().await,
@@ -154,16 +155,56 @@ pub(crate) async fn reconcile<R: Runtime, C: Cni>(ctx: &Context<R, C>, job: Job)
 }
 
 /// The state of one reconcile in progress.
-struct Run<'a, R, C> {
-    ctx: &'a Context<R, C>,
+struct Run<'a> {
+    ctx: &'a Context,
     pod: &'a PodRef,
     record: Option<PodRecord>,
     memo: Memo,
-    /// The links seen in the netns at the start (for adopted attachments' status).
-    links: Vec<Link>,
+    sight: Sight,
 }
 
-impl<R: Runtime, C: Cni> Run<'_, R, C> {
+/// What a reconcile saw in the pod's netns before planning: the links (the plan's input, and
+/// adopted attachments' status), or why there are none to show.
+#[derive(Debug, Default)]
+enum Sight {
+    /// Nothing to look into: the pod is not running, is being deleted, uses hostNetwork or
+    /// has no ready sandbox.
+    #[default]
+    NotLooked,
+    Links(Vec<Link>),
+    /// The netns could not be read: the reconcile fails with this if the plan needs the links.
+    Unreadable(NetnsError),
+}
+
+impl Sight {
+    /// What the plan knows of it.
+    fn observed(&self) -> Observed {
+        match self {
+            Sight::Links(links) => Observed::Links(links.iter().map(|l| l.name.clone()).collect()),
+            Sight::NotLooked | Sight::Unreadable(_) => Observed::Unknown,
+        }
+    }
+
+    fn links(&self) -> &[Link] {
+        match self {
+            Sight::Links(links) => links,
+            Sight::NotLooked | Sight::Unreadable(_) => &[],
+        }
+    }
+
+    /// Why the netns could not be read, handed over once.
+    fn take_error(&mut self) -> Option<NetnsError> {
+        match std::mem::take(self) {
+            Sight::Unreadable(error) => Some(error),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
+impl Run<'_> {
     /// The pod no longer exists: forget its record and cached CNI results. No DEL: the
     /// runtime's own teardown removes the netns and everything in it.
     async fn gone(&mut self) -> Verdict {
@@ -204,24 +245,14 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
             host_network: view.host_network,
             sandbox: None,
         };
-        let mut observed = Observed::Unknown;
-        let mut unreadable = None;
         if facts.running && !facts.deleting && !facts.host_network {
             match self.observe(view).await {
                 Ok(Some((sandbox, inspection))) => {
-                    match inspection {
-                        Ok(found) => {
-                            observed = Observed::Links(
-                                found.links.iter().map(|l| l.name.clone()).collect(),
-                            );
-                            self.links = found.links;
-                        }
-                        Err(source) => unreadable = Some(source),
-                    }
-                    facts.sandbox = Some(plan::Sandbox {
-                        id: sandbox.id,
-                        netns: sandbox.netns,
-                    });
+                    self.sight = match inspection {
+                        Ok(found) => Sight::Links(found.links),
+                        Err(source) => Sight::Unreadable(source),
+                    };
+                    facts.sandbox = Some(sandbox);
                 }
                 Ok(None) => {}
                 Err(source) => {
@@ -236,13 +267,13 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         let steps = plan::plan(&PlanInput {
             pod: Some(&facts),
             desired: &desired,
-            observed: &observed,
+            observed: &self.sight.observed(),
             recorded: self.record.as_ref(),
         });
         let mut verdict = Verdict::Settled;
         for step in steps {
             let sandbox = facts.sandbox.as_ref();
-            if let Err(error) = self.step(step, view, sandbox, &mut unreadable).await {
+            if let Err(error) = self.step(step, view, sandbox).await {
                 verdict = Verdict::Retry(error);
                 break;
             }
@@ -296,8 +327,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         &mut self,
         step: Step,
         view: &PodView,
-        sandbox: Option<&plan::Sandbox>,
-        unreadable: &mut Option<NetnsError>,
+        sandbox: Option<&Sandbox>,
     ) -> Result<(), ReconcileError> {
         match step {
             Step::Skip(SkipReason::HostNetwork) => {
@@ -317,7 +347,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
                 }
                 Ok(())
             }
-            Step::Skip(reason) => self.skip(reason, unreadable),
+            Step::Skip(reason) => self.skip(reason),
             Step::ReportInvalid(error) => {
                 if self.memo.invalid != view.networks {
                     warn!(error = %error, "networks annotation refused; nothing changed");
@@ -386,11 +416,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         }
     }
 
-    fn skip(
-        &mut self,
-        reason: SkipReason,
-        unreadable: &mut Option<NetnsError>,
-    ) -> Result<(), ReconcileError> {
+    fn skip(&mut self, reason: SkipReason) -> Result<(), ReconcileError> {
         match reason {
             SkipReason::NotRunning | SkipReason::Deleting | SkipReason::HostNetwork => {
                 debug!(?reason, "nothing to do for this pod now");
@@ -399,7 +425,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
             SkipReason::SandboxNotReady => Err(ReconcileError::SandboxNotReady {
                 pod: self.pod.to_string(),
             }),
-            SkipReason::NetnsUnreadable => match unreadable.take() {
+            SkipReason::NetnsUnreadable => match self.sight.take_error() {
                 Some(source) => Err(ReconcileError::Links {
                     pod: self.pod.to_string(),
                     source: Box::new(source),
@@ -412,7 +438,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
     async fn add(
         &mut self,
         selection: NetworkSelection,
-        sandbox: &plan::Sandbox,
+        sandbox: &Sandbox,
     ) -> Result<(), ReconcileError> {
         let target = self.target(sandbox, &selection);
         let span = info_span!("add", network = %selection.name, ifname = %target.ifname, sandbox = %sandbox.id);
@@ -473,7 +499,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
     async fn del(
         &mut self,
         attachment: Attachment,
-        sandbox: &plan::Sandbox,
+        sandbox: &Sandbox,
     ) -> Result<(), ReconcileError> {
         let target = self.target(sandbox, &attachment.selection);
         let name = attachment.selection.name.clone();
@@ -534,8 +560,8 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
         .await
     }
 
-    fn target(&self, sandbox: &plan::Sandbox, selection: &NetworkSelection) -> cni::Attachment {
-        cni::Attachment {
+    fn target(&self, sandbox: &Sandbox, selection: &NetworkSelection) -> cni::Target {
+        cni::Target {
             sandbox_id: sandbox.id.clone(),
             netns: sandbox.netns.clone(),
             ifname: selection.ifname(),
@@ -548,7 +574,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
     }
 
     /// The record for the current sandbox, created when the pod had none.
-    fn record_for(&mut self, sandbox: &plan::Sandbox) -> &mut PodRecord {
+    fn record_for(&mut self, sandbox: &Sandbox) -> &mut PodRecord {
         self.record.get_or_insert_with(|| PodRecord {
             uid: self.pod.uid.clone(),
             namespace: self.pod.namespace.clone(),
@@ -617,7 +643,7 @@ impl<R: Runtime, C: Cni> Run<'_, R, C> {
     /// Writes the status annotation when it changed; a pod podagent never managed anything in
     /// is left untouched.
     async fn report_status(&mut self) {
-        let value = status_value(self.record.as_ref(), &self.links);
+        let value = status_value(self.record.as_ref(), self.sight.links());
         match &self.memo.status {
             Some(written) if *written == value => return,
             None if value.is_none() => {

@@ -147,6 +147,27 @@ async fn retries_back_off_instead_of_spinning() {
 }
 
 #[tokio::test]
+async fn a_panicked_reconcile_is_retried_from_the_record_on_disk() {
+    let fakes = Fakes::default();
+    fakes.sandbox("u1", "s1");
+    fakes.node().panicking_adds = 1;
+    let h = start(&fakes, vec![], vec![view("u1", Some(GREEN))], 4);
+    // The record written `Adding` before the lost ADD is read back from disk, so the retry
+    // cleans up with a DEL before adding again.
+    h.until("the retried ADD", |f| f.cni_calls().len() == 3)
+        .await;
+    assert_eq!(
+        h.fakes.cni_calls(),
+        [
+            "ADD pod-u1 net9f27410725ab",
+            "DEL pod-u1 net9f27410725ab",
+            "ADD pod-u1 net9f27410725ab"
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn startup_forgets_records_of_pods_that_are_gone() {
     let fakes = Fakes::default();
     let record = PodRecord {

@@ -8,18 +8,19 @@
 //! reached, and a role missing a verb, so each has its own error naming the file, the URL or the
 //! verb and resource to grant. Exec credential plugins are out of scope: a node agent cannot
 //! rely on a user's login tooling.
+//!
+//! Everything podagent says to or reads from the API server goes through here: the pod watch
+//! ([`PodWatcher`]) and the feedback on pods (`events`: Events and the status annotation).
 
+pub(crate) mod events;
 mod pods;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub(crate) use events::can_create_events;
 pub use pods::{PodEvent, PodView, PodWatcher};
 
 use crate::config::KubeSettings;
@@ -206,47 +207,6 @@ pub(crate) async fn connect(credentials: &Credentials) -> Result<KubeClient, Kub
         source,
     })?;
     Ok(KubeClient { client, url })
-}
-
-/// Proves podagent may record Events: a server-side dry-run create of one, which checks
-/// authentication, RBAC and admission without storing anything.
-pub(crate) async fn can_create_events(kube: &KubeClient, node: &str) -> Result<(), KubeError> {
-    let namespace = "default";
-    let request = Request {
-        verb: "create",
-        resource: "events.events.k8s.io",
-        scope: format!("namespace {namespace}"),
-    };
-    let event = Event {
-        metadata: ObjectMeta {
-            generate_name: Some("podagent-check-".into()),
-            namespace: Some(namespace.into()),
-            ..ObjectMeta::default()
-        },
-        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        action: Some("Check".into()),
-        reason: Some("PermissionCheck".into()),
-        note: Some("podagent check: dry-run, never stored".into()),
-        type_: Some("Normal".into()),
-        reporting_controller: Some("kaloom.com/podagent".into()),
-        reporting_instance: Some(format!("podagent-{node}")),
-        regarding: Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(node.into()),
-            ..ObjectReference::default()
-        }),
-        ..Event::default()
-    };
-    let api: Api<Event> = Api::namespaced(kube.client.clone(), namespace);
-    let params = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    api.create(&params, &event)
-        .await
-        .map(drop)
-        .map_err(|e| request.error(&kube.url, e))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::mpsc;
 
 use super::{KubeClient, KubeError, Request};
+use crate::pod::PodRef;
 use crate::systemd::Liveness;
 
 /// The slim copy of a pod that podagent keeps.
@@ -62,9 +63,13 @@ impl PodView {
         })
     }
 
-    /// `namespace/name`, the way people name pods.
-    pub(crate) fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+    /// Which pod this is.
+    pub(crate) fn pod(&self) -> PodRef {
+        PodRef {
+            uid: self.uid.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -289,7 +294,7 @@ mod tests {
             ]}
         }));
         let view = PodView::from_pod(&p, "networks").expect("complete pod");
-        assert_eq!(view.key(), "ns/web");
+        assert_eq!(view.pod().to_string(), "ns/web");
         assert_eq!(view.networks.as_deref(), Some("[{\"name\":\"green\"}]"));
         assert!(view.host_network && view.deleting);
         assert_eq!(view.phase, "Running");

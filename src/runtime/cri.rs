@@ -24,11 +24,11 @@ use k8s_cri::v1::{
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
-use crate::error_chain::render_causes;
+use futures::future::BoxFuture;
 
-use super::{
-    POD_UID_LABEL, PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox, verbose,
-};
+use super::{POD_UID_LABEL, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox, verbose};
+use crate::error_chain::render_causes;
+use crate::pod::PodRef;
 
 /// The CRI API version podagent speaks (sent in `VersionRequest`).
 const CRI_API_VERSION: &str = "v1";
@@ -138,8 +138,18 @@ impl CriRuntime {
 }
 
 impl Runtime for CriRuntime {
-    #[tracing::instrument(skip(self), fields(pod = %pod, endpoint = %self.endpoint.display()))]
-    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+    fn sandbox<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Sandbox, RuntimeError>> {
+        Box::pin(self.find_sandbox(pod))
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<RuntimeVersion, RuntimeError>> {
+        Box::pin(self.ask_version())
+    }
+}
+
+impl CriRuntime {
+    #[tracing::instrument(name = "sandbox", skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
+    async fn find_sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
         let ready = self.list(pod, Some(PodSandboxState::SandboxReady)).await?;
         let Some(chosen) = newest(&ready) else {
             // Only now ask for every state: it tells "not ready" (retry soon) from "none".
@@ -209,7 +219,7 @@ impl Runtime for CriRuntime {
         })
     }
 
-    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+    async fn ask_version(&self) -> Result<RuntimeVersion, RuntimeError> {
         let mut client = self.client.clone();
         let request = VersionRequest {
             version: CRI_API_VERSION.to_owned(),

@@ -15,9 +15,11 @@ use bollard::errors::Error as DockerError;
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptions;
 
-use crate::error_chain::render;
+use futures::future::BoxFuture;
 
-use super::{POD_UID_LABEL, PodRef, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
+use super::{POD_UID_LABEL, Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
+use crate::error_chain::render;
+use crate::pod::PodRef;
 
 /// The label dockershim and cri-dockerd put on sandbox (pause) containers.
 const DOCKER_TYPE_LABEL: &str = "io.kubernetes.docker.type";
@@ -111,8 +113,18 @@ fn unreachable(endpoint: PathBuf, call: &'static str, error: DockerError) -> Run
 }
 
 impl Runtime for DockerRuntime {
-    #[tracing::instrument(skip(self), fields(pod = %pod, endpoint = %self.endpoint.display()))]
-    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+    fn sandbox<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Sandbox, RuntimeError>> {
+        Box::pin(self.find_sandbox(pod))
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<RuntimeVersion, RuntimeError>> {
+        Box::pin(self.ask_version())
+    }
+}
+
+impl DockerRuntime {
+    #[tracing::instrument(name = "sandbox", skip(self), fields(pod = %pod, uid = %pod.uid, endpoint = %self.endpoint.display()))]
+    async fn find_sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
@@ -180,7 +192,7 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+    async fn ask_version(&self) -> Result<RuntimeVersion, RuntimeError> {
         let version = self.call("version", self.docker.version()).await?;
         let missing = |field: &str| RuntimeError::UnexpectedResponse {
             endpoint: self.endpoint.clone(),

@@ -12,10 +12,11 @@
 //! unreachable, deadline) or whether the runtime answered something podagent cannot use, and
 //! the namespace path is used exactly as the runtime reports it.
 //!
-//! The [`Runtime`] trait uses `async fn`-style methods returning `Send` futures rather than
-//! boxed ones: the daemon picks one runtime at start-up and holds an [`AnyRuntime`] (an enum
-//! that dispatches statically), while unit tests of the reconciler plug in a fake through the
-//! generic parameter. No `dyn Runtime` is needed, so no allocation per call.
+//! The [`Runtime`] trait returns boxed futures so the reconciler holds it as `Arc<dyn Runtime>`,
+//! the same way it holds every other edge (CNI plugins, netns, feedback): one allocation per
+//! call costs nothing at podagent's call rate, and one style of edge trait keeps the
+//! controller free of type parameters. The daemon picks one runtime at start-up, an
+//! [`AnyRuntime`] from [`connect`]; unit tests of the reconciler plug in a fake.
 
 pub(crate) mod cri;
 pub(crate) mod docker;
@@ -26,28 +27,18 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
+
 use crate::error_chain::render;
 
 pub use cri::CriRuntime;
 pub(crate) use docker::DockerRuntime;
 pub(crate) use verbose::VerboseInfoError;
 
+use crate::pod::PodRef;
+
 /// Label every kubelet-created sandbox carries (CRI runtimes and cri-dockerd alike).
 pub(crate) const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
-
-/// Which pod podagent asks about. The UID is the key; namespace and name make logs readable.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PodRef {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for PodRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} ({})", self.namespace, self.name, self.uid)
-    }
-}
 
 /// A ready pod sandbox. Only ready sandboxes are returned: every other state is an error that
 /// says why, so a value of this type always has a live network namespace behind `netns`.
@@ -200,9 +191,9 @@ pub enum RuntimeError {
 /// A pod sandbox runtime.
 pub trait Runtime: Send + Sync {
     /// The ready sandbox of `pod`, with its network namespace path.
-    fn sandbox(&self, pod: &PodRef) -> impl Future<Output = Result<Sandbox, RuntimeError>> + Send;
+    fn sandbox<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Sandbox, RuntimeError>>;
     /// What the runtime says it is; also the liveness probe used by `auto` selection.
-    fn version(&self) -> impl Future<Output = Result<RuntimeVersion, RuntimeError>> + Send;
+    fn version(&self) -> BoxFuture<'_, Result<RuntimeVersion, RuntimeError>>;
 }
 
 /// The runtime the daemon talks to, chosen once by [`connect`].
@@ -223,17 +214,17 @@ impl AnyRuntime {
 }
 
 impl Runtime for AnyRuntime {
-    async fn sandbox(&self, pod: &PodRef) -> Result<Sandbox, RuntimeError> {
+    fn sandbox<'a>(&'a self, pod: &'a PodRef) -> BoxFuture<'a, Result<Sandbox, RuntimeError>> {
         match self {
-            AnyRuntime::Cri(runtime) => runtime.sandbox(pod).await,
-            AnyRuntime::Docker(runtime) => runtime.sandbox(pod).await,
+            AnyRuntime::Cri(runtime) => runtime.sandbox(pod),
+            AnyRuntime::Docker(runtime) => runtime.sandbox(pod),
         }
     }
 
-    async fn version(&self) -> Result<RuntimeVersion, RuntimeError> {
+    fn version(&self) -> BoxFuture<'_, Result<RuntimeVersion, RuntimeError>> {
         match self {
-            AnyRuntime::Cri(runtime) => runtime.version().await,
-            AnyRuntime::Docker(runtime) => runtime.version().await,
+            AnyRuntime::Cri(runtime) => runtime.version(),
+            AnyRuntime::Docker(runtime) => runtime.version(),
         }
     }
 }

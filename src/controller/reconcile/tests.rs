@@ -9,7 +9,7 @@ const BLUE: &str = "net48d6215903df";
 
 struct Pod {
     fakes: Fakes,
-    ctx: Context<Fakes, Fakes>,
+    ctx: Context,
     view: PodView,
     record: Option<PodRecord>,
     memo: Memo,
