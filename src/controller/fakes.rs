@@ -248,7 +248,6 @@ fn settings() -> ReconcileSettings {
         retry_base: Duration::from_millis(10),
         retry_cap: Duration::from_millis(80),
         resync_period: Duration::from_secs(300),
-        ..ReconcileSettings::default()
     }
 }
 
