@@ -69,9 +69,10 @@ pub(crate) struct Cadence {
 impl Cadence {
     /// With a watchdog timeout W, the watch is renewed every W/4 (1 s to 290 s), so the
     /// server's before-deadline bookmark comes at least that often, and a loop is stalled after
-    /// three such periods. Against kube-apiserver, whose periodic bookmarks come about every
-    /// minute, a `WatchdogSec=` of two minutes or more keeps a quiet cluster from looking
-    /// stalled. Without a watchdog, watches last the usual five minutes.
+    /// three such periods. kube-apiserver sends that bookmark about 2 s before the deadline, so
+    /// watches must last 3 s or more: any `WatchdogSec=` of 12 s or more keeps a quiet cluster
+    /// from looking stalled (the unit's 60 s renews watches every 15 s). Without a watchdog,
+    /// watches last the usual five minutes.
     pub(crate) fn for_watchdog(timeout: Option<Duration>) -> Cadence {
         let watch_timeout = timeout.map_or(MAX_WATCH_TIMEOUT, |w| {
             Duration::from_secs((w / 4).as_secs()).clamp(Duration::from_secs(1), MAX_WATCH_TIMEOUT)

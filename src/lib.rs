@@ -7,6 +7,16 @@
 //! One module per noun (see `DESIGN` in the README): the pure decision (`plan`) sits in the
 //! middle; every outside system (API server, runtime, CNI plugins, netns, systemd, filesystem)
 //! sits behind its own module at the edge.
+//!
+//! The public surface is what the `podagent` binary, the integration tests, the benchmark and
+//! the fuzz targets need, nothing more. The binary uses `config` (`Cli`, `Flags`, `Config`,
+//! `EXIT_BAD_CONFIG`), `check::run`, `daemon::run`, `systemd::SdNotify`, `telemetry::init` and
+//! `error_chain::render`. The tests of the real edges use `annotation` (`parse`, `ifname`, the
+//! limits), `plan` (the pure planner), `pod::PodRef`, `runtime` (`connect`, `CriRuntime`, the
+//! `Runtime` trait, `Settings`, `Sandbox`), `netns::inspect`, `cni` (`Invoker`, the `Cni` trait,
+//! `Target`, `Settings`, results and errors), `store` (`Store`, `PodRecord`) and
+//! `kubeapi::PodView`; the hidden `fuzzing` module re-exports the parsers of raw outside input
+//! for the fuzz targets. Everything else is `pub(crate)`, so the dead-code lint sees it.
 
 pub mod annotation;
 pub mod check;

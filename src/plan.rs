@@ -283,7 +283,6 @@ mod tests {
         Sandbox {
             id: id.into(),
             netns: format!("/var/run/netns/cni-{id}").into(),
-            created_at: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

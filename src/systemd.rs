@@ -7,13 +7,14 @@
 //!
 //! - **the pod watch** beats on every item the watch stream delivers, pod event or bookmark,
 //!   and on every re-list. A quiet cluster sends no pod events, so watches ask for bookmarks:
-//!   kube-apiserver sends one about every minute and shortly before each watch's
-//!   `timeoutSeconds` deadline, and watches are renewed well within the staleness limit. An
+//!   kube-apiserver sends one about 2 s before each watch's `timeoutSeconds` deadline (on a
+//!   quiet cluster that is the only item a watch carries), and watches are renewed well within
+//!   the staleness limit. An
 //!   accepted or cleanly ended watch request is deliberately *not* a beat: a server whose watch
 //!   cache is hung still accepts watches and still ends them on time, it just delivers nothing.
 //!   A hung server, a dead connection, a hung watch cache or a stuck watch task all stop the
 //!   beats.
-//! - **the work loop** (the loop that applies watch events and, later, runs reconciles) beats
+//! - **the work loop** (the loop that applies watch events and starts reconciles) beats
 //!   on every event and on a ticker; a deadlock or a blocked step stops it. A stuck work loop
 //!   also stops the watch, whose sends into the bounded event channel then block.
 //!
@@ -21,7 +22,7 @@
 //! younger than the staleness limit, and says in `STATUS=` which loop stalled.
 //!
 //! Everything goes through the small [`Notifier`] trait: [`SdNotify`] is the real datagram
-//! socket (a no-op without `NOTIFY_SOCKET`), [`Recorder`] a test double.
+//! socket (a no-op without `NOTIFY_SOCKET`); the unit tests below use a recording double.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,7 +5,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use serde_json::json;
@@ -86,7 +85,6 @@ impl Runtime for Fakes {
             Some((id, netns)) => Ok(Sandbox {
                 id: id.clone(),
                 netns: netns.clone(),
-                created_at: SystemTime::UNIX_EPOCH,
             }),
             None => Err(RuntimeError::NoSandbox {
                 pod: pod.to_string(),

@@ -13,7 +13,7 @@
 use std::error::Error as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -215,7 +215,6 @@ impl CriRuntime {
         Ok(Sandbox {
             id: chosen.id.clone(),
             netns,
-            created_at: created_at(chosen.created_at),
         })
     }
 
@@ -248,11 +247,6 @@ fn state_name(state: i32) -> &'static str {
         .unwrap_or("unknown sandbox state")
 }
 
-/// CRI timestamps are nanoseconds since the epoch; a bogus negative one maps to the epoch.
-fn created_at(nanos: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,12 +264,6 @@ mod tests {
         let list = [sandbox("old", 10), sandbox("new", 20), sandbox("mid", 15)];
         assert_eq!(newest(&list).map(|s| s.id.as_str()), Some("new"));
         assert!(newest(&[]).is_none());
-    }
-
-    #[test]
-    fn negative_timestamp_does_not_panic() {
-        assert_eq!(created_at(-5), UNIX_EPOCH);
-        assert_eq!(created_at(1_500), UNIX_EPOCH + Duration::from_nanos(1_500));
     }
 
     #[test]

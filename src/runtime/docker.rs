@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
@@ -149,7 +149,7 @@ impl DockerRuntime {
                 .filter_map(|c| Some((c.created.unwrap_or(0), c.id.as_deref()?)))
                 .max()
         };
-        let Some((created, id)) = newest(true) else {
+        let Some((_, id)) = newest(true) else {
             return Err(match newest(false) {
                 Some((_, id)) => RuntimeError::NotReady {
                     pod: pod.to_string(),
@@ -188,7 +188,6 @@ impl DockerRuntime {
         Ok(Sandbox {
             id: id.to_owned(),
             netns,
-            created_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(created).unwrap_or(0)),
         })
     }
 

@@ -25,7 +25,7 @@ pub(crate) mod verbose;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -48,7 +48,6 @@ pub struct Sandbox {
     /// The namespace path, verbatim from the runtime (`/var/run/netns/cni-…`) or
     /// `/proc/<pid>/ns/net` of the sandbox's process.
     pub netns: PathBuf,
-    pub(crate) created_at: SystemTime,
 }
 
 /// What answered at the endpoint.
