@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Creates the kubeconfig podagent uses when it runs as a systemd service on the nodes.
+# Creates the kubeconfig podagent uses when it runs as a systemd service on a node.
 #
-#   create-kubeconfig.sh [out-dir] [file] [namespace]
+#   create-kubeconfig.sh [--node NODE] [out-dir] [file] [namespace]
 #   (defaults: /tmp/kubeconfig podagent-kubeconfig.yaml kube-system)
 #
-# Run it once, with cluster-admin rights, from a machine whose kubectl talks to the cluster:
+# Run it with cluster-admin rights, from a machine whose kubectl talks to the cluster: once per
+# node with --node, so that each node has its own identity, which the admission policy
+# (podagent-admission-policy.yaml) keeps to that node's pods; or once without it for the one
+# identity all nodes used to share, which that policy warns about (and denies once a migration
+# to per-node identities is done). It
 #  1. applies the RBAC manifest (the `podagent` service account, its ClusterRole and binding);
-#  2. creates, or reuses, the Secret `podagent-token` of type kubernetes.io/service-account-token
-#     for that service account. Since Kubernetes 1.24 no such Secret is created automatically;
-#     one created by hand is still filled by the token controller and does not expire;
+#     with --node also the service account `podagent-node-NODE` and a ClusterRoleBinding of the
+#     same name to that ClusterRole;
+#  2. creates, or reuses, the Secret `<account>-token` of type
+#     kubernetes.io/service-account-token for the account. Since Kubernetes 1.24 no such Secret
+#     is created automatically; one created by hand is still filled by the token controller and
+#     does not expire;
 #  3. waits until the controller has filled in the token;
 #  4. writes <out-dir>/<file> (mode 0600) with the current context's API server, the cluster
-#     CA from the Secret (data.ca.crt) and the token, and prints how to install it on a node.
+#     CA from the Secret (data.ca.crt) and the token, and prints how to install it.
 #
 # Environment: KUBECTL (default kubectl), PODAGENT_RBAC_MANIFEST (default: the manifest next to
 # this script, ../manifests/podagent-serviceaccount-and-rbac.yaml, in the source tree and in
@@ -23,17 +30,47 @@ here=$(cd "$(dirname "$0")" && pwd)
 kubectl=${KUBECTL:-kubectl}
 manifest=${PODAGENT_RBAC_MANIFEST:-$here/../manifests/podagent-serviceaccount-and-rbac.yaml}
 timeout=${PODAGENT_TOKEN_TIMEOUT:-60}
-account=podagent
-secret=podagent-token
 
-if [ $# -gt 3 ]; then
-    echo "usage: $me [out-dir] [file] [namespace]" >&2
+usage() {
+    echo "usage: $me [--node NODE] [out-dir] [file] [namespace]" >&2
     exit 64
+}
+
+node=
+case ${1:-} in
+--node)
+    [ $# -ge 2 ] || usage
+    node=$2
+    shift 2
+    ;;
+--node=*)
+    node=${1#--node=}
+    shift
+    ;;
+-*) usage ;;
+esac
+if [ $# -gt 3 ]; then
+    usage
 fi
 out_dir=${1:-/tmp/kubeconfig}
 file=${2:-podagent-kubeconfig.yaml}
 namespace=${3:-kube-system}
 out=$out_dir/$file
+
+account=podagent
+if [ -n "$node" ]; then
+    # A node name is a DNS subdomain; podagent-node-<node> must be one too (at most 253).
+    subdomain='^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'
+    if ! [[ $node =~ $subdomain ]] || [ "${#node}" -gt 239 ]; then
+        echo "$me: --node $(printf %q "$node") is not a node name (a DNS subdomain of at most 239 characters)" >&2
+        exit 64
+    fi
+    account=podagent-node-$node
+    if [ "$namespace" != kube-system ]; then
+        echo "$me: warning: the admission policy knows podagent's identities in kube-system only; $namespace/$account will not be kept to node $node's pods" >&2
+    fi
+fi
+secret=$account-token
 
 # A YAML double-quoted scalar (JSON string syntax is valid YAML), so names with ':' or '#' or
 # other YAML specials survive.
@@ -58,8 +95,35 @@ cluster=$("$kubectl" config view --minify -o jsonpath='{.clusters[0].name}')
 
 echo "$me: applying $manifest"
 "$kubectl" apply -f "$manifest"
-"$kubectl" get serviceaccount "$account" --namespace "$namespace" >/dev/null 2>&1 \
-    || die "service account $account does not exist in namespace $namespace after applying $manifest (is it the namespace the manifest uses?)"
+"$kubectl" get serviceaccount podagent --namespace "$namespace" >/dev/null 2>&1 \
+    || die "service account podagent does not exist in namespace $namespace after applying $manifest (is it the namespace the manifest uses?)"
+if [ -n "$node" ]; then
+    echo "$me: applying service account $namespace/$account and its ClusterRoleBinding"
+    "$kubectl" apply -f - <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: $account
+  namespace: $namespace
+  labels:
+    app.kubernetes.io/name: podagent
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: $account
+  labels:
+    app.kubernetes.io/name: podagent
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: podagent
+subjects:
+  - kind: ServiceAccount
+    name: $account
+    namespace: $namespace
+EOF
+fi
 
 if existing=$("$kubectl" get secret "$secret" --namespace "$namespace" -o json 2>/dev/null); then
     jq -e --arg account "$account" '.type == "kubernetes.io/service-account-token"
@@ -123,5 +187,10 @@ mv "$tmp" "$out"
 trap - EXIT
 
 echo "$me: wrote $out"
-echo "Install it on every node that runs podagent as a service:"
+if [ -n "$node" ]; then
+    echo "Install it on node $node, and on no other node:"
+else
+    echo "This identity is shared by every node: prefer one per node (--node NODE)."
+    echo "Install it on every node that runs podagent as a service:"
+fi
 echo "  sudo install -m 0600 -o root -g root $out /opt/kaloom/etc/podagent-kubeconfig.yaml"

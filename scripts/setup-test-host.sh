@@ -10,6 +10,7 @@ packages=(
     busybox-static              # the single binary inside the test images
     rpm cpio                    # inspecting and installing the RPM
     jq                          # operator scripts
+    curl                        # raw API requests with a stolen credential (admission tests)
     iproute2                    # ip netns / ip link
     systemd                     # systemd-journald, journalctl, systemd-analyze
     protobuf-compiler           # protoc, for the CRI protobuf bindings

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::cni::Invoker;
 use crate::config::{Config, DEFAULT_CONFIG_FILE, EXIT_BAD_CONFIG, Flags};
 use crate::error_chain::render;
-use crate::kubeapi::{self, Credentials, KubeClient, PodWatcher};
+use crate::kubeapi::{self, Credentials, KubeClient, NODE_BOUND_POLICY, PodWatcher, Speaks};
 use crate::runtime::{self, Runtime};
 
 /// No single check may hang the command: an unreachable server fails within this.
@@ -115,11 +115,21 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
                 list_pods(config, kube).await,
             ));
             emit(line("events creatable", create_event(config, kube).await));
+            emit(line(
+                "identity speaks for this node",
+                identity(config, kube).await,
+            ));
+            emit(line(
+                "admission policy enforced",
+                admission_policy(kube).await,
+            ));
         }
         Err(_) => {
             let skipped = || Err("not checked: no usable kubeconfig".to_string());
             emit(line("pods on this node listable", skipped()));
             emit(line("events creatable", skipped()));
+            emit(line("identity speaks for this node", skipped()));
+            emit(line("admission policy enforced", skipped()));
         }
     }
 
@@ -192,6 +202,59 @@ async fn create_event(config: &Config, kube: &KubeClient) -> Result<String, Stri
     })
     .await?;
     Ok("server-side dry run of an events.k8s.io/v1 Event accepted".to_string())
+}
+
+/// Whether the credential is this node's own, the one the admission policy keeps to this
+/// node's pods.
+async fn identity(config: &Config, kube: &KubeClient) -> Result<String, String> {
+    let identity = bounded(async { kubeapi::who_am_i(kube).await.map_err(|e| render(&e)) }).await?;
+    let node = &config.node_name;
+    let user = &identity.username;
+    let fix = format!(
+        "run create-kubeconfig.sh --node {node} and install the kubeconfig it writes on this node"
+    );
+    match identity.speaks {
+        Speaks::ForNode(named) if named == *node => Ok(format!("{user} speaks for node {node}")),
+        Speaks::ForNode(other) => Err(format!(
+            "{user} speaks for node {other}, not for this node {node} (a kubeconfig copied from \
+             another node?): {fix}"
+        )),
+        Speaks::ForNoNode => Err(format!(
+            "{user} is shared by every node and speaks for none, so the admission policy cannot \
+             keep it to this node's pods: {fix}"
+        )),
+        Speaks::Unknown => Err(format!(
+            "{user} is not a podagent identity (kube-system/podagent-node-<node>, or \
+             kube-system/podagent with a pod-bound token): {fix}"
+        )),
+    }
+}
+
+/// Whether the API server denies what podagent's credential must not do.
+async fn admission_policy(kube: &KubeClient) -> Result<String, String> {
+    let actions = bounded(async {
+        kubeapi::node_bound_policy(kube)
+            .await
+            .map_err(|e| render(&e))
+    })
+    .await?;
+    match actions {
+        Some(actions) if actions.iter().any(|a| a == "Deny") => Ok(format!(
+            "ValidatingAdmissionPolicy {NODE_BOUND_POLICY} bound with {}",
+            actions.join(", ")
+        )),
+        Some(actions) => Err(format!(
+            "ValidatingAdmissionPolicy {NODE_BOUND_POLICY} is bound with [{}], not Deny: podagent's \
+             credential can change any pod; set validationActions: [Deny] in its binding",
+            actions.join(", ")
+        )),
+        None => Err(format!(
+            "ValidatingAdmissionPolicy {NODE_BOUND_POLICY} is not installed, so podagent's \
+             credential can change any pod: kubectl apply -f \
+             /opt/kaloom/share/podagent/manifests/podagent-admission-policy.yaml (Kubernetes 1.30 \
+             or later)"
+        )),
+    }
 }
 
 async fn container_runtime(config: &Config) -> Result<String, String> {

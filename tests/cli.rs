@@ -300,13 +300,14 @@ fn seeded_node() -> String {
     node
 }
 
-/// podagent's own kubeconfig, as `scripts/create-kubeconfig.sh` writes it.
+/// The node's own kubeconfig, as `scripts/create-kubeconfig.sh --node NODE` writes it, on a
+/// cluster with the admission policy installed.
 fn healthy(node: &str, containerd: &Containerd, state: &Path) -> Host {
+    let cluster = testkit::control_plane::shared();
+    cluster.install_admission_policy();
     Host {
         node: node.to_string(),
-        kubeconfig: testkit::control_plane::shared()
-            .podagent_kubeconfig()
-            .to_path_buf(),
+        kubeconfig: cluster.node_kubeconfig(node),
         runtime_socket: containerd.socket().to_path_buf(),
         conf_dir: containerd.dir().join("net.d"),
         bin_dir: DEBIAN_CNI_BIN.to_string(),
@@ -325,9 +326,19 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
 
     let (code, lines) = check(&host).await;
     assert_eq!(code, Some(0), "{lines:#?}");
-    assert_eq!(lines.len(), 8, "{lines:#?}");
+    assert_eq!(lines.len(), 10, "{lines:#?}");
     assert!(lines.iter().all(|l| l.starts_with('✓')), "{lines:#?}");
     assert!(line(&lines, "pods on this node listable").contains(&format!("1 pods on node {node}")));
+    assert_eq!(
+        line(&lines, "identity speaks for this node"),
+        format!(
+            "✓ identity speaks for this node: system:serviceaccount:kube-system:podagent-node-{node} speaks for node {node}"
+        )
+    );
+    assert_eq!(
+        line(&lines, "admission policy enforced"),
+        "✓ admission policy enforced: ValidatingAdmissionPolicy podagent-node-bound bound with Deny"
+    );
     assert!(
         line(&lines, "container runtime reachable").contains("containerd"),
         "{lines:#?}"
@@ -356,7 +367,12 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
             absent.display()
         ),
     );
-    for what in ["pods on this node listable", "events creatable"] {
+    for what in [
+        "pods on this node listable",
+        "events creatable",
+        "identity speaks for this node",
+        "admission policy enforced",
+    ] {
         assert_failed(&lines, what, "not checked: no usable kubeconfig");
     }
     assert_each_cause_once(&lines);
@@ -378,8 +394,14 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     let rejected = format!(
         "API server {server}/ rejected podagent's credentials (401 Unauthorized): Unauthorized"
     );
-    assert_failed(&lines, "pods on this node listable", &rejected);
-    assert_failed(&lines, "events creatable", &rejected);
+    for what in [
+        "pods on this node listable",
+        "events creatable",
+        "identity speaks for this node",
+        "admission policy enforced",
+    ] {
+        assert_failed(&lines, what, &rejected);
+    }
     assert_each_cause_once(&lines);
 
     // Nothing listens where the kubeconfig points: the transport's chain shows, each cause once.
@@ -397,9 +419,55 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
         "API server {elsewhere}/ is unreachable: ServiceError: client error (Connect): tcp \
          connect error: Connection refused (os error 111)"
     );
-    assert_failed(&lines, "pods on this node listable", &unreachable);
-    assert_failed(&lines, "events creatable", &unreachable);
+    for what in [
+        "pods on this node listable",
+        "events creatable",
+        "identity speaks for this node",
+        "admission policy enforced",
+    ] {
+        assert_failed(&lines, what, &unreachable);
+    }
     assert_each_cause_once(&lines);
+
+    // Another node's kubeconfig copied here: everything works, but the admission policy would
+    // deny every change to this node's pods.
+    let other = format!("{node}-other");
+    let (code, lines) = check(&Host {
+        kubeconfig: testkit::control_plane::shared().node_kubeconfig(&other),
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "identity speaks for this node");
+    assert_failed(
+        &lines,
+        "identity speaks for this node",
+        &format!(
+            "system:serviceaccount:kube-system:podagent-node-{other} speaks for node {other}, not \
+             for this node {node} (a kubeconfig copied from another node?): run \
+             create-kubeconfig.sh --node {node} and install the kubeconfig it writes on this node"
+        ),
+    );
+
+    // The identity every node used to share speaks for none.
+    let (code, lines) = check(&Host {
+        kubeconfig: testkit::control_plane::shared()
+            .podagent_kubeconfig()
+            .to_path_buf(),
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "identity speaks for this node");
+    assert_failed(
+        &lines,
+        "identity speaks for this node",
+        &format!(
+            "system:serviceaccount:kube-system:podagent is shared by every node and speaks for \
+             none, so the admission policy cannot keep it to this node's pods: run \
+             create-kubeconfig.sh --node {node} and install the kubeconfig it writes on this node"
+        ),
+    );
 
     // Empty CNI conf dir.
     let empty = scratch.path().join("empty-net.d");

@@ -38,6 +38,10 @@ const EXPECTED: &[(&str, &str)] = &[
         "-rw-r--r--",
     ),
     (
+        "/opt/kaloom/share/podagent/manifests/podagent-admission-policy.yaml",
+        "-rw-r--r--",
+    ),
+    (
         "/opt/kaloom/share/podagent/manifests/podagent-containerd.yaml",
         "-rw-r--r--",
     ),

@@ -316,6 +316,105 @@ fn create_kubeconfig_writes_a_private_token_kubeconfig_that_kubectl_can_use() {
 }
 
 #[test]
+fn create_kubeconfig_makes_one_identity_per_node() {
+    let cluster = Cluster::start();
+    let node = cluster.shared.unique_name("node-id");
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let dir = out_dir.path().to_str().expect("utf-8 path");
+    let out = cluster.script("create-kubeconfig.sh", &["--node", &node, dir]);
+    assert_ok(&out, "create-kubeconfig.sh --node");
+    assert!(
+        text(&out.stdout).contains(&format!("Install it on node {node}, and on no other node:")),
+        "{}",
+        text(&out.stdout)
+    );
+    let account = format!("podagent-node-{node}");
+    let admin = cluster.shared.admin();
+    assert!(
+        admin
+            .get("v1", "ServiceAccount", Some("kube-system"), &account)
+            .is_some()
+    );
+    let binding = admin
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            None,
+            &account,
+        )
+        .expect("the node's ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], "podagent");
+    assert_eq!(binding["subjects"][0]["name"], account.as_str());
+    let secret = admin
+        .get(
+            "v1",
+            "Secret",
+            Some("kube-system"),
+            &format!("{account}-token"),
+        )
+        .expect("the node's token secret");
+    assert_eq!(
+        secret["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        account.as_str()
+    );
+
+    // The kubeconfig authenticates as the node's own account, with podagent's ClusterRole.
+    let whoami = cluster
+        .command("kubectl")
+        .env(
+            "KUBECONFIG",
+            out_dir.path().join("podagent-kubeconfig.yaml"),
+        )
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .output()
+        .expect("run kubectl");
+    assert_ok(&whoami, "kubectl auth whoami with the node's kubeconfig");
+    assert_eq!(
+        text(&whoami.stdout),
+        format!("system:serviceaccount:kube-system:{account}")
+    );
+    let can = cluster.kubectl(&[
+        "auth",
+        "can-i",
+        "patch",
+        "pods",
+        "--all-namespaces",
+        "--as",
+        &format!("system:serviceaccount:kube-system:{account}"),
+    ]);
+    assert_eq!(text(&can.stdout).trim(), "yes", "{}", text(&can.stderr));
+
+    // Again: the same account and secret, reused.
+    let again = cluster.script("create-kubeconfig.sh", &[&format!("--node={node}"), dir]);
+    assert_ok(&again, "create-kubeconfig.sh --node again");
+    assert!(
+        text(&again.stdout).contains(&format!("reusing secret kube-system/{account}-token")),
+        "{}",
+        text(&again.stdout)
+    );
+
+    // Not a node name: refused before anything is created.
+    let bad = cluster.script("create-kubeconfig.sh", &["--node", "Bad_Node", dir]);
+    assert_eq!(bad.status.code(), Some(64), "{bad:?}");
+    assert!(text(&bad.stderr).contains("--node Bad_Node is not a node name"));
+    assert!(
+        admin
+            .get(
+                "v1",
+                "ServiceAccount",
+                Some("kube-system"),
+                "podagent-node-Bad_Node"
+            )
+            .is_none()
+    );
+}
+
+#[test]
 fn every_script_and_scriptlet_is_shellcheck_clean() {
     prereq::require_command("shellcheck", "shellcheck");
     // Every script of the repository: the operator's and the test host's.
@@ -665,13 +764,29 @@ fn the_shipped_rbac_grants_what_podagent_uses_and_nothing_else() {
     // grant fails them. Here: nothing beyond what podagent uses is granted.
     cluster.shared.podagent_kubeconfig();
     let account = "system:serviceaccount:kube-system:podagent";
-    let cases: [(&str, &str, bool); 19] = [
+    let cases: [(&str, &str, bool); 22] = [
         ("list", "pods", true),
         ("watch", "pods", true),
         ("patch", "pods", true),
         ("create", "events.events.k8s.io", true),
         ("patch", "events.events.k8s.io", true),
         ("get", "events.events.k8s.io", true),
+        // `podagent check`: is the admission policy enforced (that one binding only).
+        (
+            "get",
+            "validatingadmissionpolicybindings.admissionregistration.k8s.io/podagent-node-bound",
+            true,
+        ),
+        (
+            "get",
+            "validatingadmissionpolicybindings.admissionregistration.k8s.io/other",
+            false,
+        ),
+        (
+            "list",
+            "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+            false,
+        ),
         // Pods are only read through the watch; podagent never writes their status.
         ("get", "pods", false),
         ("update", "pods", false),

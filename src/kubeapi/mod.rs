@@ -10,9 +10,11 @@
 //! rely on a user's login tooling.
 //!
 //! Everything podagent says to or reads from the API server goes through here: the pod watch
-//! ([`PodWatcher`]) and the feedback on pods (`events`: Events and the status annotation).
+//! ([`PodWatcher`]), the feedback on pods (`events`: Events and the status annotation) and what
+//! `podagent check` asks about podagent's own identity (`identity`).
 
 pub(crate) mod events;
+mod identity;
 mod pods;
 
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub(crate) use events::can_create_events;
+pub(crate) use identity::{NODE_BOUND_POLICY, Speaks, node_bound_policy, who_am_i};
 pub use pods::{PodEvent, PodView, PodWatcher};
 
 use crate::config::KubeSettings;

@@ -6,6 +6,7 @@
 //! signal — the pipe closes and the command stops its daemons by PID and removes its dir.
 //! Nothing lingers and nothing depends on destructors of statics, which Rust never runs.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
@@ -25,6 +26,8 @@ pub struct Shared {
     kubeconfig: PathBuf,
     control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     podagent_kubeconfig: OnceLock<PathBuf>,
+    node_kubeconfigs: Mutex<HashMap<String, PathBuf>>,
+    admission_policy: OnceLock<()>,
     admin: OnceLock<super::Admin>,
 }
 
@@ -69,6 +72,8 @@ impl Shared {
             kubeconfig: PathBuf::from(kubeconfig),
             control: Mutex::new((stdin, stdout)),
             podagent_kubeconfig: OnceLock::new(),
+            node_kubeconfigs: Mutex::new(HashMap::new()),
+            admission_policy: OnceLock::new(),
             admin: OnceLock::new(),
         })
     }
@@ -138,34 +143,80 @@ impl Shared {
         self.kubeconfig.with_file_name("kubectl-cache")
     }
 
-    /// The kubeconfig podagent runs with: made once by `scripts/create-kubeconfig.sh` for the
-    /// service account of `manifests/podagent-serviceaccount-and-rbac.yaml`, exactly as an
-    /// operator makes it, so podagent has the shipped RBAC and nothing more.
+    /// The kubeconfig of the identity all nodes share (`kube-system/podagent`): made once by
+    /// `scripts/create-kubeconfig.sh` for the service account of
+    /// `manifests/podagent-serviceaccount-and-rbac.yaml`, exactly as an operator makes it, so
+    /// podagent has the shipped RBAC and nothing more.
     pub fn podagent_kubeconfig(&self) -> &Path {
-        self.podagent_kubeconfig.get_or_init(|| {
-            let out = self
-                .kubeconfig
-                .parent()
-                .expect("kubeconfig inside the control plane dir")
-                .join("podagent");
+        self.podagent_kubeconfig
+            .get_or_init(|| self.create_kubeconfig(&[], "podagent"))
+    }
+
+    /// The kubeconfig of `node`'s own identity (`kube-system/podagent-node-<node>`), made once
+    /// per node by `scripts/create-kubeconfig.sh --node NODE`: the identity the admission
+    /// policy keeps to that node's pods.
+    pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
+        let mut made = self
+            .node_kubeconfigs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        made.entry(node.to_string())
+            .or_insert_with(|| self.create_kubeconfig(&["--node", node], &format!("node-{node}")))
+            .clone()
+    }
+
+    /// Runs `scripts/create-kubeconfig.sh ARGS <dir>/<subdir>` as the admin; the kubeconfig
+    /// it wrote.
+    fn create_kubeconfig(&self, args: &[&str], subdir: &str) -> PathBuf {
+        let out = self
+            .kubeconfig
+            .parent()
+            .expect("kubeconfig inside the control plane dir")
+            .join(subdir);
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let output = Command::new(repo.join("scripts/create-kubeconfig.sh"))
+            .args(args)
+            .arg(&out)
+            .arg("podagent-kubeconfig.yaml")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECTL", super::binary("kubectl"))
+            .env("KUBECACHEDIR", self.kubectl_cache())
+            .output()
+            .expect("run scripts/create-kubeconfig.sh");
+        assert!(
+            output.status.success(),
+            "scripts/create-kubeconfig.sh {args:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        out.join("podagent-kubeconfig.yaml")
+    }
+
+    /// Applies `manifests/podagent-admission-policy.yaml` once, as an operator does. The API
+    /// server enforces a new policy only after it has loaded it (about a second): a test that
+    /// needs a denial waits for it.
+    pub fn install_admission_policy(&self) {
+        self.admission_policy.get_or_init(|| {
             let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let output = Command::new(repo.join("scripts/create-kubeconfig.sh"))
-                .arg(&out)
-                .arg("podagent-kubeconfig.yaml")
+            let manifest = repo.join("manifests/podagent-admission-policy.yaml");
+            let output = Command::new(super::binary("kubectl"))
+                .arg("apply")
+                .arg("-f")
+                .arg(&manifest)
                 .env("KUBECONFIG", &self.kubeconfig)
-                .env("KUBECTL", super::binary("kubectl"))
                 .env("KUBECACHEDIR", self.kubectl_cache())
                 .output()
-                .expect("run scripts/create-kubeconfig.sh");
+                .expect("run kubectl apply");
             assert!(
                 output.status.success(),
-                "scripts/create-kubeconfig.sh failed ({}):\n{}{}",
+                "kubectl apply -f {} failed ({}):\n{}{}",
+                manifest.display(),
                 output.status,
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             );
-            out.join("podagent-kubeconfig.yaml")
-        })
+        });
     }
 
     /// Restarts kube-apiserver (same port, same data): every watch drops, and a watch from a
