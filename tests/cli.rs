@@ -430,44 +430,38 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     assert_each_cause_once(&lines);
 
     // Another node's kubeconfig copied here: everything works, but the admission policy would
-    // deny every change to this node's pods.
+    // deny every change to this node's pods. And the identity every node used to share speaks
+    // for none. Only the identity line fails, saying which and what to run.
     let other = format!("{node}-other");
-    let (code, lines) = check(&Host {
-        kubeconfig: testkit::control_plane::shared().node_kubeconfig(&other),
-        ..healthy(&node, &containerd, scratch.path())
-    })
-    .await;
-    assert_eq!(code, Some(1), "{lines:#?}");
-    assert_only_failure(&lines, "identity speaks for this node");
-    assert_failed(
-        &lines,
-        "identity speaks for this node",
-        &format!(
-            "system:serviceaccount:kube-system:podagent-node-{other} speaks for node {other}, not \
-             for this node {node} (a kubeconfig copied from another node?): run \
-             create-kubeconfig.sh --node {node} and install the kubeconfig it writes on this node"
-        ),
+    let fix = format!(
+        "run create-kubeconfig.sh --node {node} and install the kubeconfig it writes on this node"
     );
-
-    // The identity every node used to share speaks for none.
-    let (code, lines) = check(&Host {
-        kubeconfig: testkit::control_plane::shared()
-            .podagent_kubeconfig()
-            .to_path_buf(),
-        ..healthy(&node, &containerd, scratch.path())
-    })
-    .await;
-    assert_eq!(code, Some(1), "{lines:#?}");
-    assert_only_failure(&lines, "identity speaks for this node");
-    assert_failed(
-        &lines,
-        "identity speaks for this node",
-        &format!(
-            "system:serviceaccount:kube-system:podagent is shared by every node and speaks for \
-             none, so the admission policy cannot keep it to this node's pods: run \
-             create-kubeconfig.sh --node {node} and install the kubeconfig it writes on this node"
+    let cluster = testkit::control_plane::shared();
+    for (kubeconfig, detail) in [
+        (
+            cluster.node_kubeconfig(&other),
+            format!(
+                "system:serviceaccount:kube-system:podagent-node-{other} speaks for node {other}, \
+                 not for this node {node} (a kubeconfig copied from another node?): {fix}"
+            ),
         ),
-    );
+        (
+            cluster.podagent_kubeconfig().to_path_buf(),
+            format!(
+                "system:serviceaccount:kube-system:podagent is shared by every node and speaks \
+                 for none, so the admission policy cannot keep it to this node's pods: {fix}"
+            ),
+        ),
+    ] {
+        let (code, lines) = check(&Host {
+            kubeconfig,
+            ..healthy(&node, &containerd, scratch.path())
+        })
+        .await;
+        assert_eq!(code, Some(1), "{lines:#?}");
+        assert_only_failure(&lines, "identity speaks for this node");
+        assert_failed(&lines, "identity speaks for this node", &detail);
+    }
 
     // Empty CNI conf dir.
     let empty = scratch.path().join("empty-net.d");

@@ -173,23 +173,13 @@ impl Shared {
             .parent()
             .expect("kubeconfig inside the control plane dir")
             .join(subdir);
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let output = Command::new(repo.join("scripts/create-kubeconfig.sh"))
+        let mut command = Command::new(repo().join("scripts/create-kubeconfig.sh"));
+        command
             .args(args)
             .arg(&out)
             .arg("podagent-kubeconfig.yaml")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("KUBECTL", super::binary("kubectl"))
-            .env("KUBECACHEDIR", self.kubectl_cache())
-            .output()
-            .expect("run scripts/create-kubeconfig.sh");
-        assert!(
-            output.status.success(),
-            "scripts/create-kubeconfig.sh {args:?} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .env("KUBECTL", super::binary("kubectl"));
+        self.run_as_admin(command);
         out.join("podagent-kubeconfig.yaml")
     }
 
@@ -198,25 +188,30 @@ impl Shared {
     /// needs a denial waits for it.
     pub fn install_admission_policy(&self) {
         self.admission_policy.get_or_init(|| {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let manifest = repo.join("manifests/podagent-admission-policy.yaml");
-            let output = Command::new(super::binary("kubectl"))
+            let mut command = Command::new(super::binary("kubectl"));
+            command
                 .arg("apply")
                 .arg("-f")
-                .arg(&manifest)
-                .env("KUBECONFIG", &self.kubeconfig)
-                .env("KUBECACHEDIR", self.kubectl_cache())
-                .output()
-                .expect("run kubectl apply");
-            assert!(
-                output.status.success(),
-                "kubectl apply -f {} failed ({}):\n{}{}",
-                manifest.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
+                .arg(repo().join("manifests/podagent-admission-policy.yaml"));
+            self.run_as_admin(command);
         });
+    }
+
+    /// Runs an operator's command with the admin kubeconfig; panics with its output when it
+    /// fails.
+    fn run_as_admin(&self, mut command: Command) {
+        let output = command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", self.kubectl_cache())
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+        assert!(
+            output.status.success(),
+            "{command:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Restarts kube-apiserver (same port, same data): every watch drops, and a watch from a
@@ -241,4 +236,9 @@ fn read_line(from: &mut BufReader<ChildStdout>) -> Result<String> {
     from.read_line(&mut line)
         .context("reading control-plane's output")?;
     Ok(line.trim_end().to_string())
+}
+
+/// The repository the test binaries were built from.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
