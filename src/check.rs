@@ -258,9 +258,9 @@ async fn admission_policy(kube: &KubeClient) -> Result<String, String> {
 }
 
 async fn container_runtime(config: &Config) -> Result<String, String> {
-    let settings = config.runtime.clone();
+    let settings = &config.runtime;
     bounded(async {
-        let runtime = runtime::connect(&settings).await.map_err(|e| render(&e))?;
+        let runtime = runtime::connect(settings).await.map_err(|e| render(&e))?;
         let version = runtime.version().await.map_err(|e| render(&e))?;
         Ok(format!(
             "{} ({} {}, API {}) at {}",

@@ -245,7 +245,7 @@ async fn start(
     let (pods, version) = retry(notifier, &waiting, || watcher.list()).await;
     tracing::info!(pods = pods.len(), node = %config.node_name, "listed this node's pods");
 
-    let settings = config.runtime.clone();
+    let settings = &config.runtime;
     let target = settings.endpoint.as_ref().map_or_else(
         || format!("{} (default sockets)", settings.kind),
         |endpoint| endpoint.display().to_string(),
@@ -255,7 +255,7 @@ async fn start(
     )));
     let waiting = format!("container runtime at {target}");
     let (runtime, version_info) = retry(notifier, &waiting, || async {
-        let runtime = runtime::connect(&settings).await?;
+        let runtime = runtime::connect(settings).await?;
         let version = runtime.version().await?;
         Ok::<_, runtime::RuntimeError>((runtime, version))
     })
