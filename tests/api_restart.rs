@@ -5,9 +5,10 @@ use podagent::annotation::ifname;
 use serde_json::json;
 use testkit::node::Node;
 
-/// A restarted kube-apiserver drops every watch, and its new watch cache starts past the
-/// resourceVersion podagent watches from: the real server answers 410 Gone, podagent re-lists
-/// and goes on serving the node.
+/// A restarted kube-apiserver drops every watch; with etcd's history compacted past the
+/// resourceVersion podagent watches from (the fixture compacts during the restart, as the
+/// server's own compactor does every five minutes), the real server answers 410 Gone,
+/// podagent re-lists and goes on serving the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_restart_answers_410_and_podagent_relists() {
     let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;

@@ -15,6 +15,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::fault_proxy::FaultProxy;
 use testkit::node::{Node, has_link as has, ipv4, links, mac};
 
 const GREEN: &str = "net9f27410725ab";
@@ -467,6 +468,58 @@ async fn pod_deleted_during_an_add_is_forgotten() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(agent.running(), "podagent survived");
     assert!(host.record(&uid).is_none());
+}
+
+/// A watch request refused outright with 410 Gone (in its response, not in its stream)
+/// means the same as the in-stream 410: podagent lists afresh instead of retrying the stale
+/// resourceVersion. Seen from outside, in the requests that reach the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_refused_with_410_lists_afresh() {
+    let host = containerd_node().await;
+    let (uid, sandbox) = host
+        .pod("default", "relisted", Some(r#"[{"name":"green"}]"#))
+        .await;
+    let netns = host.netns(&sandbox).await;
+    let cluster = host.cluster();
+    let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
+        .await
+        .expect("fault proxy");
+    let mut config = host.agent_config();
+    let through = host.path("proxy.kubeconfig");
+    proxy
+        .write_kubeconfig(&config.kubeconfig, &through)
+        .expect("kubeconfig through the fault proxy");
+    config.kubeconfig = through;
+    let _agent = host.start_agent_with(&config);
+    // Quiet before the fault: green plugged, its status written and its Event posted.
+    host.eventually("green's AddedInterface Event", || {
+        host.events("default", &uid, "AddedInterface").pop()
+    })
+    .await;
+    let before = proxy.requests().len();
+    proxy.faults().fail_next(1, 410);
+    proxy.faults().cut_connections();
+    host.set_networks(
+        "default",
+        "relisted",
+        Some(r#"[{"name":"green"},{"name":"blue"}]"#),
+    );
+    host.eventually("blue", || has(&netns, BLUE).then_some(()))
+        .await;
+    let after = proxy.requests().split_off(before);
+    let is_pods = |r: &String| r.starts_with("GET /api/v1/pods?");
+    assert!(
+        after
+            .first()
+            .is_some_and(|r| is_pods(r) && r.contains("watch=true")),
+        "the request answered 410 is the watch that follows the cut: {after:#?}"
+    );
+    assert!(
+        after[1..]
+            .iter()
+            .any(|r| is_pods(r) && !r.contains("watch=")),
+        "no list of pods after the watch was refused with 410: {after:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,11 +193,18 @@ impl PodWatcher {
         let params = WatchParams::default()
             .fields(&self.selector)
             .timeout(seconds);
-        let stream = self
-            .api
-            .watch(&params, version)
-            .await
-            .map_err(|e| WatchEnd::Failed(self.request("watch").error(&self.kube.url, e)))?;
+        let stream = match self.api.watch(&params, version).await {
+            Ok(stream) => stream,
+            // The server may refuse the request itself rather than in its stream.
+            Err(kube::Error::Api(status)) if status.code == 410 => {
+                return self.relist(version, events, liveness).await;
+            }
+            Err(e) => {
+                return Err(WatchEnd::Failed(
+                    self.request("watch").error(&self.kube.url, e),
+                ));
+            }
+        };
         let mut stream = std::pin::pin!(stream);
         loop {
             let next = tokio::time::timeout(self.watch_timeout + WATCH_GRACE, stream.try_next());
@@ -233,12 +240,7 @@ impl PodWatcher {
                     None
                 }
                 WatchEvent::Error(status) if status.code == 410 => {
-                    tracing::info!("pod watch expired (410 Gone), re-listing");
-                    let (pods, fresh) = self.list().await.map_err(WatchEnd::Failed)?;
-                    liveness.watch_beat();
-                    *version = fresh;
-                    send(events, PodEvent::Listed(pods)).await?;
-                    return Ok(());
+                    return self.relist(version, events, liveness).await;
                 }
                 WatchEvent::Error(status) => {
                     return Err(WatchEnd::Failed(
@@ -251,6 +253,21 @@ impl PodWatcher {
                 send(events, event).await?;
             }
         }
+    }
+
+    /// After a `410 Gone`: lists afresh, hands the list to the work loop and watches from its
+    /// resourceVersion.
+    async fn relist(
+        &self,
+        version: &mut String,
+        events: &mpsc::Sender<PodEvent>,
+        liveness: &Liveness,
+    ) -> Result<(), WatchEnd> {
+        tracing::info!("pod watch expired (410 Gone), re-listing");
+        let (pods, fresh) = self.list().await.map_err(WatchEnd::Failed)?;
+        liveness.watch_beat();
+        *version = fresh;
+        send(events, PodEvent::Listed(pods)).await
     }
 }
 

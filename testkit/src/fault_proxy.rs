@@ -16,7 +16,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ const HOP_BY_HOP: [&str; 8] = [
 pub struct FaultProxy {
     addr: SocketAddr,
     faults: Faults,
-    requests: Arc<AtomicU64>,
+    requests: Requests,
     task: JoinHandle<()>,
 }
 
@@ -81,8 +80,11 @@ struct Shared {
     upstream: String,
     client: Upstream,
     faults: Faults,
-    requests: Arc<AtomicU64>,
+    requests: Requests,
 }
+
+/// Every request the proxy received, as `METHOD path?query`, in arrival order.
+type Requests = Arc<Mutex<Vec<String>>>;
 
 impl FaultProxy {
     /// Starts a proxy on a free port of 127.0.0.1 in front of `upstream`.
@@ -125,7 +127,7 @@ impl FaultProxy {
                 cuts: watch::Sender::new(0),
             }),
         };
-        let requests = Arc::new(AtomicU64::new(0));
+        let requests = Requests::default();
         let shared = Arc::new(Shared {
             upstream,
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -175,9 +177,10 @@ impl FaultProxy {
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    /// How many requests the proxy has received so far (failed, held or forwarded).
-    pub fn request_count(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
+    /// Every request received so far (failed, held or forwarded), as `METHOD path?query`
+    /// in arrival order: what a client asked of the API server, seen from outside it.
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.requests).clone()
     }
 }
 
@@ -256,7 +259,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let line = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    lock(&shared.requests).push(line);
     let faults = &shared.faults;
     let failure = faults.take_failure();
     let latency = *lock(&faults.inner.latency);

@@ -128,13 +128,54 @@ impl ControlPlane {
     }
 
     /// Stops and starts kube-apiserver on the same port and data: every watch and connection
-    /// drops, and the new server's watch cache starts at the current revision. Returns once
-    /// it is ready again.
+    /// drops. etcd is compacted to its current revision in between, so a watch from any
+    /// resourceVersion the old server handed out gets a real 410, whether the new server
+    /// serves it from its watch cache or, while that cache is still filling, from etcd.
+    /// Returns once the new server is ready.
     pub async fn restart_apiserver(&mut self) -> Result<()> {
         if let Some(mut apiserver) = self.apiserver.take() {
             apiserver.stop_async().await;
         }
+        self.compact_etcd().await?;
         self.start_apiserver().await
+    }
+
+    /// Compacts etcd's history to its current revision (through etcd's JSON gateway).
+    async fn compact_etcd(&self) -> Result<()> {
+        let header = self
+            .etcd_call("range", serde_json::json!({"key": "AA=="}))
+            .await?;
+        let revision = header["header"]["revision"]
+            .as_str()
+            .with_context(|| format!("etcd's range answer has no header.revision: {header}"))?
+            .to_string();
+        self.etcd_call(
+            "compaction",
+            serde_json::json!({"revision": revision, "physical": true}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One POST to etcd's `/v3/kv/<call>`; its JSON answer.
+    async fn etcd_call(&self, call: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        use http_body_util::{BodyExt, Full};
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<bytes::Bytes>>();
+        let uri = format!("{}/v3/kv/{call}", self.etcd_url);
+        let request = http::Request::post(&uri).body(Full::from(body.to_string()))?;
+        let response = client
+            .request(request)
+            .await
+            .with_context(|| format!("POST {uri}"))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        if !status.is_success() {
+            bail!("POST {uri} answered {status}: {text}");
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("POST {uri} answered {text:?}"))
     }
 
     async fn start_apiserver(&mut self) -> Result<()> {

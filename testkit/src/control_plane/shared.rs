@@ -214,9 +214,9 @@ impl Shared {
         );
     }
 
-    /// Restarts kube-apiserver (same port, same data): every watch drops, and a watch from a
-    /// resourceVersion older than the new server's cache gets a real 410. Affects every test
-    /// of this process: only for test binaries that can take it.
+    /// Restarts kube-apiserver (same port, same data, etcd compacted in between): every watch
+    /// drops, and a watch from a resourceVersion the old server handed out gets a real 410.
+    /// Affects every test of this process: only for test binaries that can take it.
     pub fn restart_apiserver(&self) {
         let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
         let (stdin, stdout) = &mut *control;
