@@ -11,10 +11,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cni::Invoker;
+use crate::cni::{Invoker, NetworkSummary};
 use crate::config::{Config, DEFAULT_CONFIG_FILE, EXIT_BAD_CONFIG, Flags};
 use crate::error_chain::render;
-use crate::kubeapi::{self, Credentials, KubeClient, NODE_BOUND_POLICY, PodWatcher, Speaks};
+use crate::kubeapi::{
+    self, Credentials, KubeClient, NODE_BOUND_POLICY, NetworkWatcher, PodWatcher, Speaks,
+};
+use crate::networks::Mode;
 use crate::runtime::{self, Runtime};
 
 /// No single check may hang the command: an unreachable server fails within this.
@@ -132,6 +135,10 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
             emit(line("admission policy enforced", skipped()));
         }
     }
+    emit(line(
+        "networks resolvable",
+        networks(config, kube.as_ref().ok()).await,
+    ));
 
     emit(line(
         "container runtime reachable",
@@ -139,33 +146,82 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
     ));
 
     let invoker = Invoker::new(config.cni.clone());
-    let primary = bounded(async { invoker.primary_config().await.map_err(|e| render(&e)) }).await;
-    emit(line(
-        "CNI primary config usable",
-        primary
-            .as_ref()
-            .map(|p| {
-                format!(
+    match config.networks.mode {
+        Mode::Kactus => {
+            let primary =
+                bounded(async { invoker.primary_config().await.map_err(|e| render(&e)) }).await;
+            let usable = primary.as_ref().map_err(Clone::clone).and_then(|p| {
+                kactus_primary(p, config.networks.accept_other_primary)?;
+                Ok(format!(
                     "network {}, type {}, cniVersion {}, file {}",
                     p.name,
                     p.plugin_types.join(" → "),
                     p.cni_version,
                     p.file.display()
-                )
-            })
-            .map_err(Clone::clone),
-    ));
-    let plugins = match primary {
-        Ok(_) => plugin_binaries(&invoker).await,
-        Err(_) => Err("not checked: no usable CNI config".to_string()),
-    };
-    emit(line("CNI plugin binaries present", plugins));
+                ))
+            });
+            emit(line("CNI primary config usable", usable));
+            let plugins = match primary {
+                Ok(_) => plugin_binaries(&invoker).await,
+                Err(_) => Err("not checked: no usable CNI config".to_string()),
+            };
+            emit(line("CNI plugin binaries present", plugins));
+        }
+        Mode::Direct => {
+            emit(line(
+                "CNI primary config usable",
+                Ok("not used in direct mode: each Network's own config is run".to_string()),
+            ));
+            emit(line(
+                "CNI plugin binaries present",
+                Ok(
+                    "checked per attachment in direct mode: a Network naming a missing plugin \
+                    gets a FailedAddingInterface Event naming it and the dirs searched"
+                        .to_string(),
+                ),
+            ));
+        }
+    }
 
     emit(line(
         "state dir writable",
         state_dir_writable(&config.state_dir),
     ));
     all_passed
+}
+
+/// In kactus mode the primary must be kactus: any other plugin would be asked for a second
+/// pod interface, never the network the entry names.
+pub(crate) fn kactus_primary(primary: &NetworkSummary, accepted: bool) -> Result<(), String> {
+    match primary.plugin_types.first() {
+        Some(first) if first != "kactus" && !accepted => Err(format!(
+            "{} (network {}) runs `{first}` first, not kactus: in kactus mode podagent would ask \
+             `{first}` for a second pod interface instead of the named network; set \
+             networks.mode = \"direct\" to run each Network's own config, or \
+             networks.accept_other_primary = true if this primary resolves networks as kactus does",
+            primary.file.display(),
+            primary.name
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Where networks come from, and in direct mode whether podagent can read them.
+async fn networks(config: &Config, kube: Option<&KubeClient>) -> Result<String, String> {
+    match (config.networks.mode, kube) {
+        (Mode::Kactus, _) => {
+            Ok("kactus mode: the node's primary CNI config resolves each network".into())
+        }
+        (Mode::Direct, None) => Err("not checked: no usable kubeconfig".into()),
+        (Mode::Direct, Some(kube)) => {
+            let watcher = NetworkWatcher::new(kube.clone());
+            let catalog = bounded(async { watcher.list().await.map_err(|e| render(&e)) }).await?;
+            Ok(format!(
+                "direct mode: {} Network objects (kaloom.com/v1) listable in all namespaces",
+                catalog.len()
+            ))
+        }
+    }
 }
 
 fn kubeconfig_detail(credentials: &Credentials, kube: &KubeClient) -> String {

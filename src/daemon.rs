@@ -10,6 +10,10 @@
 //! Shutdown is handled once (SIGTERM or SIGINT, also during startup): `STOPPING=1`, stop the
 //! watch, let the work loop finish what it is doing within the configured grace period, exit 0.
 //!
+//! In direct mode the cluster's `Network` objects are listed before `READY=1` too, so no pod
+//! is told a network is missing that merely had not been read yet; their watch then runs
+//! beside the pod watch and wakes the pods whose networks change.
+//!
 //! The work loop is the hot-plug controller (`crate::controller`): it starts from the durable
 //! records and the initial list, so attachments already in place are adopted rather than added
 //! again, and records of pods that disappeared while podagent was down are forgotten. Stopping
@@ -28,8 +32,11 @@ use crate::config::Config;
 use crate::controller::{Context, Controller, Summary};
 use crate::error_chain;
 use crate::kubeapi::events::KubeFeedback;
-use crate::kubeapi::{self, Credentials, KubeClient, KubeError, PodView, PodWatcher};
+use crate::kubeapi::{
+    self, Credentials, KubeClient, KubeError, NetworkWatcher, PodView, PodWatcher,
+};
 use crate::netns::Netlink;
+use crate::networks::{Mode, Networks};
 use crate::runtime::{self, AnyRuntime, Runtime};
 use crate::store::{Store, StoreError};
 use crate::systemd::{self, Liveness, Message, Notifier};
@@ -141,13 +148,20 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     tracing::info!(
         node = %node,
         annotation_key = %config.annotation_key,
+        networks_mode = config.networks.mode.as_str(),
         "podagent starting"
     );
 
     let watchdog = systemd::watchdog_ping_interval();
     let cadence = Cadence::for_watchdog(watchdog.map(|ping| ping * 2));
     let startup = start(&config, notifier.as_ref(), &cadence);
-    let (kube, pods, version, runtime) = tokio::select! {
+    let Started {
+        kube,
+        pods,
+        version,
+        runtime,
+        catalog,
+    } = tokio::select! {
         started = startup => started?,
         signal = &mut shutdown => {
             tracing::info!(signal, "stopping during startup");
@@ -169,12 +183,31 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     );
     notifier.notify(Message::Ready);
 
+    let networks = Networks::new(config.networks.clone());
+    let (network_changes, changed_networks) = mpsc::channel(EVENT_BACKLOG);
+    let network_watch = match catalog {
+        Some(catalog) => {
+            networks.replace(catalog);
+            let watcher = NetworkWatcher::new(kube.clone());
+            Some(tokio::spawn(watcher.run(networks.clone(), network_changes)))
+        }
+        None => None,
+    };
+    let invoker = Invoker::new(config.cni.clone());
+    if networks.mode() == Mode::Kactus
+        && let Ok(primary) = invoker.primary_config().await
+        && let Err(problem) =
+            crate::check::kactus_primary(&primary, config.networks.accept_other_primary)
+    {
+        tracing::warn!(problem = %problem, "the primary CNI config is not kactus");
+    }
     let context = Context {
         runtime: Arc::new(runtime),
-        cni: Arc::new(Invoker::new(config.cni.clone())),
+        cni: Arc::new(invoker),
         links: Arc::new(Netlink),
         store,
         feedback: Arc::new(KubeFeedback::new(kube.clone(), &node)),
+        networks,
         settings: config.reconcile.clone(),
     };
     let controller = Controller::new(context, loaded.records, pods);
@@ -195,7 +228,8 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
             }
         }
     };
-    let mut work = tokio::spawn(controller.run(receiver, cadence.work_tick, beat));
+    let mut work =
+        tokio::spawn(controller.run(receiver, changed_networks, cadence.work_tick, beat));
     let watchdog = watchdog
         .map(|interval| tokio::spawn(systemd::watchdog(notifier.clone(), liveness, interval)));
 
@@ -214,6 +248,9 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     }
     // Ending the watch closes the event channel: the work loop drains it and returns.
     watch.abort();
+    if let Some(network_watch) = network_watch {
+        network_watch.abort();
+    }
     if tokio::time::timeout(config.shutdown_grace, &mut work)
         .await
         .is_err()
@@ -225,12 +262,24 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     Ok(())
 }
 
-/// Connects to the API server and the runtime; returns once both have answered.
+/// What startup waited for.
+struct Started {
+    kube: KubeClient,
+    pods: Vec<PodView>,
+    /// The resourceVersion of the pod list.
+    version: String,
+    runtime: AnyRuntime,
+    /// Direct mode: every `Network` object at startup.
+    catalog: Option<crate::networks::Catalog>,
+}
+
+/// Connects to the API server and the runtime; returns once both have answered (and, in
+/// direct mode, the network objects are listed).
 async fn start(
     config: &Config,
     notifier: &dyn Notifier,
     cadence: &Cadence,
-) -> Result<(KubeClient, Vec<PodView>, String, AnyRuntime), DaemonError> {
+) -> Result<Started, DaemonError> {
     let credentials = Credentials::resolve(&config.kube);
     let kube = kubeapi::connect(&credentials).await?;
     tracing::info!(url = %kube.url, credentials = %credentials, "connecting to the API server");
@@ -244,6 +293,15 @@ async fn start(
     let waiting = format!("API server {}", kube.url);
     let (pods, version) = retry(notifier, &waiting, || watcher.list()).await;
     tracing::info!(pods = pods.len(), node = %config.node_name, "listed this node's pods");
+    let catalog = match config.networks.mode {
+        Mode::Kactus => None,
+        Mode::Direct => {
+            let watcher = NetworkWatcher::new(kube.clone());
+            let catalog = retry(notifier, "the Network objects", || watcher.list()).await;
+            tracing::info!(networks = catalog.len(), "listed the Network objects");
+            Some(catalog)
+        }
+    };
 
     let settings = &config.runtime;
     let target = settings.endpoint.as_ref().map_or_else(
@@ -267,7 +325,13 @@ async fn start(
         endpoint = %endpoint.display(),
         "container runtime answered"
     );
-    Ok((kube, pods, version, runtime))
+    Ok(Started {
+        kube,
+        pods,
+        version,
+        runtime,
+        catalog,
+    })
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod error_chain;
 pub mod kubeapi;
 mod names;
 pub mod netns;
+mod networks;
 pub mod plan;
 pub mod pod;
 pub mod runtime;

@@ -7,10 +7,17 @@
 //!
 //! Rules (per pod):
 //! - a pod that is gone: forget its record (the runtime's own CNI DEL tears the netns down);
+//!   when podagent owns teardown (no kactus to do it: `direct` mode), release each attachment
+//!   first: DEL with its recorded config, against the sandbox it was made in, then forget it;
 //! - skip pods that are not Running, are being deleted, use hostNetwork, whose sandbox is not
 //!   ready, or whose netns could not be read;
+//! - owning teardown, a pod whose recorded sandbox is no longer its ready one (gone, not ready,
+//!   re-created) gets its attachments released before anything else; a pod that is being
+//!   deleted or has stopped keeps them while that sandbox still runs (graceful shutdown needs
+//!   its interfaces);
 //! - the sandbox changed (id or netns): the old attachments died with the old netns, drop them
-//!   without a DEL and plan against the new sandbox as if nothing were recorded;
+//!   without a DEL (after the releases above, when owning teardown) and plan against the new
+//!   sandbox as if nothing were recorded;
 //! - an invalid annotation changes nothing that exists; it is only reported;
 //! - desired, recorded `Attached` with the same parameters and present: nothing;
 //! - desired and present but not recorded (made by kactus at sandbox creation, or by an ADD whose
@@ -28,8 +35,8 @@
 //!   `podagentSkip`: forget without a DEL, the user took it out of podagent's hands;
 //! - a `net<12 hex>` link that is neither desired nor recorded is left alone and logged.
 //!
-//! Steps come ordered: stale-sandbox drop, DELs, forgets, adoptions, ADDs (DELs free addresses
-//! and names before ADDs need them), then links left alone. Every DEL is followed by an ADD or a
+//! Steps come ordered: releases, stale-sandbox drop, DELs, forgets, adoptions, ADDs (DELs free
+//! addresses and names before ADDs need them), then links left alone. Every DEL is followed by an ADD or a
 //! forget of the same network. The executor runs them in order and stops at the first failure;
 //! the next reconcile re-plans from whatever is then true.
 
@@ -69,6 +76,8 @@ pub struct PlanInput<'a> {
     pub desired: &'a Result<Vec<NetworkSelection>, AnnotationError>,
     pub observed: &'a Observed,
     pub recorded: Option<&'a PodRecord>,
+    /// podagent must DEL its attachments when their pod or sandbox goes (`direct` mode).
+    pub owns_teardown: bool,
 }
 
 /// Why nothing is done for a pod now.
@@ -92,6 +101,9 @@ pub enum Step {
     DropStaleSandbox { old_sandbox: String },
     /// CNI DEL of a recorded attachment (mark it `Removing` first).
     Del { attachment: Attachment },
+    /// CNI DEL of a recorded attachment in the recorded sandbox, which is gone or going (mark
+    /// it `Removing` first), then drop it from the record.
+    Release { attachment: Attachment },
     /// Drop an attachment from the record.
     Forget { network: String },
     /// Record a present interface as `Attached` without a CNI call.
@@ -106,24 +118,50 @@ pub enum Step {
 
 /// Decides the steps for one pod.
 pub fn plan(input: &PlanInput<'_>) -> Vec<Step> {
+    let releases = |record: &PodRecord| -> Vec<Step> {
+        if !input.owns_teardown {
+            return Vec::new();
+        }
+        record
+            .attachments
+            .values()
+            .map(|attachment| Step::Release {
+                attachment: attachment.clone(),
+            })
+            .collect()
+    };
+    let in_recorded_sandbox = |record: &PodRecord, sandbox: &Sandbox| {
+        record.sandbox_id == sandbox.id && record.netns == sandbox.netns
+    };
     let Some(pod) = input.pod else {
         return match input.recorded {
-            Some(_) => vec![Step::ForgetPod],
+            Some(record) => {
+                let mut steps = releases(record);
+                steps.push(Step::ForgetPod);
+                steps
+            }
             None => Vec::new(),
         };
     };
     let sandbox = match eligible_sandbox(pod) {
         Ok(sandbox) => sandbox,
-        Err(reason) => return vec![Step::Skip(reason)],
+        Err(reason) => {
+            let mut steps = match (input.recorded, &pod.sandbox) {
+                (Some(record), Some(current)) if in_recorded_sandbox(record, current) => Vec::new(),
+                (Some(record), _) if !pod.host_network => releases(record),
+                _ => Vec::new(),
+            };
+            steps.push(Step::Skip(reason));
+            return steps;
+        }
     };
 
     let mut steps = Vec::new();
     let no_attachments = BTreeMap::new();
     let recorded = match input.recorded {
-        Some(record) if record.sandbox_id == sandbox.id && record.netns == sandbox.netns => {
-            &record.attachments
-        }
+        Some(record) if in_recorded_sandbox(record, sandbox) => &record.attachments,
         Some(record) => {
+            steps.extend(releases(record));
             steps.push(Step::DropStaleSandbox {
                 old_sandbox: record.sandbox_id.clone(),
             });
@@ -306,6 +344,7 @@ mod tests {
         desired: Result<Vec<NetworkSelection>, AnnotationError>,
         observed: Observed,
         recorded: Option<PodRecord>,
+        owns_teardown: bool,
     }
 
     impl Case {
@@ -320,6 +359,7 @@ mod tests {
                 desired: Ok(vec![]),
                 observed: Observed::Links(["lo", "eth0"].map(String::from).into()),
                 recorded: None,
+                owns_teardown: false,
             }
         }
         fn want(mut self, selections: Vec<NetworkSelection>) -> Self {
@@ -342,7 +382,18 @@ mod tests {
                 desired: &self.desired,
                 observed: &self.observed,
                 recorded: self.recorded.as_ref(),
+                owns_teardown: self.owns_teardown,
             })
+        }
+        fn owning_teardown(mut self) -> Self {
+            self.owns_teardown = true;
+            self
+        }
+        fn pod(mut self, change: impl FnOnce(&mut PodFacts)) -> Self {
+            if let Some(pod) = self.pod.as_mut() {
+                change(pod);
+            }
+            self
         }
     }
 
@@ -368,6 +419,93 @@ mod tests {
         assert_eq!(case.plan(), vec![Step::ForgetPod]);
         case.recorded = None;
         assert_eq!(case.plan(), vec![]);
+    }
+
+    fn release(attachment: Attachment) -> Step {
+        Step::Release { attachment }
+    }
+
+    #[test]
+    fn owning_teardown_a_gone_pod_releases_every_attachment_before_it_is_forgotten() {
+        let green = att(sel("green"), Phase::Attached);
+        let blue = att(sel("blue"), Phase::Removing);
+        let mut case = Case::new()
+            .recorded(vec![green.clone(), blue.clone()])
+            .owning_teardown();
+        case.pod = None;
+        assert_eq!(
+            case.plan(),
+            vec![release(blue), release(green), Step::ForgetPod]
+        );
+    }
+
+    #[test]
+    fn owning_teardown_a_stopping_pod_keeps_its_interfaces_while_its_sandbox_runs() {
+        let green = att(sel("green"), Phase::Attached);
+        let base = || {
+            Case::new()
+                .want(vec![sel("green")])
+                .links(&[GREEN])
+                .recorded(vec![green.clone()])
+                .owning_teardown()
+        };
+        let deleting = base().pod(|p| p.deleting = true);
+        assert_eq!(deleting.plan(), vec![Step::Skip(SkipReason::Deleting)]);
+        let stopped = base().pod(|p| p.running = false);
+        assert_eq!(stopped.plan(), vec![Step::Skip(SkipReason::NotRunning)]);
+
+        // Its sandbox gone: released, whatever else keeps the pod from being planned.
+        let gone = base().pod(|p| {
+            p.deleting = true;
+            p.sandbox = None;
+        });
+        assert_eq!(
+            gone.plan(),
+            vec![release(green.clone()), Step::Skip(SkipReason::Deleting)]
+        );
+        let not_ready = base().pod(|p| p.sandbox = None);
+        assert_eq!(
+            not_ready.plan(),
+            vec![
+                release(green.clone()),
+                Step::Skip(SkipReason::SandboxNotReady)
+            ]
+        );
+        let replaced = base().pod(|p| {
+            p.running = false;
+            p.sandbox = Some(sandbox("s2"));
+        });
+        assert_eq!(
+            replaced.plan(),
+            vec![release(green), Step::Skip(SkipReason::NotRunning)]
+        );
+    }
+
+    #[test]
+    fn owning_teardown_a_recreated_sandbox_releases_the_old_attachments_then_starts_over() {
+        let green = att(sel("green"), Phase::Attached);
+        let case = Case::new()
+            .want(vec![sel("green")])
+            .recorded(vec![green.clone()])
+            .owning_teardown()
+            .pod(|p| p.sandbox = Some(sandbox("s2")));
+        assert_eq!(
+            case.plan(),
+            vec![
+                release(green),
+                Step::DropStaleSandbox {
+                    old_sandbox: "s1".into()
+                },
+                add(sel("green")),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_teardown_nothing_is_released() {
+        let green = att(sel("green"), Phase::Attached);
+        let case = Case::new().recorded(vec![green]).pod(|p| p.sandbox = None);
+        assert_eq!(case.plan(), vec![Step::Skip(SkipReason::SandboxNotReady)]);
     }
 
     #[test]
@@ -679,6 +817,16 @@ mod tests {
                             .expect("DEL of a recorded attachment");
                         entry.phase = Phase::Removing;
                         self.links.remove(&attachment.ifname);
+                    }
+                    Step::Release { attachment } => {
+                        let record = self.record.as_mut().expect("release needs a record");
+                        assert!(
+                            record
+                                .attachments
+                                .remove(&attachment.selection.name)
+                                .is_some(),
+                            "release of a recorded attachment"
+                        );
                     }
                     Step::Forget { network } => {
                         let record = self.record.as_mut().expect("forget needs a record");

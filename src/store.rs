@@ -32,6 +32,7 @@ use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
 use crate::annotation::{self, NetworkSelection};
+use crate::networks::Definition;
 
 pub(crate) mod load;
 use load::{move_aside, read_record};
@@ -76,6 +77,10 @@ pub struct Attachment {
     /// The CNI result of the ADD, raw, when there is one (not for adopted attachments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) result: Option<serde_json::Value>,
+    /// The network object's config the ADD ran (`direct` mode), written before the ADD: every
+    /// later DEL runs with it, whatever became of the object. `None`: the node's primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) definition: Option<Definition>,
 }
 
 /// Where an attachment is in its life; written before the CNI call that moves it on.
@@ -97,6 +102,7 @@ impl Attachment {
             selection,
             phase,
             result: None,
+            definition: None,
         }
     }
 }

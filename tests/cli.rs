@@ -70,6 +70,9 @@ struct Host {
     conf_dir: PathBuf,
     bin_dir: String,
     state_dir: PathBuf,
+    networks_mode: &'static str,
+    /// The test host's primary is the Debian bridge, deliberately.
+    accept_other_primary: bool,
 }
 
 impl Host {
@@ -77,13 +80,16 @@ impl Host {
         ConfigFile::write(&format!(
             "node_name = \"{}\"\nstate_dir = \"{}\"\n[kube]\nkubeconfig = \"{}\"\n\
              [runtime]\nkind = \"containerd\"\nendpoint = \"unix://{}\"\n\
-             [cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\"]\n",
+             [cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\"]\n\
+             [networks]\nmode = \"{}\"\naccept_other_primary = {}\n",
             self.node,
             self.state_dir.display(),
             self.kubeconfig.display(),
             self.runtime_socket.display(),
             self.conf_dir.display(),
             self.bin_dir,
+            self.networks_mode,
+            self.accept_other_primary,
         ))
     }
 }
@@ -312,6 +318,8 @@ fn healthy(node: &str, containerd: &Containerd, state: &Path) -> Host {
         conf_dir: containerd.dir().join("net.d"),
         bin_dir: DEBIAN_CNI_BIN.to_string(),
         state_dir: state.join("state"),
+        networks_mode: "kactus",
+        accept_other_primary: true,
     }
 }
 
@@ -326,7 +334,7 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
 
     let (code, lines) = check(&host).await;
     assert_eq!(code, Some(0), "{lines:#?}");
-    assert_eq!(lines.len(), 10, "{lines:#?}");
+    assert_eq!(lines.len(), 11, "{lines:#?}");
     assert!(lines.iter().all(|l| l.starts_with('✓')), "{lines:#?}");
     assert!(line(&lines, "pods on this node listable").contains(&format!("1 pods on node {node}")));
     assert_eq!(
@@ -338,6 +346,10 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     assert_eq!(
         line(&lines, "admission policy enforced"),
         "✓ admission policy enforced: ValidatingAdmissionPolicy podagent-node-bound bound with Deny"
+    );
+    assert_eq!(
+        line(&lines, "networks resolvable"),
+        "✓ networks resolvable: kactus mode: the node's primary CNI config resolves each network"
     );
     assert!(
         line(&lines, "container runtime reachable").contains("containerd"),
@@ -462,6 +474,60 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
         assert_only_failure(&lines, "identity speaks for this node");
         assert_failed(&lines, "identity speaks for this node", &detail);
     }
+
+    // Kactus mode on a primary that is not kactus: the trap a new user falls into.
+    let (code, lines) = check(&Host {
+        accept_other_primary: false,
+        ..healthy(&node, &containerd, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "CNI primary config usable");
+    assert_failed(
+        &lines,
+        "CNI primary config usable",
+        &format!(
+            "{}/10-podagent-test.conflist (network podagent-test) runs `bridge` first, not \
+             kactus: in kactus mode podagent would ask `bridge` for a second pod interface \
+             instead of the named network; set networks.mode = \"direct\" to run each \
+             Network's own config, or networks.accept_other_primary = true if this primary \
+             resolves networks as kactus does",
+            host.conf_dir.display()
+        ),
+    );
+
+    // Direct mode: the primary is not used, the Network objects must be readable. Before the
+    // CRD is installed the server does not serve them; after, they are listable.
+    let direct = || Host {
+        networks_mode: "direct",
+        accept_other_primary: false,
+        ..healthy(&node, &containerd, scratch.path())
+    };
+    let (code, lines) = check(&direct()).await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "networks resolvable");
+    assert_failed(
+        &lines,
+        "networks resolvable",
+        &format!(
+            "API server {server}/ does not serve networks.kaloom.com/v1 (404): install its \
+             CustomResourceDefinition (kubectl apply -f \
+             /opt/kaloom/share/podagent/manifests/networks-crd.yaml)"
+        ),
+    );
+    cluster.install_network_crd();
+    let (code, lines) = check(&direct()).await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(
+        line(&lines, "networks resolvable").starts_with("✓ networks resolvable: direct mode: ")
+            && line(&lines, "networks resolvable")
+                .ends_with(" Network objects (kaloom.com/v1) listable in all namespaces"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        line(&lines, "CNI primary config usable"),
+        "✓ CNI primary config usable: not used in direct mode: each Network's own config is run"
+    );
 
     // Empty CNI conf dir.
     let empty = scratch.path().join("empty-net.d");

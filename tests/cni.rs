@@ -179,6 +179,7 @@ fn attachment(netns: &Path, network: &str) -> Target {
         pod_uid: format!("c6a6e0c4-0000-4000-8000-{n:012x}"),
         network: network.into(),
         if_mac: None,
+        config: None,
     }
 }
 

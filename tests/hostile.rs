@@ -224,6 +224,7 @@ fn pod_without_status_or_spec_is_seen_as_not_running_and_left_alone() {
         desired: &desired,
         observed: &Observed::Unknown,
         recorded: None,
+        owns_teardown: false,
     });
     assert_eq!(steps, [Step::Skip(SkipReason::NotRunning)]);
 
@@ -539,6 +540,7 @@ fn attachment() -> cni::Target {
         pod_uid: UID.into(),
         network: "green".into(),
         if_mac: None,
+        config: None,
     }
 }
 

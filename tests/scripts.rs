@@ -764,13 +764,18 @@ fn the_shipped_rbac_grants_what_podagent_uses_and_nothing_else() {
     // grant fails them. Here: nothing beyond what podagent uses is granted.
     cluster.shared.podagent_kubeconfig();
     let account = "system:serviceaccount:kube-system:podagent";
-    let cases: [(&str, &str, bool); 22] = [
+    let cases: [(&str, &str, bool); 26] = [
         ("list", "pods", true),
         ("watch", "pods", true),
         ("patch", "pods", true),
         ("create", "events.events.k8s.io", true),
         ("patch", "events.events.k8s.io", true),
         ("get", "events.events.k8s.io", true),
+        // Direct mode: the Network objects, from one list+watch; never fetched, never written.
+        ("list", "networks.kaloom.com", true),
+        ("watch", "networks.kaloom.com", true),
+        ("get", "networks.kaloom.com", false),
+        ("create", "networks.kaloom.com", false),
         // `podagent check`: is the admission policy enforced (that one binding only).
         (
             "get",

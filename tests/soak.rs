@@ -203,6 +203,7 @@ impl World {
                 pod_uid: pod.uid.clone(),
                 network,
                 if_mac: None,
+                config: None,
             };
             podagent::cni::Cni::del(&teardown, &attachment)
                 .await

@@ -140,6 +140,7 @@ impl World {
             pod_uid: pod.uid.clone(),
             network: network.to_owned(),
             if_mac: None,
+            config: None,
         })
     }
 

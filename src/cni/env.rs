@@ -225,6 +225,7 @@ mod tests {
             pod_uid: "c6a6e0c4-1b7c-4b8e-9d3f-0a1b2c3d4e5f".into(),
             network: "green".into(),
             if_mac: None,
+            config: None,
         }
     }
 

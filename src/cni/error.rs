@@ -82,6 +82,12 @@ pub enum CniError {
     )]
     NoConfig { dir: PathBuf, problems: String },
 
+    #[error(
+        "the CNI config of network `{network}` cannot be used: {reason}; fix the network object \
+         and re-add the entry"
+    )]
+    BadNetworkConfig { network: String, reason: String },
+
     #[error("cannot read the CNI conf dir {}: {source}", dir.display())]
     ReadConfDir {
         dir: PathBuf,

@@ -226,7 +226,7 @@ impl Invoker {
     #[instrument(name = "add", skip_all, fields(sandbox = %a.sandbox_id, ifname = %a.ifname, network = %a.network))]
     async fn attach(&self, a: &Target) -> Result<CniResult, CniError> {
         let target = ValidTarget::new(a)?;
-        let primary = self.primary().await?;
+        let list = self.list_for(a).await?;
         if let Some((path, entry)) = self.cached(&target).await? {
             // The reconciler only adds what it saw missing, so an entry here is a leftover of
             // an interface removed behind our back: release what it still holds (an IPAM
@@ -235,7 +235,7 @@ impl Invoker {
                 "deleting a stale cached attachment before ADD");
             self.del_cached(&target, path, entry).await?;
         }
-        let list = &primary.list;
+        let list = list.as_ref();
         let result = match self.add_list(list, &target).await {
             Ok(result) => result,
             Err(err) => {
@@ -269,15 +269,28 @@ impl Invoker {
     async fn detach(&self, a: &Target) -> Result<(), CniError> {
         let target = ValidTarget::new(a)?;
         let Some((path, entry)) = self.cached(&target).await? else {
-            // Nothing cached (attached by kactus, or before a crash): the current config and
-            // the attachment's own args, without prevResult.
-            let primary = self.primary().await?;
+            // Nothing cached (attached by kactus, or before a crash): the attachment's config
+            // and its own args, without prevResult.
+            let list = self.list_for(a).await?;
             let (args, caps) = (&target.cni_args, &target.capability_args);
             return self
-                .del_list(&primary.list, &target, args, caps, None)
+                .del_list(list.as_ref(), &target, args, caps, None)
                 .await;
         };
         self.del_cached(&target, path, entry).await
+    }
+
+    /// The config list `target` names: its own, else the node's primary.
+    async fn list_for(&self, target: &Target) -> Result<Listed, CniError> {
+        match &target.config {
+            Some(text) => NetworkList::parse(text.as_bytes())
+                .map(Listed::Own)
+                .map_err(|reason| CniError::BadNetworkConfig {
+                    network: target.network.clone(),
+                    reason,
+                }),
+            None => self.primary().await.map(Listed::Primary),
+        }
     }
 
     async fn forget_cached(&self, sandbox_id: &str) -> Result<(), CniError> {
@@ -320,6 +333,21 @@ impl Invoker {
     ) -> Result<(), CniError> {
         let (args, caps) = (&target.cni_args, &target.capability_args);
         self.del_list(list, target, args, caps, final_result).await
+    }
+}
+
+/// A config list to run: a target's own, or the node's primary as the conf dir holds it.
+enum Listed {
+    Own(NetworkList),
+    Primary(Arc<Primary>),
+}
+
+impl AsRef<NetworkList> for Listed {
+    fn as_ref(&self) -> &NetworkList {
+        match self {
+            Listed::Own(list) => list,
+            Listed::Primary(primary) => &primary.list,
+        }
     }
 }
 

@@ -16,8 +16,9 @@
 //! - `invoker`: the chains (ADD in order with rollback, DEL in reverse, VERSION) behind the
 //!   [`Cni`] trait.
 //!
-//! The contract is DESIGN.md §1 and §4 (kactus-compatible "primary" mode); the CNI
-//! specification 1.0/1.1 decides where they are silent.
+//! The contract is DESIGN.md §1 and §4; the CNI specification 1.0/1.1 decides where they are
+//! silent. Which config an attachment runs is the caller's choice ([`Target::config`]): the
+//! node's primary (kactus mode) or a network object's own (direct mode).
 
 mod cache;
 mod config;
@@ -74,6 +75,14 @@ pub struct Target {
     /// A MAC address already validated by the annotation module (`K8S_POD_IFMAC`, and the
     /// `mac` capability for plugins that advertise it).
     pub if_mac: Option<String>,
+    /// The network's own config list, as JSON text (`direct` mode); `None`: the node's
+    /// primary config. A DEL prefers what the cached ADD used over either.
+    pub config: Option<String>,
+}
+
+/// Whether `bytes` is a config (list) the engine can run; the reason when not.
+pub(crate) fn check_config(bytes: &[u8]) -> Result<(), String> {
+    config::NetworkList::parse(bytes).map(drop)
 }
 
 /// The CNI operations the reconciler needs, so it can be unit-tested against a fake.

@@ -12,8 +12,8 @@ use figment::value::Value;
 
 use super::layers::Setting;
 use super::validate::{
-    absolute_path, annotation_key, bin_dirs, concurrency, duration, endpoint, env_names, log_level,
-    node_name, runtime_kind, vendor,
+    absolute_path, annotation_key, bin_dirs, boolean, concurrency, duration, endpoint, env_names,
+    log_level, namespace_or_empty, network_mode, node_name, runtime_kind, vendor,
 };
 use super::{Config, DEFAULT_KUBECONFIG};
 
@@ -22,6 +22,7 @@ use super::{Config, DEFAULT_KUBECONFIG};
 pub(super) enum Builtin {
     Text(&'static str),
     Number(u64),
+    Bool(bool),
     /// A list, written in the environment and on the command line as one string split on
     /// `separator`.
     List {
@@ -249,6 +250,52 @@ pub(super) static KEYS: &[Key] = &[
         },
     },
     Key {
+        path: "networks.mode",
+        default: Builtin::Text("kactus"),
+        flag: Some(flag("networks-mode", None, "MODE")),
+        doc: "Where each network's CNI config comes from: kactus or direct.\n\
+              \"kactus\" runs the node's primary config, which must be kactus (it resolves the network).\n\
+              \"direct\" runs the config of the kaloom.com/v1 Network the entry names, on any primary CNI.",
+        apply: |c, s| {
+            c.networks.mode = network_mode(s)?;
+            Ok(())
+        },
+    },
+    Key {
+        path: "networks.fallback_namespace",
+        default: Builtin::Text("default"),
+        flag: None,
+        doc: "Direct mode: where a Network is looked for when neither the entry's nor the pod's namespace has it.\n\
+              kactus read Networks from \"default\" only; empty disables the fallback.",
+        apply: |c, s| {
+            c.networks.fallback_namespace = namespace_or_empty(s)?;
+            Ok(())
+        },
+    },
+    Key {
+        path: "networks.namespace_isolation",
+        default: Builtin::Bool(false),
+        flag: None,
+        doc: "Direct mode: refuse entries that name a Network in a namespace other than the pod's.",
+        apply: |c, s| {
+            c.networks.namespace_isolation = boolean(s)?;
+            Ok(())
+        },
+    },
+    Key {
+        path: "networks.accept_other_primary",
+        default: Builtin::Bool(false),
+        flag: None,
+        doc: "Kactus mode: accept a primary CNI config whose first plugin is not kactus.\n\
+              Without it podagent warns at startup and `podagent check` fails: any other primary would be\n\
+              asked for a second pod interface, not the named network. Set it only for a primary that\n\
+              resolves networks itself as kactus does; otherwise use mode \"direct\".",
+        apply: |c, s| {
+            c.networks.accept_other_primary = boolean(s)?;
+            Ok(())
+        },
+    },
+    Key {
         path: "reconcile.concurrency",
         default: Builtin::Number(4),
         flag: None,
@@ -326,6 +373,7 @@ impl Builtin {
         match self {
             Builtin::Text(text) => Value::from(text.to_string()),
             Builtin::Number(n) => Value::from(*n),
+            Builtin::Bool(b) => Value::from(*b),
             Builtin::List { items, .. } => Value::from(
                 items
                     .iter()
@@ -342,7 +390,9 @@ impl Builtin {
             Builtin::Text(_) | Builtin::HostName => Value::from(text.to_string()),
             // figment's parser turns digits into a number and leaves anything else as text,
             // which then fails to deserialize with a message naming the expected type.
-            Builtin::Number(_) => text.parse::<Value>().unwrap_or_else(|never| match never {}),
+            Builtin::Number(_) | Builtin::Bool(_) => {
+                text.parse::<Value>().unwrap_or_else(|never| match never {})
+            }
             Builtin::List { separator, .. } => Value::from(
                 text.split(*separator)
                     .filter(|item| !item.is_empty())
@@ -375,6 +425,7 @@ pub(super) mod render {
         match default {
             Builtin::Text(text) => quoted(text),
             Builtin::Number(n) => n.to_string(),
+            Builtin::Bool(b) => b.to_string(),
             Builtin::List { items, .. } => {
                 format!(
                     "[{}]",

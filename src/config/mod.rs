@@ -53,6 +53,7 @@ pub struct Config {
     pub(crate) kube: KubeSettings,
     pub(crate) runtime: crate::runtime::Settings,
     pub(crate) cni: crate::cni::Settings,
+    pub(crate) networks: crate::networks::Settings,
     pub reconcile: ReconcileSettings,
 }
 
@@ -562,6 +563,7 @@ mod tests {
             let text = match key.default {
                 keys::Builtin::List { items, separator } => items.join(&separator.to_string()),
                 keys::Builtin::Number(n) => n.to_string(),
+                keys::Builtin::Bool(b) => b.to_string(),
                 keys::Builtin::Text(text) => text.to_string(),
                 keys::Builtin::HostName => "node-2".to_string(),
             };

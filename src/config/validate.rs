@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::RuntimeKind;
 use super::layers::{Origin, Setting};
-use crate::names::{check_subdomain, is_qualified_name};
+use crate::names::{check_label, check_subdomain, is_qualified_name};
+use crate::networks::Mode;
 
 const MAX_CONCURRENCY: u64 = 64;
 
@@ -91,6 +92,25 @@ pub(super) fn log_level(setting: &Setting<Value>) -> Result<String, String> {
             "{value:?} is not a log filter such as \"info\" ({e})"
         )),
     }
+}
+
+pub(super) fn boolean(setting: &Setting<Value>) -> Result<bool, String> {
+    typed(setting)
+}
+
+pub(super) fn network_mode(setting: &Setting<Value>) -> Result<Mode, String> {
+    let value = text(setting)?;
+    Mode::parse(&value).ok_or_else(|| format!("{value:?} is not one of {}", Mode::NAMES.join(", ")))
+}
+
+/// A namespace name, or empty for none.
+pub(super) fn namespace_or_empty(setting: &Setting<Value>) -> Result<Option<String>, String> {
+    let value = text(setting)?;
+    if value.is_empty() {
+        return Ok(None);
+    }
+    check_label(&value).map_err(|reason| format!("not a namespace name: {reason}"))?;
+    Ok(Some(value))
 }
 
 pub(super) fn runtime_kind(setting: &Setting<Value>) -> Result<RuntimeKind, String> {

@@ -16,6 +16,7 @@ use crate::config::ReconcileSettings;
 use crate::kubeapi::PodView;
 use crate::kubeapi::events::{Feedback, ReportError};
 use crate::netns::{Inspection, Link, LinkObserver, NetnsError, NetnsId, OperState};
+use crate::networks::Networks;
 use crate::pod::PodRef;
 use crate::runtime::{Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
 use crate::store::Store;
@@ -256,6 +257,7 @@ pub(crate) fn context(fakes: &Fakes, dir: &std::path::Path) -> Context {
         links: Arc::new(fakes.clone()),
         store: Store::open(dir).expect("store"),
         feedback: Arc::new(fakes.clone()),
+        networks: Networks::default(),
         settings: settings(),
     }
 }

@@ -40,6 +40,7 @@ use crate::config::ReconcileSettings;
 use crate::kubeapi::events::Feedback;
 use crate::kubeapi::{PodEvent, PodView};
 use crate::netns::LinkObserver;
+use crate::networks::Networks;
 use crate::pod::PodRef;
 use crate::runtime::Runtime;
 use crate::store::{PodRecord, Store, StoreError};
@@ -61,6 +62,8 @@ pub(crate) struct Context {
     pub(crate) links: Arc<dyn LinkObserver>,
     pub(crate) store: Store,
     pub(crate) feedback: Arc<dyn Feedback>,
+    /// The network mode and, in `direct` mode, the network objects.
+    pub(crate) networks: Networks,
     pub(crate) settings: ReconcileSettings,
 }
 
@@ -158,14 +161,18 @@ impl Controller {
     }
 
     /// Runs until `events` closes, then waits for the reconciles in flight. `beat` is called
-    /// after every turn of the loop, and at least every `tick` when idle.
+    /// after every turn of the loop, and at least every `tick` when idle. `network_changes`
+    /// names network objects that changed (direct mode): the pods that ask for them are
+    /// reconciled at once; it may close at any time (kactus mode has none).
     pub(crate) async fn run(
         mut self,
         mut events: mpsc::Receiver<PodEvent>,
+        mut network_changes: mpsc::Receiver<BTreeSet<String>>,
         tick: Duration,
         mut beat: impl FnMut(Summary) + Send,
     ) {
         let mut tasks = JoinSet::new();
+        let mut networks_open = true;
         loop {
             self.start_due(&mut tasks);
             beat(self.summary());
@@ -181,6 +188,10 @@ impl Controller {
                 event = events.recv() => match event {
                     Some(event) => self.apply(event),
                     None => break,
+                },
+                names = network_changes.recv(), if networks_open => match names {
+                    Some(names) => self.networks_changed(&names),
+                    None => networks_open = false,
                 },
                 () = sleep_until(next), if next.is_some() => {}
                 () = tokio::time::sleep(tick) => {}
@@ -246,6 +257,22 @@ impl Controller {
             None => {
                 let entry = Entry::new(pod, Some(view), None);
                 self.pods.insert(entry.pod.uid.clone(), entry);
+            }
+        }
+    }
+
+    /// Wakes every pod whose annotation names one of `names`: a missing network may have
+    /// appeared, an attached one may have been edited.
+    fn networks_changed(&mut self, names: &BTreeSet<String>) {
+        for entry in self.pods.values_mut() {
+            let asks = entry
+                .view
+                .as_ref()
+                .and_then(|v| annotation::parse(v.networks.as_deref()).ok())
+                .is_some_and(|selections| selections.iter().any(|s| names.contains(&s.name)));
+            if asks {
+                debug!(pod = %entry.pod, uid = %entry.pod.uid, ?names, "a network it asks for changed");
+                entry.touch();
             }
         }
     }

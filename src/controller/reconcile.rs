@@ -7,11 +7,20 @@
 //! is done again from a DEL, and a link made by an ADD whose record never reached the disk is
 //! adopted without a second ADD.
 //!
+//! Which config an ADD runs is the network mode's answer (`networks`): the node's primary, or
+//! the named network object's own, written into the record before the ADD so that every later
+//! DEL runs what the ADD ran. An entry that cannot be resolved now (no such object, refused,
+//! unusable) is reported once and waits, without a retry: the network watch wakes the pod when
+//! the object changes. Where podagent owns teardown, the plan's releases DEL the attachments of
+//! a gone pod or sandbox with their recorded configs before the record forgets them.
+//!
 //! The runtime and the netns are only asked when something could need doing: a pod without a
 //! record and without a managed network costs nothing, and neither does one that is not
 //! running. The runtime's answer is kept while the pod's containers and the namespace behind
 //! the netns path stay the same. Steps run in the plan's order and stop at the first failure;
 //! the caller retries with backoff and the plan is made again from whatever is then true.
+
+use std::collections::BTreeMap;
 
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
@@ -21,6 +30,7 @@ use crate::annotation::{self, NetworkSelection};
 use crate::cni::{self, CniError, CniResult};
 use crate::kubeapi::PodView;
 use crate::netns::{Inspection, Link, NetnsError, NetnsId};
+use crate::networks::{Definition, Resolution};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
 use crate::pod::PodRef;
 use crate::runtime::{RuntimeError, Sandbox};
@@ -82,6 +92,10 @@ pub(crate) struct Memo {
     pub(crate) invalid: Option<String>,
     /// The HostNetworkPod warning was given.
     pub(crate) host_network_warned: bool,
+    /// Per network: why it could not be resolved, as last reported (each reason once).
+    pub(crate) unresolved: BTreeMap<String, String>,
+    /// Per network: the edited config an attachment was last told it does not use.
+    pub(crate) edited: BTreeMap<String, String>,
     /// The runtime's last answer for the pod's sandbox, while it can still be trusted.
     pub(crate) sandbox: Option<KnownSandbox>,
 }
@@ -205,15 +219,24 @@ impl Sight {
 }
 
 impl Run<'_> {
-    /// The pod no longer exists: forget its record and cached CNI results. No DEL: the
-    /// runtime's own teardown removes the netns and everything in it.
+    /// The pod no longer exists: release its attachments when podagent owns teardown (in
+    /// kactus mode the runtime's own CNI DEL removes the netns and everything in it), then
+    /// forget its record and cached CNI results.
     async fn gone(&mut self) -> Verdict {
         let steps = plan::plan(&PlanInput {
             pod: None,
             desired: &Ok(Vec::new()),
             observed: &Observed::Unknown,
             recorded: self.record.as_ref(),
+            owns_teardown: self.ctx.networks.owns_teardown(),
         });
+        for step in &steps {
+            if let Step::Release { attachment } = step
+                && let Err(error) = self.release(attachment.clone()).await
+            {
+                return Verdict::Retry(error);
+            }
+        }
         if steps.contains(&Step::ForgetPod)
             && let Some(record) = &self.record
         {
@@ -245,7 +268,14 @@ impl Run<'_> {
             host_network: view.host_network,
             sandbox: None,
         };
-        if facts.running && !facts.deleting && !facts.host_network {
+        // Owning teardown, a stopping pod's sandbox is looked at too: its attachments go once
+        // the sandbox has.
+        let releasing = self.ctx.networks.owns_teardown()
+            && self
+                .record
+                .as_ref()
+                .is_some_and(|r| !r.attachments.is_empty());
+        if !facts.host_network && ((facts.running && !facts.deleting) || releasing) {
             match self.observe(view).await {
                 Ok(Some((sandbox, inspection))) => {
                     self.sight = match inspection {
@@ -269,6 +299,7 @@ impl Run<'_> {
             desired: &desired,
             observed: &self.sight.observed(),
             recorded: self.record.as_ref(),
+            owns_teardown: self.ctx.networks.owns_teardown(),
         });
         let mut verdict = Verdict::Settled;
         for step in steps {
@@ -283,8 +314,53 @@ impl Run<'_> {
         {
             verdict = Verdict::Retry(error);
         }
+        self.report_edited().await;
         self.report_status().await;
         verdict
+    }
+
+    /// Tells the pod, once per edit, which of its attachments run a config their network
+    /// object no longer has: an edit applies to new attachments only.
+    async fn report_edited(&mut self) {
+        let Some(record) = &self.record else {
+            return;
+        };
+        let mut notices = Vec::new();
+        for (name, attachment) in &record.attachments {
+            let Some(made) = &attachment.definition else {
+                continue;
+            };
+            let now = match self
+                .ctx
+                .networks
+                .resolve(&attachment.selection, &self.pod.namespace)
+            {
+                Resolution::Network(now) if now.config != made.config => now,
+                _ => {
+                    self.memo.edited.remove(name);
+                    continue;
+                }
+            };
+            if self.memo.edited.get(name) == Some(&now.config) {
+                continue;
+            }
+            notices.push(Notice {
+                severity: Severity::Normal,
+                reason: "NetworkChanged",
+                action: "Plan",
+                note: format!(
+                    "network {name}: Network {}/{} changed since interface {} was added; it \
+                     keeps the config it was added with, new attachments get the new one \
+                     (remove the entry and add it again to apply it here)",
+                    now.namespace, now.name, attachment.ifname
+                ),
+            });
+            self.memo.edited.insert(name.clone(), now.config);
+        }
+        for notice in notices {
+            info!(note = %notice.note, "network object edited");
+            self.notify(notice).await;
+        }
     }
 
     /// The pod's ready sandbox (`None` when it has none) and a look into its netns.
@@ -381,8 +457,9 @@ impl Run<'_> {
                 let Some(sandbox) = sandbox else {
                     return Ok(());
                 };
-                self.del(attachment, sandbox).await
+                self.del(attachment, sandbox, true).await
             }
+            Step::Release { attachment } => self.release(attachment).await,
             Step::Forget { network } => {
                 if let Some(record) = &mut self.record {
                     record.attachments.remove(&network);
@@ -440,11 +517,21 @@ impl Run<'_> {
         selection: NetworkSelection,
         sandbox: &Sandbox,
     ) -> Result<(), ReconcileError> {
-        let target = self.target(sandbox, &selection);
+        let definition = match self.ctx.networks.resolve(&selection, &self.pod.namespace) {
+            Resolution::Primary => None,
+            Resolution::Network(definition) => Some(definition),
+            Resolution::Unresolved(why) => {
+                self.report_unresolved(&selection.name, why).await;
+                return Ok(());
+            }
+        };
+        self.memo.unresolved.remove(&selection.name);
+        let target = self.target(sandbox, &selection, definition.as_ref());
         let span = info_span!("add", network = %selection.name, ifname = %target.ifname, sandbox = %sandbox.id);
         async {
             let name = selection.name.clone();
-            let attachment = Attachment::new(selection, Phase::Adding);
+            let mut attachment = Attachment::new(selection, Phase::Adding);
+            attachment.definition = definition;
             self.record_for(sandbox)
                 .attachments
                 .insert(name.clone(), attachment);
@@ -496,12 +583,57 @@ impl Run<'_> {
         .await
     }
 
+    /// An entry with nothing to run: a Warning Event per distinct reason, then a wait for the
+    /// network watch (no retry: nothing here would change before the object does).
+    async fn report_unresolved(&mut self, network: &str, why: crate::networks::Unresolved) {
+        let note = format!("network {network}: {why}");
+        if self.memo.unresolved.get(network) == Some(&note) {
+            return;
+        }
+        warn!(network = %network, reason = why.reason(), problem = %why, "network not resolved; waiting for it");
+        self.notify(Notice {
+            severity: Severity::Warning,
+            reason: why.reason(),
+            action: "ResolveNetwork",
+            note: note.clone(),
+        })
+        .await;
+        self.memo.unresolved.insert(network.to_owned(), note);
+    }
+
+    /// DEL of an attachment in the recorded sandbox (gone or going), then its record entry
+    /// goes. A crash in between leaves it recorded `Removing`: the DEL is repeated, never
+    /// skipped.
+    async fn release(&mut self, attachment: Attachment) -> Result<(), ReconcileError> {
+        let Some(record) = &self.record else {
+            return Ok(());
+        };
+        let recorded = Sandbox {
+            id: record.sandbox_id.clone(),
+            netns: record.netns.clone(),
+        };
+        let name = attachment.selection.name.clone();
+        self.del(attachment, &recorded, false).await?;
+        if let Some(record) = &mut self.record {
+            record.attachments.remove(&name);
+        }
+        info!(network = %name, sandbox = %recorded.id, "attachment released with its sandbox");
+        self.persist().await
+    }
+
+    /// `announce`: a removal the user asked for gets its `RemovedInterface` Event; a release
+    /// with the pod or sandbox does not (failures are reported either way).
     async fn del(
         &mut self,
         attachment: Attachment,
         sandbox: &Sandbox,
+        announce: bool,
     ) -> Result<(), ReconcileError> {
-        let target = self.target(sandbox, &attachment.selection);
+        let target = self.target(
+            sandbox,
+            &attachment.selection,
+            attachment.definition.as_ref(),
+        );
         let name = attachment.selection.name.clone();
         let span =
             info_span!("del", network = %name, ifname = %target.ifname, sandbox = %sandbox.id);
@@ -520,7 +652,7 @@ impl Run<'_> {
                     info!("interface removed");
                     // A DEL that cleans up an ADD which never completed removed nothing the
                     // user saw; only report the removal of what was there.
-                    if attachment.phase != Phase::Adding {
+                    if announce && attachment.phase != Phase::Adding {
                         self.notify(Notice {
                             severity: Severity::Normal,
                             reason: "RemovedInterface",
@@ -560,7 +692,12 @@ impl Run<'_> {
         .await
     }
 
-    fn target(&self, sandbox: &Sandbox, selection: &NetworkSelection) -> cni::Target {
+    fn target(
+        &self,
+        sandbox: &Sandbox,
+        selection: &NetworkSelection,
+        definition: Option<&Definition>,
+    ) -> cni::Target {
         cni::Target {
             sandbox_id: sandbox.id.clone(),
             netns: sandbox.netns.clone(),
@@ -570,6 +707,7 @@ impl Run<'_> {
             pod_uid: self.pod.uid.clone(),
             network: selection.name.clone(),
             if_mac: selection.if_mac.map(|mac| mac.to_string()),
+            config: definition.map(|d| d.config.clone()),
         }
     }
 

@@ -31,7 +31,12 @@ fn start(
     }
     let controller = Controller::new(ctx, records, pods);
     let (events, receiver) = mpsc::channel(16);
-    let done = tokio::spawn(controller.run(receiver, Duration::from_millis(50), |_| {}));
+    let done = tokio::spawn(controller.run(
+        receiver,
+        mpsc::channel(1).1,
+        Duration::from_millis(50),
+        |_| {},
+    ));
     Harness {
         fakes: fakes.clone(),
         events,
@@ -226,9 +231,14 @@ async fn saturated_slots_do_not_spin_the_loop() {
     let (events, receiver) = mpsc::channel(16);
     let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = Arc::clone(&turns);
-    let done = tokio::spawn(controller.run(receiver, Duration::from_secs(60), move |_| {
-        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }));
+    let done = tokio::spawn(controller.run(
+        receiver,
+        mpsc::channel(1).1,
+        Duration::from_secs(60),
+        move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        },
+    ));
     // Three pods due at once, one slot, each ADD 400 ms: the loop has a handful of reasons to
     // wake (three finished tasks), not thousands.
     for _ in 0..300 {

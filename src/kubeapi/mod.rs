@@ -15,6 +15,7 @@
 
 pub(crate) mod events;
 mod identity;
+mod networks;
 mod pods;
 
 use std::os::unix::fs::PermissionsExt;
@@ -24,6 +25,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub(crate) use events::can_create_events;
 pub(crate) use identity::{NODE_BOUND_POLICY, Speaks, node_bound_policy, who_am_i};
+pub(crate) use networks::NetworkWatcher;
 pub use pods::{PodEvent, PodView, PodWatcher};
 
 use crate::config::KubeSettings;
@@ -64,6 +66,11 @@ pub enum KubeError {
         scope: String,
         message: String,
     },
+    #[error(
+        "API server {url} does not serve {resource} (404): install its CustomResourceDefinition \
+         (kubectl apply -f /opt/kaloom/share/podagent/manifests/networks-crd.yaml)"
+    )]
+    NotServed { url: String, resource: &'static str },
     #[error("`{verb}` `{resource}` ({scope}) failed with {code}: {message}")]
     Api {
         verb: &'static str,

@@ -507,6 +507,8 @@ impl Node {
             retry_base: "1s".into(),
             retry_cap: "4s".into(),
             resync_period: "5m".into(),
+            // The test nodes' primary is the Debian bridge: deliberate, not the kactus trap.
+            networks: "accept_other_primary = true\n".into(),
             extra: String::new(),
             env: Vec::new(),
         }
@@ -569,6 +571,8 @@ pub struct AgentConfig {
     pub retry_base: String,
     pub retry_cap: String,
     pub resync_period: String,
+    /// The body of the `[networks]` table.
+    pub networks: String,
     /// TOML appended as is (more sections or keys).
     pub extra: String,
     /// Environment variables for the agent (on top of PATH).
@@ -592,6 +596,8 @@ endpoint = "{endpoint}"
 conf_dir = "{conf}"
 bin_dirs = ["{bin}", "/usr/lib/cni"]
 plugin_timeout = "{plugin_timeout}"
+[networks]
+{networks}
 [reconcile]
 concurrency = {concurrency}
 retry_base = "{retry_base}"
@@ -608,6 +614,7 @@ resync_period = "{resync}"
             conf = self.conf_dir.display(),
             bin = self.bin_dir.display(),
             plugin_timeout = self.plugin_timeout,
+            networks = self.networks,
             concurrency = self.concurrency,
             retry_base = self.retry_base,
             retry_cap = self.retry_cap,

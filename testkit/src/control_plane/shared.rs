@@ -28,6 +28,7 @@ pub struct Shared {
     podagent_kubeconfig: OnceLock<PathBuf>,
     node_kubeconfigs: Mutex<HashMap<String, PathBuf>>,
     admission_policy: OnceLock<()>,
+    network_crd: OnceLock<()>,
     admin: OnceLock<super::Admin>,
 }
 
@@ -74,6 +75,7 @@ impl Shared {
             podagent_kubeconfig: OnceLock::new(),
             node_kubeconfigs: Mutex::new(HashMap::new()),
             admission_policy: OnceLock::new(),
+            network_crd: OnceLock::new(),
             admin: OnceLock::new(),
         })
     }
@@ -194,6 +196,28 @@ impl Shared {
                 .arg("-f")
                 .arg(repo().join("manifests/podagent-admission-policy.yaml"));
             self.run_as_admin(command);
+        });
+    }
+
+    /// Applies `manifests/networks-crd.yaml` once, as an operator does, and returns once the
+    /// API server serves `kaloom.com/v1` `Network` objects.
+    pub fn install_network_crd(&self) {
+        self.network_crd.get_or_init(|| {
+            let kubectl = || Command::new(super::binary("kubectl"));
+            let mut apply = kubectl();
+            apply
+                .arg("apply")
+                .arg("-f")
+                .arg(repo().join("manifests/networks-crd.yaml"));
+            self.run_as_admin(apply);
+            let mut wait = kubectl();
+            wait.args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/networks.kaloom.com",
+            ]);
+            self.run_as_admin(wait);
         });
     }
 
