@@ -1,0 +1,590 @@
+//! Direct mode end to end: podagent resolves each annotation entry to a `kaloom.com/v1`
+//! `Network` on the real control plane and runs that network's own plugins (the Debian bridge
+//! through the logging wrapper, macvlan, host-local), with no kactus anywhere.
+//!
+//! Each node's conf dir starts with a decoy primary config (`00-decoy.conflist`, a plugin that
+//! records every call and fails): in direct mode it must never run. Every Network keeps its
+//! host-local leases in a directory of its own, so a test counts the leases podagent's
+//! attachments hold by listing files. Outcomes are read from the pod's netns, the lease files,
+//! the plugin logs and the API (Events, the status annotation), never from podagent's log.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use podagent::annotation::ifname;
+use serde_json::{Value, json};
+use testkit::netns::unique_name;
+use testkit::node::{Node, has_link, ipv4};
+
+const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
+
+/// Host links the bridge plugin or a test made, deleted when the test ends, however it ends.
+struct HostLinks(Vec<String>);
+
+impl Drop for HostLinks {
+    fn drop(&mut self) {
+        for link in &self.0 {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
+    }
+}
+
+/// A containerd node with the Network CRD installed and the decoy primary in its conf dir.
+async fn direct_node() -> Node {
+    let host = Node::with_containerd(PODAGENT).await;
+    host.cluster().install_network_crd();
+    let decoy = host.path("bin/decoy");
+    fs::write(
+        &decoy,
+        "#!/bin/sh\necho \"$CNI_COMMAND $CNI_IFNAME\" >>\"$(dirname \"$0\")/decoy.log\"\n\
+         echo '{\"cniVersion\":\"1.0.0\",\"code\":999,\"msg\":\"the decoy primary ran\"}'\nexit 1\n",
+    )
+    .expect("write the decoy plugin");
+    fs::set_permissions(&decoy, fs::Permissions::from_mode(0o755)).expect("chmod decoy");
+    fs::write(
+        host.path("conf/00-decoy.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "decoy", "plugins": [{"type": "decoy"}]}).to_string(),
+    )
+    .expect("write the decoy config");
+    host
+}
+
+/// The decoy primary's calls: none, in direct mode.
+fn decoy_calls(host: &Node) -> String {
+    fs::read_to_string(host.path("bin/decoy.log")).unwrap_or_default()
+}
+
+/// podagent in direct mode, with `networks` keys added to the `[networks]` table.
+fn start_direct(host: &Node, networks: &str) -> testkit::node::Agent {
+    let mut config = host.agent_config();
+    config.networks = format!(
+        "mode = \"direct\"\nfallback_namespace = \"{}\"\n{networks}",
+        host.ns("default")
+    );
+    host.start_agent_with(&config)
+}
+
+/// `198.19.<n>.<64 * part>/26`: one quarter of the node's subnet per network.
+fn quarter(host: &Node, part: u8) -> String {
+    format!("{}{}/26", host.address_prefix(), 64 * u32::from(part))
+}
+
+/// A bridge (through the logging wrapper) + host-local config on bridge `bridge`, addresses
+/// from `subnet`, leases under `<node>/ipam-<tag>`.
+fn bridge_config(host: &Node, tag: &str, bridge: &str, subnet: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "type": "wrap-bridge",
+        "bridge": bridge,
+        "isGateway": false,
+        "ipMasq": false,
+        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": host.path(&format!("ipam-{tag}"))},
+    })
+}
+
+/// Creates (or, when it exists, replaces the spec of) Network `name` in the node's namespace
+/// `namespace`.
+fn put_network(host: &Node, namespace: &str, name: &str, plugin: &str, config: &str) {
+    let admin = host.cluster().admin();
+    let namespace = host.ns(namespace);
+    let spec = json!({"plugin": plugin, "config": config});
+    if admin
+        .get("kaloom.com/v1", "Network", Some(&namespace), name)
+        .is_some()
+    {
+        admin
+            .patch_merge(
+                "kaloom.com/v1",
+                "Network",
+                Some(&namespace),
+                name,
+                json!({"spec": spec}),
+            )
+            .expect("edit the Network");
+    } else {
+        admin
+            .create(json!({"apiVersion": "kaloom.com/v1", "kind": "Network",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}))
+            .expect("create the Network");
+    }
+}
+
+/// The host-local leases under `<node>/ipam-<tag>`: (address, what holds it).
+fn leases(host: &Node, tag: &str) -> Vec<(Ipv4Addr, String)> {
+    let root = host.path(&format!("ipam-{tag}"));
+    let Ok(networks) = fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for network in networks.filter_map(Result::ok) {
+        for file in fs::read_dir(network.path()).into_iter().flatten().flatten() {
+            if let Ok(address) = file.file_name().to_string_lossy().parse::<Ipv4Addr>() {
+                let holder = fs::read_to_string(file.path()).unwrap_or_default();
+                found.push((
+                    address,
+                    holder.lines().next().unwrap_or_default().to_owned(),
+                ));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn in_quarter(address: &str, host: &Node, part: u8) -> bool {
+    let last: u32 = address
+        .strip_prefix(&host.address_prefix())
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u32::MAX);
+    (64 * u32::from(part)..64 * (u32::from(part) + 1)).contains(&last)
+}
+
+fn note_of(event: &Value) -> String {
+    event["note"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_network_runs_its_own_plugins_and_the_primary_never_runs() {
+    let host = direct_node().await;
+    let red_bridge = unique_name("rbr");
+    let parent = unique_name("mvp");
+    let peer = unique_name("mvq");
+    let _links = HostLinks(vec![red_bridge.clone(), parent.clone()]);
+    let made = Command::new("ip")
+        .args([
+            "link", "add", &parent, "type", "veth", "peer", "name", &peer,
+        ])
+        .status()
+        .expect("ip link add");
+    assert!(made.success(), "cannot create the macvlan parent veth");
+    assert!(
+        Command::new("ip")
+            .args(["link", "set", &parent, "up"])
+            .status()
+            .expect("ip link set")
+            .success()
+    );
+    let red = bridge_config(&host, "red", &red_bridge, &quarter(&host, 1));
+    put_network(&host, "default", "red", "bridge", &red.to_string());
+    // A single config without a type: spec.plugin names it.
+    let blue = json!({"cniVersion": "1.0.0", "master": parent, "mode": "bridge",
+        "ipam": {"type": "host-local", "subnet": quarter(&host, 2), "dataDir": host.path("ipam-blue")}});
+    put_network(&host, "default", "blue", "macvlan", &blue.to_string());
+
+    let (uid, sandbox) = host
+        .pod(
+            "default",
+            "two",
+            Some(r#"[{"name":"red"},{"name":"blue"}]"#),
+        )
+        .await;
+    let netns = host.netns(&sandbox).await;
+    let agent = start_direct(&host, "");
+    let red_ip = host
+        .eventually("red's address", || ipv4(&netns, &ifname("red")))
+        .await;
+    let blue_ip = host
+        .eventually("blue's address", || ipv4(&netns, &ifname("blue")))
+        .await;
+    assert!(
+        in_quarter(&red_ip, &host, 1),
+        "red from its range: {red_ip}"
+    );
+    assert!(
+        in_quarter(&blue_ip, &host, 2),
+        "blue from its range: {blue_ip}"
+    );
+    assert_eq!(leases(&host, "red").len(), 1);
+    assert_eq!(leases(&host, "blue").len(), 1);
+    let record = host.record(&uid).expect("record");
+    let config = record["record"]["attachments"]["red"]["definition"]["config"]
+        .as_str()
+        .expect("the record keeps the config the ADD ran");
+    let config: Value = serde_json::from_str(config).expect("config JSON");
+    assert_eq!(config["plugins"][0]["bridge"], red_bridge.as_str());
+    let status = host
+        .eventually("both in the status annotation", || {
+            host.status("default", "two")
+                .filter(|s| s.as_array().is_some_and(|a| a.len() == 2))
+        })
+        .await;
+    assert!(
+        status
+            .to_string()
+            .contains(red_ip.split('/').next().unwrap())
+    );
+
+    // A restart changes nothing: no plugin runs for this pod.
+    let before = host.calls().len();
+    agent.stop();
+    let agent = start_direct(&host, "");
+    // A pod created after the restart proves that the agent is past its startup reconciles.
+    let (_, marker) = host
+        .pod("default", "marker", Some(r#"[{"name":"red"}]"#))
+        .await;
+    let marker_netns = host.netns(&marker).await;
+    host.eventually("the marker pod plugged", || {
+        has_link(&marker_netns, &ifname("red")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let two: Vec<_> = host.calls()[before..]
+        .iter()
+        .filter(|c| c.pod == "two")
+        .cloned()
+        .collect();
+    assert!(
+        two.is_empty(),
+        "a restart with nothing changed called: {two:?}"
+    );
+
+    // Dropping blue removes it and releases its lease; red stays.
+    host.set_networks("default", "two", Some(r#"[{"name":"red"}]"#));
+    host.eventually("blue gone", || {
+        (!has_link(&netns, &ifname("blue"))).then_some(())
+    })
+    .await;
+    host.eventually("blue's lease released", || {
+        leases(&host, "blue").is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(leases(&host, "red").len(), 2, "the pod's and the marker's");
+
+    // The pod goes: podagent's DEL releases red's lease too (nobody else knows it).
+    host.delete_pod("default", "two", Some(&sandbox)).await;
+    host.eventually("red's lease released with the pod", || {
+        let held: Vec<String> = leases(&host, "red").into_iter().map(|l| l.1).collect();
+        (held == [marker.clone()]).then_some(())
+    })
+    .await;
+    host.eventually("the record forgotten", || {
+        host.record(&uid).is_none().then_some(())
+    })
+    .await;
+    drop(agent);
+    assert_eq!(
+        decoy_calls(&host),
+        "",
+        "the decoy primary never runs in direct mode"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_rules_pick_the_object_and_isolation_refuses_others() {
+    let host = direct_node().await;
+    let (own_bridge, fallback_bridge, other_bridge) =
+        (unique_name("obr"), unique_name("fbr"), unique_name("xbr"));
+    let _links = HostLinks(vec![
+        own_bridge.clone(),
+        fallback_bridge.clone(),
+        other_bridge.clone(),
+    ]);
+    let own = bridge_config(&host, "own", &own_bridge, &quarter(&host, 1));
+    let fallback = bridge_config(&host, "fallback", &fallback_bridge, &quarter(&host, 2));
+    let other = bridge_config(&host, "other", &other_bridge, &quarter(&host, 3));
+    put_network(&host, "team", "data", "bridge", &own.to_string());
+    put_network(&host, "default", "data", "bridge", &fallback.to_string());
+    put_network(&host, "other", "far", "bridge", &other.to_string());
+
+    let (_, in_team) = host
+        .pod("team", "member", Some(r#"[{"name":"data"}]"#))
+        .await;
+    let (_, lonely) = host
+        .pod("lonely", "stray", Some(r#"[{"name":"data"}]"#))
+        .await;
+    let entry = json!([{"name": "far", "namespace": host.ns("other")}]).to_string();
+    let (_, crossing) = host.pod("team", "crosser", Some(&entry)).await;
+    let (team_netns, lonely_netns, crossing_netns) = (
+        host.netns(&in_team).await,
+        host.netns(&lonely).await,
+        host.netns(&crossing).await,
+    );
+    let agent = start_direct(&host, "");
+    let team_ip = host
+        .eventually("the team's own data", || ipv4(&team_netns, &ifname("data")))
+        .await;
+    assert!(in_quarter(&team_ip, &host, 1), "{team_ip}");
+    let lonely_ip = host
+        .eventually("default's data by fallback", || {
+            ipv4(&lonely_netns, &ifname("data"))
+        })
+        .await;
+    assert!(in_quarter(&lonely_ip, &host, 2), "{lonely_ip}");
+    let far_ip = host
+        .eventually("another namespace's network, named", || {
+            ipv4(&crossing_netns, &ifname("far"))
+        })
+        .await;
+    assert!(in_quarter(&far_ip, &host, 3), "{far_ip}");
+    agent.stop();
+
+    // With isolation on, a new pod naming another namespace is refused with an Event, and
+    // its other entry is plugged all the same.
+    let _agent = start_direct(&host, "namespace_isolation = true\n");
+    let entries = json!([{"name": "far", "namespace": host.ns("other")}, {"name": "data"}]);
+    let (uid, refused) = host
+        .pod("team", "isolated", Some(&entries.to_string()))
+        .await;
+    let refused_netns = host.netns(&refused).await;
+    let event = host
+        .eventually("a NetworkRefused Event", || {
+            host.events("team", &uid, "NetworkRefused").pop()
+        })
+        .await;
+    assert_eq!(event["type"], "Warning");
+    let note = note_of(&event);
+    assert!(
+        note.contains(&format!("{}/far", host.ns("other")))
+            && note.contains("networks.namespace_isolation"),
+        "{note}"
+    );
+    host.eventually("its own-namespace entry plugged", || {
+        ipv4(&refused_netns, &ifname("data"))
+    })
+    .await;
+    assert!(!has_link(&refused_netns, &ifname("far")));
+    assert!(
+        has_link(&crossing_netns, &ifname("far")),
+        "an interface made before isolation was turned on stays"
+    );
+    assert_eq!(decoy_calls(&host), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_network_is_reported_then_plugged_as_soon_as_it_is_created() {
+    let host = direct_node().await;
+    let late_bridge = unique_name("lbr");
+    let _links = HostLinks(vec![late_bridge.clone()]);
+    let (uid, sandbox) = host
+        .pod("default", "early", Some(r#"[{"name":"late"}]"#))
+        .await;
+    let netns = host.netns(&sandbox).await;
+    let mut config = host.agent_config();
+    // No periodic resync and no retry could plug it within the test: only the watch can.
+    config.resync_period = "1h".into();
+    config.retry_base = "1h".into();
+    config.retry_cap = "1h".into();
+    config.networks = format!(
+        "mode = \"direct\"\nfallback_namespace = \"{}\"\n",
+        host.ns("default")
+    );
+    let _agent = host.start_agent_with(&config);
+    let event = host
+        .eventually("a NetworkNotFound Event", || {
+            host.events("default", &uid, "NetworkNotFound").pop()
+        })
+        .await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        note_of(&event).contains(&format!(
+            "no Network late in namespace {}",
+            host.ns("default")
+        )),
+        "{}",
+        note_of(&event)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        host.events("default", &uid, "NetworkNotFound").len(),
+        1,
+        "one Event, no retry storm"
+    );
+    assert_eq!(host.calls().len(), 0);
+
+    let late = bridge_config(&host, "late", &late_bridge, &quarter(&host, 1));
+    put_network(&host, "default", "late", "bridge", &late.to_string());
+    host.eventually("late plugged once it exists", || {
+        ipv4(&netns, &ifname("late"))
+    })
+    .await;
+    assert_eq!(decoy_calls(&host), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_applies_to_new_attachments_and_the_old_one_is_removed_as_it_was_made() {
+    let host = direct_node().await;
+    let (first_bridge, second_bridge) = (unique_name("ebr"), unique_name("sbr"));
+    let _links = HostLinks(vec![first_bridge.clone(), second_bridge.clone()]);
+    let before = bridge_config(&host, "before", &first_bridge, &quarter(&host, 1));
+    put_network(&host, "default", "data", "bridge", &before.to_string());
+    let (uid, old_sandbox) = host
+        .pod("default", "old", Some(r#"[{"name":"data"}]"#))
+        .await;
+    let old_netns = host.netns(&old_sandbox).await;
+    let _agent = start_direct(&host, "");
+    let old_ip = host
+        .eventually("data from the first definition", || {
+            ipv4(&old_netns, &ifname("data"))
+        })
+        .await;
+    assert!(in_quarter(&old_ip, &host, 1), "{old_ip}");
+
+    let after = bridge_config(&host, "after", &second_bridge, &quarter(&host, 2));
+    put_network(&host, "default", "data", "bridge", &after.to_string());
+    let event = host
+        .eventually(
+            "a NetworkChanged Event on the pod using the old definition",
+            || host.events("default", &uid, "NetworkChanged").pop(),
+        )
+        .await;
+    assert!(
+        note_of(&event).contains("keeps the config it was added with"),
+        "{}",
+        note_of(&event)
+    );
+    assert_eq!(ipv4(&old_netns, &ifname("data")), Some(old_ip), "untouched");
+
+    let (_, new_sandbox) = host
+        .pod("default", "new", Some(r#"[{"name":"data"}]"#))
+        .await;
+    let new_netns = host.netns(&new_sandbox).await;
+    let new_ip = host
+        .eventually("data from the edited definition", || {
+            ipv4(&new_netns, &ifname("data"))
+        })
+        .await;
+    assert!(in_quarter(&new_ip, &host, 2), "{new_ip}");
+
+    // Removing the old attachment runs the config it was made with: the first range's
+    // lease goes, the second range keeps the new pod's.
+    host.set_networks("default", "old", None);
+    host.eventually("the first definition's lease released", || {
+        leases(&host, "before").is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(leases(&host, "after").len(), 1);
+
+    // A deleted Network leaves the interface made from it in place.
+    host.cluster()
+        .admin()
+        .delete(
+            "kaloom.com/v1",
+            "Network",
+            Some(&host.ns("default")),
+            "data",
+            None,
+        )
+        .expect("delete the Network");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(has_link(&new_netns, &ifname("data")));
+    assert_eq!(decoy_calls(&host), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_released_when_a_sandbox_or_a_pod_goes_even_while_podagent_was_down() {
+    let host = direct_node().await;
+    let bridge = unique_name("gbr");
+    let _links = HostLinks(vec![bridge.clone()]);
+    let config = bridge_config(&host, "data", &bridge, &quarter(&host, 1));
+    put_network(&host, "default", "data", "bridge", &config.to_string());
+    let (uid, first) = host
+        .pod("default", "phoenix", Some(r#"[{"name":"data"}]"#))
+        .await;
+    let (gone_uid, doomed) = host
+        .pod("default", "doomed", Some(r#"[{"name":"data"}]"#))
+        .await;
+    let (first_netns, doomed_netns) = (host.netns(&first).await, host.netns(&doomed).await);
+    let agent = start_direct(&host, "");
+    host.eventually("both plugged", || {
+        (ipv4(&first_netns, &ifname("data")).is_some()
+            && ipv4(&doomed_netns, &ifname("data")).is_some())
+        .then_some(())
+    })
+    .await;
+    assert_eq!(leases(&host, "data").len(), 2);
+
+    // The sandbox is re-created: the old one's lease is released, the new one holds one.
+    let containerd = host.containerd();
+    containerd.stop_pod_sandbox(&first).await;
+    containerd.remove_pod_sandbox(&first).await;
+    let second = host.run_sandbox(&uid, "default", "phoenix").await;
+    let second_netns = host.netns(&second).await;
+    host.report_running("default", "phoenix", "second", 1);
+    host.eventually("data in the new sandbox", || {
+        ipv4(&second_netns, &ifname("data"))
+    })
+    .await;
+    host.eventually("the old sandbox's lease released", || {
+        let held: Vec<String> = leases(&host, "data").into_iter().map(|l| l.1).collect();
+        (held.len() == 2 && !held.contains(&first)).then_some(())
+    })
+    .await;
+
+    // podagent is killed; meanwhile a pod goes. The restarted agent releases its lease.
+    agent.kill();
+    host.delete_pod("default", "doomed", Some(&doomed)).await;
+    let _agent = start_direct(&host, "");
+    host.eventually("the gone pod's lease released after the restart", || {
+        let held: Vec<String> = leases(&host, "data").into_iter().map(|l| l.1).collect();
+        (held == [second.clone()]).then_some(())
+    })
+    .await;
+    host.eventually("its record forgotten", || {
+        host.record(&gone_uid).is_none().then_some(())
+    })
+    .await;
+    assert_eq!(decoy_calls(&host), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_network_configs_are_reported_and_nothing_runs() {
+    let host = direct_node().await;
+    let big = format!(
+        r#"{{"cniVersion":"1.0.0","type":"wrap-bridge","pad":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let cases = [
+        ("notjson", "{ not json", "not valid JSON"),
+        ("notype", r#"{"cniVersion":"1.0.0"}"#, "no \"type\""),
+        (
+            "escape",
+            r#"{"cniVersion":"1.0.0","type":"../../bin/sh"}"#,
+            "is not a plugin file name",
+        ),
+        ("huge", big.as_str(), "more than the 65536 podagent accepts"),
+    ];
+    for (name, config, _) in &cases {
+        // No spec.plugin: nothing may stand in for the missing or unsafe type.
+        let admin = host.cluster().admin();
+        admin
+            .create(json!({"apiVersion": "kaloom.com/v1", "kind": "Network",
+                "metadata": {"name": name, "namespace": host.ns("default")},
+                "spec": {"config": config}}))
+            .expect("create the Network");
+    }
+    let entries: Vec<Value> = cases
+        .iter()
+        .map(|(name, ..)| json!({"name": name}))
+        .collect();
+    let (uid, sandbox) = host
+        .pod("default", "victim", Some(&Value::from(entries).to_string()))
+        .await;
+    let netns = host.netns(&sandbox).await;
+    let _agent = start_direct(&host, "");
+    let namespace = host.ns("default");
+    for (name, _, why) in &cases {
+        let event = host
+            .eventually(&format!("an InvalidNetwork Event for {name}"), || {
+                host.events("default", &uid, "InvalidNetwork")
+                    .into_iter()
+                    .find(|e| note_of(e).contains(&format!("Network {namespace}/{name} ")))
+            })
+            .await;
+        assert_eq!(event["type"], "Warning");
+        assert!(note_of(&event).contains(why), "{}", note_of(&event));
+        assert!(!has_link(&netns, &ifname(name)));
+    }
+    assert_eq!(host.calls().len(), 0, "no plugin ran");
+    assert_eq!(decoy_calls(&host), "");
+    assert!(
+        !Path::new(&host.path("state"))
+            .join(format!("{uid}.json"))
+            .exists(),
+        "nothing recorded"
+    );
+}
