@@ -3,7 +3,10 @@
 # `data` network into a running pod of hello-multi-net with the real podagent, shows the
 # interface inside the pod, removes it, and does it again on the second pod.
 #
-# Usage: sudo scripts/demo.sh [--binary-dir DIR] [--wait SECONDS]
+# Usage: sudo scripts/demo.sh [--mode direct|kactus] [--binary-dir DIR] [--wait SECONDS]
+#   --mode MODE       podagent's network mode (default direct: podagent runs the `data`
+#                     Network's own config; kactus: the node's primary config, a stand-in for
+#                     kactus delegating to `data`).
 #   --binary-dir DIR  use the podagent, podagent-demo and control-plane binaries in DIR
 #                     instead of building them (the test suite passes its debug build);
 #                     also DEMO_BINARY_DIR.
@@ -21,14 +24,23 @@
 set -euo pipefail
 
 usage() {
-    sed -n '6,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '6,13p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 binary_dir=${DEMO_BINARY_DIR:-}
 wait_seconds=20
+mode=direct
 while [ "$#" -gt 0 ]; do
     case $1 in
+        --mode)
+            [ "$#" -ge 2 ] || { echo "demo.sh: --mode needs direct or kactus" >&2; exit 64; }
+            case $2 in
+                direct | kactus) mode=$2 ;;
+                *) echo "demo.sh: --mode is direct or kactus, not $2" >&2; exit 64 ;;
+            esac
+            shift 2
+            ;;
         --binary-dir)
             [ "$#" -ge 2 ] || { echo "demo.sh: --binary-dir needs a directory" >&2; exit 64; }
             binary_dir=$2
@@ -118,7 +130,8 @@ trap finish EXIT
 trap 'on_signal SIGINT 130' INT
 trap 'on_signal SIGTERM 143' TERM
 
-"$binary_dir/podagent-demo" --podagent "$binary_dir/podagent" --repo "$repo" --wait "$wait_seconds" &
+"$binary_dir/podagent-demo" --podagent "$binary_dir/podagent" --repo "$repo" --wait "$wait_seconds" \
+    --mode "$mode" &
 driver_pid=$!
 status=0
 wait "$driver_pid" || status=$?

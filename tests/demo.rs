@@ -1,8 +1,10 @@
 //! The one-command demo (`scripts/demo.sh`) runs to completion on this host (as root) with the
-//! test build's binaries, and its transcript shows what the README promises: the `data`
-//! interface appears in the first pod, goes away, appears in the second pod, and neither pod's
-//! sandbox is replaced. The demo itself waits for each step and fails when one does not happen,
-//! so this test checks the transcript, the exit status, and that nothing was left behind.
+//! test build's binaries, in both network modes, and its transcript shows what the README
+//! promises: the `data` interface appears in the first pod, goes away, appears in the second
+//! pod, and neither pod's sandbox is replaced; in direct mode (the default) the interface's
+//! address is from the `data` Network of `examples/data-net.yaml`. The demo itself waits for
+//! each step and fails when one does not happen, so this test checks the transcript, the exit
+//! status, and that nothing was left behind.
 
 use std::path::Path;
 use std::process::Command;
@@ -55,11 +57,11 @@ fn shows_interface(text: &str, ifname: &str) -> bool {
     })
 }
 
-#[test]
-fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
-    prereq::require_root();
+/// `scripts/demo.sh` with `args` and the test build's binaries; its transcript.
+fn replay(args: &[&str]) -> String {
     let dir = binary_dir();
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh"))
+        .args(args)
         .arg("--binary-dir")
         .arg(dir)
         .output()
@@ -68,28 +70,78 @@ fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
     let errors = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "demo.sh exited with {}\nstdout:\n{transcript}\nstderr:\n{errors}",
+        "demo.sh {args:?} exited with {}\nstdout:\n{transcript}\nstderr:\n{errors}",
         out.status
     );
+    transcript.into_owned()
+}
 
+/// One after the other: the direct-mode demo owns the host's `data-br` and the `data`
+/// Network's host-local dir while it runs.
+#[test]
+fn demo_replays_the_example_in_direct_mode_and_in_kactus_mode() {
+    prereq::require_root();
+    direct_mode_runs_the_data_network_of_the_example();
+    kactus_mode_stays_available();
+}
+
+fn direct_mode_runs_the_data_network_of_the_example() {
+    let transcript = replay(&[]);
+    let setup = section(&transcript, "Setting up");
+    assert!(
+        setup.contains(
+            "podagent's network mode: direct — the `data` network's CNI config comes from its \
+             Network object, examples/data-net.yaml"
+        ),
+        "the first screen says where `data` comes from:\n{setup}"
+    );
     let added = section(&transcript, "4. Verify that");
+    let from_range = added
+        .lines()
+        .find(|line| line.starts_with(&format!("✓ {IFNAME} has 172.20.1.")))
+        .unwrap_or_else(|| panic!("step 4 shows the address from the Network's range:\n{added}"));
+    assert!(
+        from_range.contains("from the `data` Network's range 172.20.1.10–172.20.1.254"),
+        "{from_range}"
+    );
+    assert_replayed(&transcript);
+    let cleanup = section(&transcript, "Cleaning up");
+    assert!(
+        cleanup.contains("podagent ran DEL for their `data` attachments"),
+        "podagent released the pods' addresses:\n{cleanup}"
+    );
+}
+
+fn kactus_mode_stays_available() {
+    let transcript = replay(&["--mode", "kactus"]);
+    let setup = section(&transcript, "Setting up");
+    assert!(
+        setup.contains("podagent's network mode: kactus — CNI config "),
+        "{setup}"
+    );
+    assert_replayed(&transcript);
+}
+
+/// What both modes show: the interface comes and goes, no pod restarts, nothing is left.
+fn assert_replayed(transcript: &str) {
+    let added = section(transcript, "4. Verify that");
     assert!(
         shows_interface(added, IFNAME) && shows_interface(added, "eth0"),
         "ip a after the add shows {IFNAME} next to eth0:\n{added}"
     );
-    let gone = section(&transcript, "7. Verify that");
+    let gone = section(transcript, "7. Verify that");
     assert!(
         !shows_interface(gone, IFNAME) && shows_interface(gone, "eth0"),
         "ip a after the delete shows eth0 and no {IFNAME}:\n{gone}"
     );
-    let second = section(&transcript, "10. Verify that");
+    let second = section(transcript, "10. Verify that");
     assert!(
         shows_interface(second, IFNAME),
         "ip a of the second pod shows {IFNAME}:\n{second}"
     );
 
     // The sandboxes created in step 2 are the ones the runtime lists after each change.
-    let created = section(&transcript, "2. Deploy");
+    let created = section(transcript, "2. Deploy");
     let sandboxes: Vec<&str> = created
         .lines()
         .filter(|line| line.starts_with("pod hello-multi-net-"))
@@ -102,7 +154,7 @@ fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
         ("8. Verify that the first pod", sandboxes[0]),
         ("11. Verify that the second pod", sandboxes[1]),
     ] {
-        let text = section(&transcript, step);
+        let text = section(transcript, step);
         let unchanged = text
             .lines()
             .find(|line| line.contains("unchanged since step 2"))
@@ -113,7 +165,7 @@ fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
         );
     }
 
-    let events = section(&transcript, "6. Delete");
+    let events = section(transcript, "6. Delete");
     assert!(
         events.contains("AddedInterface") && events.contains("RemovedInterface"),
         "podagent's Events are shown:\n{events}"
@@ -121,6 +173,6 @@ fn demo_hot_plugs_data_into_the_first_pod_removes_it_and_plugs_the_second() {
     assert!(
         transcript.contains("✓ nothing left"),
         "the demo cleaned up:\n{}",
-        section(&transcript, "Cleaning up")
+        section(transcript, "Cleaning up")
     );
 }

@@ -588,3 +588,38 @@ async fn unusable_network_configs_are_reported_and_nothing_runs() {
         "nothing recorded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_pod_keeps_its_interfaces_until_its_sandbox_goes() {
+    let host = direct_node().await;
+    let bridge = unique_name("tbr");
+    let _links = HostLinks(vec![bridge.clone()]);
+    let config = bridge_config(&host, "data", &bridge, &quarter(&host, 1));
+    put_network(&host, "default", "data", "bridge", &config.to_string());
+    let (uid, sandbox) = host
+        .pod("default", "graceful", Some(r#"[{"name":"data"}]"#))
+        .await;
+    let netns = host.netns(&sandbox).await;
+    let _agent = start_direct(&host, "");
+    host.eventually("data plugged", || ipv4(&netns, &ifname("data")))
+        .await;
+    host.mark_terminating("default", "graceful");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        has_link(&netns, &ifname("data")),
+        "a terminating pod whose containers still run keeps its interfaces"
+    );
+    assert_eq!(leases(&host, "data").len(), 1);
+    let containerd = host.containerd();
+    containerd.stop_pod_sandbox(&sandbox).await;
+    containerd.remove_pod_sandbox(&sandbox).await;
+    host.remove_pod("default", "graceful");
+    host.eventually("the lease released once the pod is gone", || {
+        leases(&host, "data").is_empty().then_some(())
+    })
+    .await;
+    host.eventually("the record forgotten", || {
+        host.record(&uid).is_none().then_some(())
+    })
+    .await;
+}

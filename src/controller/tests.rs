@@ -256,3 +256,66 @@ async fn saturated_slots_do_not_spin_the_loop() {
     drop(events);
     done.await.expect("loop ends");
 }
+
+/// Direct mode: podagent owns teardown, so a pod that is deleted gets a DEL for each of its
+/// attachments (from the record) before it is forgotten, also when the deletion is seen only
+/// as the pod vanishing.
+#[tokio::test]
+async fn direct_mode_releases_a_deleted_pods_attachments() {
+    use crate::networks::{Mode, NetworkObject, Networks, Settings};
+    let fakes = Fakes::default();
+    fakes.sandbox("u1", "s1");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ctx = context(&fakes, dir.path());
+    ctx.networks = Networks::new(Settings {
+        mode: Mode::Direct,
+        ..Settings::default()
+    });
+    let config = r#"{"cniVersion":"1.0.0","type":"bridge"}"#;
+    ctx.networks.update(
+        "ns",
+        "green",
+        Some(NetworkObject {
+            plugin: None,
+            config: config.into(),
+        }),
+    );
+    let controller = Controller::new(ctx, vec![], vec![view("u1", Some(GREEN))]);
+    let (events, receiver) = mpsc::channel(16);
+    let done = tokio::spawn(controller.run(
+        receiver,
+        mpsc::channel(1).1,
+        Duration::from_millis(50),
+        |_| {},
+    ));
+    let h = Harness {
+        fakes: fakes.clone(),
+        events,
+        done,
+        _dir: dir,
+    };
+    h.until("the ADD", |f| f.cni_calls().len() == 1).await;
+    let mut deleting = view("u1", Some(GREEN));
+    deleting.deleting = true;
+    h.events
+        .send(PodEvent::Applied(deleting.clone()))
+        .await
+        .expect("send");
+    // While its sandbox runs, a terminating pod keeps its interfaces (graceful shutdown).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.fakes.cni_calls().len(),
+        1,
+        "no DEL while the sandbox runs"
+    );
+    h.events
+        .send(PodEvent::Deleted(deleting))
+        .await
+        .expect("send");
+    h.until("the DEL", |f| f.cni_calls().len() == 2).await;
+    assert_eq!(
+        h.fakes.cni_calls(),
+        ["ADD pod-u1 net9f27410725ab", "DEL pod-u1 net9f27410725ab"]
+    );
+    h.stop().await;
+}

@@ -8,7 +8,10 @@
 //! `scripts/setup-test-host.sh`, started by the `control-plane` command next to this binary)
 //! are the cluster; a private containerd runs the two pods of `hello-multi-net` as real pod
 //! sandboxes; and the real `podagent` binary, on the credentials the shipped RBAC grants it,
-//! watches the node and runs the Debian `bridge`, `host-local` and `tuning` plugins. That node
+//! watches the node and runs the Debian `bridge` and `host-local` plugins. In direct mode (the
+//! default) podagent reads the `data` Network of `examples/data-net.yaml` itself and runs its
+//! config (bridge `data-br`, addresses from its range); in kactus mode (`--mode kactus`) the
+//! node's primary config (bridge + host-local + tuning) stands in for kactus. That node
 //! is `testkit::node::Node`, the fixture the end-to-end tests use. The user-visible steps are the
 //! seed's own commands, run through bash with the control plane's own `kubectl`, `jq` and
 //! `scripts/*-network-annotation.sh`, as an operator with the admin kubeconfig. There is no
@@ -69,7 +72,14 @@ struct Args {
     /// How long each step may take to happen before the demo fails, in seconds.
     #[arg(long, default_value_t = 20)]
     wait: u64,
+    /// podagent's network mode: `direct` runs the `data` Network's own config, `kactus` the
+    /// node's primary config (a stand-in for kactus).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "kactus"])]
+    mode: String,
 }
+
+/// The bridge `examples/data-net.yaml` attaches the `data` network to (direct mode).
+const DATA_BRIDGE: &str = "data-br";
 
 /// Why the demo stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +99,8 @@ enum DemoError {
     Api(#[from] anyhow::Error),
     #[error("CRI ListPodSandbox for pod {pod}: {source}")]
     Cri { pod: String, source: tonic::Status },
+    #[error("{detail}")]
+    WrongAddress { detail: String },
     #[error("pod {pod} was restarted: {detail}")]
     Restarted { pod: String, detail: String },
     #[error("installing the {signal} handler: {source}")]
@@ -136,6 +148,12 @@ struct Demo {
     pods: Vec<DemoPod>,
     /// How far podagent's log has been shown.
     log_shown: Mutex<u64>,
+    /// Direct mode: podagent runs the `data` Network's config.
+    direct: bool,
+    /// `data-br` was there before the demo (then the demo leaves it).
+    data_bridge_existed: bool,
+    /// The `data` Network's host-local dir was there before the demo (then it stays).
+    data_leases_existed: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -191,8 +209,8 @@ async fn run(args: Args) -> Result<(), DemoError> {
     if outcome.is_ok() {
         println!(
             "\nDemo complete: {IFNAME} came and went in {} and came into {}, \
-             neither pod restarted.",
-            POD_NAMES[0], POD_NAMES[1]
+             neither pod restarted ({} mode).",
+            POD_NAMES[0], POD_NAMES[1], args.mode
         );
     }
     outcome

@@ -17,7 +17,7 @@ use testkit::control_plane;
 use testkit::node::{Agent, Node};
 use testkit::prereq;
 
-use crate::{AGENT_STOP_GRACE, Args, Demo, DemoError, NAMESPACE, heading, say};
+use crate::{AGENT_STOP_GRACE, Args, DATA_BRIDGE, Demo, DemoError, NAMESPACE, heading, say};
 
 impl Demo {
     /// Starts the control plane, the node and podagent; returns once podagent is ready.
@@ -59,18 +59,42 @@ impl Demo {
             containerd.bridge(),
             containerd.subnet()
         );
-        let (conflist, bridge) = conflist(&node);
-        println!(
-            "podagent's CNI config: {} — bridge {bridge} + host-local {} + tuning",
-            conflist.display(),
-            node.subnet()
-        );
-        say(
-            "On a real node this dir holds kactus', which delegates to the plugin of the network\n\
-             named in K8S_POD_NETWORK (here `data`: a bridge like the seed's data-br). This Debian\n\
-             bridge + host-local config (reached through testkit's logging wrapper wrap-bridge)\n\
-             stands in for kactus delegating to the `data` network.",
-        );
+        let direct = args.mode == "direct";
+        let data_bridge_existed = link_exists(DATA_BRIDGE);
+        let data_leases_existed = Path::new(DATA_LEASES).exists();
+        if direct {
+            // No stand-in: podagent's conf dir stays empty, the network is the Network object.
+            let (conflist, _) = conflist(&node);
+            let _ = fs::remove_file(&conflist);
+            println!(
+                "podagent's network mode: direct — the `data` network's CNI config comes from its \
+                 Network object, examples/data-net.yaml (applied in step 1): bridge {DATA_BRIDGE}, \
+                 host-local addresses from its range"
+            );
+            println!(
+                "podagent's CNI conf dir: {} (empty: no primary config is used)",
+                node.path("conf").display()
+            );
+            say(
+                "podagent looks the `data` Network up itself (cached from a watch) and runs its config\n\
+                 with the Debian plugins, whatever the node's primary CNI is: no kactus needed. When a\n\
+                 pod goes, podagent's own DEL releases the address, since nobody else knows of it.",
+            );
+        } else {
+            let (conflist, bridge) = conflist(&node);
+            println!(
+                "podagent's network mode: kactus — CNI config {}: bridge {bridge} + host-local {} + \
+                 tuning",
+                conflist.display(),
+                node.subnet()
+            );
+            say(
+                "On a real node this dir holds kactus', which delegates to the plugin of the network\n\
+                 named in K8S_POD_NETWORK (here `data`: a bridge like the seed's data-br). This Debian\n\
+                 bridge + host-local config (reached through testkit's logging wrapper wrap-bridge)\n\
+                 stands in for kactus delegating to the `data` network.",
+            );
+        }
 
         let ns = node.ns(NAMESPACE);
         println!(
@@ -90,12 +114,23 @@ impl Demo {
         let mut config = node.agent_config();
         config.log_level = "info".into();
         config.shutdown_grace = "5s".into();
+        if direct {
+            config.networks = "mode = \"direct\"\n".into();
+        }
         println!("podagent's kubeconfig: {}", config.kubeconfig.display());
         say(
             "Made by scripts/create-kubeconfig.sh for the service account of\n\
              manifests/podagent-serviceaccount-and-rbac.yaml: podagent has the shipped RBAC, not\n\
              the admin's rights.",
         );
+        if direct {
+            // podagent lists the Networks before it says it is ready.
+            cluster.install_network_crd();
+            println!(
+                "Network CRD: manifests/networks-crd.yaml applied and Established (podagent in \
+                 direct mode lists the Network objects before it is ready)"
+            );
+        }
         let agent = node.start_agent_with(&config);
         println!(
             "podagent: {} run --config {} (pid {})",
@@ -114,6 +149,9 @@ impl Demo {
             wait: Duration::from_secs(args.wait),
             pods: Vec::new(),
             log_shown: Mutex::new(0),
+            direct,
+            data_bridge_existed,
+            data_leases_existed,
         };
         demo.eventually("podagent to log that it is ready", || {
             Ok(demo
@@ -251,6 +289,9 @@ impl Demo {
     /// Stops and removes everything, then checks that nothing is left.
     pub(crate) async fn clean_up(self) {
         heading("Cleaning up");
+        if self.direct {
+            self.delete_pods().await;
+        }
         println!("podagent (pid {}): {}", self.agent_pid, self.stop_agent());
         self.show_log();
         let Demo {
@@ -258,12 +299,19 @@ impl Demo {
             cluster,
             ns,
             pods,
+            direct,
+            data_bridge_existed,
+            data_leases_existed,
             ..
         } = self;
         let containerd_pid = node.containerd().pid();
         let containerd_dir = node.containerd().dir().to_owned();
         let node_dir = node_dir(&node);
-        let (_, bridge) = conflist(&node);
+        // Direct mode: no conflist, so no bridge of the node's own; data-br is the one made.
+        let bridge = match conflist(&node) {
+            (_, bridge) if !bridge.is_empty() => bridge,
+            _ => DATA_BRIDGE.to_owned(),
+        };
         // The node's drop deletes its bridge; containerd's stops and removes every sandbox
         // through CRI (which runs CNI DEL and deletes the netns), then stops the daemon and
         // removes its dir; then the node's dir goes. It blocks.
@@ -272,10 +320,19 @@ impl Demo {
             "containerd (pid {containerd_pid}): sandboxes removed, daemon stopped, {} removed",
             containerd_dir.display()
         );
-        println!(
-            "node: bridge {bridge} deleted, {} removed",
-            node_dir.display()
-        );
+        if direct {
+            println!("node: {} removed", node_dir.display());
+        } else {
+            println!(
+                "node: bridge {bridge} deleted, {} removed",
+                node_dir.display()
+            );
+        }
+        if direct && !data_bridge_existed {
+            // Made by the bridge plugin for the `data` Network's first attachment.
+            delete_link(DATA_BRIDGE);
+            println!("bridge {DATA_BRIDGE} (made by the data Network's first attachment): deleted");
+        }
         let control_dir = cluster
             .kubeconfig()
             .parent()
@@ -293,8 +350,16 @@ impl Demo {
                 left.push(format!("netns {}", pod.netns.display()));
             }
         }
-        if link_exists(&bridge) {
+        if link_exists(&bridge) && !(direct && data_bridge_existed) {
             left.push(format!("bridge {bridge}"));
+        }
+        let leases = if direct { data_leases() } else { Vec::new() };
+        if !leases.is_empty() {
+            left.push(format!("host-local leases {}", leases.join(", ")));
+        } else if direct && !data_leases_existed && fs::remove_dir_all(DATA_LEASES).is_ok() {
+            println!(
+                "{DATA_LEASES} (the data Network's host-local state, all leases released): removed"
+            );
         }
         for path in [&node_dir, &containerd_dir] {
             if path.exists() {
@@ -311,6 +376,55 @@ impl Demo {
             println!("✗ left behind: {}", left.join(", "));
         }
     }
+}
+
+impl Demo {
+    /// Direct mode: the pods go as the kubelet deletes them (sandbox stopped and removed, then
+    /// the final delete) while podagent runs, so its DELs release the `data` addresses.
+    async fn delete_pods(&self) {
+        for pod in &self.pods {
+            self.node
+                .delete_pod(NAMESPACE, pod.name, Some(&pod.sandbox))
+                .await;
+        }
+        let released = self
+            .eventually("podagent to release the pods' attachments", || {
+                Ok(self
+                    .pods
+                    .iter()
+                    .all(|pod| self.node.record(&pod.uid).is_none())
+                    .then_some(()))
+            })
+            .await;
+        match released {
+            Ok(_) => println!(
+                "pods deleted; podagent ran DEL for their `data` attachments (direct mode: the \
+                 teardown is podagent's), their records are gone"
+            ),
+            Err(error) => println!("✗ pods deleted, but {error}"),
+        }
+    }
+}
+
+/// Where host-local keeps the `data` Network's leases (its default dataDir).
+const DATA_LEASES: &str = "/var/lib/cni/networks/data";
+
+/// The `data` Network's host-local leases.
+fn data_leases() -> Vec<String> {
+    fs::read_dir(DATA_LEASES)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+        .collect()
+}
+
+fn delete_link(name: &str) {
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "dev", name])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// The exit status of `agent`, once it has exited.

@@ -2,6 +2,7 @@
 //! it), waits for what podagent does in the pod's netns and in the API, and shows it.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 use k8s_cri::v1::{ListPodSandboxRequest, PodSandboxFilter, PodSandboxState};
 use serde_json::json;
@@ -21,6 +22,12 @@ impl Demo {
             "The seed: kubectl apply -f examples/data-net.yaml. A Network is a custom resource: the\n\
              API server refuses it until its CRD (manifests/networks-crd.yaml) is Established.",
         );
+        if self.direct {
+            say(
+                "In direct mode this object is the `data` network: podagent runs its config (bridge\n\
+                 data-br, host-local addresses from its range) for every pod that asks for `data`.",
+            );
+        }
         self.shell("kubectl apply -f manifests/networks-crd.yaml")
             .await?;
         self.shell(&format!(
@@ -63,6 +70,9 @@ impl Demo {
             "4. Verify that {IFNAME} is present in the first pod"
         ));
         self.show_interfaces(0).await?;
+        if self.direct {
+            self.show_address_source(0)?;
+        }
 
         heading("5. Verify that the first pod didn't get re-started");
         self.show_not_restarted(0, &first).await?;
@@ -208,6 +218,44 @@ impl Demo {
         ));
         self.shell(&format!("ip -n {} a", pod.netns_name())).await?;
         Ok(())
+    }
+
+    /// Direct mode: the interface's address is from the `data` Network's own IPAM range, as
+    /// the API server holds it.
+    fn show_address_source(&self, index: usize) -> Result<(), DemoError> {
+        let pod = &self.pods[index];
+        let network = self
+            .cluster
+            .admin()
+            .get("kaloom.com/v1", "Network", Some(&self.ns), NETWORK)
+            .unwrap_or_default();
+        let config: serde_json::Value =
+            serde_json::from_str(network["spec"]["config"].as_str().unwrap_or_default())
+                .unwrap_or_default();
+        let ipam = &config["ipam"];
+        let bound = |key: &str| ipam[key].as_str().and_then(|a| a.parse::<Ipv4Addr>().ok());
+        let address = ipv4(&pod.netns, IFNAME).unwrap_or_default();
+        let ip = address
+            .split('/')
+            .next()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok());
+        match (ip, bound("rangeStart"), bound("rangeEnd")) {
+            (Some(ip), Some(start), Some(end)) if (start..=end).contains(&ip) => {
+                println!(
+                    "✓ {IFNAME} has {address}: from the `data` Network's range {start}–{end} \
+                     (subnet {}, examples/data-net.yaml)",
+                    ipam["subnet"].as_str().unwrap_or_default()
+                );
+                Ok(())
+            }
+            _ => Err(DemoError::WrongAddress {
+                detail: format!(
+                    "{IFNAME} of {} has {address:?}, not an address of the data Network's range \
+                     (ipam {ipam})",
+                    pod.name
+                ),
+            }),
+        }
     }
 
     /// The pod object and the runtime both show the same, never restarted, sandbox.
