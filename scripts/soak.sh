@@ -3,9 +3,9 @@
 # the fault proxy), a private containerd and the Debian CNI plugins for a bounded time. Needs
 # root, like the rest of the suite.
 #
-#   scripts/soak.sh                 10 minutes
-#   scripts/soak.sh --minutes 30    the documented long run
-#   scripts/soak.sh --seed 1234     replay the action sequence of a failed run
+#   scripts/soak.sh                 10 minutes per network mode (kactus, then direct)
+#   scripts/soak.sh --minutes 30    the documented long run (30 minutes per mode)
+#   scripts/soak.sh --seed 1234     replay the action sequence of a failed run (both modes)
 #
 # The seed is printed at the start; every action is printed as it happens, and a failure prints
 # the violated invariants and the tail of podagent's log. The suite runs a short version of the

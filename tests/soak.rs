@@ -1,7 +1,9 @@
 //! Churn soak: the real podagent under a seeded random sequence of annotation edits, pod and
 //! sandbox re-creations, podagent restarts (SIGTERM and SIGKILL), containerd restarts, API
 //! server faults (dropped watches, 410 Gone, 500 bursts, latency) and CNI conf dir changes, with
-//! the node's invariants checked after every quiet period.
+//! the node's invariants checked after every quiet period; in both network modes, direct mode
+//! adding `Network` edits and deletions (each deleted Network is created again a moment later)
+//! to the actions.
 //!
 //! The suite runs a short version (a few rounds); `scripts/soak.sh --minutes N` runs rounds for
 //! N minutes (env `PODAGENT_SOAK_MINUTES`). The seed is printed first; `PODAGENT_SOAK_SEED=<n>`
@@ -11,16 +13,20 @@
 //! - its netns holds exactly one `net<hash>` link per desired network, and no other, with the
 //!   requested MAC when one is set;
 //! - host-local holds exactly one address per desired attachment of its sandbox and none for an
-//!   attachment that was removed (no IP leak). Addresses of sandboxes the test removed are not
-//!   counted: releasing them is the runtime's CNI teardown (kactus) in production, not podagent's;
+//!   attachment that was removed (no IP leak). In kactus mode, addresses of sandboxes the test
+//!   removed are released by a stand-in for the runtime's CNI teardown (kactus does it in
+//!   production); in direct mode nothing stands in: podagent's own DELs must release them, so
+//!   no address may be left for any sandbox but a live pod's current one;
 //! - podagent's record lists exactly the desired networks, all `Attached`;
 //!
 //! and for the node: podagent is alive, no record is left for a deleted pod, and its resident
 //! memory has not grown past a generous bound since the first quiet period of its run.
 //!
-//! All networks share one primary CNI config (bridge + host-local + tuning, through the test
-//! wrapper plugin), as with kactus in primary mode; the network name only selects the
-//! interface name. The API server is the real one (its own control plane for this test
+//! In kactus mode all networks share one primary CNI config (bridge + host-local + tuning,
+//! through the test wrapper plugin); the network name only selects the interface name. In
+//! direct mode each network is a `Network` object of its own with the same plugins, its own
+//! quarter of the node's subnet and its own host-local dir, edited by the test (its MTU) as it
+//! goes. The API server is the real one (its own control plane for this test
 //! binary); podagent reaches it on its own service-account token through the fault proxy:
 //! dropped connections, injected 500s and latency come from the proxy, a real 410 Gone from
 //! restarting kube-apiserver (its new watch cache starts past podagent's resourceVersion;
@@ -43,6 +49,10 @@ const SHORT_ROUNDS: u32 = 5;
 /// The sequence the suite's short run replays: it covers edits, a pod and a sandbox
 /// re-creation, podagent and containerd restarts, API faults and a conf dir change.
 const SHORT_SEED: u64 = 91;
+/// The direct-mode short run's sequence: besides the kinds of action above (and a
+/// kube-apiserver restart) it edits a Network, deletes one, and re-creates a pod and a sandbox
+/// whose attachments only podagent can release.
+const DIRECT_SHORT_SEED: u64 = 40;
 const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// xorshift64*: a tiny deterministic generator, so a seed replays the same actions.
@@ -73,6 +83,10 @@ struct Pod {
 
 struct World {
     node: Node,
+    /// Direct mode: each network is a `Network` object podagent resolves itself.
+    direct: bool,
+    /// Direct mode: each Network's MTU now (edits flip it).
+    mtus: BTreeMap<&'static str, u32>,
     proxy: FaultProxy,
     pods: Vec<Pod>,
     agent: Option<Agent>,
@@ -81,19 +95,66 @@ struct World {
 }
 
 impl World {
-    async fn new() -> World {
+    async fn new(direct: bool) -> World {
         let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
         let cluster = node.cluster();
         let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
             .await
             .expect("fault proxy");
-        World {
+        let mtus = NETWORKS.iter().map(|n| (*n, 1500)).collect();
+        let world = World {
             node,
+            direct,
+            mtus,
             proxy,
             pods: Vec::new(),
             agent: None,
             rss_baseline: None,
             conf_file: "10-hotplug.conflist",
+        };
+        if direct {
+            world.node.cluster().install_network_crd();
+            for network in NETWORKS {
+                world.put_network(network);
+            }
+        }
+        world
+    }
+
+    /// Direct mode: Network `name` as the test wants it now (created or replaced).
+    fn put_network(&self, name: &'static str) {
+        let part = NETWORKS.iter().position(|n| *n == name).unwrap_or(0) as u32;
+        let config = json!({
+            "cniVersion": "1.0.0",
+            "plugins": [
+                {"type": testkit::node::PLUGIN, "bridge": self.node.bridge(), "isGateway": false,
+                 "ipMasq": false, "mtu": self.mtus[name],
+                 "ipam": {"type": "host-local",
+                          "subnet": format!("{}{}/26", self.node.address_prefix(), 64 * part),
+                          "dataDir": self.path("ipam")}},
+                {"type": "tuning", "capabilities": {"mac": true}},
+            ],
+        });
+        let admin = self.node.cluster().admin();
+        let namespace = self.node.ns("default");
+        let object = json!({"apiVersion": "kaloom.com/v1", "kind": "Network",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"plugin": "bridge", "config": config.to_string()}});
+        if admin
+            .get("kaloom.com/v1", "Network", Some(&namespace), name)
+            .is_some()
+        {
+            admin
+                .patch_merge(
+                    "kaloom.com/v1",
+                    "Network",
+                    Some(&namespace),
+                    name,
+                    json!({"spec": object["spec"]}),
+                )
+                .expect("edit the Network");
+        } else {
+            admin.create(object).expect("create the Network");
         }
     }
 
@@ -111,6 +172,9 @@ impl World {
         config.log_level = "info".into();
         config.retry_base = "500ms".into();
         config.resync_period = "30s".into();
+        if self.direct {
+            config.networks = "mode = \"direct\"\n".into();
+        }
         let through = self.path("proxy.kubeconfig");
         self.proxy
             .write_kubeconfig(&config.kubeconfig, &through)
@@ -176,7 +240,14 @@ impl World {
     /// does: the runtime's CNI DEL at teardown goes through kactus, which releases every
     /// attachment of the pod, hot-plugged ones included. podagent never DELs into a dead
     /// sandbox, so without this stand-in the attachments' host-local leases would pile up.
+    /// In direct mode the sandbox just goes: releasing its attachments is podagent's job.
     async fn tear_down_sandbox(&self, i: usize, id: &str) {
+        let containerd = self.node.containerd();
+        if self.direct {
+            containerd.stop_pod_sandbox(id).await;
+            containerd.remove_pod_sandbox(id).await;
+            return;
+        }
         let pod = &self.pods[i];
         let teardown = podagent::cni::Invoker::new(podagent::cni::Settings {
             conf_dir: self.path("conf"),
@@ -209,14 +280,14 @@ impl World {
                 .await
                 .expect("the runtime-side teardown releases the attachment");
         }
-        let containerd = self.node.containerd();
         containerd.stop_pod_sandbox(id).await;
         containerd.remove_pod_sandbox(id).await;
     }
 
     async fn act(&mut self, rng: &mut Rng) -> String {
         let i = rng.below(PODS as u64) as usize;
-        match rng.below(10) {
+        // Direct mode has two more actions; kactus mode keeps its sequence for a seed.
+        match rng.below(if self.direct { 12 } else { 10 }) {
             0..=3 => {
                 let desired = World::random_desired(rng, i);
                 let value = World::annotation(&desired);
@@ -293,6 +364,26 @@ impl World {
                         "API fault: 200 ms latency".to_owned()
                     }
                 }
+            }
+            10 => {
+                let network = NETWORKS[rng.below(NETWORKS.len() as u64) as usize];
+                let mtu = self.mtus.get_mut(network).expect("a known network");
+                *mtu = if *mtu == 1500 { 1400 } else { 1500 };
+                let text = format!("edit Network {network}: mtu {mtu}");
+                self.put_network(network);
+                text
+            }
+            11 => {
+                let network = NETWORKS[rng.below(NETWORKS.len() as u64) as usize];
+                let namespace = self.node.ns("default");
+                self.node
+                    .cluster()
+                    .admin()
+                    .delete("kaloom.com/v1", "Network", Some(&namespace), network, None)
+                    .expect("delete the Network");
+                tokio::time::sleep(Duration::from_millis(rng.below(1500))).await;
+                self.put_network(network);
+                format!("delete Network {network}, create it again")
             }
             _ => {
                 self.conf_file = if self.conf_file.starts_with("10") {
@@ -385,6 +476,16 @@ impl World {
                 found.push(format!("record {name} left for a deleted pod"));
             }
         }
+        if self.direct {
+            let current: BTreeSet<&str> = self.pods.iter().map(|p| p.sandbox.as_str()).collect();
+            for (sandbox, ifname) in &allocations {
+                if !current.contains(sandbox.as_str()) {
+                    found.push(format!(
+                        "host-local address left for {ifname} of gone sandbox {sandbox}"
+                    ));
+                }
+            }
+        }
         let agent = self.agent.as_mut().expect("agent");
         if !agent.running() {
             found.push("podagent is not running".to_owned());
@@ -401,13 +502,15 @@ impl World {
         found
     }
 
-    /// (sandbox id, ifname) of every host-local allocation.
+    /// (sandbox id, ifname) of every host-local allocation, of every network's dir.
     fn allocations(&self) -> Vec<(String, String)> {
-        let dir = self.path("ipam/hotplug");
-        let Ok(entries) = fs::read_dir(&dir) else {
+        let Ok(networks) = fs::read_dir(self.path("ipam")) else {
             return Vec::new();
         };
-        entries
+        networks
+            .filter_map(Result::ok)
+            .filter_map(|network| fs::read_dir(network.path()).ok())
+            .flatten()
             .filter_map(|e| {
                 let path = e.ok()?.path();
                 let name = path.file_name()?.to_str()?.to_owned();
@@ -482,15 +585,24 @@ fn links(netns: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Both modes, one after the other: a kube-apiserver restart reaches every test of this
+/// binary, and each run's own API calls must not meet another's restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_keeps_every_invariant() {
+    soak(false, SHORT_SEED).await;
+    soak(true, DIRECT_SHORT_SEED).await;
+}
+
+/// Rounds of actions and quiet periods, for the minutes `PODAGENT_SOAK_MINUTES` asks, or the
+/// short run of `short_seed`.
+async fn soak(direct: bool, short_seed: u64) {
     let minutes: Option<f64> = std::env::var("PODAGENT_SOAK_MINUTES")
         .ok()
         .map(|m| m.parse().expect("PODAGENT_SOAK_MINUTES is a number"));
     // The suite's short run replays one fixed sequence; long runs explore new ones.
     let seed = match std::env::var("PODAGENT_SOAK_SEED") {
         Ok(seed) => seed.parse().expect("PODAGENT_SOAK_SEED is a number"),
-        Err(_) if minutes.is_none() => SHORT_SEED,
+        Err(_) if minutes.is_none() => short_seed,
         Err(_) => {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -498,9 +610,10 @@ async fn churn_keeps_every_invariant() {
                 | 1
         }
     };
-    println!("soak seed {seed} (replay with PODAGENT_SOAK_SEED={seed})");
+    let mode = if direct { "direct" } else { "kactus" };
+    println!("soak seed {seed}, {mode} mode (replay with PODAGENT_SOAK_SEED={seed})");
     let mut rng = Rng(seed);
-    let mut world = World::new().await;
+    let mut world = World::new(direct).await;
     for i in 0..PODS {
         let pod = world.create_pod(i, 0, &mut rng).await;
         world.pods.push(pod);

@@ -185,6 +185,11 @@ impl Node {
         }
     }
 
+    /// The host bridge of the node's primary network.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
     /// The host-local subnet attachments get addresses from, `198.19.<n>.0/24`.
     pub fn subnet(&self) -> String {
         self.lease.subnet()
