@@ -470,6 +470,48 @@ async fn pod_deleted_during_an_add_is_forgotten() {
     assert!(host.record(&uid).is_none());
 }
 
+/// Kactus mode on a primary that is not kactus is the trap of running podagent on a Calico or
+/// Flannel node: the startup log says so, naming the file, the plugin and the mode to use. The
+/// key that acknowledges a deliberate one (every other test sets it) silences it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_is_not_kactus_is_warned_about_at_startup() {
+    let host = containerd_node().await;
+    let mut config = host.agent_config();
+    config.networks = String::new();
+    let agent = host.start_agent_with(&config);
+    let warning = host
+        .eventually("the startup warning", || {
+            host.log()
+                .lines()
+                .find(|l| l.contains("the primary CNI config is not kactus"))
+                .map(str::to_owned)
+        })
+        .await;
+    assert!(
+        warning.contains("10-hotplug.conflist (network hotplug) runs `wrap-bridge` first")
+            && warning.contains("networks.mode = \"direct\""),
+        "{warning}"
+    );
+    agent.stop();
+    let before = host
+        .log()
+        .matches("the primary CNI config is not kactus")
+        .count();
+    let agent = host.start_agent();
+    host.eventually("the second start ready", || {
+        (host.log().matches("podagent::daemon: ready").count() == 2).then_some(())
+    })
+    .await;
+    agent.stop();
+    assert_eq!(
+        host.log()
+            .matches("the primary CNI config is not kactus")
+            .count(),
+        before,
+        "acknowledged with networks.accept_other_primary: no warning"
+    );
+}
+
 /// A watch request refused outright with 410 Gone (in its response, not in its stream)
 /// means the same as the in-stream 410: podagent lists afresh instead of retrying the stale
 /// resourceVersion. Seen from outside, in the requests that reach the API server.

@@ -252,8 +252,12 @@ impl Run<'_> {
 
     async fn present(&mut self, view: &PodView) -> Verdict {
         let desired = annotation::parse(view.networks.as_deref());
-        if desired.is_ok() {
+        if let Ok(selections) = &desired {
             self.memo.invalid = None;
+            // An entry dropped and added again is reported afresh.
+            self.memo
+                .unresolved
+                .retain(|name, _| selections.iter().any(|s| s.name == *name));
         }
         let wants_nothing = desired
             .as_ref()

@@ -120,14 +120,16 @@ impl Shared {
     }
 
     /// Creates a fresh namespace `<prefix>-<pid>-<n>` and waits for its `default` service
-    /// account (pods cannot be created before the controller manager made it).
+    /// account (pods cannot be created before the controller manager made it). Generous: right
+    /// after a kube-apiserver restart the controller manager's informers may still be in their
+    /// reconnect backoff (up to 30 s in client-go).
     pub fn create_namespace(&self, prefix: &str) -> String {
         let name = self.unique_name(prefix);
         let admin = self.admin();
         admin
             .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
             .unwrap_or_else(|err| panic!("creating namespace {name}: {err:#}"));
-        for _ in 0..300 {
+        for _ in 0..1200 {
             if admin
                 .get("v1", "ServiceAccount", Some(&name), "default")
                 .is_some()
@@ -136,7 +138,7 @@ impl Shared {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("namespace {name} got no default service account within 15s");
+        panic!("namespace {name} got no default service account within 60s");
     }
 
     /// A discovery cache for kubectl inside the control plane's dir (`KUBECACHEDIR`), so no
