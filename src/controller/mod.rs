@@ -374,7 +374,7 @@ impl Controller {
         match outcome.verdict {
             Verdict::Retry(ref error) => {
                 let soon = error.is_retry_later();
-                warn!(pod = self.pod(&uid), uid = %uid, error = %error, "reconcile failed");
+                warn!(pod = self.pod(&uid), uid = %uid, error = %crate::error_chain::render(error), "reconcile failed");
                 self.schedule_failure(&uid, outcome, soon);
             }
             Verdict::Gone => {

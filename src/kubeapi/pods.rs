@@ -174,7 +174,7 @@ impl PodWatcher {
                 Ok(()) => backoff = BACKOFF_START,
                 Err(WatchEnd::Closed) => return,
                 Err(WatchEnd::Failed(e)) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "pod watch failed");
+                    tracing::warn!(error = %crate::error_chain::render(&e), retry_in = ?backoff, "pod watch failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
