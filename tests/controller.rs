@@ -259,21 +259,8 @@ async fn restart_converges_and_an_unchanged_restart_calls_no_plugin() {
 
     let before = host.calls().len();
     let agent = host.start_agent();
-    // A pod created after the restart proves that the agent is past its startup reconciles.
-    let (_, marker) = host
-        .pod("default", "marker", Some(r#"[{"name":"green"}]"#))
-        .await;
-    let marker_netns = host.netns(&marker).await;
-    host.eventually("the marker pod plugged", || {
-        has(&marker_netns, GREEN).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let steady: Vec<_> = host.calls()[before..]
-        .iter()
-        .filter(|c| c.pod == "steady")
-        .cloned()
-        .collect();
+    host.past_startup("green", GREEN).await;
+    let steady = host.calls_for("steady", before);
     assert!(
         steady.is_empty(),
         "restart with nothing changed called: {steady:?}"

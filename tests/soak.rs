@@ -135,27 +135,11 @@ impl World {
                 {"type": "tuning", "capabilities": {"mac": true}},
             ],
         });
-        let admin = self.node.cluster().admin();
-        let namespace = self.node.ns("default");
-        let object = json!({"apiVersion": "kaloom.com/v1", "kind": "Network",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"plugin": "bridge", "config": config.to_string()}});
-        if admin
-            .get("kaloom.com/v1", "Network", Some(&namespace), name)
-            .is_some()
-        {
-            admin
-                .patch_merge(
-                    "kaloom.com/v1",
-                    "Network",
-                    Some(&namespace),
-                    name,
-                    json!({"spec": object["spec"]}),
-                )
-                .expect("edit the Network");
-        } else {
-            admin.create(object).expect("create the Network");
-        }
+        self.node.put_network(
+            "default",
+            name,
+            json!({"plugin": "bridge", "config": config.to_string()}),
+        );
     }
 
     fn path(&self, rel: &str) -> PathBuf {

@@ -23,9 +23,21 @@ fn start(
     pods: Vec<PodView>,
     concurrency: usize,
 ) -> Harness {
+    start_with(fakes, records, pods, |ctx| {
+        ctx.settings.concurrency = concurrency;
+    })
+}
+
+/// [`start`] with the context as `adjust` makes it.
+fn start_with(
+    fakes: &Fakes,
+    records: Vec<PodRecord>,
+    pods: Vec<PodView>,
+    adjust: impl FnOnce(&mut Context),
+) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut ctx = context(fakes, dir.path());
-    ctx.settings.concurrency = concurrency;
+    adjust(&mut ctx);
     for record in &records {
         ctx.store.put(record).expect("seed record");
     }
@@ -265,35 +277,21 @@ async fn direct_mode_releases_a_deleted_pods_attachments() {
     use crate::networks::{Mode, NetworkObject, Networks, Settings};
     let fakes = Fakes::default();
     fakes.sandbox("u1", "s1");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut ctx = context(&fakes, dir.path());
-    ctx.networks = Networks::new(Settings {
-        mode: Mode::Direct,
-        ..Settings::default()
+    let h = start_with(&fakes, vec![], vec![view("u1", Some(GREEN))], |ctx| {
+        ctx.networks = Networks::new(Settings {
+            mode: Mode::Direct,
+            ..Settings::default()
+        });
+        let config = r#"{"cniVersion":"1.0.0","type":"bridge"}"#;
+        ctx.networks.update(
+            "ns",
+            "green",
+            Some(NetworkObject {
+                plugin: None,
+                config: config.into(),
+            }),
+        );
     });
-    let config = r#"{"cniVersion":"1.0.0","type":"bridge"}"#;
-    ctx.networks.update(
-        "ns",
-        "green",
-        Some(NetworkObject {
-            plugin: None,
-            config: config.into(),
-        }),
-    );
-    let controller = Controller::new(ctx, vec![], vec![view("u1", Some(GREEN))]);
-    let (events, receiver) = mpsc::channel(16);
-    let done = tokio::spawn(controller.run(
-        receiver,
-        mpsc::channel(1).1,
-        Duration::from_millis(50),
-        |_| {},
-    ));
-    let h = Harness {
-        fakes: fakes.clone(),
-        events,
-        done,
-        _dir: dir,
-    };
     h.until("the ADD", |f| f.cni_calls().len() == 1).await;
     let mut deleting = view("u1", Some(GREEN));
     deleting.deleting = true;

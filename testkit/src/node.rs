@@ -458,6 +458,51 @@ impl Node {
         }
     }
 
+    /// The plugin calls for pod `pod` after the first `since` calls of the node.
+    pub fn calls_for(&self, pod: &str, since: usize) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .skip(since)
+            .filter(|c| c.pod == pod)
+            .collect()
+    }
+
+    /// Proves a (re)started agent is past its startup reconciles: a pod created now, asking for
+    /// `network`, gets its interface `ifname`; then two more seconds for anything still queued.
+    pub async fn past_startup(&self, network: &str, ifname: &str) {
+        let entry = json!([{"name": network}]).to_string();
+        let (_, marker) = self.pod("default", "marker", Some(&entry)).await;
+        let netns = self.netns(&marker).await;
+        self.eventually("the marker pod plugged", || {
+            has_link(&netns, ifname).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    /// Creates Network `name` in the node's namespace `namespace` with `spec`, or replaces the
+    /// spec of the one there.
+    pub fn put_network(&self, namespace: &str, name: &str, spec: Value) {
+        let admin = self.cluster.admin();
+        let namespace = self.ns(namespace);
+        let exists = admin
+            .get("kaloom.com/v1", "Network", Some(&namespace), name)
+            .is_some();
+        let put = if exists {
+            admin.patch_merge(
+                "kaloom.com/v1",
+                "Network",
+                Some(&namespace),
+                name,
+                json!({"spec": spec}),
+            )
+        } else {
+            admin.create(json!({"apiVersion": "kaloom.com/v1", "kind": "Network",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec}))
+        };
+        put.unwrap_or_else(|err| panic!("putting Network {namespace}/{name}: {err:#}"));
+    }
+
     /// podagent's durable record of pod `uid`.
     pub fn record(&self, uid: &str) -> Option<Value> {
         let text = fs::read_to_string(self.path(&format!("state/{uid}.json"))).ok()?;
