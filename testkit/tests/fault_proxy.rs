@@ -48,7 +48,7 @@ async fn setup(prefix: &str) -> Setup {
 async fn proxy_client(proxy: &FaultProxy, dir: &tempfile::TempDir) -> Client {
     let path = dir
         .path()
-        .join(format!("proxy-{}.kubeconfig", proxy.request_count()));
+        .join(format!("proxy-{}.kubeconfig", proxy.requests().len()));
     proxy
         .write_kubeconfig(testkit::control_plane::shared().kubeconfig(), &path)
         .expect("write proxy kubeconfig");
@@ -122,7 +122,11 @@ async fn requests_pass_through_to_the_api_server() {
         .await
         .expect("the config map created through the proxy");
     assert_eq!(stored.data.expect("data")["k"], "v");
-    assert!(s.proxy.request_count() >= 2, "{}", s.proxy.request_count());
+    assert!(
+        s.proxy.requests().len() >= 2,
+        "{}",
+        s.proxy.requests().len()
+    );
 }
 
 #[tokio::test]
@@ -139,7 +143,7 @@ async fn a_watch_through_the_proxy_delivers_events() {
 async fn fail_next_fails_exactly_that_many_requests_without_upstream() {
     let s = setup("fp-fail").await;
     let api = Api::<ConfigMap>::namespaced(s.client.clone(), &s.namespace);
-    let before = s.proxy.request_count();
+    let before = s.proxy.requests().len();
     s.proxy.faults().fail_next(2, 500);
     for attempt in 1..=2 {
         match api.list(&ListParams::default()).await {
@@ -154,7 +158,7 @@ async fn fail_next_fails_exactly_that_many_requests_without_upstream() {
     api.list(&ListParams::default())
         .await
         .expect("the third request reaches the server");
-    assert_eq!(s.proxy.request_count() - before, 3, "one request per call");
+    assert_eq!(s.proxy.requests().len() - before, 3, "one request per call");
 }
 
 #[tokio::test]
