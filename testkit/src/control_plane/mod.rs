@@ -140,14 +140,18 @@ impl ControlPlane {
         self.start_apiserver().await
     }
 
-    /// Compacts etcd's history to its current revision (through etcd's JSON gateway).
+    /// Compacts etcd's history past every revision the API server has seen (through etcd's JSON
+    /// gateway). A watch from revision X starts at X + 1, which a compaction at X + 1 still
+    /// keeps: so two writes outside the API server's keys (`/podagent-test/bump`) come first,
+    /// and the compaction is at the revision of the second.
     async fn compact_etcd(&self) -> Result<()> {
-        let header = self
-            .etcd_call("range", serde_json::json!({"key": "AA=="}))
-            .await?;
+        // base64("/podagent-test/bump") and base64("1").
+        let bump = serde_json::json!({"key": "L3BvZGFnZW50LXRlc3QvYnVtcA==", "value": "MQ=="});
+        self.etcd_call("put", bump.clone()).await?;
+        let header = self.etcd_call("put", bump).await?;
         let revision = header["header"]["revision"]
             .as_str()
-            .with_context(|| format!("etcd's range answer has no header.revision: {header}"))?
+            .with_context(|| format!("etcd's put answer has no header.revision: {header}"))?
             .to_string();
         self.etcd_call(
             "compaction",
