@@ -17,6 +17,7 @@ use crate::error_chain::render;
 use crate::kubeapi::{
     self, Credentials, KubeClient, NODE_BOUND_POLICY, NetworkWatcher, PodWatcher, Speaks,
 };
+use crate::metrics::Metrics;
 use crate::networks::Mode;
 use crate::runtime::{self, Runtime};
 
@@ -103,8 +104,12 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
     };
 
     let credentials = Credentials::resolve(&config.kube);
-    let kube =
-        bounded(async { kubeapi::connect(&credentials).await.map_err(|e| render(&e)) }).await;
+    let kube = bounded(async {
+        kubeapi::connect(&credentials, &Metrics::new())
+            .await
+            .map_err(|e| render(&e))
+    })
+    .await;
     emit(line(
         "kubeconfig readable",
         kube.as_ref()

@@ -35,6 +35,8 @@ use crate::kubeapi::events::KubeFeedback;
 use crate::kubeapi::{
     self, Credentials, KubeClient, KubeError, NetworkWatcher, PodView, PodWatcher,
 };
+use crate::metrics::Metrics;
+use crate::metrics::server::{self, Health, ListenError};
 use crate::netns::Netlink;
 use crate::networks::{Mode, Networks};
 use crate::runtime::{self, AnyRuntime, Runtime};
@@ -52,6 +54,8 @@ pub enum DaemonError {
     Kube(#[from] KubeError),
     #[error("cannot use the state dir: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 const RETRY_START: Duration = Duration::from_secs(1);
@@ -152,9 +156,23 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
         "podagent starting"
     );
 
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let listener = match config.metrics_listen {
+        Some(addr) => {
+            let listener = server::bind(addr).await?;
+            tracing::info!(address = %addr, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(server::serve(
+                listener,
+                metrics.clone(),
+                health.clone(),
+            )))
+        }
+        None => None,
+    };
     let watchdog = systemd::watchdog_ping_interval();
     let cadence = Cadence::for_watchdog(watchdog.map(|ping| ping * 2));
-    let startup = start(&config, notifier.as_ref(), &cadence);
+    let startup = start(&config, notifier.as_ref(), &cadence, &metrics);
     let Started {
         kube,
         pods,
@@ -193,7 +211,7 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
         }
         None => None,
     };
-    let invoker = Invoker::new(config.cni.clone());
+    let invoker = Invoker::new(config.cni.clone()).with_metrics(metrics.clone());
     if networks.mode() == Mode::Kactus
         && let Ok(primary) = invoker.primary_config().await
         && let Err(problem) =
@@ -209,10 +227,12 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
         feedback: Arc::new(KubeFeedback::new(kube.clone(), &node)),
         networks,
         settings: config.reconcile.clone(),
+        metrics,
     };
     let controller = Controller::new(context, loaded.records, pods);
 
     let liveness = Liveness::new(cadence.stale_after);
+    health.started(liveness.clone());
     let (events, receiver) = mpsc::channel(EVENT_BACKLOG);
     let watcher = PodWatcher::new(kube, &node, &config.annotation_key, cadence.watch_timeout);
     let watch = tokio::spawn(watcher.run(version, events, liveness.clone()));
@@ -251,6 +271,9 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     if let Some(network_watch) = network_watch {
         network_watch.abort();
     }
+    if let Some(listener) = listener {
+        listener.abort();
+    }
     if tokio::time::timeout(config.shutdown_grace, &mut work)
         .await
         .is_err()
@@ -279,9 +302,10 @@ async fn start(
     config: &Config,
     notifier: &dyn Notifier,
     cadence: &Cadence,
+    metrics: &Metrics,
 ) -> Result<Started, DaemonError> {
     let credentials = Credentials::resolve(&config.kube);
-    let kube = kubeapi::connect(&credentials).await?;
+    let kube = kubeapi::connect(&credentials, metrics).await?;
     tracing::info!(url = %kube.url, credentials = %credentials, "connecting to the API server");
     notifier.notify(Message::Status(format!("connecting to {}", kube.url)));
     let watcher = PodWatcher::new(

@@ -26,6 +26,7 @@ mod controller;
 pub mod daemon;
 pub mod error_chain;
 pub mod kubeapi;
+mod metrics;
 mod names;
 pub mod netns;
 mod networks;

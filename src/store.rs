@@ -94,6 +94,17 @@ pub enum Phase {
     Removing,
 }
 
+impl Phase {
+    /// The phase as the metrics and `podagent status` show it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Phase::Adding => "adding",
+            Phase::Attached => "attached",
+            Phase::Removing => "removing",
+        }
+    }
+}
+
 impl Attachment {
     /// An attachment for `selection` in `phase`, without a CNI result.
     pub fn new(selection: NetworkSelection, phase: Phase) -> Self {

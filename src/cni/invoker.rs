@@ -24,6 +24,7 @@ use super::error::{CniError, Op, PluginRun};
 use super::exec::{self, Invocation, Output};
 use super::result::CniResult;
 use super::{Cni, Settings, Target};
+use crate::metrics::Metrics;
 
 /// What `podagent check` shows about the primary network config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,7 @@ pub struct Invoker {
     settings: Settings,
     conf: Arc<ConfDir>,
     cache: ResultCache,
+    metrics: Metrics,
 }
 
 /// Runs filesystem work (directory scans, fsync) off the async workers.
@@ -68,7 +70,13 @@ impl Invoker {
             conf: Arc::new(ConfDir::new(settings.conf_dir.clone())),
             cache: ResultCache::new(settings.cache_dir.clone()),
             settings,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts every plugin run in `metrics` (by plugin type, command and outcome).
+    pub(crate) fn with_metrics(self, metrics: Metrics) -> Invoker {
+        Invoker { metrics, ..self }
     }
 
     async fn primary(&self) -> Result<Arc<Primary>, CniError> {
@@ -142,6 +150,12 @@ impl Invoker {
             timeout: self.settings.timeout,
         })
         .await;
+        self.metrics.plugin_run(
+            &run.plugin,
+            run.op.as_str(),
+            outcome.is_ok(),
+            started.elapsed(),
+        );
         debug!(
             op = %run.op,
             plugin = %run.plugin,

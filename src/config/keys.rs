@@ -13,7 +13,7 @@ use figment::value::Value;
 use super::layers::Setting;
 use super::validate::{
     absolute_path, annotation_key, bin_dirs, boolean, concurrency, duration, endpoint, env_names,
-    log_level, namespace_or_empty, network_mode, node_name, runtime_kind, vendor,
+    listen_address, log_level, namespace_or_empty, network_mode, node_name, runtime_kind, vendor,
 };
 use super::{Config, DEFAULT_KUBECONFIG};
 
@@ -333,6 +333,18 @@ pub(super) static KEYS: &[Key] = &[
               Drift is, for example, an interface deleted by hand.",
         apply: |c, s| {
             c.reconcile.resync_period = duration(s)?;
+            Ok(())
+        },
+    },
+    Key {
+        path: "metrics.listen",
+        default: Builtin::Text("127.0.0.1:9754"),
+        flag: Some(flag("metrics-listen", None, "ADDRESS")),
+        doc: "Address of the HTTP listener serving /metrics (Prometheus), /healthz and /readyz.\n\
+              An IP address and port, in the Prometheus exporter range by default; empty turns it off.\n\
+              Loopback by default: the metrics name networks and the node's activity, nothing more.",
+        apply: |c, s| {
+            c.metrics_listen = listen_address(s)?;
             Ok(())
         },
     },

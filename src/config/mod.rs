@@ -55,6 +55,8 @@ pub struct Config {
     pub(crate) cni: crate::cni::Settings,
     pub(crate) networks: crate::networks::Settings,
     pub reconcile: ReconcileSettings,
+    /// Where the metrics and health listener binds; `None` turns it off.
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

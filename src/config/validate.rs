@@ -103,6 +103,21 @@ pub(super) fn network_mode(setting: &Setting<Value>) -> Result<Mode, String> {
     Mode::parse(&value).ok_or_else(|| format!("{value:?} is not one of {}", Mode::NAMES.join(", ")))
 }
 
+/// An `IP:port` to listen on (`[::1]:port` for IPv6), or empty for none.
+pub(super) fn listen_address(
+    setting: &Setting<Value>,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    let value = text(setting)?;
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        format!(
+            "{value:?} is not an IP address and port such as \"127.0.0.1:9754\" or \"[::1]:9754\""
+        )
+    })
+}
+
 /// A namespace name, or empty for none.
 pub(super) fn namespace_or_empty(setting: &Setting<Value>) -> Result<Option<String>, String> {
     let value = text(setting)?;

@@ -259,6 +259,7 @@ pub(crate) fn context(fakes: &Fakes, dir: &std::path::Path) -> Context {
         feedback: Arc::new(fakes.clone()),
         networks: Networks::default(),
         settings: settings(),
+        metrics: crate::metrics::Metrics::new(),
     }
 }
 

@@ -39,6 +39,7 @@ use crate::cni::Cni;
 use crate::config::ReconcileSettings;
 use crate::kubeapi::events::Feedback;
 use crate::kubeapi::{PodEvent, PodView};
+use crate::metrics::{AttachmentCounts, Metrics, ReconcileOutcome};
 use crate::netns::LinkObserver;
 use crate::networks::Networks;
 use crate::pod::PodRef;
@@ -65,6 +66,7 @@ pub(crate) struct Context {
     /// The network mode and, in `direct` mode, the network objects.
     pub(crate) networks: Networks,
     pub(crate) settings: ReconcileSettings,
+    pub(crate) metrics: Metrics,
 }
 
 /// What the controller tells the daemon after each turn of its loop.
@@ -90,26 +92,41 @@ struct Entry {
     record: Option<PodRecord>,
     memo: Memo,
     failures: u32,
+    /// The retry delay in effect after a failure; `None` once a reconcile settles.
+    backoff: Option<Duration>,
     /// When to reconcile next; `None` only while running.
     due: Option<Instant>,
     running: bool,
     /// Changed while a reconcile ran: reconcile again when it ends.
     dirty: bool,
+    /// When the oldest change not yet handled was seen: the start of the attach and detach
+    /// latencies, across retries.
+    seen: Option<Instant>,
+    /// When a change that came in while a reconcile ran was first seen.
+    seen_while_running: Option<Instant>,
+    /// The recorded attachments (network, phase), kept while a reconcile holds the record.
+    counted: Vec<(String, &'static str)>,
 }
 
 impl Entry {
     fn new(pod: PodRef, view: Option<PodView>, record: Option<PodRecord>) -> Entry {
-        Entry {
+        let mut entry = Entry {
             pod,
             wanted: wanted(view.as_ref()),
             view,
-            record,
+            record: None,
             memo: Memo::default(),
             failures: 0,
+            backoff: None,
             due: Some(Instant::now()),
             running: false,
             dirty: false,
-        }
+            seen: Some(Instant::now()),
+            seen_while_running: None,
+            counted: Vec::new(),
+        };
+        entry.keep(record);
+        entry
     }
 
     /// Something that matters changed: reconcile as soon as possible, with a fresh backoff.
@@ -117,9 +134,28 @@ impl Entry {
         self.failures = 0;
         if self.running {
             self.dirty = true;
+            self.seen_while_running.get_or_insert_with(Instant::now);
         } else {
             self.due = Some(Instant::now());
+            self.seen.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Takes back the record (and memo) a reconcile ended with.
+    fn keep(&mut self, record: Option<PodRecord>) {
+        self.counted = record.as_ref().map_or_else(Vec::new, |r| {
+            r.attachments
+                .values()
+                .map(|a| (a.selection.name.clone(), a.phase.as_str()))
+                .collect()
+        });
+        self.record = record;
+    }
+
+    /// The reconcile handled every change seen before it started.
+    fn handled(&mut self) {
+        self.seen = self.seen_while_running.take();
+        self.backoff = None;
     }
 }
 
@@ -173,6 +209,7 @@ impl Controller {
     ) {
         let mut tasks = JoinSet::new();
         let mut networks_open = true;
+        self.publish();
         loop {
             self.start_due(&mut tasks);
             beat(self.summary());
@@ -323,11 +360,13 @@ impl Controller {
             };
             entry.running = true;
             entry.due = None;
+            let seen = *entry.seen.get_or_insert(now);
             let job = Job {
                 pod: entry.pod.clone(),
                 view: entry.view.clone(),
                 record: entry.record.take(),
                 memo: entry.memo.clone(),
+                seen: seen.into_std(),
             };
             let ctx = self.ctx.clone();
             let handle = tasks.spawn(async move {
@@ -366,11 +405,23 @@ impl Controller {
                     memo: Memo::default(),
                     verdict: Verdict::Settled,
                 };
+                self.ctx.metrics.reconciled(ReconcileOutcome::Aborted);
                 self.schedule_failure(&uid, outcome, false);
+                self.publish();
                 return;
             }
             None => return,
         };
+        self.ctx.metrics.reconciled(match outcome.verdict {
+            Verdict::Settled => ReconcileOutcome::Settled,
+            Verdict::Retry(_) => ReconcileOutcome::Retry,
+            Verdict::Gone => ReconcileOutcome::Gone,
+        });
+        self.settle(uid, outcome);
+        self.publish();
+    }
+
+    fn settle(&mut self, uid: String, outcome: Outcome) {
         match outcome.verdict {
             Verdict::Retry(ref error) => {
                 let soon = error.is_retry_later();
@@ -382,8 +433,9 @@ impl Controller {
                     return;
                 };
                 entry.running = false;
-                entry.record = outcome.record;
+                entry.keep(outcome.record);
                 entry.memo = outcome.memo;
+                entry.handled();
                 if entry.view.is_none() && entry.record.is_none() {
                     self.pods.remove(&uid);
                     self.ctx.feedback.forget(&uid);
@@ -397,8 +449,9 @@ impl Controller {
                     return;
                 };
                 entry.running = false;
-                entry.record = outcome.record;
+                entry.keep(outcome.record);
                 entry.memo = outcome.memo;
+                entry.handled();
                 entry.failures = 0;
                 entry.due = Some(if std::mem::take(&mut entry.dirty) {
                     Instant::now()
@@ -415,7 +468,7 @@ impl Controller {
             return;
         };
         entry.running = false;
-        entry.record = outcome.record;
+        entry.keep(outcome.record);
         entry.memo = outcome.memo;
         entry.failures = entry.failures.saturating_add(1);
         let delay = retry_delay(
@@ -428,8 +481,26 @@ impl Controller {
         // A change that came in meanwhile may have fixed the cause, but it must not turn a
         // failing pod into a hot loop: it waits for the retry like everything else.
         entry.dirty = false;
+        if let Some(during) = entry.seen_while_running.take() {
+            entry.seen.get_or_insert(during);
+        }
+        entry.backoff = Some(delay);
         debug!(pod = %entry.pod, uid = %entry.pod.uid, failures = entry.failures, retry_in = ?delay, "retry scheduled");
         entry.due = Some(Instant::now() + delay);
+    }
+
+    /// The node's pods, backoffs and attachments, for the metrics.
+    fn publish(&self) {
+        let mut attachments = AttachmentCounts::new();
+        for (network, phase) in self.pods.values().flat_map(|e| &e.counted) {
+            *attachments.entry((network.clone(), *phase)).or_insert(0) += 1;
+        }
+        let backoffs = self.pods.values().filter_map(|e| e.backoff);
+        let in_backoff = backoffs.clone().count();
+        let longest = backoffs.max().unwrap_or_default();
+        self.ctx
+            .metrics
+            .node(self.summary().pods, in_backoff, longest, &attachments);
     }
 
     /// The pod's record as the disk has it. The state dir is read off the loop task, which

@@ -21,6 +21,7 @@
 //! the caller retries with backoff and the plan is made again from whatever is then true.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
@@ -116,6 +117,8 @@ pub(crate) struct Job {
     pub(crate) view: Option<PodView>,
     pub(crate) record: Option<PodRecord>,
     pub(crate) memo: Memo,
+    /// When the change this reconcile answers was seen (for the attach and detach latencies).
+    pub(crate) seen: Instant,
 }
 
 /// How a reconcile ended.
@@ -149,6 +152,7 @@ pub(crate) async fn reconcile(ctx: &Context, job: Job) -> Outcome {
         view,
         record,
         memo,
+        seen,
     } = job;
     let mut run = Run {
         ctx,
@@ -156,6 +160,7 @@ pub(crate) async fn reconcile(ctx: &Context, job: Job) -> Outcome {
         record,
         memo,
         sight: Sight::default(),
+        seen,
     };
     let verdict = match &view {
         None => run.gone().await,
@@ -175,6 +180,7 @@ struct Run<'a> {
     record: Option<PodRecord>,
     memo: Memo,
     sight: Sight,
+    seen: Instant,
 }
 
 /// What a reconcile saw in the pod's netns before planning: the links (the plan's input, and
@@ -549,6 +555,7 @@ impl Run<'_> {
                     }
                     let summary = summary(&result, &target.ifname);
                     info!(addresses = %summary, "interface added");
+                    self.ctx.metrics.attached(self.seen);
                     self.persist().await?;
                     self.notify(Notice {
                         severity: Severity::Normal,
@@ -654,6 +661,9 @@ impl Run<'_> {
             match self.ctx.cni.del(&target).await {
                 Ok(()) => {
                     info!("interface removed");
+                    if attachment.phase != Phase::Adding {
+                        self.ctx.metrics.detached(self.seen);
+                    }
                     // A DEL that cleans up an ADD which never completed removed nothing the
                     // user saw; only report the removal of what was there.
                     if announce && attachment.phase != Phase::Adding {
@@ -778,6 +788,7 @@ impl Run<'_> {
 
     async fn notify(&self, notice: Notice) {
         if let Err(error) = self.ctx.feedback.event(self.pod, notice).await {
+            self.ctx.metrics.event_dropped();
             warn!(error = %error, "cannot record an Event");
         }
     }

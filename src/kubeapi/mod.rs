@@ -13,6 +13,7 @@
 //! ([`PodWatcher`]), the feedback on pods (`events`: Events and the status annotation) and what
 //! `podagent check` asks about podagent's own identity (`identity`).
 
+mod counting;
 pub(crate) mod events;
 mod identity;
 mod networks;
@@ -29,6 +30,7 @@ pub(crate) use networks::NetworkWatcher;
 pub use pods::{PodEvent, PodView, PodWatcher};
 
 use crate::config::KubeSettings;
+use crate::metrics::Metrics;
 
 /// The service-account token a pod gets; its presence means "running in a cluster".
 pub(crate) const SERVICE_ACCOUNT_TOKEN: &str =
@@ -157,6 +159,8 @@ impl std::fmt::Display for Credentials {
 pub(crate) struct KubeClient {
     pub(crate) client: kube::Client,
     pub(crate) url: String,
+    /// Where the watches count their restarts and re-lists.
+    pub(crate) metrics: Metrics,
 }
 
 /// Whether a file's mode lets any user read it (a kubeconfig holds a bearer credential).
@@ -198,7 +202,11 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, KubeError> {
 }
 
 /// Builds a client from `credentials`. No request is made yet.
-pub(crate) async fn connect(credentials: &Credentials) -> Result<KubeClient, KubeError> {
+/// A client for `credentials` whose failed requests are counted in `metrics`.
+pub(crate) async fn connect(
+    credentials: &Credentials,
+    metrics: &Metrics,
+) -> Result<KubeClient, KubeError> {
     let config = match credentials {
         Credentials::Kubeconfig(path) => {
             let kubeconfig = read_kubeconfig(path)?;
@@ -212,11 +220,20 @@ pub(crate) async fn connect(credentials: &Credentials) -> Result<KubeClient, Kub
         Credentials::InCluster => kube::Config::incluster().map_err(KubeError::InCluster)?,
     };
     let url = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).map_err(|source| KubeError::Client {
-        url: url.clone(),
-        source,
-    })?;
-    Ok(KubeClient { client, url })
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|source| KubeError::Client {
+            url: url.clone(),
+            source,
+        })?
+        .with_layer(&counting::CountErrors {
+            metrics: metrics.clone(),
+        })
+        .build();
+    Ok(KubeClient {
+        client,
+        url,
+        metrics: metrics.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -256,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn missing_kubeconfig_names_the_path() {
         let path = PathBuf::from("/nonexistent/podagent/kubeconfig.yaml");
-        let err = connect(&Credentials::Kubeconfig(path))
+        let err = connect(&Credentials::Kubeconfig(path), &Metrics::new())
             .await
             .err()
             .expect("fails");
@@ -275,10 +292,13 @@ mod tests {
             "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: k\n    user: u\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: aws-iam-authenticator\n"
         )
         .expect("write");
-        let err = connect(&Credentials::Kubeconfig(file.path().into()))
-            .await
-            .err()
-            .expect("fails");
+        let err = connect(
+            &Credentials::Kubeconfig(file.path().into()),
+            &Metrics::new(),
+        )
+        .await
+        .err()
+        .expect("fails");
         assert!(
             matches!(err, KubeError::ExecUnsupported { ref command, .. } if command == "aws-iam-authenticator"),
             "{err}"

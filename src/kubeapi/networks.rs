@@ -18,6 +18,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 
 use super::{KubeClient, KubeError, Request};
+use crate::metrics::Watch;
 use crate::networks::{Catalog, NetworkObject, Networks};
 
 /// The `Network` resource (manifests/networks-crd.yaml).
@@ -77,9 +78,14 @@ impl NetworkWatcher {
             watcher::watcher(self.api.clone(), watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);
         let mut fresh: Option<Catalog> = None;
+        // The watcher's first list follows podagent's own at startup; later ones are re-lists.
+        let mut listed_before = false;
         while let Some(item) = stream.next().await {
             let changed = match item {
                 Ok(Event::Init) => {
+                    if std::mem::replace(&mut listed_before, true) {
+                        self.kube.metrics.relisted(Watch::Networks);
+                    }
                     fresh = Some(Catalog::new());
                     continue;
                 }
@@ -98,6 +104,7 @@ impl NetworkWatcher {
                 Ok(Event::Delete(object)) => changed_one(&networks, &object, false),
                 Err(error) => {
                     let error = self.classify(error);
+                    self.kube.metrics.watch_restarted(Watch::Networks);
                     tracing::warn!(error = %crate::error_chain::render(&error), "network watch failed; known networks stay in use");
                     continue;
                 }

@@ -18,6 +18,7 @@ use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::mpsc;
 
 use super::{KubeClient, KubeError, Request};
+use crate::metrics::Watch;
 use crate::pod::PodRef;
 use crate::systemd::Liveness;
 
@@ -174,6 +175,7 @@ impl PodWatcher {
                 Ok(()) => backoff = BACKOFF_START,
                 Err(WatchEnd::Closed) => return,
                 Err(WatchEnd::Failed(e)) => {
+                    self.kube.metrics.watch_restarted(Watch::Pods);
                     tracing::warn!(error = %crate::error_chain::render(&e), retry_in = ?backoff, "pod watch failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_CAP);
@@ -218,6 +220,7 @@ impl PodWatcher {
                     ));
                 }
                 Err(_elapsed) => {
+                    self.kube.metrics.watch_restarted(Watch::Pods);
                     tracing::warn!(
                         timeout = ?self.watch_timeout,
                         "pod watch silent past its timeout, restarting it"
@@ -264,6 +267,7 @@ impl PodWatcher {
         liveness: &Liveness,
     ) -> Result<(), WatchEnd> {
         tracing::info!("pod watch expired (410 Gone), re-listing");
+        self.kube.metrics.relisted(Watch::Pods);
         let (pods, fresh) = self.list().await.map_err(WatchEnd::Failed)?;
         liveness.watch_beat();
         *version = fresh;

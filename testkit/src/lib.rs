@@ -21,3 +21,11 @@ pub mod journal;
 pub mod netns;
 pub mod node;
 pub mod prereq;
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    use anyhow::Context;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}

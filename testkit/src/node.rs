@@ -559,6 +559,11 @@ impl Node {
             resync_period: "5m".into(),
             // The test nodes' primary is the Debian bridge: deliberate, not the kactus trap.
             networks: "accept_other_primary = true\n".into(),
+            // A port of its own: agents of parallel tests must not meet on the default one.
+            metrics_listen: format!(
+                "127.0.0.1:{}",
+                crate::free_port().expect("a free loopback port")
+            ),
             extra: String::new(),
             env: Vec::new(),
         }
@@ -594,7 +599,10 @@ impl Node {
         let child = command
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", self.podagent.display()));
-        Agent { child }
+        Agent {
+            child,
+            metrics: (!config.metrics_listen.is_empty()).then(|| config.metrics_listen.clone()),
+        }
     }
 }
 
@@ -623,6 +631,8 @@ pub struct AgentConfig {
     pub resync_period: String,
     /// The body of the `[networks]` table.
     pub networks: String,
+    /// `metrics.listen`: a free loopback port by default, empty for none.
+    pub metrics_listen: String,
     /// TOML appended as is (more sections or keys).
     pub extra: String,
     /// Environment variables for the agent (on top of PATH).
@@ -653,6 +663,8 @@ concurrency = {concurrency}
 retry_base = "{retry_base}"
 retry_cap = "{retry_cap}"
 resync_period = "{resync}"
+[metrics]
+listen = "{metrics}"
 {extra}"#,
             node = self.node_name,
             state = self.state_dir.display(),
@@ -669,6 +681,7 @@ resync_period = "{resync}"
             retry_base = self.retry_base,
             retry_cap = self.retry_cap,
             resync = self.resync_period,
+            metrics = self.metrics_listen,
             extra = self.extra,
         )
     }
@@ -677,9 +690,39 @@ resync_period = "{resync}"
 /// A running podagent; killed (SIGKILL, by PID) on drop.
 pub struct Agent {
     child: Child,
+    /// Where its metrics listener is, when it has one.
+    metrics: Option<String>,
+}
+
+/// An HTTP answer: the status code and the body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
 }
 
 impl Agent {
+    /// `GET path` from the agent's metrics listener (HTTP/1.0, so the server closes when done);
+    /// `None` while nothing answers there.
+    pub fn get(&self, path: &str) -> Option<HttpAnswer> {
+        use std::io::{Read, Write};
+        let address = self
+            .metrics
+            .as_deref()
+            .expect("the agent has a metrics listener");
+        let mut stream = std::net::TcpStream::connect(address).ok()?;
+        stream.set_read_timeout(Some(WAIT)).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some(HttpAnswer {
+            status,
+            body: body.to_owned(),
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).expect("pid fits")

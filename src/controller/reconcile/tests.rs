@@ -47,6 +47,7 @@ impl Pod {
                 view: Some(self.view.clone()),
                 record: self.record.take(),
                 memo: self.memo.clone(),
+                seen: std::time::Instant::now(),
             },
         )
         .await;
@@ -338,6 +339,7 @@ async fn gone_pod_forgets_record_and_cache_without_del() {
             view: None,
             record: pod.record.take(),
             memo: Memo::default(),
+            seen: std::time::Instant::now(),
         },
     )
     .await;

@@ -66,9 +66,9 @@ impl ControlPlane {
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
         let pki = pki::Pki::create(&dir.join("pki"))?;
-        let etcd_port = free_port()?;
-        let peer_port = free_port()?;
-        let apiserver_port = free_port()?;
+        let etcd_port = crate::free_port()?;
+        let peer_port = crate::free_port()?;
+        let apiserver_port = crate::free_port()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let server = format!("https://127.0.0.1:{apiserver_port}");
         let kubeconfig = dir.join("admin.kubeconfig");
@@ -317,11 +317,4 @@ pub async fn admin_client(path: &Path) -> Result<kube::Client> {
         .await
         .with_context(|| format!("loading {}", path.display()))?;
     Ok(kube::Client::try_from(config)?)
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> Result<u16> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
 }

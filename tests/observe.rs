@@ -1,0 +1,217 @@
+//! Observing podagent from outside: its `/metrics`, `/healthz` and `/readyz` scraped from the
+//! real binary during real hot-plugs (real control plane, containerd, the Debian plugins behind
+//! the logging wrapper), and a listener that cannot bind ending startup.
+//!
+//! Every count is checked against what really happened, read from the wrapper's call log and
+//! the pod's netns: one ADD is one attach sample, one plugin run is one plugin sample.
+
+use std::time::Duration;
+
+use testkit::node::{Agent, Node, has_link};
+
+const GREEN: &str = "net9f27410725ab";
+const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
+
+/// The value of the sample `name` whose labels include every pair of `labels`; `None` when
+/// the exposition has no such sample.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if metric != name {
+            return None;
+        }
+        let pairs: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+        let all = labels
+            .iter()
+            .all(|(key, val)| pairs.contains(&format!("{key}=\"{val}\"").as_str()));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// The `/metrics` text once the agent is ready.
+async fn scrape(host: &Node, agent: &Agent) -> String {
+    host.eventually("podagent ready on /readyz", || {
+        agent.get("/readyz").filter(|a| a.status == 200)
+    })
+    .await;
+    let answer = agent.get("/metrics").expect("/metrics answers");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body
+}
+
+/// `podagent_cni_plugin_duration_seconds_count` for one plugin, command and outcome (0 when
+/// the series does not exist yet).
+fn plugin_runs(text: &str, plugin: &str, command: &str, outcome: &str) -> f64 {
+    sample(
+        text,
+        "podagent_cni_plugin_duration_seconds_count",
+        &[
+            ("plugin", plugin),
+            ("command", command),
+            ("outcome", outcome),
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_a_hot_plug_did() {
+    let host = Node::with_containerd(PODAGENT).await;
+    let (_, sandbox) = host.pod("default", "web", None).await;
+    let netns = host.netns(&sandbox).await;
+    let agent = host.start_agent();
+    let healthz = host
+        .eventually("/healthz answers", || agent.get("/healthz"))
+        .await;
+    assert_eq!(healthz.status, 200, "{}", healthz.body);
+
+    let before = scrape(&host, &agent).await;
+    assert_eq!(
+        sample(&before, "podagent_attach_duration_seconds_count", &[]),
+        Some(0.0)
+    );
+    assert_eq!(sample(&before, "podagent_pods", &[]), Some(1.0), "{before}");
+    assert!(
+        sample(
+            &before,
+            "podagent_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        )
+        .is_some(),
+        "{before}"
+    );
+
+    host.set_networks("default", "web", Some(r#"[{"name":"green"}]"#));
+    host.eventually("green added", || has_link(&netns, GREEN).then_some(()))
+        .await;
+    // The attach is counted during the reconcile, the attachment once it has ended.
+    let green_attached = [("network", "green"), ("phase", "attached")];
+    let added = host
+        .eventually("the attach and the attachment counted", || {
+            let text = agent.get("/metrics")?.body;
+            let counted = sample(&text, "podagent_attach_duration_seconds_count", &[]) == Some(1.0)
+                && sample(&text, "podagent_attachments", &green_attached) == Some(1.0);
+            counted.then_some(text)
+        })
+        .await;
+    // The node's primary is wrap-bridge (which runs host-local itself) and tuning: one run each.
+    assert_eq!(host.count("ADD", "web"), 1);
+    assert_eq!(
+        plugin_runs(&added, "wrap-bridge", "ADD", "success"),
+        1.0,
+        "{added}"
+    );
+    assert_eq!(
+        plugin_runs(&added, "tuning", "ADD", "success"),
+        1.0,
+        "{added}"
+    );
+    assert_eq!(plugin_runs(&added, "wrap-bridge", "DEL", "success"), 0.0);
+    assert!(
+        sample(
+            &added,
+            "podagent_reconciles_total",
+            &[("outcome", "settled")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{added}"
+    );
+
+    host.set_networks("default", "web", None);
+    host.eventually("green removed", || (!has_link(&netns, GREEN)).then_some(()))
+        .await;
+    let removed = host
+        .eventually("the detach counted and the attachment gone", || {
+            let text = agent.get("/metrics")?.body;
+            let counted = sample(&text, "podagent_detach_duration_seconds_count", &[]) == Some(1.0)
+                && sample(&text, "podagent_attachments", &[("network", "green")]).is_none();
+            counted.then_some(text)
+        })
+        .await;
+    assert_eq!(host.count("DEL", "web"), 1);
+    assert_eq!(
+        plugin_runs(&removed, "wrap-bridge", "DEL", "success"),
+        1.0,
+        "{removed}"
+    );
+    assert_eq!(
+        plugin_runs(&removed, "tuning", "DEL", "success"),
+        1.0,
+        "{removed}"
+    );
+    assert_eq!(
+        sample(&removed, "podagent_attach_duration_seconds_count", &[]),
+        Some(1.0),
+        "no second attach"
+    );
+
+    // A plugin that fails: each failed run is one error sample, and the pod is in backoff.
+    host.set_switch("fail-pods", Some("web\n"));
+    host.set_networks("default", "web", Some(r#"[{"name":"green"}]"#));
+    host.eventually("two failed ADDs", || {
+        (host.count("ADD", "web") >= 3).then_some(())
+    })
+    .await;
+    // Each failed reconcile is one failed ADD run, counted once the reconcile has ended.
+    let failing = host
+        .eventually("the failures counted as the plugin log has them", || {
+            let text = agent.get("/metrics")?.body;
+            let failed = (host.count("ADD", "web") - 1) as f64;
+            let counted = plugin_runs(&text, "wrap-bridge", "ADD", "error") == failed
+                && sample(&text, "podagent_reconciles_total", &[("outcome", "retry")])
+                    == Some(failed)
+                && sample(&text, "podagent_pods_in_backoff", &[]) == Some(1.0);
+            counted.then_some(text)
+        })
+        .await;
+    assert!(
+        sample(&failing, "podagent_longest_backoff_seconds", &[]).is_some_and(|s| s > 0.0),
+        "{failing}"
+    );
+    assert_eq!(
+        sample(&failing, "podagent_attach_duration_seconds_count", &[]),
+        Some(1.0),
+        "a failed ADD is no attach"
+    );
+
+    // Fixed: the next retry attaches, and the backoff is over.
+    host.set_switch("fail-pods", None);
+    host.eventually("green added after the fix", || {
+        has_link(&netns, GREEN).then_some(())
+    })
+    .await;
+    let fixed = host
+        .eventually("the second attach counted and the backoff over", || {
+            let text = agent.get("/metrics")?.body;
+            let counted = sample(&text, "podagent_attach_duration_seconds_count", &[]) == Some(2.0)
+                && sample(&text, "podagent_pods_in_backoff", &[]) == Some(0.0);
+            counted.then_some(text)
+        })
+        .await;
+    let sum = sample(&fixed, "podagent_attach_duration_seconds_sum", &[]).unwrap_or(0.0);
+    assert!(
+        sum > 0.5,
+        "the retried attach counts its backoff too: sum {sum} s"
+    );
+    assert_eq!(agent.get("/nowhere").map(|a| a.status), Some(404));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_metrics_port_fails_startup_naming_the_key() {
+    let host = Node::with_containerd(PODAGENT).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let address = taken.local_addr().expect("address").to_string();
+    let mut config = host.agent_config();
+    config.metrics_listen.clone_from(&address);
+    let mut agent = host.start_agent_with(&config);
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", host.log());
+    let log = host.log();
+    assert!(
+        log.contains(&format!(
+            "cannot listen on {address} (key `metrics.listen`)"
+        )) && log.contains("in use"),
+        "{log}"
+    );
+}
