@@ -10,7 +10,7 @@
 //!
 //! The public surface is what the `podagent` binary, the integration tests, the benchmark and
 //! the fuzz targets need, nothing more. The binary uses `config` (`Cli`, `Flags`, `Config`,
-//! `EXIT_BAD_CONFIG`), `check::run`, `daemon::run`, `systemd::SdNotify`, `telemetry::init` and
+//! `EXIT_BAD_CONFIG`), `check::run`, `status::run`, `daemon::run`, `systemd::SdNotify`, `telemetry::init` and
 //! `error_chain::render`. The tests of the real edges use `annotation` (`parse`, `ifname`, the
 //! limits), `plan` (the pure planner), `pod::PodRef`, `runtime` (`connect`, `CriRuntime`, the
 //! `Runtime` trait, `Settings`, `Sandbox`), `netns::inspect`, `cni` (`Invoker`, the `Cni` trait,
@@ -33,6 +33,7 @@ mod networks;
 pub mod plan;
 pub mod pod;
 pub mod runtime;
+pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! The `podagent` binary: parse the command line, load the configuration, start telemetry and
 //! hand over to the library. Exit codes: 0 success, 1 failure, 64 bad command line or
-//! configuration (`EX_USAGE`).
+//! configuration (`EX_USAGE`); `status` has its own (0 no drift, 1 drift, 2 cannot look).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use podagent::config::{Cli, Command, Config, EXIT_BAD_CONFIG};
 use podagent::error_chain::render;
-use podagent::{check, daemon, systemd, telemetry};
+use podagent::{check, daemon, status, systemd, telemetry};
 
 fn version() -> String {
     format!(
@@ -61,6 +61,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check => check::run(&cli.flags),
+        Command::Status(args) => status::run(&cli.flags, &args),
         Command::Run => match Config::load(&cli.flags) {
             Ok(config) => run(config),
             Err(e) => {

@@ -81,6 +81,10 @@ pub struct Attachment {
     /// later DEL runs with it, whatever became of the object. `None`: the node's primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) definition: Option<Definition>,
+    /// When the attachment entered its phase (absent in records of podagent 0.1.0 before
+    /// `podagent status` showed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) since: Option<jiff::Timestamp>,
 }
 
 /// Where an attachment is in its life; written before the CNI call that moves it on.
@@ -106,7 +110,7 @@ impl Phase {
 }
 
 impl Attachment {
-    /// An attachment for `selection` in `phase`, without a CNI result.
+    /// An attachment for `selection` in `phase`, without a CNI result or a time.
     pub fn new(selection: NetworkSelection, phase: Phase) -> Self {
         Attachment {
             ifname: selection.ifname(),
@@ -114,7 +118,20 @@ impl Attachment {
             phase,
             result: None,
             definition: None,
+            since: None,
         }
+    }
+
+    /// The same, in its phase from now.
+    pub(crate) fn starting_now(mut self) -> Self {
+        self.since = Some(jiff::Timestamp::now());
+        self
+    }
+
+    /// Moves on to `phase`, from now.
+    pub(crate) fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.since = Some(jiff::Timestamp::now());
     }
 }
 
@@ -258,28 +275,19 @@ impl Store {
     /// unreadable directory fails the whole load. Files that are not `<uid>.json` are not
     /// podagent's records and are ignored.
     pub fn load_all(&self) -> Result<Loaded, StoreError> {
-        let mut loaded = Loaded::default();
-        for entry in fs::read_dir(&self.dir).map_err(|source| self.dir_error(source))? {
-            let entry = entry.map_err(|source| self.dir_error(source))?;
-            let file_name = entry.file_name();
-            let Some(uid) = file_name
-                .to_str()
-                .and_then(|name| name.strip_suffix(RECORD_SUFFIX))
-                .filter(|uid| check_uid(uid).is_ok())
-            else {
-                continue;
-            };
-            let path = entry.path();
-            match read_record(&path, uid) {
-                Ok(record) => loaded.records.push(record),
-                Err(error) => loaded.bad_files.push(BadFile {
-                    moved_to: move_aside(&path),
-                    error,
-                }),
-            }
+        scan(&self.dir, true)
+    }
+
+    /// Every record in `dir`, for a reader beside the running agent (`podagent status`):
+    /// nothing is created, cleaned or set aside, and an absent directory holds nothing.
+    pub(crate) fn read_only(dir: &Path) -> Result<Loaded, StoreError> {
+        match fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Loaded::default()),
+            Ok(meta) if meta.file_type().is_symlink() => Err(StoreError::DirIsSymlink {
+                dir: dir.to_path_buf(),
+            }),
+            _ => scan(dir, false),
         }
-        loaded.records.sort_by(|a, b| a.uid.cmp(&b.uid));
-        Ok(loaded)
     }
 
     /// Writes a record atomically, replacing any previous one for the same pod.
@@ -368,6 +376,37 @@ impl Store {
 
 /// Kubernetes UIDs are UUIDs; accepting only `[A-Za-z0-9_-]` keeps a uid from naming a path
 /// outside the directory, a hidden file, or one of the store's own temp and quarantine names.
+/// Reads every `<uid>.json` record in `dir`; a bad file is reported, and moved aside when
+/// `set_aside`.
+fn scan(dir: &Path, set_aside: bool) -> Result<Loaded, StoreError> {
+    let dir_error = |source| StoreError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut loaded = Loaded::default();
+    for entry in fs::read_dir(dir).map_err(dir_error)? {
+        let entry = entry.map_err(dir_error)?;
+        let file_name = entry.file_name();
+        let Some(uid) = file_name
+            .to_str()
+            .and_then(|name| name.strip_suffix(RECORD_SUFFIX))
+            .filter(|uid| check_uid(uid).is_ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        match read_record(&path, uid) {
+            Ok(record) => loaded.records.push(record),
+            Err(error) => loaded.bad_files.push(BadFile {
+                moved_to: set_aside.then(|| move_aside(&path)).flatten(),
+                error,
+            }),
+        }
+    }
+    loaded.records.sort_by(|a, b| a.uid.cmp(&b.uid));
+    Ok(loaded)
+}
+
 fn check_uid(uid: &str) -> Result<(), String> {
     if uid.is_empty() || uid.len() > MAX_UID_LEN {
         return Err(format!("must be 1 to {MAX_UID_LEN} characters"));

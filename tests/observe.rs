@@ -1,15 +1,22 @@
 //! Observing podagent from outside: its `/metrics`, `/healthz` and `/readyz` scraped from the
 //! real binary during real hot-plugs (real control plane, containerd, the Debian plugins behind
-//! the logging wrapper), and a listener that cannot bind ending startup.
+//! the logging wrapper), a listener that cannot bind ending startup, and `podagent status`
+//! reading the real records and netns before and after a hand-made change.
 //!
 //! Every count is checked against what really happened, read from the wrapper's call log and
 //! the pod's netns: one ADD is one attach sample, one plugin run is one plugin sample.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use testkit::node::{Agent, Node, has_link};
+use serde_json::Value;
+use testkit::node::{Agent, Node, has_link, ipv4};
 
 const GREEN: &str = "net9f27410725ab";
+const BLUE: &str = "net48d6215903df";
+/// A link of podagent's name shape that no network of these tests maps to.
+const STRAY: &str = "net000000000000";
 const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
 
 /// The value of the sample `name` whose labels include every pair of `labels`; `None` when
@@ -213,5 +220,146 @@ async fn a_taken_metrics_port_fails_startup_naming_the_key() {
             "cannot listen on {address} (key `metrics.listen`)"
         )) && log.contains("in use"),
         "{log}"
+    );
+}
+
+/// `podagent status` with the node's config file and `args`: exit code and stdout.
+fn status(host: &Node, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(PODAGENT)
+        .arg("status")
+        .arg("--config")
+        .arg(host.path("podagent.toml"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("podagent status runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.is_empty() || out.status.code() == Some(2),
+        "{stderr}"
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn in_netns(netns: &Path, args: &[&str]) {
+    let done = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(args)
+        .status()
+        .expect("nsenter runs");
+    assert!(done.success(), "{args:?} in {}", netns.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_is_held_and_the_drift_a_hand_made_change_caused() {
+    let host = Node::with_containerd(PODAGENT).await;
+    let (uid, sandbox) = host
+        .pod(
+            "default",
+            "web",
+            Some(r#"[{"name":"green"},{"name":"blue"}]"#),
+        )
+        .await;
+    let netns = host.netns(&sandbox).await;
+    let agent = host.start_agent();
+    let green_ip = host
+        .eventually("green with an address", || ipv4(&netns, GREEN))
+        .await;
+    host.eventually("blue added", || has_link(&netns, BLUE).then_some(()))
+        .await;
+    host.eventually("both recorded as attached", || {
+        let record = host.record(&uid)?;
+        let attachments = record["record"]["attachments"].as_object()?.clone();
+        attachments
+            .values()
+            .all(|a| a["phase"] == "Attached")
+            .then_some(())
+            .filter(|()| attachments.len() == 2)
+    })
+    .await;
+    let pod = format!("{}/web", host.ns("default"));
+
+    let (code, table) = status(&host, &[]);
+    assert_eq!(code, Some(0), "{table}");
+    let green_row = table
+        .lines()
+        .find(|l| l.contains(GREEN))
+        .unwrap_or_else(|| panic!("a line for green: {table}"));
+    for shown in [pod.as_str(), "green", "attached", green_ip.as_str()] {
+        assert!(green_row.contains(shown), "{shown:?} in {green_row:?}");
+    }
+    assert!(table.ends_with("no drift\n"), "{table}");
+
+    let (code, json) = status(&host, &["-o", "json", "--pod", &pod]);
+    assert_eq!(code, Some(0));
+    let report: Value = serde_json::from_str(&json).expect("JSON report");
+    assert_eq!(report["drift"], 0);
+    assert_eq!(report["pods"][0]["uid"], uid.as_str());
+    assert_eq!(
+        report["pods"][0]["interfaces"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let (code, other) = status(&host, &["--pod", "nowhere/nothing"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        other.contains("no record of pod nowhere/nothing"),
+        "{other}"
+    );
+
+    // By hand, with the agent stopped so nothing repairs it: green deleted, a stray link
+    // of podagent's name shape added.
+    agent.stop();
+    in_netns(&netns, &["ip", "link", "del", GREEN]);
+    in_netns(
+        &netns,
+        &[
+            "ip",
+            "link",
+            "add",
+            STRAY,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "straypeer",
+        ],
+    );
+    let (code, table) = status(&host, &[]);
+    assert_eq!(code, Some(1), "{table}");
+    let row = |ifname: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(ifname))
+            .unwrap_or_else(|| panic!("a line for {ifname}: {table}"))
+            .to_owned()
+    };
+    assert!(row(GREEN).ends_with("missing"), "{table}");
+    assert!(row(STRAY).ends_with("unrecorded"), "{table}");
+    assert!(row(BLUE).ends_with('-'), "blue as recorded: {table}");
+    assert!(table.contains("2 drifted"), "{table}");
+    let (_, json) = status(&host, &["-o", "json"]);
+    let report: Value = serde_json::from_str(&json).expect("JSON report");
+    assert_eq!(report["drift"], 2);
+
+    // Not root: told why, exit 2.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            PODAGENT,
+            "status",
+        ])
+        .output()
+        .expect("setpriv runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs root to enter network namespaces"),
+        "{out:?}"
     );
 }

@@ -14,7 +14,7 @@ use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use super::DEFAULT_CONFIG_FILE;
 use super::keys::{self, KEYS};
 
-/// `podagent [run|check|version] [flags]`.
+/// `podagent [run|check|status|version] [flags]`.
 #[derive(Debug, Parser)]
 #[command(
     name = "podagent",
@@ -31,18 +31,40 @@ pub struct Cli {
 impl Cli {
     /// The subcommand to run; `run` when none was given.
     pub fn command(&self) -> Command {
-        self.command.unwrap_or(Command::Run)
+        self.command.clone().unwrap_or(Command::Run)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Run the agent (the default).
     Run,
     /// Check the configuration and every dependency, one line each; exit 0 only when all pass.
     Check,
+    /// Show the attachments podagent holds on this node and any drift from the pods' network
+    /// namespaces (no API server needed; needs root). Exit 0 no drift, 1 drift, 2 cannot look.
+    Status(StatusArgs),
     /// Print the version, git commit, build date and supported container runtimes.
     Version,
+}
+
+/// What `podagent status` shows and how.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct StatusArgs {
+    /// Only this pod.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = StatusFormat::Table)]
+    pub output: StatusFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// Aligned columns, one line per interface.
+    Table,
+    /// The whole report as one JSON document.
+    Json,
 }
 
 /// Flags accepted by every subcommand: `--config`, one flag per key that has one in the key

@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use cli::{Cli, Command, Flags};
+pub use cli::{Cli, Command, Flags, StatusArgs, StatusFormat};
 pub(crate) use layers::Origin;
 
 /// The runtime kinds are the runtime module's own; configuration only chooses one.

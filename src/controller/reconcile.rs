@@ -483,7 +483,7 @@ impl Run<'_> {
                 };
                 info!(network = %selection.name, ifname = %selection.ifname(), sandbox = %sandbox.id,
                     "interface already present: adopted without a CNI call");
-                let attachment = Attachment::new(selection, Phase::Attached);
+                let attachment = Attachment::new(selection, Phase::Attached).starting_now();
                 self.record_for(sandbox)
                     .attachments
                     .insert(attachment.selection.name.clone(), attachment);
@@ -540,7 +540,7 @@ impl Run<'_> {
         let span = info_span!("add", network = %selection.name, ifname = %target.ifname, sandbox = %sandbox.id);
         async {
             let name = selection.name.clone();
-            let mut attachment = Attachment::new(selection, Phase::Adding);
+            let mut attachment = Attachment::new(selection, Phase::Adding).starting_now();
             attachment.definition = definition;
             self.record_for(sandbox)
                 .attachments
@@ -550,7 +550,7 @@ impl Run<'_> {
             match self.ctx.cni.add(&target).await {
                 Ok(result) => {
                     if let Some(a) = self.attachment_mut(&name) {
-                        a.phase = Phase::Attached;
+                        a.enter(Phase::Attached);
                         a.result = Some(result.raw.clone());
                     }
                     let summary = summary(&result, &target.ifname);
@@ -653,7 +653,7 @@ impl Run<'_> {
             // first, so only an `Attached` one needs its new phase written down before the DEL.
             if attachment.phase == Phase::Attached {
                 if let Some(a) = self.attachment_mut(&name) {
-                    a.phase = Phase::Removing;
+                    a.enter(Phase::Removing);
                 }
                 self.persist().await?;
             }
