@@ -47,6 +47,20 @@ async fn scrape(host: &Node, agent: &Agent) -> String {
     answer.body
 }
 
+/// The first `/metrics` text for which `counted` holds.
+async fn metrics_once(
+    host: &Node,
+    agent: &Agent,
+    what: &str,
+    counted: impl Fn(&str) -> bool,
+) -> String {
+    host.eventually(what, || {
+        let text = agent.get("/metrics")?.body;
+        counted(&text).then_some(text)
+    })
+    .await
+}
+
 /// `podagent_cni_plugin_duration_seconds_count` for one plugin, command and outcome (0 when
 /// the series does not exist yet).
 fn plugin_runs(text: &str, plugin: &str, command: &str, outcome: &str) -> f64 {
@@ -67,7 +81,9 @@ async fn metrics_count_exactly_what_a_hot_plug_did() {
     let host = Node::with_containerd(PODAGENT).await;
     let (_, sandbox) = host.pod("default", "web", None).await;
     let netns = host.netns(&sandbox).await;
-    let agent = host.start_agent();
+    let config = host.agent_config();
+    let address = config.metrics_listen.clone();
+    let agent = host.start_agent_with(&config);
     let healthz = host
         .eventually("/healthz answers", || agent.get("/healthz"))
         .await;
@@ -94,14 +110,16 @@ async fn metrics_count_exactly_what_a_hot_plug_did() {
         .await;
     // The attach is counted during the reconcile, the attachment once it has ended.
     let green_attached = [("network", "green"), ("phase", "attached")];
-    let added = host
-        .eventually("the attach and the attachment counted", || {
-            let text = agent.get("/metrics")?.body;
-            let counted = sample(&text, "podagent_attach_duration_seconds_count", &[]) == Some(1.0)
-                && sample(&text, "podagent_attachments", &green_attached) == Some(1.0);
-            counted.then_some(text)
-        })
-        .await;
+    let added = metrics_once(
+        &host,
+        &agent,
+        "the attach and the attachment counted",
+        |text| {
+            sample(text, "podagent_attach_duration_seconds_count", &[]) == Some(1.0)
+                && sample(text, "podagent_attachments", &green_attached) == Some(1.0)
+        },
+    )
+    .await;
     // The node's primary is wrap-bridge (which runs host-local itself) and tuning: one run each.
     assert_eq!(host.count("ADD", "web"), 1);
     assert_eq!(
@@ -128,14 +146,16 @@ async fn metrics_count_exactly_what_a_hot_plug_did() {
     host.set_networks("default", "web", None);
     host.eventually("green removed", || (!has_link(&netns, GREEN)).then_some(()))
         .await;
-    let removed = host
-        .eventually("the detach counted and the attachment gone", || {
-            let text = agent.get("/metrics")?.body;
-            let counted = sample(&text, "podagent_detach_duration_seconds_count", &[]) == Some(1.0)
-                && sample(&text, "podagent_attachments", &[("network", "green")]).is_none();
-            counted.then_some(text)
-        })
-        .await;
+    let removed = metrics_once(
+        &host,
+        &agent,
+        "the detach counted and the attachment gone",
+        |text| {
+            sample(text, "podagent_detach_duration_seconds_count", &[]) == Some(1.0)
+                && sample(text, "podagent_attachments", &[("network", "green")]).is_none()
+        },
+    )
+    .await;
     assert_eq!(host.count("DEL", "web"), 1);
     assert_eq!(
         plugin_runs(&removed, "wrap-bridge", "DEL", "success"),
@@ -161,17 +181,19 @@ async fn metrics_count_exactly_what_a_hot_plug_did() {
     })
     .await;
     // Each failed reconcile is one failed ADD run, counted once the reconcile has ended.
-    let failing = host
-        .eventually("the failures counted as the plugin log has them", || {
-            let text = agent.get("/metrics")?.body;
+    let failing = metrics_once(
+        &host,
+        &agent,
+        "the failures counted as the plugin log has them",
+        |text| {
             let failed = (host.count("ADD", "web") - 1) as f64;
-            let counted = plugin_runs(&text, "wrap-bridge", "ADD", "error") == failed
-                && sample(&text, "podagent_reconciles_total", &[("outcome", "retry")])
+            plugin_runs(text, "wrap-bridge", "ADD", "error") == failed
+                && sample(text, "podagent_reconciles_total", &[("outcome", "retry")])
                     == Some(failed)
-                && sample(&text, "podagent_pods_in_backoff", &[]) == Some(1.0);
-            counted.then_some(text)
-        })
-        .await;
+                && sample(text, "podagent_pods_in_backoff", &[]) == Some(1.0)
+        },
+    )
+    .await;
     assert!(
         sample(&failing, "podagent_longest_backoff_seconds", &[]).is_some_and(|s| s > 0.0),
         "{failing}"
@@ -188,20 +210,36 @@ async fn metrics_count_exactly_what_a_hot_plug_did() {
         has_link(&netns, GREEN).then_some(())
     })
     .await;
-    let fixed = host
-        .eventually("the second attach counted and the backoff over", || {
-            let text = agent.get("/metrics")?.body;
-            let counted = sample(&text, "podagent_attach_duration_seconds_count", &[]) == Some(2.0)
-                && sample(&text, "podagent_pods_in_backoff", &[]) == Some(0.0);
-            counted.then_some(text)
-        })
-        .await;
+    let fixed = metrics_once(
+        &host,
+        &agent,
+        "the second attach counted and the backoff over",
+        |text| {
+            sample(text, "podagent_attach_duration_seconds_count", &[]) == Some(2.0)
+                && sample(text, "podagent_pods_in_backoff", &[]) == Some(0.0)
+        },
+    )
+    .await;
     let sum = sample(&fixed, "podagent_attach_duration_seconds_sum", &[]).unwrap_or(0.0);
     assert!(
         sum > 0.5,
         "the retried attach counts its backoff too: sum {sum} s"
     );
     assert_eq!(agent.get("/nowhere").map(|a| a.status), Some(404));
+    // Garbage and other methods are refused without hurting the listener.
+    for junk in [
+        "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc".to_owned(),
+        "\u{0}\u{1}GARBAGE\r\n\r\n".to_owned(),
+        format!("GET /{} HTTP/1.0\r\n\r\n", "a".repeat(100_000)),
+    ] {
+        if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
+            use std::io::{Read, Write};
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.write_all(junk.as_bytes());
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+    }
+    assert_eq!(agent.get("/healthz").map(|a| a.status), Some(200));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

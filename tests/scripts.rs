@@ -487,6 +487,22 @@ const DAEMONSETS: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// `metrics.listen` as etc/podagent.toml ships it.
+fn default_metrics_listen() -> String {
+    let path = repo().join("etc/podagent.toml");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let metrics = text
+        .split_once("\n[metrics]\n")
+        .expect("a [metrics] table")
+        .1;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("listen = "))
+        .expect("metrics.listen")
+        .trim_matches('"')
+        .to_owned()
+}
+
 /// The seed's file names and the files that replaced them, kept for one release.
 const DEPRECATED_NAMES: [(&str, &str); 2] = [
     ("podagent-ds.yaml", "podagent-docker.yaml"),
@@ -571,6 +587,17 @@ fn daemonsets_are_consistent_with_their_runtime_and_the_rbac_manifest() {
             json!(["/opt/kaloom/bin/podagent"]),
             "{file}: the RPM's binary path"
         );
+        // The probes reach the listener where the shipped configuration puts it.
+        let listen = default_metrics_listen();
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(
+                format!("{}:{}", get["host"].as_str().unwrap_or(""), get["port"]),
+                listen,
+                "{file}: {probe} at metrics.listen"
+            );
+            assert_eq!(get["path"], path, "{file}: {probe}");
+        }
         let args: Vec<&str> = container["args"]
             .as_array()
             .expect("args")

@@ -269,11 +269,12 @@ pub async fn restart(
     pods: usize,
     attachments: usize,
     settle: Duration,
+    metrics: bool,
 ) -> Result<(Agent, NotifySocket, Restart)> {
     agent.stop();
     let since = epoch_now();
     let notify = NotifySocket::bind();
-    let agent = world.start_agent(&notify.path())?;
+    let agent = world.start_agent(&notify.path(), metrics)?;
     let ready = wait_ready(world, &notify, &agent)?;
     tokio::time::sleep(settle).await;
     let cni_invocations = world.node.calls().iter().filter(|c| c.at >= since).count();

@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -31,14 +33,83 @@ pub async fn idle(
     window: Duration,
     ticks: u64,
 ) -> Result<Idle> {
+    Ok(over_window(
+        agent,
+        pods,
+        attachments,
+        ticks,
+        tokio::time::sleep(window).map(Ok),
+        window,
+    )
+    .await?
+    .0)
+}
+
+/// Memory after, and CPU during, `work`, which takes `window`.
+async fn over_window<T>(
+    agent: &Agent,
+    pods: usize,
+    attachments: usize,
+    ticks: u64,
+    work: impl Future<Output = Result<T>>,
+    window: Duration,
+) -> Result<(Idle, T)> {
     let before = agent.cpu_time(ticks);
-    tokio::time::sleep(window).await;
+    let done = work.await?;
     let cpu = agent.cpu_time(ticks) - before;
-    Ok(Idle {
+    let idle = Idle {
         pods,
         attachments,
         memory: measure::memory(agent.pid())?,
         cpu: CpuUse::new(window, cpu),
+    };
+    Ok((idle, done))
+}
+
+/// Idle with the metrics listener off, and with it on and scraped once a second (fifteen
+/// times Prometheus' default rate), each right after a restart with the same pods.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Listener {
+    pub off: Idle,
+    pub on: Idle,
+    pub scrapes: usize,
+    /// The size of the last scrape's exposition.
+    pub exposition_bytes: usize,
+}
+
+/// [`idle`] while `/metrics` is scraped every second; `off` is the same measure without the
+/// listener.
+pub async fn scraped(
+    agent: &Agent,
+    pods: usize,
+    attachments: usize,
+    window: Duration,
+    ticks: u64,
+    off: Idle,
+) -> Result<Listener> {
+    let scraping = async {
+        let started = std::time::Instant::now();
+        let (mut scrapes, mut exposition_bytes) = (0, 0);
+        while started.elapsed() < window {
+            let pause = Duration::from_secs(1).min(window.saturating_sub(started.elapsed()));
+            tokio::time::sleep(pause).await;
+            let answer = agent
+                .process
+                .get("/metrics")
+                .filter(|a| a.status == 200)
+                .ok_or_else(|| anyhow::anyhow!("/metrics did not answer 200"))?;
+            scrapes += 1;
+            exposition_bytes = answer.body.len();
+        }
+        Ok((scrapes, exposition_bytes))
+    };
+    let (on, (scrapes, exposition_bytes)) =
+        over_window(agent, pods, attachments, ticks, scraping, window).await?;
+    Ok(Listener {
+        off,
+        on,
+        scrapes,
+        exposition_bytes,
     })
 }
 

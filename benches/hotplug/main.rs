@@ -126,6 +126,8 @@ pub struct Results {
     pub restart: burst::Restart,
     pub idle_after_burst: footprint::Idle,
     pub idle_after_restart: footprint::Idle,
+    /// The metrics listener's cost: idle with it off, and with it on and scraped.
+    pub listener: footprint::Listener,
     pub idle_many_pods: footprint::Idle,
     pub failure: footprint::Failure,
 }
@@ -209,7 +211,7 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
 
     step("starting podagent");
     let notify = NotifySocket::bind();
-    let agent = world.start_agent(&notify.path())?;
+    let agent = world.start_agent(&notify.path(), true)?;
     let startup_ready = burst::wait_ready(&world, &notify, &agent)?;
 
     step("latency");
@@ -240,10 +242,21 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
         all_pods,
         attachments,
         Duration::from_secs(if sizes.quick { 1 } else { 3 }),
+        true,
     )
     .await?;
     let idle_after_restart =
         footprint::idle(&agent, all_pods, attachments, idle_window, ticks).await?;
+
+    step("metrics listener: idle off, then on and scraped every second");
+    let settle = Duration::from_secs(if sizes.quick { 1 } else { 3 });
+    let (agent, _notify, _) =
+        burst::restart(&world, agent, all_pods, attachments, settle, false).await?;
+    let off = footprint::idle(&agent, all_pods, attachments, idle_window, ticks).await?;
+    let (agent, _notify, _) =
+        burst::restart(&world, agent, all_pods, attachments, settle, true).await?;
+    let listener =
+        footprint::scraped(&agent, all_pods, attachments, idle_window, ticks, off).await?;
 
     step("footprint with many pods");
     let extra = sizes.footprint_pods.saturating_sub(all_pods);
@@ -337,6 +350,7 @@ async fn run(args: &Args, sizes: Sizes, command: String) -> Result<Results> {
         restart,
         idle_after_burst,
         idle_after_restart,
+        listener,
         idle_many_pods,
         failure,
     })

@@ -258,7 +258,29 @@ pub fn markdown(r: &Results) -> String {
     let many_target = (r.idle_many_pods.pods >= 1000).then_some(40.0);
     idle("Idle after the burst", &r.idle_after_burst, None);
     idle("Idle after a restart", &r.idle_after_restart, Some(20.0));
+    idle("Metrics listener off, idle", &r.listener.off, Some(20.0));
+    idle(
+        &format!("Metrics listener on, {} scrapes", r.listener.scrapes),
+        &r.listener.on,
+        Some(20.0),
+    );
     idle("Idle, many pods", &r.idle_many_pods, many_target);
+    row(
+        "Metrics listener: RSS on / off",
+        format!(
+            "{:.1} / {:.1} MiB ({} B exposition)",
+            mib(r.listener.on.memory.rss_kib),
+            mib(r.listener.off.memory.rss_kib),
+            r.listener.exposition_bytes
+        ),
+        String::new(),
+        format!(
+            "{:.2}×",
+            r.listener.on.memory.rss_kib as f64 / r.listener.off.memory.rss_kib.max(1) as f64
+        ),
+        "",
+        None,
+    );
     row(
         "During the burst add: CPU, peak RSS",
         format!(

@@ -182,9 +182,13 @@ impl World {
         Ok(config)
     }
 
-    /// Starts podagent with `notify` as its `NOTIFY_SOCKET`; returns once the process runs.
-    pub fn start_agent(&self, notify: &Path) -> Result<Agent> {
-        let config = self.agent_config(notify)?;
+    /// Starts podagent with `notify` as its `NOTIFY_SOCKET`, its metrics listener on or off;
+    /// returns once the process runs.
+    pub fn start_agent(&self, notify: &Path, metrics: bool) -> Result<Agent> {
+        let mut config = self.agent_config(notify)?;
+        if !metrics {
+            config.metrics_listen.clear();
+        }
         let started = Instant::now();
         let process = self.node.start_agent_with(&config);
         Ok(Agent { process, started })
