@@ -519,7 +519,7 @@ async fn a_watch_refused_with_410_lists_afresh() {
         .write_kubeconfig(&config.kubeconfig, &through)
         .expect("kubeconfig through the fault proxy");
     config.kubeconfig = through;
-    let _agent = host.start_agent_with(&config);
+    let agent = host.start_agent_with(&config);
     // Quiet before the fault: green plugged, its status written and its Event posted.
     host.eventually("green's AddedInterface Event", || {
         host.events("default", &uid, "AddedInterface").pop()
@@ -548,6 +548,18 @@ async fn a_watch_refused_with_410_lists_afresh() {
             .iter()
             .any(|r| is_pods(r) && !r.contains("watch=")),
         "no list of pods after the watch was refused with 410: {after:#?}"
+    );
+    // Its metrics say so too: one re-list of the pod watch, the refused watch request counted.
+    let metrics = agent.get("/metrics").expect("/metrics answers").body;
+    assert!(
+        metrics.contains("podagent_watch_relists_total{watch=\"pods\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("podagent_api_request_errors_total{verb=\"watch\"} ")),
+        "{metrics}"
     );
 }
 
