@@ -9,8 +9,8 @@
 #                                          time (about 6.5 instead of 16 minutes on 2 cores)
 #                                          but runs fewer inputs a second; for smoke runs
 #
-# Targets: annotation, cni_result, verbose_info, state_file. The checked-in seeds in
-# fuzz/corpus/<target>/ are read but never written: what a run discovers goes to
+# Targets: annotation, npwg_annotation, cni_result, verbose_info, state_file. The checked-in
+# seeds in fuzz/corpus/<target>/ are read but never written: what a run discovers goes to
 # fuzz/target/corpus/<target>/ (kept between runs, not committed). The suite runs every target
 # for a few seconds through this script (tests/fuzz.rs). A crash leaves its input in
 # fuzz/artifacts/<target>/; replay it with

@@ -12,6 +12,7 @@
 //! set", unknown fields are ignored. `ifname()` is the naming contract shared with kactus.
 
 mod mac;
+pub mod npwg;
 
 use std::collections::HashMap;
 use std::fmt;

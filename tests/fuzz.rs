@@ -17,7 +17,13 @@ use testkit::prereq;
 
 /// Seconds of fuzzing per target: enough for libFuzzer to get well past the seeds.
 const SECONDS: &str = "8";
-const TARGETS: [&str; 4] = ["annotation", "cni_result", "verbose_info", "state_file"];
+const TARGETS: [&str; 5] = [
+    "annotation",
+    "npwg_annotation",
+    "cni_result",
+    "verbose_info",
+    "state_file",
+];
 
 #[test]
 fn every_fuzz_target_runs_from_its_corpus_without_a_crash() {

@@ -38,8 +38,9 @@ fn repo() -> &'static Path {
 #[test]
 fn checked_in_fuzz_corpus_replays_through_every_target() {
     type Check = fn(&[u8]);
-    let targets: [(&str, Check); 4] = [
+    let targets: [(&str, Check); 5] = [
         ("annotation", fuzz_checks::annotation),
+        ("npwg_annotation", fuzz_checks::npwg_annotation),
         ("cni_result", fuzz_checks::cni_result),
         ("verbose_info", fuzz_checks::verbose_info),
         ("state_file", fuzz_checks::state_file),
@@ -68,6 +69,64 @@ fn checked_in_fuzz_corpus_replays_through_every_target() {
 
 fn annotation_of(entries: usize, entry: &str) -> String {
     format!("[{}]", vec![entry; entries].join(","))
+}
+
+#[test]
+fn hostile_npwg_annotations_are_refused_with_the_reason() {
+    use podagent::annotation::npwg;
+    let many = vec!["a"; 10_000].join(",");
+    assert_eq!(
+        npwg::parse(Some(&many)),
+        Err(AnnotationError::TooMany {
+            count: 10_000,
+            max: MAX_NETWORKS
+        })
+    );
+    let deep = format!(
+        r#"[{{"name":"a","cni-args":{{"x":{}1{}}}}}]"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    assert!(
+        matches!(
+            npwg::parse(Some(&deep)),
+            Err(AnnotationError::NotJson { .. })
+        ),
+        "nesting is cut off by the JSON parser's depth limit"
+    );
+    // Nothing that means something in CNI_ARGS, a path, a log line or to a terminal gets in.
+    for name in [
+        "a;IP=198.18.0.9",
+        "a=b",
+        "a\nb",
+        "ä",
+        "a b",
+        "../a",
+        "a/b/c",
+    ] {
+        for text in [
+            name.to_owned(),
+            serde_json::json!([{ "name": name }]).to_string(),
+        ] {
+            assert!(
+                matches!(
+                    npwg::parse(Some(&text)),
+                    Err(AnnotationError::Invalid { .. })
+                ),
+                "{text:?} accepted"
+            );
+        }
+    }
+    for interface in ["eth0;x", "жж", "a b", "../x", "a\u{200b}b", "eth0\n"] {
+        let text = serde_json::json!([{ "name": "a", "interface": interface }]).to_string();
+        assert!(
+            matches!(
+                npwg::parse(Some(&text)),
+                Err(AnnotationError::Invalid { .. })
+            ),
+            "{text:?} accepted"
+        );
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use podagent::annotation::{self, MAX_ANNOTATION_BYTES};
+use podagent::annotation::{self, MAX_ANNOTATION_BYTES, npwg};
 use podagent::fuzzing::{CniResult, FORMAT_VERSION, PluginError, decode_record, sandbox_netns};
 use podagent::store::PodRecord;
 
@@ -51,6 +51,49 @@ pub fn annotation(data: &[u8]) {
         assert_eq!(
             annotation::parse(Some(&again)).as_ref(),
             Ok(&selections),
+            "round trip of {again}"
+        );
+    }
+}
+
+/// The NPWG annotation parser (`k8s.v1.cni.cncf.io/networks`, both forms): what it accepts
+/// has safe names and interface names, and the JSON form of it parses back to the same.
+pub fn npwg_annotation(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let elements = match npwg::parse(Some(text)) {
+        Ok(elements) => elements,
+        Err(err) => {
+            assert!(!err.to_string().is_empty());
+            return;
+        }
+    };
+    assert!(elements.len() <= annotation::MAX_NETWORKS);
+    for element in &elements {
+        let safe = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        assert!(safe(&element.name), "{:?}", element.name);
+        assert!(element.namespace.as_deref().is_none_or(safe));
+        if let Some(interface) = &element.interface {
+            assert!((1..=15).contains(&interface.len()), "{interface:?}");
+            assert!(
+                interface
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+                "{interface:?}"
+            );
+        }
+    }
+    let json: Vec<serde_json::Value> = elements.iter().map(npwg::Element::to_json).collect();
+    let again = serde_json::to_string(&json).expect("elements serialise");
+    if again.len() <= MAX_ANNOTATION_BYTES {
+        assert_eq!(
+            npwg::parse(Some(&again)).as_ref(),
+            Ok(&elements),
             "round trip of {again}"
         );
     }
