@@ -6,6 +6,7 @@
 //! same runtime connection, the same CNI invoker), so a passing check means the daemon will get
 //! as far. The exit code is 0 only when every line is a `✓`.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ use crate::kubeapi::{
     self, Credentials, KubeClient, NODE_BOUND_POLICY, NetworkWatcher, PodWatcher, Speaks,
 };
 use crate::metrics::Metrics;
-use crate::networks::Mode;
+use crate::networks::{Catalog, Mode};
 use crate::runtime::{self, Runtime};
 
 /// No single check may hang the command: an unreachable server fails within this.
@@ -140,10 +141,15 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
             emit(line("admission policy enforced", skipped()));
         }
     }
-    emit(line(
-        "networks resolvable",
-        networks(config, kube.as_ref().ok()).await,
-    ));
+    let catalog = match (config.networks.mode, kube.as_ref()) {
+        (Mode::Kactus, _) => None,
+        (Mode::Direct, Err(_)) => Some(Err("not checked: no usable kubeconfig".to_owned())),
+        (Mode::Direct, Ok(kube)) => {
+            let watcher = NetworkWatcher::new(kube.clone());
+            Some(bounded(async { watcher.list().await.map_err(|e| render(&e)) }).await)
+        }
+    };
+    emit(line("networks resolvable", networks(catalog.as_ref())));
 
     emit(line(
         "container runtime reachable",
@@ -177,14 +183,11 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
                 "CNI primary config usable",
                 Ok("not used in direct mode: each Network's own config is run".to_string()),
             ));
-            emit(line(
-                "CNI plugin binaries present",
-                Ok(
-                    "checked per attachment in direct mode: a Network naming a missing plugin \
-                    gets a FailedAddingInterface Event naming it and the dirs searched"
-                        .to_string(),
-                ),
-            ));
+            let plugins = match catalog {
+                Some(Ok(catalog)) => network_plugins(&invoker, &catalog).await,
+                _ => Err("not checked: the Network objects could not be listed".to_string()),
+            };
+            emit(line("CNI plugin binaries present", plugins));
         }
     }
 
@@ -211,22 +214,82 @@ pub(crate) fn kactus_primary(primary: &NetworkSummary, accepted: bool) -> Result
     }
 }
 
-/// Where networks come from, and in direct mode whether podagent can read them.
-async fn networks(config: &Config, kube: Option<&KubeClient>) -> Result<String, String> {
-    match (config.networks.mode, kube) {
-        (Mode::Kactus, _) => {
-            Ok("kactus mode: the node's primary CNI config resolves each network".into())
+/// Where networks come from, and in direct mode whether podagent can read them (`catalog`:
+/// the listed Network objects, `None` in kactus mode).
+fn networks(catalog: Option<&Result<Catalog, String>>) -> Result<String, String> {
+    let catalog = match catalog {
+        None => {
+            return Ok("kactus mode: the node's primary CNI config resolves each network".into());
         }
-        (Mode::Direct, None) => Err("not checked: no usable kubeconfig".into()),
-        (Mode::Direct, Some(kube)) => {
-            let watcher = NetworkWatcher::new(kube.clone());
-            let catalog = bounded(async { watcher.list().await.map_err(|e| render(&e)) }).await?;
-            Ok(format!(
-                "direct mode: {} Network objects (kaloom.com/v1) listable in all namespaces",
-                catalog.len()
-            ))
+        Some(listed) => listed.as_ref().map_err(Clone::clone)?,
+    };
+    let unusable: Vec<String> = catalog
+        .iter()
+        .filter_map(|((namespace, name), object)| {
+            object
+                .config
+                .as_ref()
+                .err()
+                .map(|reason| format!("{namespace}/{name}: {reason}"))
+        })
+        .collect();
+    let note = match unusable.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} with an unusable spec.config (their entries get an InvalidNetwork Event): {}",
+            unusable.join("; ")
+        ),
+    };
+    Ok(format!(
+        "direct mode: {} Network objects (kaloom.com/v1) listable in all namespaces{note}",
+        catalog.len()
+    ))
+}
+
+/// Direct mode: every plugin type the usable Network objects run answers VERSION. Each
+/// object's list is asked only when it brings a type not asked yet.
+async fn network_plugins(invoker: &Invoker, catalog: &Catalog) -> Result<String, String> {
+    let mut asked = BTreeSet::new();
+    let mut answered = Vec::new();
+    let mut failed = Vec::new();
+    for ((namespace, name), object) in catalog {
+        let Ok(config) = &object.config else {
+            continue;
+        };
+        let types = crate::cni::plugin_types(config);
+        if types.iter().all(|t| asked.contains(t)) {
+            continue;
+        }
+        asked.extend(types);
+        match bounded(async {
+            invoker
+                .version_of(name, config)
+                .await
+                .map_err(|e| render(&e))
+        })
+        .await
+        {
+            Ok(versions) => answered.extend(
+                versions
+                    .into_iter()
+                    .map(|v| (v.plugin, v.cni_version))
+                    .filter(|(plugin, _)| !answered.iter().any(|(p, _)| p == plugin))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(error) => failed.push(format!("Network {namespace}/{name}: {error}")),
         }
     }
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
+    }
+    if answered.is_empty() {
+        return Ok("no usable Network objects yet: no plugin to ask".into());
+    }
+    let shown: Vec<String> = answered
+        .iter()
+        .map(|(plugin, version)| format!("{plugin} (cniVersion {version})"))
+        .collect();
+    Ok(format!("{} answered VERSION", shown.join(", ")))
 }
 
 fn kubeconfig_detail(credentials: &Credentials, kube: &KubeClient) -> String {

@@ -505,7 +505,11 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
     };
     let (code, lines) = check(&direct()).await;
     assert_eq!(code, Some(1), "{lines:#?}");
-    assert_only_failure(&lines, "networks resolvable");
+    assert_eq!(
+        line(&lines, "CNI plugin binaries present"),
+        "✗ CNI plugin binaries present: not checked: the Network objects could not be listed"
+    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with('✗')).count(), 2, "{lines:#?}");
     assert_failed(
         &lines,
         "networks resolvable",
@@ -528,6 +532,55 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
         line(&lines, "CNI primary config usable"),
         "✓ CNI primary config usable: not used in direct mode: each Network's own config is run"
     );
+    // The plugins the Network objects name are asked for VERSION; one naming a plugin the node
+    // does not have fails the line, naming the object; an unusable spec.config is mentioned.
+    let networks = cluster.create_namespace("nets");
+    let put = |name: &str, config: &str| {
+        cluster
+            .admin()
+            .create(
+                serde_json::json!({"apiVersion": "kaloom.com/v1", "kind": "Network",
+                "metadata": {"name": name, "namespace": networks}, "spec": {"config": config}}),
+            )
+            .unwrap_or_else(|e| panic!("Network {name}: {e:#}"));
+    };
+    put(
+        "plain",
+        r#"{"cniVersion":"1.0.0","plugins":[{"type":"bridge"},{"type":"tuning"}]}"#,
+    );
+    put("broken", "not json");
+    let (code, lines) = check(&direct()).await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let plugins = line(&lines, "CNI plugin binaries present");
+    assert!(
+        plugins.contains("bridge (cniVersion ") && plugins.contains("tuning (cniVersion "),
+        "{plugins}"
+    );
+    assert!(
+        line(&lines, "networks resolvable").contains(&format!(
+            "1 with an unusable spec.config (their entries get an InvalidNetwork Event): \
+             {networks}/broken: not valid JSON"
+        )),
+        "{lines:#?}"
+    );
+    put(
+        "exotic",
+        r#"{"cniVersion":"1.0.0","type":"no-such-plugin"}"#,
+    );
+    let (code, lines) = check(&direct()).await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "CNI plugin binaries present");
+    let plugins = line(&lines, "CNI plugin binaries present");
+    assert!(
+        plugins.contains(&format!("Network {networks}/exotic: "))
+            && plugins.contains("no-such-plugin"),
+        "{plugins}"
+    );
+    for name in ["plain", "broken", "exotic"] {
+        let _ = cluster
+            .admin()
+            .delete("kaloom.com/v1", "Network", Some(&networks), name, None);
+    }
 
     // Empty CNI conf dir.
     let empty = scratch.path().join("empty-net.d");

@@ -98,7 +98,24 @@ impl Invoker {
     /// Asks each plugin type of the primary config which CNI versions it speaks.
     pub async fn version(&self) -> Result<Vec<PluginVersion>, CniError> {
         let primary = self.primary().await?;
-        let list = &primary.list;
+        self.versions(&primary.list).await
+    }
+
+    /// The same for the plugins of network `network`'s own config list (direct mode).
+    pub(crate) async fn version_of(
+        &self,
+        network: &str,
+        config: &str,
+    ) -> Result<Vec<PluginVersion>, CniError> {
+        let list =
+            NetworkList::parse(config.as_bytes()).map_err(|reason| CniError::BadNetworkConfig {
+                network: network.to_owned(),
+                reason,
+            })?;
+        self.versions(&list).await
+    }
+
+    async fn versions(&self, list: &NetworkList) -> Result<Vec<PluginVersion>, CniError> {
         let mut seen = BTreeSet::new();
         let mut versions = Vec::new();
         for index in 0..list.plugins.len() {

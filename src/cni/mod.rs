@@ -85,6 +85,13 @@ pub(crate) fn check_config(bytes: &[u8]) -> Result<(), String> {
     config::NetworkList::parse(bytes).map(drop)
 }
 
+/// The plugin types a config list runs, in order; none when it does not parse.
+pub(crate) fn plugin_types(config: &str) -> Vec<String> {
+    config::NetworkList::parse(config.as_bytes())
+        .map(|list| list.plugin_types().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// The CNI operations the reconciler needs, so it can be unit-tested against a fake.
 ///
 /// The futures are boxed and `Send`, so the reconciler holds the engine as `Arc<dyn Cni>` like

@@ -286,10 +286,7 @@ async fn direct_mode_releases_a_deleted_pods_attachments() {
         ctx.networks.update(
             "ns",
             "green",
-            Some(NetworkObject {
-                plugin: None,
-                config: config.into(),
-            }),
+            Some(NetworkObject::new("green", None, config)),
         );
     });
     h.until("the ADD", |f| f.cni_calls().len() == 1).await;

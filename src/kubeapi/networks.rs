@@ -140,7 +140,7 @@ fn changed_one(networks: &Networks, object: &DynamicObject, present: bool) -> BT
     let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name) else {
         return BTreeSet::new();
     };
-    let value = present.then(|| network_object(object));
+    let value = present.then(|| network_object(name, object));
     if networks.update(namespace, name, value) {
         tracing::info!(network = %format!("{namespace}/{name}"), present, "network object changed");
         BTreeSet::from([name.clone()])
@@ -154,15 +154,17 @@ fn changed_one(networks: &Networks, object: &DynamicObject, present: bool) -> BT
 fn entry(object: &DynamicObject) -> Option<((String, String), NetworkObject)> {
     let namespace = object.metadata.namespace.clone()?;
     let name = object.metadata.name.clone()?;
-    Some(((namespace, name), network_object(object)))
+    let value = network_object(&name, object);
+    Some(((namespace, name), value))
 }
 
-fn network_object(object: &DynamicObject) -> NetworkObject {
+fn network_object(name: &str, object: &DynamicObject) -> NetworkObject {
     let spec = &object.data["spec"];
-    NetworkObject {
-        plugin: spec["plugin"].as_str().map(str::to_owned),
-        // The CRD requires a string; anything else reads as empty, which resolution refuses
-        // as "not valid JSON" with the object's name.
-        config: spec["config"].as_str().unwrap_or_default().to_owned(),
-    }
+    // The CRD requires a string; anything else reads as empty, which is refused as "not valid
+    // JSON" with the object's name.
+    NetworkObject::new(
+        name,
+        spec["plugin"].as_str(),
+        spec["config"].as_str().unwrap_or_default(),
+    )
 }

@@ -170,11 +170,10 @@ mod tests {
         })
     }
 
-    fn object(config: &str) -> NetworkObject {
-        NetworkObject {
-            plugin: None,
-            config: config.into(),
-        }
+    /// An object whose config runs plugin `plugin<tag>`.
+    fn object(tag: &str) -> NetworkObject {
+        let config = format!(r#"{{"cniVersion":"1.0.0","type":"plugin{tag}"}}"#);
+        NetworkObject::new("data", None, &config)
     }
 
     #[test]

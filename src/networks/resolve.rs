@@ -15,13 +15,21 @@ use crate::annotation::NetworkSelection;
 /// Far above any real network config; a bigger `spec.config` is refused unread.
 pub(crate) const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
-/// A network object as the cache keeps it.
+/// A network object as the cache keeps it: its config made runnable once, when the watch
+/// delivers it, so resolving an entry at every reconcile is a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NetworkObject {
-    /// `spec.plugin`: the plugin type, used when the config names none.
-    pub(crate) plugin: Option<String>,
-    /// `spec.config`, as written.
-    pub(crate) config: String,
+    /// The config list podagent runs, or why `spec.config` cannot be run.
+    pub(crate) config: Result<String, String>,
+}
+
+impl NetworkObject {
+    /// Network `name` with `spec.plugin` and `spec.config` as written.
+    pub(crate) fn new(name: &str, plugin: Option<&str>, config: &str) -> NetworkObject {
+        NetworkObject {
+            config: normalize(name, plugin, config),
+        }
+    }
 }
 
 /// The network objects known now, by namespace and name.
@@ -134,11 +142,14 @@ pub(crate) fn resolve(
             name: name.clone(),
         });
     };
-    let config = normalize(name, object).map_err(|reason| Unresolved::Malformed {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        reason,
-    })?;
+    let config = object
+        .config
+        .clone()
+        .map_err(|reason| Unresolved::Malformed {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            reason,
+        })?;
     Ok(Definition {
         namespace: namespace.clone(),
         name: name.clone(),
@@ -149,15 +160,15 @@ pub(crate) fn resolve(
 /// `spec.config` as the config list podagent runs: a single plugin config is lifted into a
 /// list of one, `name` comes from the object when absent, and `type` from `spec.plugin` when
 /// a single config has none. The result is checked the way the CNI engine will parse it.
-fn normalize(name: &str, object: &NetworkObject) -> Result<String, String> {
-    if object.config.len() > MAX_CONFIG_BYTES {
+fn normalize(name: &str, plugin: Option<&str>, config: &str) -> Result<String, String> {
+    if config.len() > MAX_CONFIG_BYTES {
         return Err(format!(
             "it is {} bytes, more than the {MAX_CONFIG_BYTES} podagent accepts",
-            object.config.len()
+            config.len()
         ));
     }
     let value: Value =
-        serde_json::from_str(&object.config).map_err(|err| format!("not valid JSON: {err}"))?;
+        serde_json::from_str(config).map_err(|err| format!("not valid JSON: {err}"))?;
     let Value::Object(mut top) = value else {
         return Err("not a JSON object".to_owned());
     };
@@ -166,9 +177,9 @@ fn normalize(name: &str, object: &NetworkObject) -> Result<String, String> {
     let list = if top.contains_key("plugins") {
         top
     } else {
-        if let Some(plugin) = &object.plugin {
+        if let Some(plugin) = plugin {
             top.entry("type")
-                .or_insert_with(|| Value::String(plugin.clone()));
+                .or_insert_with(|| Value::String(plugin.to_owned()));
         }
         lift(top)
     };
@@ -204,19 +215,25 @@ mod tests {
         }
     }
 
-    fn bridge(bridge: &str) -> NetworkObject {
-        NetworkObject {
-            plugin: Some("bridge".into()),
-            config: format!(
+    /// `spec.plugin` and `spec.config` of an object.
+    type Spec = (Option<&'static str>, String);
+
+    fn bridge(bridge: &str) -> Spec {
+        (
+            Some("bridge"),
+            format!(
                 r#"{{"cniVersion":"0.3.1","type":"bridge","bridge":"{bridge}","ipam":{{"type":"host-local","subnet":"10.1.0.0/24"}}}}"#
             ),
-        }
+        )
     }
 
-    fn catalog(objects: &[(&str, &str, NetworkObject)]) -> Catalog {
+    fn catalog(objects: &[(&str, &str, Spec)]) -> Catalog {
         objects
             .iter()
-            .map(|(ns, name, object)| ((ns.to_string(), name.to_string()), object.clone()))
+            .map(|(ns, name, (plugin, config))| {
+                let object = NetworkObject::new(name, *plugin, config);
+                ((ns.to_string(), name.to_string()), object)
+            })
             .collect()
     }
 
@@ -247,10 +264,10 @@ mod tests {
 
     #[test]
     fn the_type_comes_from_spec_plugin_when_the_config_has_none() {
-        let object = NetworkObject {
-            plugin: Some("macvlan".into()),
-            config: r#"{"cniVersion":"1.0.0","master":"eth9"}"#.into(),
-        };
+        let object = (
+            Some("macvlan"),
+            r#"{"cniVersion":"1.0.0","master":"eth9"}"#.to_owned(),
+        );
         let catalog = catalog(&[("default", "fast", object)]);
         let found = resolve(
             &catalog,
@@ -264,10 +281,10 @@ mod tests {
 
     #[test]
     fn a_config_list_keeps_its_own_name_and_plugins() {
-        let object = NetworkObject {
-            plugin: None,
-            config: r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"bridge"},{"type":"tuning"}]}"#.into(),
-        };
+        let object = (
+            None,
+            r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"bridge"},{"type":"tuning"}]}"#.to_owned(),
+        );
         let catalog = catalog(&[("default", "chain", object)]);
         let found = resolve(
             &catalog,
@@ -386,10 +403,7 @@ mod tests {
             (big.as_str(), "more than the 65536 podagent accepts"),
         ];
         for (text, why) in cases {
-            let object = NetworkObject {
-                plugin: None,
-                config: text.to_owned(),
-            };
+            let object = (None, text.to_owned());
             let catalog = catalog(&[("default", "bad", object)]);
             let error = resolve(
                 &catalog,
