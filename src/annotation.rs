@@ -149,31 +149,10 @@ fn join(problems: &[EntryProblem]) -> String {
 
 /// Parses and validates an annotation value. An absent or blank annotation means no networks.
 pub fn parse(value: Option<&str>) -> Result<Vec<NetworkSelection>, AnnotationError> {
-    let Some(text) = value else {
+    let Some(text) = nonblank(value)? else {
         return Ok(Vec::new());
     };
-    if text.len() > MAX_ANNOTATION_BYTES {
-        return Err(AnnotationError::TooLarge {
-            size: text.len(),
-            max: MAX_ANNOTATION_BYTES,
-        });
-    }
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let json: Value = serde_json::from_str(text).map_err(|e| AnnotationError::NotJson {
-        reason: e.to_string(),
-    })?;
-    let Value::Array(entries) = json else {
-        return Err(AnnotationError::NotAList { found: kind(&json) });
-    };
-    if entries.len() > MAX_NETWORKS {
-        return Err(AnnotationError::TooMany {
-            count: entries.len(),
-            max: MAX_NETWORKS,
-        });
-    }
-
+    let entries = json_list(text)?;
     let mut problems = Vec::new();
     let mut selections = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
@@ -201,6 +180,39 @@ pub fn parse(value: Option<&str>) -> Result<Vec<NetworkSelection>, AnnotationErr
         problems.sort_by_key(|p| p.index);
         Err(AnnotationError::Invalid { problems })
     }
+}
+
+/// The annotation's text without surrounding blanks, within the size limit; `None` when it is
+/// absent or blank (no networks).
+fn nonblank(value: Option<&str>) -> Result<Option<&str>, AnnotationError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    if text.len() > MAX_ANNOTATION_BYTES {
+        return Err(AnnotationError::TooLarge {
+            size: text.len(),
+            max: MAX_ANNOTATION_BYTES,
+        });
+    }
+    let text = text.trim();
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// The annotation's JSON list of entries, within the count limit.
+fn json_list(text: &str) -> Result<Vec<Value>, AnnotationError> {
+    let json: Value = serde_json::from_str(text).map_err(|e| AnnotationError::NotJson {
+        reason: e.to_string(),
+    })?;
+    let Value::Array(entries) = json else {
+        return Err(AnnotationError::NotAList { found: kind(&json) });
+    };
+    if entries.len() > MAX_NETWORKS {
+        return Err(AnnotationError::TooMany {
+            count: entries.len(),
+            max: MAX_NETWORKS,
+        });
+    }
+    Ok(entries)
 }
 
 type Report<'a> = dyn FnMut(Option<&'static str>, String) + 'a;

@@ -509,7 +509,11 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
         line(&lines, "CNI plugin binaries present"),
         "✗ CNI plugin binaries present: not checked: the Network objects could not be listed"
     );
-    assert_eq!(lines.iter().filter(|l| l.starts_with('✗')).count(), 2, "{lines:#?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with('✗')).count(),
+        2,
+        "{lines:#?}"
+    );
     assert_failed(
         &lines,
         "networks resolvable",

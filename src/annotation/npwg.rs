@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value, json};
 
 use super::{
-    AnnotationError, EntryProblem, MAX_ANNOTATION_BYTES, MAX_NETWORKS, MacAddr, kind, string_field,
+    AnnotationError, EntryProblem, MAX_NETWORKS, MacAddr, json_list, kind, nonblank, string_field,
 };
 use crate::cni::Cidr;
 use crate::names::{check_label, check_subdomain};
@@ -105,19 +105,9 @@ impl Element {
 
 /// Parses and validates an NPWG annotation value. Absent or blank means no networks.
 pub fn parse(value: Option<&str>) -> Result<Vec<Element>, AnnotationError> {
-    let Some(text) = value else {
+    let Some(text) = nonblank(value)? else {
         return Ok(Vec::new());
     };
-    if text.len() > MAX_ANNOTATION_BYTES {
-        return Err(AnnotationError::TooLarge {
-            size: text.len(),
-            max: MAX_ANNOTATION_BYTES,
-        });
-    }
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut problems = Vec::new();
     let elements = if text.starts_with('[') {
         json_form(text, &mut problems)?
@@ -196,18 +186,7 @@ fn json_form(
     text: &str,
     problems: &mut Vec<EntryProblem>,
 ) -> Result<Vec<(usize, Element)>, AnnotationError> {
-    let json: Value = serde_json::from_str(text).map_err(|e| AnnotationError::NotJson {
-        reason: e.to_string(),
-    })?;
-    let Value::Array(entries) = json else {
-        return Err(AnnotationError::NotAList { found: kind(&json) });
-    };
-    if entries.len() > MAX_NETWORKS {
-        return Err(AnnotationError::TooMany {
-            count: entries.len(),
-            max: MAX_NETWORKS,
-        });
-    }
+    let entries = json_list(text)?;
     let mut elements = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         let mut fail = |field: &'static str, reason: String| {
@@ -297,39 +276,30 @@ fn element(
                 .ok()
         })
         .collect();
-    let cni_args = match fields.get("cni-args") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(args)) => args.clone(),
-        Some(other) => {
-            fail(
-                "cni-args",
-                format!("must be an object, found {}", kind(other)),
-            );
-            Map::new()
-        }
-    };
+    let cni_args = object(fields, "cni-args", fail).unwrap_or_default();
     let port_mappings = match fields.get("portMappings") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) if items.iter().all(Value::is_object) => items.clone(),
+        Some(Value::Array(items)) => match items.iter().find(|i| !i.is_object()) {
+            None => items.clone(),
+            Some(item) => {
+                let found = kind(item);
+                fail(
+                    "portMappings",
+                    format!("must be a list of objects, found {found} in it"),
+                );
+                Vec::new()
+            }
+        },
         Some(other) => {
+            let found = kind(other);
             fail(
                 "portMappings",
-                format!("must be a list of objects, found {}", kind(other)),
+                format!("must be a list of objects, found {found}"),
             );
             Vec::new()
         }
     };
-    let bandwidth = match fields.get("bandwidth") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(limits)) => Some(limits.clone()),
-        Some(other) => {
-            fail(
-                "bandwidth",
-                format!("must be an object, found {}", kind(other)),
-            );
-            None
-        }
-    };
+    let bandwidth = object(fields, "bandwidth", fail);
     name.map(|name| Element {
         name,
         namespace,
@@ -341,6 +311,22 @@ fn element(
         port_mappings,
         bandwidth,
     })
+}
+
+/// The object under `key` (absent: `None`); anything else is reported and read as absent.
+fn object(
+    fields: &Map<String, Value>,
+    key: &'static str,
+    fail: &mut dyn FnMut(&'static str, String),
+) -> Option<Map<String, Value>> {
+    match fields.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(object)) => Some(object.clone()),
+        Some(other) => {
+            fail(key, format!("must be an object, found {}", kind(other)));
+            None
+        }
+    }
 }
 
 /// A list of strings under `key` (absent: empty); a bad list is reported and read as empty.
@@ -519,7 +505,7 @@ mod tests {
             parse(Some(&many)),
             Err(AnnotationError::TooMany { .. })
         ));
-        let big = "a".repeat(MAX_ANNOTATION_BYTES + 1);
+        let big = "a".repeat(super::super::MAX_ANNOTATION_BYTES + 1);
         assert!(matches!(
             parse(Some(&big)),
             Err(AnnotationError::TooLarge { .. })
