@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
+use testkit::fault_proxy::FaultProxy;
 use testkit::netns::unique_name;
 use testkit::node::{Node, has_link, ipv4};
 
@@ -585,6 +586,68 @@ async fn a_terminating_pod_keeps_its_interfaces_until_its_sandbox_goes() {
     .await;
     host.eventually("the record forgotten", || {
         host.record(&uid).is_none().then_some(())
+    })
+    .await;
+}
+
+/// The network watch refused after startup (403, as when its RBAC rule goes) costs nothing
+/// already known: a pod asking for a known network is plugged meanwhile, the failure shows in
+/// the metrics, and once the server answers again a Network created since is plugged too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_network_watch_keeps_the_known_networks_and_recovers() {
+    let host = direct_node().await;
+    let (red_bridge, blue_bridge) = (unique_name("rbr"), unique_name("bbr"));
+    let _links = HostLinks(vec![red_bridge.clone(), blue_bridge.clone()]);
+    let red = bridge_config(&host, "red", &red_bridge, &quarter(&host, 1));
+    put_network(&host, "default", "red", "bridge", &red.to_string());
+    let cluster = host.cluster();
+    let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
+        .await
+        .expect("fault proxy");
+    let mut config = host.agent_config();
+    config.networks = format!(
+        "mode = \"direct\"\nfallback_namespace = \"{}\"\n",
+        host.ns("default")
+    );
+    let through = host.path("proxy.kubeconfig");
+    proxy
+        .write_kubeconfig(&config.kubeconfig, &through)
+        .expect("kubeconfig through the fault proxy");
+    config.kubeconfig = through;
+    let agent = host.start_agent_with(&config);
+    host.eventually("podagent ready", || {
+        agent.get("/readyz").filter(|a| a.status == 200)
+    })
+    .await;
+
+    // Two refusals: kube-runtime backs off 0.8 s, then 1.6 s, before it lists again.
+    proxy.faults().fail_next_under(2, 403, "/apis/kaloom.com/");
+    proxy.faults().cut_connections();
+    let (_, sandbox) = host
+        .pod("default", "known", Some(r#"[{"name":"red"}]"#))
+        .await;
+    let netns = host.netns(&sandbox).await;
+    host.eventually("red from the networks already known", || {
+        ipv4(&netns, &ifname("red"))
+    })
+    .await;
+    host.eventually("the refused network watch in the metrics", || {
+        let text = agent.get("/metrics")?.body;
+        text.lines()
+            .any(|l| l.starts_with("podagent_watch_restarts_total{watch=\"networks\"} "))
+            .then_some(())
+    })
+    .await;
+
+    let blue = bridge_config(&host, "blue", &blue_bridge, &quarter(&host, 2));
+    put_network(&host, "default", "blue", "bridge", &blue.to_string());
+    host.set_networks(
+        "default",
+        "known",
+        Some(r#"[{"name":"red"},{"name":"blue"}]"#),
+    );
+    host.eventually("blue once the watch is back", || {
+        ipv4(&netns, &ifname("blue"))
     })
     .await;
 }

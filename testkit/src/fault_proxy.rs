@@ -69,8 +69,9 @@ pub struct Faults {
 
 struct FaultState {
     latency: Mutex<Duration>,
-    /// Pending injected failures: how many are left, and their status code.
-    failures: Mutex<(u32, u16)>,
+    /// Pending injected failures: how many are left, their status code, and the path prefix a
+    /// request must have to get one (empty: every request).
+    failures: Mutex<(u32, u16, String)>,
     stall: watch::Sender<bool>,
     /// Bumped by every cut; each connection closes when it changes.
     cuts: watch::Sender<u64>,
@@ -122,7 +123,7 @@ impl FaultProxy {
         let faults = Faults {
             inner: Arc::new(FaultState {
                 latency: Mutex::new(Duration::ZERO),
-                failures: Mutex::new((0, 0)),
+                failures: Mutex::new((0, 0, String::new())),
                 stall: watch::Sender::new(false),
                 cuts: watch::Sender::new(0),
             }),
@@ -212,7 +213,13 @@ impl Faults {
     /// Answers the next `n` requests with `status` and a Kubernetes `Status` body, without
     /// reaching upstream.
     pub fn fail_next(&self, n: u32, status: u16) {
-        *lock(&self.inner.failures) = (n, status);
+        self.fail_next_under(n, status, "");
+    }
+
+    /// The same for the next `n` requests whose path starts with `prefix` only (say
+    /// `/apis/kaloom.com/`); the others pass.
+    pub fn fail_next_under(&self, n: u32, status: u16, prefix: &str) {
+        *lock(&self.inner.failures) = (n, status, prefix.to_owned());
     }
 
     /// No latency, no stall, no pending failures.
@@ -222,9 +229,9 @@ impl Faults {
         self.fail_next(0, 0);
     }
 
-    fn take_failure(&self) -> Option<u16> {
+    fn take_failure(&self, path: &str) -> Option<u16> {
         let mut failures = lock(&self.inner.failures);
-        (failures.0 > 0).then(|| {
+        (failures.0 > 0 && path.starts_with(&failures.2)).then(|| {
             failures.0 -= 1;
             failures.1
         })
@@ -266,7 +273,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     );
     lock(&shared.requests).push(line);
     let faults = &shared.faults;
-    let failure = faults.take_failure();
+    let failure = faults.take_failure(req.uri().path());
     let latency = *lock(&faults.inner.latency);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -244,3 +244,24 @@ async fn cut_connections_ends_open_watches_and_later_connections_work() {
         .await
         .expect("a new connection after the cut works");
 }
+
+#[tokio::test]
+async fn fail_next_under_fails_only_requests_under_its_prefix() {
+    let s = setup("fp-prefix").await;
+    let maps = Api::<ConfigMap>::namespaced(s.client.clone(), &s.namespace);
+    let namespaces = Api::<Namespace>::all(s.client.clone());
+    s.proxy
+        .faults()
+        .fail_next_under(1, 403, &format!("/api/v1/namespaces/{}/", s.namespace));
+    namespaces
+        .list(&ListParams::default())
+        .await
+        .expect("a request outside the prefix passes and keeps the failure pending");
+    match maps.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("expected an injected 403, got {other:?}"),
+    }
+    maps.list(&ListParams::default())
+        .await
+        .expect("the failure was used up");
+}
