@@ -15,7 +15,6 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::fault_proxy::FaultProxy;
 use testkit::node::{Node, has_link as has, ipv4, links, mac};
 
 const GREEN: &str = "net9f27410725ab";
@@ -509,16 +508,9 @@ async fn a_watch_refused_with_410_lists_afresh() {
         .pod("default", "relisted", Some(r#"[{"name":"green"}]"#))
         .await;
     let netns = host.netns(&sandbox).await;
-    let cluster = host.cluster();
-    let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
-        .await
-        .expect("fault proxy");
+    let proxy = host.fault_proxy().await;
     let mut config = host.agent_config();
-    let through = host.path("proxy.kubeconfig");
-    proxy
-        .write_kubeconfig(&config.kubeconfig, &through)
-        .expect("kubeconfig through the fault proxy");
-    config.kubeconfig = through;
+    host.through_proxy(&mut config, &proxy);
     let agent = host.start_agent_with(&config);
     // Quiet before the fault: green plugged, its status written and its Event posted.
     host.eventually("green's AddedInterface Event", || {

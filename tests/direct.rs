@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
-use testkit::fault_proxy::FaultProxy;
 use testkit::netns::unique_name;
 use testkit::node::{Node, has_link, ipv4};
 
@@ -600,20 +599,13 @@ async fn a_refused_network_watch_keeps_the_known_networks_and_recovers() {
     let _links = HostLinks(vec![red_bridge.clone(), blue_bridge.clone()]);
     let red = bridge_config(&host, "red", &red_bridge, &quarter(&host, 1));
     put_network(&host, "default", "red", "bridge", &red.to_string());
-    let cluster = host.cluster();
-    let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
-        .await
-        .expect("fault proxy");
+    let proxy = host.fault_proxy().await;
     let mut config = host.agent_config();
     config.networks = format!(
         "mode = \"direct\"\nfallback_namespace = \"{}\"\n",
         host.ns("default")
     );
-    let through = host.path("proxy.kubeconfig");
-    proxy
-        .write_kubeconfig(&config.kubeconfig, &through)
-        .expect("kubeconfig through the fault proxy");
-    config.kubeconfig = through;
+    host.through_proxy(&mut config, &proxy);
     let agent = host.start_agent_with(&config);
     host.eventually("podagent ready", || {
         agent.get("/readyz").filter(|a| a.status == 200)

@@ -97,10 +97,7 @@ struct World {
 impl World {
     async fn new(direct: bool) -> World {
         let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
-        let cluster = node.cluster();
-        let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
-            .await
-            .expect("fault proxy");
+        let proxy = node.fault_proxy().await;
         let mtus = NETWORKS.iter().map(|n| (*n, 1500)).collect();
         let world = World {
             node,
@@ -159,11 +156,7 @@ impl World {
         if self.direct {
             config.networks = "mode = \"direct\"\n".into();
         }
-        let through = self.path("proxy.kubeconfig");
-        self.proxy
-            .write_kubeconfig(&config.kubeconfig, &through)
-            .expect("kubeconfig through the fault proxy");
-        config.kubeconfig = through;
+        self.node.through_proxy(&mut config, &self.proxy);
         let mut agent = self.node.start_agent_with(&config);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !catches_sigterm(agent.pid()) {

@@ -54,21 +54,9 @@ fn start(
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     if let Some(proxy) = proxy {
-        let through = node.path("proxy.kubeconfig");
-        proxy
-            .write_kubeconfig(&config.kubeconfig, &through)
-            .expect("kubeconfig through the proxy");
-        config.kubeconfig = through;
+        node.through_proxy(&mut config, proxy);
     }
     node.start_agent_with(&config)
-}
-
-/// The fault proxy in front of the shared control plane.
-async fn proxy(node: &Node) -> FaultProxy {
-    let cluster = node.cluster();
-    FaultProxy::start(cluster.server(), &cluster.ca_pem())
-        .await
-        .expect("fault proxy")
 }
 
 /// Waits for a notification, without blocking the test's runtime.
@@ -96,7 +84,7 @@ fn lines(notify: &NotifySocket) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_protocol_ready_after_list_watchdog_from_liveness_stopping_on_sigterm() {
     let node = node_with_pod().await;
-    let proxy = proxy(&node).await;
+    let proxy = node.fault_proxy().await;
     let notify = NotifySocket::bind();
     let latency = Duration::from_millis(1500);
     proxy.faults().set_latency(latency);

@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use crate::control_plane::{self, Shared};
+use crate::fault_proxy::FaultProxy;
 use crate::host::{Containerd, Dockerd, SubnetLease};
 use crate::netns::unique_name;
 use crate::prereq;
@@ -567,6 +568,22 @@ impl Node {
             extra: String::new(),
             env: Vec::new(),
         }
+    }
+
+    /// A fault proxy in front of the shared control plane.
+    pub async fn fault_proxy(&self) -> FaultProxy {
+        FaultProxy::start(self.cluster.server(), &self.cluster.ca_pem())
+            .await
+            .expect("fault proxy")
+    }
+
+    /// Points `config` at `proxy`: its kubeconfig, rewritten to reach the API server through it.
+    pub fn through_proxy(&self, config: &mut AgentConfig, proxy: &FaultProxy) {
+        let through = self.path("proxy.kubeconfig");
+        proxy
+            .write_kubeconfig(&config.kubeconfig, &through)
+            .expect("kubeconfig through the fault proxy");
+        config.kubeconfig = through;
     }
 
     /// Starts podagent with [`Node::agent_config`].
