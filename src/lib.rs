@@ -10,9 +10,10 @@
 //!
 //! The public surface is what the `podagent` binary, the integration tests, the benchmark and
 //! the fuzz targets need, nothing more. The binary uses `config` (`Cli`, `Flags`, `Config`,
-//! `EXIT_BAD_CONFIG`), `check::run`, `status::run`, `daemon::run`, `systemd::SdNotify`, `telemetry::init` and
-//! `error_chain::render`. The tests of the real edges use `annotation` (`parse`, `ifname`, the
-//! limits), `plan` (the pure planner), `pod::PodRef`, `runtime` (`connect`, `CriRuntime`, the
+//! `EXIT_BAD_CONFIG`), `check::run`, `status::run`, `daemon::run`, `systemd::SdNotify`,
+//! `telemetry::init` and `error_chain::render`. The tests of the real edges use `annotation`
+//! (`parse`, `ifname`, the limits, and `npwg::parse` for the NPWG form, which the daemon does
+//! not use yet), `plan` (the pure planner), `pod::PodRef`, `runtime` (`connect`, `CriRuntime`, the
 //! `Runtime` trait, `Settings`, `Sandbox`), `netns::inspect`, `cni` (`Invoker`, the `Cni` trait,
 //! `Target`, `Settings`, results and errors), `store` (`Store`, `PodRecord`) and
 //! `kubeapi::PodView`; the hidden `fuzzing` module re-exports the parsers of raw outside input
