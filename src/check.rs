@@ -6,7 +6,7 @@
 //! same runtime connection, the same CNI invoker), so a passing check means the daemon will get
 //! as far. The exit code is 0 only when every line is a `✓`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
@@ -250,7 +250,7 @@ fn networks(catalog: Option<&Result<Catalog, String>>) -> Result<String, String>
 /// object's list is asked only when it brings a type not asked yet.
 async fn network_plugins(invoker: &Invoker, catalog: &Catalog) -> Result<String, String> {
     let mut asked = BTreeSet::new();
-    let mut answered = Vec::new();
+    let mut answered = BTreeMap::new();
     let mut failed = Vec::new();
     for ((namespace, name), object) in catalog {
         let Ok(config) = &object.config else {
@@ -269,13 +269,11 @@ async fn network_plugins(invoker: &Invoker, catalog: &Catalog) -> Result<String,
         })
         .await
         {
-            Ok(versions) => answered.extend(
-                versions
-                    .into_iter()
-                    .map(|v| (v.plugin, v.cni_version))
-                    .filter(|(plugin, _)| !answered.iter().any(|(p, _)| p == plugin))
-                    .collect::<Vec<_>>(),
-            ),
+            Ok(versions) => {
+                for v in versions {
+                    answered.entry(v.plugin).or_insert(v.cni_version);
+                }
+            }
             Err(error) => failed.push(format!("Network {namespace}/{name}: {error}")),
         }
     }

@@ -493,7 +493,7 @@ impl Controller {
     fn publish(&self) {
         let mut attachments = AttachmentCounts::new();
         for (network, phase) in self.pods.values().flat_map(|e| &e.counted) {
-            *attachments.entry((network.clone(), *phase)).or_insert(0) += 1;
+            *attachments.entry((network.as_str(), *phase)).or_insert(0) += 1;
         }
         let backoffs = self.pods.values().filter_map(|e| e.backoff);
         let in_backoff = backoffs.clone().count();

@@ -661,12 +661,13 @@ impl Run<'_> {
             match self.ctx.cni.del(&target).await {
                 Ok(()) => {
                     info!("interface removed");
-                    if attachment.phase != Phase::Adding {
+                    // A DEL that cleans up an ADD which never completed removed nothing the
+                    // user saw; only count and report the removal of what was there.
+                    let was_there = attachment.phase != Phase::Adding;
+                    if was_there {
                         self.ctx.metrics.detached(self.seen);
                     }
-                    // A DEL that cleans up an ADD which never completed removed nothing the
-                    // user saw; only report the removal of what was there.
-                    if announce && attachment.phase != Phase::Adding {
+                    if announce && was_there {
                         self.notify(Notice {
                             severity: Severity::Normal,
                             reason: "RemovedInterface",

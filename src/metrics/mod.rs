@@ -134,7 +134,7 @@ impl Cap {
 }
 
 /// The attachments on the node, by network and phase, as the controller counts them.
-pub(crate) type AttachmentCounts = std::collections::BTreeMap<(String, &'static str), i64>;
+pub(crate) type AttachmentCounts<'a> = std::collections::BTreeMap<(&'a str, &'static str), i64>;
 
 struct Inner {
     registry: Registry,
@@ -252,7 +252,7 @@ impl Metrics {
         );
         registry.register(
             "watch_relists",
-            "Fresh lists after a watch expired (410 Gone), by watch",
+            "Fresh lists of a watch after it expired (410 Gone), or for networks after any failure",
             inner.relists.clone(),
         );
         registry.register(
@@ -307,7 +307,7 @@ impl Metrics {
         pods: usize,
         in_backoff: usize,
         longest: Duration,
-        attachments: &AttachmentCounts,
+        attachments: &AttachmentCounts<'_>,
     ) {
         let inner = &self.0;
         inner.pods.set(gauge_value(pods));
@@ -335,17 +335,11 @@ impl Metrics {
     }
 
     pub(crate) fn watch_restarted(&self, watch: Watch) {
-        let label = WatchLabel {
-            watch: watch.as_str(),
-        };
-        self.0.watch_restarts.get_or_create(&label).inc();
+        count(&self.0.watch_restarts, watch);
     }
 
     pub(crate) fn relisted(&self, watch: Watch) {
-        let label = WatchLabel {
-            watch: watch.as_str(),
-        };
-        self.0.relists.get_or_create(&label).inc();
+        count(&self.0.relists, watch);
     }
 
     pub(crate) fn api_error(&self, verb: &'static str) {
@@ -363,6 +357,13 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
         text
     }
+}
+
+fn count(family: &Family<WatchLabel, Counter>, watch: Watch) {
+    let label = WatchLabel {
+        watch: watch.as_str(),
+    };
+    family.get_or_create(&label).inc();
 }
 
 fn gauge_value(count: usize) -> i64 {
@@ -386,10 +387,7 @@ mod tests {
     #[test]
     fn attachment_series_that_went_are_removed() {
         let metrics = Metrics::new();
-        let counts = AttachmentCounts::from([
-            (("a".to_owned(), "attached"), 2),
-            (("b".to_owned(), "adding"), 1),
-        ]);
+        let counts = AttachmentCounts::from([(("a", "attached"), 2), (("b", "adding"), 1)]);
         metrics.node(3, 0, Duration::ZERO, &counts);
         let text = metrics.encode();
         assert!(
@@ -404,7 +402,7 @@ mod tests {
             3,
             0,
             Duration::ZERO,
-            &AttachmentCounts::from([(("a".to_owned(), "attached"), 1)]),
+            &AttachmentCounts::from([(("a", "attached"), 1)]),
         );
         let text = metrics.encode();
         assert!(
