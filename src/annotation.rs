@@ -53,6 +53,10 @@ pub struct NetworkSelection {
     /// Networks layered on top of this one; meaningful to the CNI plugin only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) upper_layers: Vec<String>,
+    /// The interface name, when it is not derived from the network's (NPWG mode: asked for,
+    /// or the one an attachment made at pod creation already has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) interface: Option<String>,
 }
 
 impl NetworkSelection {
@@ -66,6 +70,7 @@ impl NetworkSelection {
             podagent_skip: false,
             namespace: None,
             upper_layers: vec![],
+            interface: None,
         }
     }
 
@@ -76,7 +81,7 @@ impl NetworkSelection {
 
     /// The interface name this network gets inside the pod.
     pub fn ifname(&self) -> String {
-        ifname(&self.name)
+        self.interface.clone().unwrap_or_else(|| ifname(&self.name))
     }
 }
 
@@ -279,6 +284,7 @@ fn selection(fields: &Map<String, Value>, report: &mut Report<'_>) -> Option<Net
         podagent_skip,
         namespace,
         upper_layers,
+        interface: None,
     })
 }
 
@@ -432,6 +438,7 @@ mod tests {
                 podagent_skip: false,
                 namespace: Some("net-ns".into()),
                 upper_layers: vec!["blue".into(), "red".into()],
+                interface: None,
             }
         );
         assert_eq!(parsed[0].if_mac.unwrap().to_string(), "00:aa:bb:cc:dd:ee");
@@ -668,6 +675,7 @@ mod tests {
             podagent_skip: false,
             namespace: None,
             upper_layers: vec![],
+            interface: None,
         };
         let json = serde_json::to_value(&selection).unwrap();
         assert_eq!(

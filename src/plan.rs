@@ -26,6 +26,8 @@
 //!   after the first plugin of a chain made the link but before the rest (tuning setting the
 //!   MAC, say) ran, and the link alone cannot tell a finished chain from half of one;
 //! - desired, not recorded and absent: ADD;
+//! - attachments are matched by interface name, so one network may sit on two interfaces (NPWG)
+//!   and another network wanted on a recorded interface is a changed parameter;
 //! - desired and recorded, but with other parameters, or absent, or still `Adding` or `Removing`:
 //!   DEL (with the recorded selection and cached result) then ADD. The DEL comes first because
 //!   the earlier attempt may hold an IPAM lease without a link (an ADD killed half-way, an
@@ -104,8 +106,8 @@ pub enum Step {
     /// CNI DEL of a recorded attachment in the recorded sandbox, which is gone or going (mark
     /// it `Removing` first), then drop it from the record.
     Release { attachment: Attachment },
-    /// Drop an attachment from the record.
-    Forget { network: String },
+    /// Drop an attachment (by interface name) from the record.
+    Forget { ifname: String },
     /// Record a present interface as `Attached` without a CNI call.
     Adopt { selection: NetworkSelection },
     /// CNI ADD (record it `Adding` first, `Attached` with the result after).
@@ -197,26 +199,28 @@ fn eligible_sandbox(pod: &PodFacts) -> Result<&Sandbox, SkipReason> {
     pod.sandbox.as_ref().ok_or(SkipReason::SandboxNotReady)
 }
 
-/// The per-network rules, for a sandbox whose records are current.
+/// The per-interface rules, for a sandbox whose records are current. Attachments are matched
+/// by interface name: the same interface wanted from another network is a changed parameter,
+/// so it is DEL of the old then ADD of the new.
 fn attachment_steps(
     desired: &[NetworkSelection],
     links: &BTreeSet<String>,
     recorded: &BTreeMap<String, Attachment>,
 ) -> Vec<Step> {
-    let managed: BTreeMap<&str, &NetworkSelection> = desired
+    let managed: BTreeMap<String, &NetworkSelection> = desired
         .iter()
         .filter(|s| s.is_managed())
-        .map(|s| (s.name.as_str(), s))
+        .map(|s| (s.ifname(), s))
         .collect();
     let mut dels = Vec::new();
     let mut forgets = Vec::new();
     let mut adopts = Vec::new();
     let mut adds = Vec::new();
 
-    for (name, attachment) in recorded {
-        match managed.get(name.as_str()) {
+    for (ifname, attachment) in recorded {
+        match managed.get(ifname) {
             Some(&wanted) => {
-                let present = links.contains(&attachment.ifname);
+                let present = links.contains(ifname);
                 let same = same_parameters(&attachment.selection, wanted);
                 match (attachment.phase, present && same) {
                     (Phase::Attached, true) => {}
@@ -226,30 +230,30 @@ fn attachment_steps(
                     }
                 }
             }
-            None if desired.iter().any(|s| s.name == *name) => forgets.push(name),
+            None if desired.iter().any(|s| s.ifname() == *ifname) => forgets.push(ifname),
             None => {
                 dels.push(attachment);
-                forgets.push(name);
+                forgets.push(ifname);
             }
         }
     }
-    for (name, &wanted) in &managed {
-        if recorded.contains_key(*name) {
+    for (ifname, &wanted) in &managed {
+        if recorded.contains_key(ifname) {
             continue;
         }
-        if links.contains(&wanted.ifname()) {
+        if links.contains(ifname) {
             adopts.push(wanted);
         } else {
             adds.push(wanted);
         }
     }
-    adopts.sort_by(|a, b| a.name.cmp(&b.name));
-    adds.sort_by(|a, b| a.name.cmp(&b.name));
+    adopts.sort_by_cached_key(|s| (s.name.clone(), s.ifname()));
+    adds.sort_by_cached_key(|s| (s.name.clone(), s.ifname()));
 
     let known: BTreeSet<String> = desired
         .iter()
         .map(NetworkSelection::ifname)
-        .chain(recorded.values().map(|a| a.ifname.clone()))
+        .chain(recorded.keys().cloned())
         .collect();
     let strangers = links
         .iter()
@@ -258,8 +262,8 @@ fn attachment_steps(
     let dels = dels.into_iter().map(|attachment| Step::Del {
         attachment: attachment.clone(),
     });
-    let forgets = forgets.into_iter().map(|network| Step::Forget {
-        network: network.clone(),
+    let forgets = forgets.into_iter().map(|ifname| Step::Forget {
+        ifname: ifname.clone(),
     });
     let adopts = adopts.into_iter().map(|selection| Step::Adopt {
         selection: selection.clone(),
@@ -277,10 +281,12 @@ fn attachment_steps(
         .collect()
 }
 
-/// Whether an attachment made from `recorded` still serves `wanted`. Besides `ifMac` (passed in
-/// CNI_ARGS), `namespace` and `upperLayers` change what kactus builds, so they count too.
+/// Whether an attachment made from `recorded` still serves `wanted` on the same interface: the
+/// same network, the same `ifMac` (passed in CNI_ARGS), and `namespace` and `upperLayers`,
+/// which change what kactus builds.
 fn same_parameters(recorded: &NetworkSelection, wanted: &NetworkSelection) -> bool {
-    recorded.if_mac == wanted.if_mac
+    recorded.name == wanted.name
+        && recorded.if_mac == wanted.if_mac
         && recorded.namespace == wanted.namespace
         && recorded.upper_layers == wanted.upper_layers
 }
@@ -333,7 +339,7 @@ mod tests {
             netns: sandbox.netns.clone(),
             attachments: attachments
                 .into_iter()
-                .map(|a| (a.selection.name.clone(), a))
+                .map(|a| (a.ifname.clone(), a))
                 .collect(),
         }
     }
@@ -408,7 +414,7 @@ mod tests {
     }
     fn forget(network: &str) -> Step {
         Step::Forget {
-            network: network.into(),
+            ifname: ifname(network),
         }
     }
 
@@ -813,7 +819,7 @@ mod tests {
                         let record = self.record.as_mut().expect("DEL needs a record");
                         let entry = record
                             .attachments
-                            .get_mut(&attachment.selection.name)
+                            .get_mut(&attachment.ifname)
                             .expect("DEL of a recorded attachment");
                         entry.phase = Phase::Removing;
                         self.links.remove(&attachment.ifname);
@@ -821,16 +827,13 @@ mod tests {
                     Step::Release { attachment } => {
                         let record = self.record.as_mut().expect("release needs a record");
                         assert!(
-                            record
-                                .attachments
-                                .remove(&attachment.selection.name)
-                                .is_some(),
+                            record.attachments.remove(&attachment.ifname).is_some(),
                             "release of a recorded attachment"
                         );
                     }
-                    Step::Forget { network } => {
+                    Step::Forget { ifname } => {
                         let record = self.record.as_mut().expect("forget needs a record");
-                        assert!(record.attachments.remove(network).is_some());
+                        assert!(record.attachments.remove(ifname).is_some());
                     }
                     Step::Adopt { selection } => {
                         assert!(
@@ -839,18 +842,14 @@ mod tests {
                         );
                         let record = self.record.get_or_insert_with(fresh);
                         let attachment = att(selection.clone(), Phase::Attached);
-                        record
-                            .attachments
-                            .insert(selection.name.clone(), attachment);
+                        record.attachments.insert(selection.ifname(), attachment);
                     }
                     Step::Add { selection } => {
                         // A CNI ADD on an existing interface fails.
                         assert!(self.links.insert(selection.ifname()), "ADD over a link");
                         let record = self.record.get_or_insert_with(fresh);
                         let attachment = att(selection.clone(), Phase::Attached);
-                        record
-                            .attachments
-                            .insert(selection.name.clone(), attachment);
+                        record.attachments.insert(selection.ifname(), attachment);
                     }
                     Step::LeaveAlone { ifname } => assert!(self.links.contains(ifname)),
                     Step::ForgetPod => self.record = None,
@@ -981,7 +980,7 @@ mod tests {
                     assert!(
                         steps[i + 1..].iter().any(|s| matches!(s,
                             Step::Add { selection } if selection.name == *name)
-                            || matches!(s, Step::Forget { network } if network == name)),
+                            || matches!(s, Step::Forget { ifname } if *ifname == attachment.ifname)),
                         "DEL of {name} not followed by ADD or forget in {context}"
                     );
                     name

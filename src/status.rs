@@ -353,7 +353,7 @@ mod tests {
             }));
             record
                 .attachments
-                .insert(attachment.selection.name.clone(), attachment);
+                .insert(attachment.ifname.clone(), attachment);
         }
         record
     }

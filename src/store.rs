@@ -38,7 +38,9 @@ pub(crate) mod load;
 use load::{move_aside, read_record};
 
 /// The record format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads: 1 keyed attachments by network name.
+const OLDEST_FORMAT_VERSION: u32 = 1;
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
 /// Far above any real record (64 attachments with results); guards against reading a huge file.
@@ -61,7 +63,7 @@ pub struct PodRecord {
     /// The sandbox the attachments live in; they die with it.
     pub sandbox_id: String,
     pub netns: PathBuf,
-    /// Keyed by network name.
+    /// Keyed by interface name (format 2; format 1 keyed them by network name).
     #[serde(default)]
     pub attachments: BTreeMap<String, Attachment>,
 }
@@ -137,30 +139,41 @@ impl Attachment {
 
 impl PodRecord {
     /// The invariants every stored record keeps: a safe uid, attachments keyed by their own
-    /// network name, names the annotation parser accepts, and interface names that follow the
-    /// naming contract.
+    /// interface name, network names the annotation parsers accept, and interface names that
+    /// follow the naming contract (the one asked for, else the network's derived one).
     fn check(&self) -> Result<(), String> {
         check_uid(&self.uid)?;
         for (key, attachment) in &self.attachments {
-            // A planted or damaged file must not bring a name the annotation parser would
+            let network = &attachment.selection.name;
+            // A planted or damaged file must not bring a name the annotation parsers would
             // have refused (`;`, `=`, `/`, control characters) into CNI_ARGS or a log line.
-            crate::names::check_subdomain(key)
-                .map_err(|reason| format!("attachment name {reason}"))?;
-            if *key != attachment.selection.name {
-                return Err(format!(
-                    "attachment {key:?} holds network {:?}",
-                    attachment.selection.name
-                ));
+            crate::names::check_subdomain(network)
+                .map_err(|reason| format!("attachment {key:?}: network name {reason}"))?;
+            if let Some(interface) = &attachment.selection.interface {
+                annotation::npwg::check_ifname(interface)
+                    .map_err(|reason| format!("attachment {key:?}: interface {reason}"))?;
             }
-            if attachment.ifname != annotation::ifname(key) {
+            let expected = attachment.selection.ifname();
+            if attachment.ifname != expected || *key != expected {
                 return Err(format!(
-                    "attachment {key:?} has interface {:?}, expected {:?}",
-                    attachment.ifname,
-                    annotation::ifname(key)
+                    "attachment {key:?} of network {network:?} has interface {:?}, expected \
+                     {expected:?}",
+                    attachment.ifname
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Format 1 keyed attachments by network name, which NPWG mode cannot (one network may
+    /// be attached twice); its interfaces were all derived from the name, so re-keying them by
+    /// interface is exact.
+    pub(crate) fn rekey_by_interface(&mut self) {
+        let attachments = std::mem::take(&mut self.attachments);
+        self.attachments = attachments
+            .into_values()
+            .map(|a| (a.selection.ifname(), a))
+            .collect();
     }
 }
 
@@ -472,9 +485,9 @@ mod tests {
             sandbox_id: "0123abcd".into(),
             netns: "/var/run/netns/cni-1234".into(),
             attachments: [
-                ("green".to_owned(), green),
+                (annotation::ifname("green"), green),
                 (
-                    "blue".to_owned(),
+                    annotation::ifname("blue"),
                     Attachment::new(selection("blue"), Phase::Adding),
                 ),
             ]
@@ -521,9 +534,10 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(json["version"], FORMAT_VERSION);
         assert_eq!(json["record"]["sandboxId"], "0123abcd");
-        assert_eq!(json["record"]["attachments"]["blue"]["phase"], "Adding");
+        let attachments = &json["record"]["attachments"];
+        assert_eq!(attachments[annotation::ifname("blue")]["phase"], "Adding");
         assert_eq!(
-            json["record"]["attachments"]["green"]["selection"]["ifMac"],
+            attachments[annotation::ifname("green")]["selection"]["ifMac"],
             "00:11:22:33:44:55"
         );
     }
@@ -538,7 +552,7 @@ mod tests {
         // A reader holding the old file keeps seeing the whole old record.
         let mut old_reader = File::open(&path).unwrap();
 
-        rec.attachments.remove("blue");
+        rec.attachments.remove(&annotation::ifname("blue"));
         store.put(&rec).unwrap();
 
         let mut old_text = String::new();
@@ -610,7 +624,7 @@ mod tests {
             ("garbage", b"\x00\xffnot json".to_vec()),
             (
                 "future",
-                good.replacen("\"version\": 1", "\"version\": 2", 1)
+                good.replacen("\"version\": 2", "\"version\": 3", 1)
                     .into_bytes(),
             ),
             ("other-uid", good.clone().into_bytes()),
@@ -642,7 +656,7 @@ mod tests {
         assert!(matches!(
             kind("future"),
             StoreError::FutureVersion {
-                version: 2,
+                version: 3,
                 supported: FORMAT_VERSION,
                 ..
             }
@@ -723,21 +737,71 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
         let mut wrong_key = record(UID);
-        let blue = wrong_key.attachments.remove("blue").unwrap();
-        wrong_key.attachments.insert("red".into(), blue);
+        let blue = wrong_key
+            .attachments
+            .remove(&annotation::ifname("blue"))
+            .unwrap();
+        wrong_key
+            .attachments
+            .insert(annotation::ifname("red"), blue);
         let mut wrong_ifname = record(UID);
-        wrong_ifname.attachments.get_mut("green").unwrap().ifname = "eth1".into();
+        let green = wrong_ifname
+            .attachments
+            .get_mut(&annotation::ifname("green"))
+            .unwrap();
+        green.ifname = "eth1".into();
         let mut unsafe_name = record(UID);
         let forged = Attachment::new(selection("a;IP=198.18.0.9"), Phase::Attached);
         unsafe_name
             .attachments
-            .insert("a;IP=198.18.0.9".into(), forged);
-        for bad in [wrong_key, wrong_ifname, unsafe_name] {
+            .insert(forged.ifname.clone(), forged);
+        let mut unsafe_interface = record(UID);
+        let mut named = selection("red");
+        named.interface = Some("../eth9".into());
+        let forged = Attachment::new(named, Phase::Attached);
+        unsafe_interface
+            .attachments
+            .insert(forged.ifname.clone(), forged);
+        for bad in [wrong_key, wrong_ifname, unsafe_name, unsafe_interface] {
             assert!(matches!(
                 store.put(&bad),
                 Err(StoreError::InvalidRecord { .. })
             ));
         }
         assert!(names_in(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn format_1_records_are_read_keyed_by_interface() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let by_name: BTreeMap<String, Attachment> = record(UID)
+            .attachments
+            .into_values()
+            .map(|a| (a.selection.name.clone(), a))
+            .collect();
+        let mut old = record(UID);
+        old.attachments = by_name;
+        let text = serde_json::json!({"version": 1, "record": old}).to_string();
+        fs::write(tmp.path().join(format!("{UID}.json")), text).unwrap();
+        let loaded = store.load_all().unwrap();
+        assert!(loaded.bad_files.is_empty(), "{:?}", loaded.bad_files);
+        assert_eq!(loaded.records, vec![record(UID)]);
+    }
+
+    #[test]
+    fn one_network_on_two_named_interfaces_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut rec = record(UID);
+        rec.attachments.clear();
+        for interface in ["eth9", "eth10"] {
+            let mut named = selection("green");
+            named.interface = Some(interface.into());
+            rec.attachments
+                .insert(interface.into(), Attachment::new(named, Phase::Attached));
+        }
+        store.put(&rec).unwrap();
+        assert_eq!(store.load_all().unwrap().records, vec![rec]);
     }
 }

@@ -280,7 +280,7 @@ async fn sigkill_during_a_slow_add_leaves_exactly_one_link() {
     })
     .await;
     let record = host.record(&uid).expect("recorded before the ADD");
-    assert_eq!(record["record"]["attachments"]["green"]["phase"], "Adding");
+    assert_eq!(record["record"]["attachments"][GREEN]["phase"], "Adding");
     agent.kill();
     // The orphaned plugin finishes its ADD after podagent died.
     host.eventually("the orphaned ADD completes", || {
@@ -294,7 +294,7 @@ async fn sigkill_during_a_slow_add_leaves_exactly_one_link() {
     let _agent = host.start_agent();
     host.eventually("the attachment re-plugged and attached", || {
         let record = host.record(&uid)?;
-        (record["record"]["attachments"]["green"]["phase"] == "Attached").then_some(())
+        (record["record"]["attachments"][GREEN]["phase"] == "Attached").then_some(())
     })
     .await;
     host.eventually("the status annotation", || host.status("default", "crash"))
@@ -412,7 +412,7 @@ async fn recreated_sandbox_drops_old_records_and_plugs_the_new_netns() {
     host.eventually("the record follows the new sandbox", || {
         let record = host.record(&uid)?;
         (record["record"]["sandboxId"] == second
-            && record["record"]["attachments"]["green"]["phase"] == "Attached")
+            && record["record"]["attachments"][GREEN]["phase"] == "Attached")
             .then_some(())
     })
     .await;

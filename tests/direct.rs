@@ -180,7 +180,7 @@ async fn each_network_runs_its_own_plugins_and_the_primary_never_runs() {
     assert_eq!(leases(&host, "red").len(), 1);
     assert_eq!(leases(&host, "blue").len(), 1);
     let record = host.record(&uid).expect("record");
-    let config = record["record"]["attachments"]["red"]["definition"]["config"]
+    let config = record["record"]["attachments"][ifname("red")]["definition"]["config"]
         .as_str()
         .expect("the record keeps the config the ADD ran");
     let config: Value = serde_json::from_str(config).expect("config JSON");

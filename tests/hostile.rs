@@ -466,7 +466,7 @@ fn forged_record(name: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"version": FORMAT_VERSION, "record": {
         "uid": UID, "namespace": "ns", "name": "web", "sandboxId": "0123abcd",
         "netns": "/var/run/netns/x",
-        "attachments": {name: {
+        "attachments": {annotation::ifname(name): {
             "selection": {"name": name}, "ifname": annotation::ifname(name), "phase": "Attached"
         }}
     }}))
@@ -478,12 +478,30 @@ fn a_state_file_naming_a_network_the_annotation_would_refuse_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(format!("{UID}.json"));
     let valid = decode_record(&file, UID, &forged_record("green")).expect("valid");
-    assert_eq!(valid.attachments["green"].ifname, GREEN_IF);
+    assert_eq!(valid.attachments[GREEN_IF].ifname, GREEN_IF);
 
     for name in ["a;IP=198.18.0.9", "../x", "Green", "a b", "x\ny"] {
         let err = decode_record(&file, UID, &forged_record(name)).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{name:?}: {err}");
-        assert!(err.to_string().contains("attachment name"), "{err}");
+        assert!(err.to_string().contains("network name"), "{err}");
+    }
+    // An interface name asked for (NPWG mode) is held to the kernel's rules and must key its
+    // attachment: no path, no CNI_ARGS separator, no second network behind one key.
+    for interface in ["../x", "eth0;IP=1", "", "a-very-long-ifname0", "eth 9"] {
+        let forged = serde_json::to_vec(&json!({"version": FORMAT_VERSION, "record": {
+            "uid": UID, "namespace": "ns", "name": "web", "sandboxId": "0123abcd",
+            "netns": "/var/run/netns/x",
+            "attachments": {interface: {
+                "selection": {"name": "green", "interface": interface},
+                "ifname": interface, "phase": "Attached"
+            }}
+        }}))
+        .unwrap();
+        let err = decode_record(&file, UID, &forged).unwrap_err();
+        assert!(
+            err.to_string().contains("interface"),
+            "{interface:?}: {err}"
+        );
     }
 
     let store = Store::open(dir.path()).unwrap();

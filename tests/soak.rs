@@ -428,7 +428,10 @@ impl World {
                 .and_then(|r| r["record"]["attachments"].as_object().cloned())
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(k, v)| (k, v["phase"].as_str().unwrap_or("").to_owned()))
+                .map(|(_, v)| {
+                    let network = v["selection"]["name"].as_str().unwrap_or("").to_owned();
+                    (network, v["phase"].as_str().unwrap_or("").to_owned())
+                })
                 .collect();
             let desired: BTreeMap<String, String> = pod
                 .desired

@@ -143,10 +143,9 @@ pub fn state_file(data: &[u8]) {
         return;
     };
     assert_eq!(record.uid, UID);
-    for (name, attachment) in &record.attachments {
-        assert_eq!(&attachment.selection.name, name);
-        assert_eq!(attachment.ifname, annotation::ifname(name));
-        assert!(annotation::is_attachment_ifname(&attachment.ifname));
+    for (ifname, attachment) in &record.attachments {
+        assert_eq!(&attachment.ifname, ifname);
+        assert_eq!(attachment.ifname, attachment.selection.ifname());
     }
     let written =
         serde_json::to_vec(&serde_json::json!({"version": FORMAT_VERSION, "record": &record}))

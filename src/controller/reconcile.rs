@@ -336,7 +336,7 @@ impl Run<'_> {
             return;
         };
         let mut notices = Vec::new();
-        for (name, attachment) in &record.attachments {
+        for (ifname, attachment) in &record.attachments {
             let Some(made) = &attachment.definition else {
                 continue;
             };
@@ -347,11 +347,11 @@ impl Run<'_> {
             {
                 Resolution::Network(now) if now.config != made.config => now,
                 _ => {
-                    self.memo.edited.remove(name);
+                    self.memo.edited.remove(ifname);
                     continue;
                 }
             };
-            if self.memo.edited.get(name) == Some(&now.config) {
+            if self.memo.edited.get(ifname) == Some(&now.config) {
                 continue;
             }
             notices.push(Notice {
@@ -359,13 +359,13 @@ impl Run<'_> {
                 reason: "NetworkChanged",
                 action: "Plan",
                 note: format!(
-                    "network {name}: Network {}/{} changed since interface {} was added; it \
+                    "network {}: Network {}/{} changed since interface {ifname} was added; it \
                      keeps the config it was added with, new attachments get the new one \
                      (remove the entry and add it again to apply it here)",
-                    now.namespace, now.name, attachment.ifname
+                    attachment.selection.name, now.namespace, now.name
                 ),
             });
-            self.memo.edited.insert(name.clone(), now.config);
+            self.memo.edited.insert(ifname.clone(), now.config);
         }
         for notice in notices {
             info!(note = %notice.note, "network object edited");
@@ -470,11 +470,11 @@ impl Run<'_> {
                 self.del(attachment, sandbox, true).await
             }
             Step::Release { attachment } => self.release(attachment).await,
-            Step::Forget { network } => {
+            Step::Forget { ifname } => {
                 if let Some(record) = &mut self.record {
-                    record.attachments.remove(&network);
+                    record.attachments.remove(&ifname);
                 }
-                info!(network = %network, "attachment forgotten");
+                info!(ifname = %ifname, "attachment forgotten");
                 self.persist().await
             }
             Step::Adopt { selection } => {
@@ -486,7 +486,7 @@ impl Run<'_> {
                 let attachment = Attachment::new(selection, Phase::Attached).starting_now();
                 self.record_for(sandbox)
                     .attachments
-                    .insert(attachment.selection.name.clone(), attachment);
+                    .insert(attachment.ifname.clone(), attachment);
                 self.persist().await
             }
             Step::Add { selection } => {
@@ -544,12 +544,12 @@ impl Run<'_> {
             attachment.definition = definition;
             self.record_for(sandbox)
                 .attachments
-                .insert(name.clone(), attachment);
+                .insert(target.ifname.clone(), attachment);
             self.persist().await?;
             info!("CNI ADD");
             match self.ctx.cni.add(&target).await {
                 Ok(result) => {
-                    if let Some(a) = self.attachment_mut(&name) {
+                    if let Some(a) = self.attachment_mut(&target.ifname) {
                         a.enter(Phase::Attached);
                         a.result = Some(result.raw.clone());
                     }
@@ -624,11 +624,12 @@ impl Run<'_> {
             netns: record.netns.clone(),
         };
         let name = attachment.selection.name.clone();
+        let ifname = attachment.ifname.clone();
         self.del(attachment, &recorded, false).await?;
         if let Some(record) = &mut self.record {
-            record.attachments.remove(&name);
+            record.attachments.remove(&ifname);
         }
-        info!(network = %name, sandbox = %recorded.id, "attachment released with its sandbox");
+        info!(network = %name, ifname = %ifname, sandbox = %recorded.id, "attachment released with its sandbox");
         self.persist().await
     }
 
@@ -652,7 +653,7 @@ impl Run<'_> {
             // An `Adding` or `Removing` record already sends a reconcile after a crash to DEL
             // first, so only an `Attached` one needs its new phase written down before the DEL.
             if attachment.phase == Phase::Attached {
-                if let Some(a) = self.attachment_mut(&name) {
+                if let Some(a) = self.attachment_mut(&target.ifname) {
                     a.enter(Phase::Removing);
                 }
                 self.persist().await?;
@@ -738,8 +739,8 @@ impl Run<'_> {
         })
     }
 
-    fn attachment_mut(&mut self, network: &str) -> Option<&mut Attachment> {
-        self.record.as_mut()?.attachments.get_mut(network)
+    fn attachment_mut(&mut self, ifname: &str) -> Option<&mut Attachment> {
+        self.record.as_mut()?.attachments.get_mut(ifname)
     }
 
     /// Writes the record (durably, off the async workers).

@@ -102,7 +102,7 @@ mod tests {
             netns: "/var/run/netns/x".into(),
             attachments: attachments
                 .into_iter()
-                .map(|a| (a.selection.name.clone(), a))
+                .map(|a| (a.ifname.clone(), a))
                 .collect(),
         }
     }

@@ -13,7 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::fcntl::OFlag;
 use serde::Deserialize;
 
-use super::{BAD_MARKER, FORMAT_VERSION, MAX_FILE_BYTES, PodRecord, StoreError};
+use super::{
+    BAD_MARKER, FORMAT_VERSION, MAX_FILE_BYTES, OLDEST_FORMAT_VERSION, PodRecord, StoreError,
+};
 
 #[derive(Deserialize)]
 struct FileVersion {
@@ -84,7 +86,11 @@ pub fn decode_record(file: &Path, uid: &str, bytes: &[u8]) -> Result<PodRecord, 
     if version == 0 {
         return Err(corrupt("format version 0".to_owned()));
     }
-    let FileIn { record } = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let FileIn { mut record } =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if version == OLDEST_FORMAT_VERSION {
+        record.rekey_by_interface();
+    }
     if record.uid != uid {
         return Err(corrupt(format!("holds pod uid {:?}", record.uid)));
     }

@@ -77,7 +77,7 @@ async fn added_network_is_recorded_attached_with_its_result_and_reported() {
     assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Attached)]);
     let stored = pod.stored();
     assert_eq!(stored.len(), 1);
-    assert!(stored[0].attachments["green"].result.is_some());
+    assert!(stored[0].attachments[GREEN].result.is_some());
     assert_eq!(pod.fakes.reasons(), ["AddedInterface"]);
     let statuses = pod.fakes.node().statuses.clone();
     assert_eq!(statuses.len(), 1);
@@ -271,7 +271,7 @@ async fn cleanup_del_of_a_failed_add_leaves_the_record_adding() {
     // `Adding` already means "DEL first": no `Removing` write went before the clean-up DEL.
     assert_eq!(pod.phases(), [(GREEN.to_owned(), Phase::Adding)]);
     let stored = pod.stored();
-    assert_eq!(stored[0].attachments["green"].phase, Phase::Adding);
+    assert_eq!(stored[0].attachments[GREEN].phase, Phase::Adding);
 }
 
 #[tokio::test]
