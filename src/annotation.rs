@@ -57,6 +57,9 @@ pub struct NetworkSelection {
     /// or the one an attachment made at pod creation already has).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) interface: Option<String>,
+    /// What an NPWG element asks for besides a network, an interface and a MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) requests: Option<Box<npwg::Requests>>,
 }
 
 impl NetworkSelection {
@@ -71,6 +74,7 @@ impl NetworkSelection {
             namespace: None,
             upper_layers: vec![],
             interface: None,
+            requests: None,
         }
     }
 
@@ -285,6 +289,7 @@ fn selection(fields: &Map<String, Value>, report: &mut Report<'_>) -> Option<Net
         namespace,
         upper_layers,
         interface: None,
+        requests: None,
     })
 }
 
@@ -439,6 +444,7 @@ mod tests {
                 namespace: Some("net-ns".into()),
                 upper_layers: vec!["blue".into(), "red".into()],
                 interface: None,
+                requests: None,
             }
         );
         assert_eq!(parsed[0].if_mac.unwrap().to_string(), "00:aa:bb:cc:dd:ee");
@@ -676,6 +682,7 @@ mod tests {
             namespace: None,
             upper_layers: vec![],
             interface: None,
+            requests: None,
         };
         let json = serde_json::to_value(&selection).unwrap();
         assert_eq!(

@@ -143,13 +143,18 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
     }
     let catalog = match (config.networks.mode, kube.as_ref()) {
         (Mode::Kactus, _) => None,
-        (Mode::Direct, Err(_)) => Some(Err("not checked: no usable kubeconfig".to_owned())),
-        (Mode::Direct, Ok(kube)) => {
-            let watcher = NetworkWatcher::new(kube.clone());
+        (Mode::Direct | Mode::Npwg, Err(_)) => {
+            Some(Err("not checked: no usable kubeconfig".to_owned()))
+        }
+        (mode @ (Mode::Direct | Mode::Npwg), Ok(kube)) => {
+            let watcher = NetworkWatcher::new(kube.clone(), mode);
             Some(bounded(async { watcher.list().await.map_err(|e| render(&e)) }).await)
         }
     };
-    emit(line("networks resolvable", networks(catalog.as_ref())));
+    emit(line(
+        "networks resolvable",
+        networks(config.networks.mode, catalog.as_ref()),
+    ));
 
     emit(line(
         "container runtime reachable",
@@ -178,14 +183,20 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
             };
             emit(line("CNI plugin binaries present", plugins));
         }
-        Mode::Direct => {
+        mode @ (Mode::Direct | Mode::Npwg) => {
+            let kind = mode.object_kind();
             emit(line(
                 "CNI primary config usable",
-                Ok("not used in direct mode: each Network's own config is run".to_string()),
+                Ok(format!(
+                    "not used in {} mode: each {kind}'s own config is run",
+                    mode.as_str()
+                )),
             ));
             let plugins = match catalog {
                 Some(Ok(catalog)) => network_plugins(&invoker, &catalog).await,
-                _ => Err("not checked: the Network objects could not be listed".to_string()),
+                _ => Err(format!(
+                    "not checked: the {kind} objects could not be listed"
+                )),
             };
             emit(line("CNI plugin binaries present", plugins));
         }
@@ -214,9 +225,9 @@ pub(crate) fn kactus_primary(primary: &NetworkSummary, accepted: bool) -> Result
     }
 }
 
-/// Where networks come from, and in direct mode whether podagent can read them (`catalog`:
-/// the listed Network objects, `None` in kactus mode).
-fn networks(catalog: Option<&Result<Catalog, String>>) -> Result<String, String> {
+/// Where networks come from, and outside kactus mode whether podagent can read them
+/// (`catalog`: the listed objects, `None` in kactus mode).
+fn networks(mode: Mode, catalog: Option<&Result<Catalog, String>>) -> Result<String, String> {
     let catalog = match catalog {
         None => {
             return Ok("kactus mode: the node's primary CNI config resolves each network".into());
@@ -225,23 +236,31 @@ fn networks(catalog: Option<&Result<Catalog, String>>) -> Result<String, String>
     };
     let unusable: Vec<String> = catalog
         .iter()
-        .filter_map(|((namespace, name), object)| {
-            object
-                .config
-                .as_ref()
-                .err()
-                .map(|reason| format!("{namespace}/{name}: {reason}"))
+        .filter_map(|((namespace, name), object)| match &object.config {
+            Some(Err(reason)) => Some(format!("{namespace}/{name}: {reason}")),
+            _ => None,
         })
         .collect();
-    let note = match unusable.len() {
+    let on_disk = catalog.values().filter(|o| o.config.is_none()).count();
+    let mut note = match unusable.len() {
         0 => String::new(),
         n => format!(
             "; {n} with an unusable spec.config (their entries get an InvalidNetwork Event): {}",
             unusable.join("; ")
         ),
     };
+    if on_disk > 0 {
+        note.push_str(&format!(
+            "; {on_disk} without spec.config, resolved from the CNI conf dir when used"
+        ));
+    }
+    let (kind, api) = match mode {
+        Mode::Npwg => ("NetworkAttachmentDefinition", "k8s.cni.cncf.io/v1"),
+        Mode::Kactus | Mode::Direct => ("Network", "kaloom.com/v1"),
+    };
     Ok(format!(
-        "direct mode: {} Network objects (kaloom.com/v1) listable in all namespaces{note}",
+        "{} mode: {} {kind} objects ({api}) listable in all namespaces{note}",
+        mode.as_str(),
         catalog.len()
     ))
 }
@@ -253,7 +272,7 @@ async fn network_plugins(invoker: &Invoker, catalog: &Catalog) -> Result<String,
     let mut answered = BTreeMap::new();
     let mut failed = Vec::new();
     for ((namespace, name), object) in catalog {
-        let Ok(config) = &object.config else {
+        let Some(Ok(config)) = &object.config else {
             continue;
         };
         let types = crate::cni::plugin_types(config);

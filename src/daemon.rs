@@ -201,12 +201,12 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     );
     notifier.notify(Message::Ready);
 
-    let networks = Networks::new(config.networks.clone());
+    let networks = Networks::new(config.networks.clone(), &config.cni.conf_dir);
     let (network_changes, changed_networks) = mpsc::channel(EVENT_BACKLOG);
     let network_watch = match catalog {
         Some(catalog) => {
             networks.replace(catalog);
-            let watcher = NetworkWatcher::new(kube.clone());
+            let watcher = NetworkWatcher::new(kube.clone(), networks.mode());
             Some(tokio::spawn(watcher.run(networks.clone(), network_changes)))
         }
         None => None,
@@ -319,10 +319,15 @@ async fn start(
     tracing::info!(pods = pods.len(), node = %config.node_name, "listed this node's pods");
     let catalog = match config.networks.mode {
         Mode::Kactus => None,
-        Mode::Direct => {
-            let watcher = NetworkWatcher::new(kube.clone());
-            let catalog = retry(notifier, "the Network objects", || watcher.list()).await;
-            tracing::info!(networks = catalog.len(), "listed the Network objects");
+        mode @ (Mode::Direct | Mode::Npwg) => {
+            let watcher = NetworkWatcher::new(kube.clone(), mode);
+            let what = format!("the {} objects", mode.object_kind());
+            let catalog = retry(notifier, &what, || watcher.list()).await;
+            tracing::info!(
+                networks = catalog.len(),
+                kind = mode.object_kind(),
+                "listed the network objects"
+            );
             Some(catalog)
         }
     };

@@ -282,13 +282,14 @@ fn attachment_steps(
 }
 
 /// Whether an attachment made from `recorded` still serves `wanted` on the same interface: the
-/// same network, the same `ifMac` (passed in CNI_ARGS), and `namespace` and `upperLayers`,
-/// which change what kactus builds.
+/// same network, the same `ifMac` (passed in CNI_ARGS), `namespace` and `upperLayers`, which
+/// change what kactus builds, and the same NPWG requests (addresses, args, capabilities).
 fn same_parameters(recorded: &NetworkSelection, wanted: &NetworkSelection) -> bool {
     recorded.name == wanted.name
         && recorded.if_mac == wanted.if_mac
         && recorded.namespace == wanted.namespace
         && recorded.upper_layers == wanted.upper_layers
+        && recorded.requests == wanted.requests
 }
 
 #[cfg(test)]

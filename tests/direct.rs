@@ -9,7 +9,6 @@
 //! the plugin logs and the API (Events, the status annotation), never from podagent's log.
 
 use std::fs;
-use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -17,21 +16,11 @@ use std::time::Duration;
 
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
+use testkit::netns::HostLinks;
 use testkit::netns::unique_name;
 use testkit::node::{Node, has_link, ipv4};
 
 const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
-
-/// Host links the bridge plugin or a test made, deleted when the test ends, however it ends.
-struct HostLinks(Vec<String>);
-
-impl Drop for HostLinks {
-    fn drop(&mut self) {
-        for link in &self.0 {
-            let _ = Command::new("ip").args(["link", "del", link]).output();
-        }
-    }
-}
 
 /// A containerd node with the Network CRD installed and the decoy primary in its conf dir.
 async fn direct_node() -> Node {
@@ -68,58 +57,9 @@ fn start_direct(host: &Node, networks: &str) -> testkit::node::Agent {
     host.start_agent_with(&config)
 }
 
-/// `198.19.<n>.<64 * part>/26`: one quarter of the node's subnet per network.
-fn quarter(host: &Node, part: u8) -> String {
-    format!("{}{}/26", host.address_prefix(), 64 * u32::from(part))
-}
-
-/// A bridge (through the logging wrapper) + host-local config on bridge `bridge`, addresses
-/// from `subnet`, leases under `<node>/ipam-<tag>`.
-fn bridge_config(host: &Node, tag: &str, bridge: &str, subnet: &str) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "type": "wrap-bridge",
-        "bridge": bridge,
-        "isGateway": false,
-        "ipMasq": false,
-        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": host.path(&format!("ipam-{tag}"))},
-    })
-}
-
 /// Network `name` in the node's namespace `namespace`, with `spec.plugin` and `spec.config`.
 fn put_network(host: &Node, namespace: &str, name: &str, plugin: &str, config: &str) {
     host.put_network(namespace, name, json!({"plugin": plugin, "config": config}));
-}
-
-/// The host-local leases under `<node>/ipam-<tag>`: (address, what holds it).
-fn leases(host: &Node, tag: &str) -> Vec<(Ipv4Addr, String)> {
-    let root = host.path(&format!("ipam-{tag}"));
-    let Ok(networks) = fs::read_dir(&root) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for network in networks.filter_map(Result::ok) {
-        for file in fs::read_dir(network.path()).into_iter().flatten().flatten() {
-            if let Ok(address) = file.file_name().to_string_lossy().parse::<Ipv4Addr>() {
-                let holder = fs::read_to_string(file.path()).unwrap_or_default();
-                found.push((
-                    address,
-                    holder.lines().next().unwrap_or_default().to_owned(),
-                ));
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-fn in_quarter(address: &str, host: &Node, part: u8) -> bool {
-    let last: u32 = address
-        .strip_prefix(&host.address_prefix())
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(u32::MAX);
-    (64 * u32::from(part)..64 * (u32::from(part) + 1)).contains(&last)
 }
 
 fn note_of(event: &Value) -> String {
@@ -147,11 +87,11 @@ async fn each_network_runs_its_own_plugins_and_the_primary_never_runs() {
             .expect("ip link set")
             .success()
     );
-    let red = bridge_config(&host, "red", &red_bridge, &quarter(&host, 1));
+    let red = host.bridge_config("red", &red_bridge, &host.quarter(1));
     put_network(&host, "default", "red", "bridge", &red.to_string());
     // A single config without a type: spec.plugin names it.
     let blue = json!({"cniVersion": "1.0.0", "master": parent, "mode": "bridge",
-        "ipam": {"type": "host-local", "subnet": quarter(&host, 2), "dataDir": host.path("ipam-blue")}});
+        "ipam": {"type": "host-local", "subnet": host.quarter(2), "dataDir": host.path("ipam-blue")}});
     put_network(&host, "default", "blue", "macvlan", &blue.to_string());
 
     let (uid, sandbox) = host
@@ -169,16 +109,13 @@ async fn each_network_runs_its_own_plugins_and_the_primary_never_runs() {
     let blue_ip = host
         .eventually("blue's address", || ipv4(&netns, &ifname("blue")))
         .await;
+    assert!(host.in_quarter(&red_ip, 1), "red from its range: {red_ip}");
     assert!(
-        in_quarter(&red_ip, &host, 1),
-        "red from its range: {red_ip}"
-    );
-    assert!(
-        in_quarter(&blue_ip, &host, 2),
+        host.in_quarter(&blue_ip, 2),
         "blue from its range: {blue_ip}"
     );
-    assert_eq!(leases(&host, "red").len(), 1);
-    assert_eq!(leases(&host, "blue").len(), 1);
+    assert_eq!(host.leases("red").len(), 1);
+    assert_eq!(host.leases("blue").len(), 1);
     let record = host.record(&uid).expect("record");
     let config = record["record"]["attachments"][ifname("red")]["definition"]["config"]
         .as_str()
@@ -215,15 +152,15 @@ async fn each_network_runs_its_own_plugins_and_the_primary_never_runs() {
     })
     .await;
     host.eventually("blue's lease released", || {
-        leases(&host, "blue").is_empty().then_some(())
+        host.leases("blue").is_empty().then_some(())
     })
     .await;
-    assert_eq!(leases(&host, "red").len(), 2, "the pod's and the marker's");
+    assert_eq!(host.leases("red").len(), 2, "the pod's and the marker's");
 
     // The pod goes: podagent's DEL releases red's lease too (nobody else knows it).
     host.delete_pod("default", "two", Some(&sandbox)).await;
     host.eventually("red's lease released with the pod", || {
-        let held: Vec<String> = leases(&host, "red").into_iter().map(|l| l.1).collect();
+        let held: Vec<String> = host.leases("red").into_iter().map(|l| l.1).collect();
         (held.len() == 1 && held != [sandbox.clone()]).then_some(())
     })
     .await;
@@ -249,9 +186,9 @@ async fn the_namespace_rules_pick_the_object_and_isolation_refuses_others() {
         fallback_bridge.clone(),
         other_bridge.clone(),
     ]);
-    let own = bridge_config(&host, "own", &own_bridge, &quarter(&host, 1));
-    let fallback = bridge_config(&host, "fallback", &fallback_bridge, &quarter(&host, 2));
-    let other = bridge_config(&host, "other", &other_bridge, &quarter(&host, 3));
+    let own = host.bridge_config("own", &own_bridge, &host.quarter(1));
+    let fallback = host.bridge_config("fallback", &fallback_bridge, &host.quarter(2));
+    let other = host.bridge_config("other", &other_bridge, &host.quarter(3));
     put_network(&host, "team", "data", "bridge", &own.to_string());
     put_network(&host, "default", "data", "bridge", &fallback.to_string());
     put_network(&host, "other", "far", "bridge", &other.to_string());
@@ -273,19 +210,19 @@ async fn the_namespace_rules_pick_the_object_and_isolation_refuses_others() {
     let team_ip = host
         .eventually("the team's own data", || ipv4(&team_netns, &ifname("data")))
         .await;
-    assert!(in_quarter(&team_ip, &host, 1), "{team_ip}");
+    assert!(host.in_quarter(&team_ip, 1), "{team_ip}");
     let lonely_ip = host
         .eventually("default's data by fallback", || {
             ipv4(&lonely_netns, &ifname("data"))
         })
         .await;
-    assert!(in_quarter(&lonely_ip, &host, 2), "{lonely_ip}");
+    assert!(host.in_quarter(&lonely_ip, 2), "{lonely_ip}");
     let far_ip = host
         .eventually("another namespace's network, named", || {
             ipv4(&crossing_netns, &ifname("far"))
         })
         .await;
-    assert!(in_quarter(&far_ip, &host, 3), "{far_ip}");
+    assert!(host.in_quarter(&far_ip, 3), "{far_ip}");
     agent.stop();
 
     // With isolation on, a new pod naming another namespace is refused with an Event, and
@@ -361,7 +298,7 @@ async fn a_missing_network_is_reported_then_plugged_as_soon_as_it_is_created() {
     );
     assert_eq!(host.calls().len(), 0);
 
-    let late = bridge_config(&host, "late", &late_bridge, &quarter(&host, 1));
+    let late = host.bridge_config("late", &late_bridge, &host.quarter(1));
     put_network(&host, "default", "late", "bridge", &late.to_string());
     host.eventually("late plugged once it exists", || {
         ipv4(&netns, &ifname("late"))
@@ -375,7 +312,7 @@ async fn an_edit_applies_to_new_attachments_and_the_old_one_is_removed_as_it_was
     let host = direct_node().await;
     let (first_bridge, second_bridge) = (unique_name("ebr"), unique_name("sbr"));
     let _links = HostLinks(vec![first_bridge.clone(), second_bridge.clone()]);
-    let before = bridge_config(&host, "before", &first_bridge, &quarter(&host, 1));
+    let before = host.bridge_config("before", &first_bridge, &host.quarter(1));
     put_network(&host, "default", "data", "bridge", &before.to_string());
     let (uid, old_sandbox) = host
         .pod("default", "old", Some(r#"[{"name":"data"}]"#))
@@ -387,9 +324,9 @@ async fn an_edit_applies_to_new_attachments_and_the_old_one_is_removed_as_it_was
             ipv4(&old_netns, &ifname("data"))
         })
         .await;
-    assert!(in_quarter(&old_ip, &host, 1), "{old_ip}");
+    assert!(host.in_quarter(&old_ip, 1), "{old_ip}");
 
-    let after = bridge_config(&host, "after", &second_bridge, &quarter(&host, 2));
+    let after = host.bridge_config("after", &second_bridge, &host.quarter(2));
     put_network(&host, "default", "data", "bridge", &after.to_string());
     let event = host
         .eventually(
@@ -413,16 +350,16 @@ async fn an_edit_applies_to_new_attachments_and_the_old_one_is_removed_as_it_was
             ipv4(&new_netns, &ifname("data"))
         })
         .await;
-    assert!(in_quarter(&new_ip, &host, 2), "{new_ip}");
+    assert!(host.in_quarter(&new_ip, 2), "{new_ip}");
 
     // Removing the old attachment runs the config it was made with: the first range's
     // lease goes, the second range keeps the new pod's.
     host.set_networks("default", "old", None);
     host.eventually("the first definition's lease released", || {
-        leases(&host, "before").is_empty().then_some(())
+        host.leases("before").is_empty().then_some(())
     })
     .await;
-    assert_eq!(leases(&host, "after").len(), 1);
+    assert_eq!(host.leases("after").len(), 1);
 
     // A deleted Network leaves the interface made from it in place.
     host.cluster()
@@ -445,7 +382,7 @@ async fn leases_are_released_when_a_sandbox_or_a_pod_goes_even_while_podagent_wa
     let host = direct_node().await;
     let bridge = unique_name("gbr");
     let _links = HostLinks(vec![bridge.clone()]);
-    let config = bridge_config(&host, "data", &bridge, &quarter(&host, 1));
+    let config = host.bridge_config("data", &bridge, &host.quarter(1));
     put_network(&host, "default", "data", "bridge", &config.to_string());
     let (uid, first) = host
         .pod("default", "phoenix", Some(r#"[{"name":"data"}]"#))
@@ -461,7 +398,7 @@ async fn leases_are_released_when_a_sandbox_or_a_pod_goes_even_while_podagent_wa
         .then_some(())
     })
     .await;
-    assert_eq!(leases(&host, "data").len(), 2);
+    assert_eq!(host.leases("data").len(), 2);
 
     // The sandbox is re-created: the old one's lease is released, the new one holds one.
     let containerd = host.containerd();
@@ -475,7 +412,7 @@ async fn leases_are_released_when_a_sandbox_or_a_pod_goes_even_while_podagent_wa
     })
     .await;
     host.eventually("the old sandbox's lease released", || {
-        let held: Vec<String> = leases(&host, "data").into_iter().map(|l| l.1).collect();
+        let held: Vec<String> = host.leases("data").into_iter().map(|l| l.1).collect();
         (held.len() == 2 && !held.contains(&first)).then_some(())
     })
     .await;
@@ -485,7 +422,7 @@ async fn leases_are_released_when_a_sandbox_or_a_pod_goes_even_while_podagent_wa
     host.delete_pod("default", "doomed", Some(&doomed)).await;
     let _agent = start_direct(&host, "");
     host.eventually("the gone pod's lease released after the restart", || {
-        let held: Vec<String> = leases(&host, "data").into_iter().map(|l| l.1).collect();
+        let held: Vec<String> = host.leases("data").into_iter().map(|l| l.1).collect();
         (held == [second.clone()]).then_some(())
     })
     .await;
@@ -559,7 +496,7 @@ async fn a_terminating_pod_keeps_its_interfaces_until_its_sandbox_goes() {
     let host = direct_node().await;
     let bridge = unique_name("tbr");
     let _links = HostLinks(vec![bridge.clone()]);
-    let config = bridge_config(&host, "data", &bridge, &quarter(&host, 1));
+    let config = host.bridge_config("data", &bridge, &host.quarter(1));
     put_network(&host, "default", "data", "bridge", &config.to_string());
     let (uid, sandbox) = host
         .pod("default", "graceful", Some(r#"[{"name":"data"}]"#))
@@ -574,13 +511,13 @@ async fn a_terminating_pod_keeps_its_interfaces_until_its_sandbox_goes() {
         has_link(&netns, &ifname("data")),
         "a terminating pod whose containers still run keeps its interfaces"
     );
-    assert_eq!(leases(&host, "data").len(), 1);
+    assert_eq!(host.leases("data").len(), 1);
     let containerd = host.containerd();
     containerd.stop_pod_sandbox(&sandbox).await;
     containerd.remove_pod_sandbox(&sandbox).await;
     host.remove_pod("default", "graceful");
     host.eventually("the lease released once the pod is gone", || {
-        leases(&host, "data").is_empty().then_some(())
+        host.leases("data").is_empty().then_some(())
     })
     .await;
     host.eventually("the record forgotten", || {
@@ -597,7 +534,7 @@ async fn a_refused_network_watch_keeps_the_known_networks_and_recovers() {
     let host = direct_node().await;
     let (red_bridge, blue_bridge) = (unique_name("rbr"), unique_name("bbr"));
     let _links = HostLinks(vec![red_bridge.clone(), blue_bridge.clone()]);
-    let red = bridge_config(&host, "red", &red_bridge, &quarter(&host, 1));
+    let red = host.bridge_config("red", &red_bridge, &host.quarter(1));
     put_network(&host, "default", "red", "bridge", &red.to_string());
     let proxy = host.fault_proxy().await;
     let mut config = host.agent_config();
@@ -631,7 +568,7 @@ async fn a_refused_network_watch_keeps_the_known_networks_and_recovers() {
     })
     .await;
 
-    let blue = bridge_config(&host, "blue", &blue_bridge, &quarter(&host, 2));
+    let blue = host.bridge_config("blue", &blue_bridge, &host.quarter(2));
     put_network(&host, "default", "blue", "bridge", &blue.to_string());
     host.set_networks(
         "default",

@@ -34,6 +34,10 @@ const EXPECTED: &[(&str, &str)] = &[
         "-rw-r--r--",
     ),
     (
+        "/opt/kaloom/share/podagent/manifests/network-attachment-definitions-crd.yaml",
+        "-rw-r--r--",
+    ),
+    (
         "/opt/kaloom/share/podagent/manifests/networks-crd.yaml",
         "-rw-r--r--",
     ),

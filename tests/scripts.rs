@@ -731,19 +731,23 @@ fn every_manifest_applies_to_the_api_server_with_kubectl() {
     let ordered: Vec<PathBuf> = {
         let (crds, rest): (Vec<PathBuf>, Vec<PathBuf>) = manifest_paths()
             .into_iter()
-            .partition(|p| p.ends_with("networks-crd.yaml"));
+            .partition(|p| p.to_string_lossy().ends_with("-crd.yaml"));
         crds.into_iter().chain(rest).collect()
     };
     for path in &ordered {
         let out = cluster.kubectl(&["apply", "-f", path.to_str().expect("utf-8")]);
         assert_ok(&out, &format!("kubectl apply -f {}", path.display()));
-        if path.ends_with("networks-crd.yaml") {
+        if path.to_string_lossy().ends_with("-crd.yaml") {
+            let name = documents(path)[0]["metadata"]["name"]
+                .as_str()
+                .expect("a CRD name")
+                .to_owned();
             let out = cluster.kubectl(&[
                 "wait",
                 "--for=condition=Established",
-                "crd/networks.kaloom.com",
+                &format!("crd/{name}"),
             ]);
-            assert_ok(&out, "kubectl wait for the Network CRD");
+            assert_ok(&out, &format!("kubectl wait for crd/{name}"));
         }
     }
     // Three runtimes, one DaemonSet name: the last one applied is what is stored.
@@ -791,7 +795,7 @@ fn the_shipped_rbac_grants_what_podagent_uses_and_nothing_else() {
     // grant fails them. Here: nothing beyond what podagent uses is granted.
     cluster.shared.podagent_kubeconfig();
     let account = "system:serviceaccount:kube-system:podagent";
-    let cases: [(&str, &str, bool); 26] = [
+    let cases: [(&str, &str, bool); 30] = [
         ("list", "pods", true),
         ("watch", "pods", true),
         ("patch", "pods", true),
@@ -803,6 +807,27 @@ fn the_shipped_rbac_grants_what_podagent_uses_and_nothing_else() {
         ("watch", "networks.kaloom.com", true),
         ("get", "networks.kaloom.com", false),
         ("create", "networks.kaloom.com", false),
+        // Npwg mode: the same for NetworkAttachmentDefinitions.
+        (
+            "list",
+            "network-attachment-definitions.k8s.cni.cncf.io",
+            true,
+        ),
+        (
+            "watch",
+            "network-attachment-definitions.k8s.cni.cncf.io",
+            true,
+        ),
+        (
+            "get",
+            "network-attachment-definitions.k8s.cni.cncf.io",
+            false,
+        ),
+        (
+            "update",
+            "network-attachment-definitions.k8s.cni.cncf.io",
+            false,
+        ),
         // `podagent check`: is the admission policy enforced (that one binding only).
         (
             "get",

@@ -18,10 +18,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{
-    AnnotationError, EntryProblem, MAX_NETWORKS, MacAddr, json_list, kind, nonblank, string_field,
+    AnnotationError, EntryProblem, MAX_NETWORKS, MacAddr, NetworkSelection, json_list, kind,
+    nonblank, string_field,
 };
 use crate::cni::Cidr;
 use crate::names::{check_label, check_subdomain};
@@ -100,6 +102,59 @@ impl Element {
             object.insert("bandwidth".into(), Value::Object(bandwidth.clone()));
         }
         Value::Object(object)
+    }
+}
+
+/// What an element asks of its attachment beyond a network and an interface, as a record
+/// keeps it: a different request on the same interface is a different attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requests {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<Cidr>,
+    #[serde(default, rename = "cni-args", skip_serializing_if = "Map::is_empty")]
+    pub cni_args: Map<String, Value>,
+    #[serde(
+        default,
+        rename = "default-route",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub default_route: Vec<IpAddr>,
+    #[serde(
+        default,
+        rename = "portMappings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub port_mappings: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Map<String, Value>>,
+}
+
+impl Element {
+    /// The selection the planner works on: the element's network, namespace, interface (when
+    /// given) and MAC, with everything else it asks for as its [`Requests`].
+    pub(crate) fn into_selection(self) -> NetworkSelection {
+        let requests = Requests {
+            ips: self.ips,
+            cni_args: self.cni_args,
+            default_route: self.default_route,
+            port_mappings: self.port_mappings,
+            bandwidth: self.bandwidth,
+        };
+        let empty = requests.ips.is_empty()
+            && requests.cni_args.is_empty()
+            && requests.default_route.is_empty()
+            && requests.port_mappings.is_empty()
+            && requests.bandwidth.is_none();
+        NetworkSelection {
+            name: self.name,
+            if_mac: self.mac,
+            is_primary: false,
+            podagent_skip: false,
+            namespace: self.namespace,
+            upper_layers: Vec::new(),
+            interface: self.interface,
+            requests: (!empty).then(|| Box::new(requests)),
+        }
     }
 }
 

@@ -103,7 +103,8 @@ pub(super) static KEYS: &[Key] = &[
         path: "annotation_key",
         default: Builtin::Text("networks"),
         flag: Some(flag("annotation-key", None, "KEY")),
-        doc: "The pod annotation that lists the network attachments to hot-plug.",
+        doc: "The pod annotation that lists the network attachments to hot-plug.\n\
+              Unset in npwg mode, it is k8s.v1.cni.cncf.io/networks.",
         apply: |c, s| {
             c.annotation_key = annotation_key(s)?;
             Ok(())
@@ -253,9 +254,11 @@ pub(super) static KEYS: &[Key] = &[
         path: "networks.mode",
         default: Builtin::Text("kactus"),
         flag: Some(flag("networks-mode", None, "MODE")),
-        doc: "Where each network's CNI config comes from: kactus or direct.\n\
+        doc: "Where each network's CNI config comes from: kactus, direct or npwg.\n\
               \"kactus\" runs the node's primary config, which must be kactus (it resolves the network).\n\
-              \"direct\" runs the config of the kaloom.com/v1 Network the entry names, on any primary CNI.",
+              \"direct\" runs the config of the kaloom.com/v1 Network the entry names, on any primary CNI.\n\
+              \"npwg\" reads the k8s.v1.cni.cncf.io/networks annotation and runs the config of the\n\
+              k8s.cni.cncf.io/v1 NetworkAttachmentDefinition each element names (Multus' objects).",
         apply: |c, s| {
             c.networks.mode = network_mode(s)?;
             Ok(())
@@ -276,7 +279,8 @@ pub(super) static KEYS: &[Key] = &[
         path: "networks.namespace_isolation",
         default: Builtin::Bool(false),
         flag: None,
-        doc: "Direct mode: refuse entries that name a Network in a namespace other than the pod's.",
+        doc: "Direct and npwg modes: refuse entries that name a network object in a namespace other\n\
+              than the pod's.",
         apply: |c, s| {
             c.networks.namespace_isolation = boolean(s)?;
             Ok(())

@@ -148,6 +148,12 @@ impl Config {
                 });
             }
         }
+        // The annotation a mode reads by default is its own.
+        if layers.get("annotation_key").is_none()
+            && config.networks.mode == crate::networks::Mode::Npwg
+        {
+            crate::networks::NPWG_ANNOTATION.clone_into(&mut config.annotation_key);
+        }
         let has_problem = |key: &str| problems.iter().any(|p| p.key == key);
         if !has_problem("reconcile.retry_base")
             && !has_problem("reconcile.retry_cap")
@@ -253,6 +259,18 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/podagent"));
         assert_eq!(config.reconcile.concurrency, 4);
         assert_eq!(config.reconcile.resync_period, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn npwg_mode_reads_the_npwg_annotation_unless_told_otherwise() {
+        let npwg = load(&flags(&["--networks-mode", "npwg"]), &[]).expect("valid");
+        assert_eq!(npwg.annotation_key, "k8s.v1.cni.cncf.io/networks");
+        let chosen = load(
+            &flags(&["--networks-mode", "npwg", "--annotation-key", "networks"]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(chosen.annotation_key, "networks");
     }
 
     #[test]

@@ -257,7 +257,7 @@ pub(crate) fn context(fakes: &Fakes, dir: &std::path::Path) -> Context {
         links: Arc::new(fakes.clone()),
         store: Store::open(dir).expect("store"),
         feedback: Arc::new(fakes.clone()),
-        networks: Networks::default(),
+        networks: Networks::new(Default::default(), "/nonexistent"),
         settings: settings(),
         metrics: crate::metrics::Metrics::new(),
     }

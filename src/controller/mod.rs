@@ -34,14 +34,13 @@ use tracing::{debug, info, warn};
 pub(crate) use backoff::{jittered, retry_delay};
 pub(crate) use reconcile::{Job, Memo, Outcome, Verdict, reconcile};
 
-use crate::annotation;
 use crate::cni::Cni;
 use crate::config::ReconcileSettings;
 use crate::kubeapi::events::Feedback;
 use crate::kubeapi::{PodEvent, PodView};
 use crate::metrics::{AttachmentCounts, Metrics, ReconcileOutcome};
 use crate::netns::LinkObserver;
-use crate::networks::Networks;
+use crate::networks::{Mode, Networks};
 use crate::pod::PodRef;
 use crate::runtime::Runtime;
 use crate::store::{PodRecord, Store, StoreError};
@@ -109,10 +108,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(pod: PodRef, view: Option<PodView>, record: Option<PodRecord>) -> Entry {
+    fn new(mode: Mode, pod: PodRef, view: Option<PodView>, record: Option<PodRecord>) -> Entry {
         let mut entry = Entry {
             pod,
-            wanted: wanted(view.as_ref()),
+            wanted: wanted(mode, view.as_ref()),
             view,
             record: None,
             memo: Memo::default(),
@@ -159,8 +158,8 @@ impl Entry {
     }
 }
 
-fn wanted(view: Option<&PodView>) -> usize {
-    view.and_then(|v| annotation::parse(v.networks.as_deref()).ok())
+fn wanted(mode: Mode, view: Option<&PodView>) -> usize {
+    view.and_then(|v| mode.desired(v.networks.as_deref()).ok())
         .map_or(0, |selections| {
             selections.iter().filter(|s| s.is_managed()).count()
         })
@@ -182,15 +181,17 @@ impl Controller {
             pods: HashMap::new(),
             running: HashMap::new(),
         };
+        let mode = controller.ctx.networks.mode();
         for record in records {
             let pod = PodRef {
                 uid: record.uid.clone(),
                 namespace: record.namespace.clone(),
                 name: record.name.clone(),
             };
-            controller
-                .pods
-                .insert(record.uid.clone(), Entry::new(pod, None, Some(record)));
+            controller.pods.insert(
+                record.uid.clone(),
+                Entry::new(mode, pod, None, Some(record)),
+            );
         }
         controller.apply(PodEvent::Listed(pods));
         controller
@@ -287,12 +288,12 @@ impl Controller {
         match self.pods.get_mut(&view.uid) {
             Some(entry) => {
                 entry.pod = pod;
-                entry.wanted = wanted(Some(&view));
+                entry.wanted = wanted(self.ctx.networks.mode(), Some(&view));
                 entry.view = Some(view);
                 entry.touch();
             }
             None => {
-                let entry = Entry::new(pod, Some(view), None);
+                let entry = Entry::new(self.ctx.networks.mode(), pod, Some(view), None);
                 self.pods.insert(entry.pod.uid.clone(), entry);
             }
         }
@@ -301,11 +302,12 @@ impl Controller {
     /// Wakes every pod whose annotation names one of `names`: a missing network may have
     /// appeared, an attached one may have been edited.
     fn networks_changed(&mut self, names: &BTreeSet<String>) {
+        let mode = self.ctx.networks.mode();
         for entry in self.pods.values_mut() {
             let asks = entry
                 .view
                 .as_ref()
-                .and_then(|v| annotation::parse(v.networks.as_deref()).ok())
+                .and_then(|v| mode.desired(v.networks.as_deref()).ok())
                 .is_some_and(|selections| selections.iter().any(|s| names.contains(&s.name)));
             if asks {
                 debug!(pod = %entry.pod, uid = %entry.pod.uid, ?names, "a network it asks for changed");

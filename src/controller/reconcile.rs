@@ -27,11 +27,11 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::Context;
 use super::report::{Notice, Severity, status_value};
-use crate::annotation::{self, NetworkSelection};
+use crate::annotation::{AnnotationError, NetworkSelection};
 use crate::cni::{self, CniError, CniResult};
 use crate::kubeapi::PodView;
 use crate::netns::{Inspection, Link, NetnsError, NetnsId};
-use crate::networks::{Definition, Resolution};
+use crate::networks::{Definition, Mode, Resolution};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
 use crate::pod::PodRef;
 use crate::runtime::{RuntimeError, Sandbox};
@@ -257,7 +257,7 @@ impl Run<'_> {
     }
 
     async fn present(&mut self, view: &PodView) -> Verdict {
-        let desired = annotation::parse(view.networks.as_deref());
+        let desired = self.ctx.networks.mode().desired(view.networks.as_deref());
         if let Ok(selections) = &desired {
             self.memo.invalid = None;
             // An entry dropped and added again is reported afresh.
@@ -304,6 +304,12 @@ impl Run<'_> {
             }
         }
 
+        let desired = match desired {
+            Ok(selections) if self.ctx.networks.mode() == Mode::Npwg => {
+                self.name_interfaces(selections, facts.sandbox.as_ref())
+            }
+            desired => desired,
+        };
         let steps = plan::plan(&PlanInput {
             pod: Some(&facts),
             desired: &desired,
@@ -327,6 +333,29 @@ impl Run<'_> {
         self.report_edited().await;
         self.report_status().await;
         verdict
+    }
+
+    /// NPWG mode: the interface of each element, against the record of the current sandbox
+    /// and the links seen in it.
+    fn name_interfaces(
+        &self,
+        selections: Vec<NetworkSelection>,
+        sandbox: Option<&Sandbox>,
+    ) -> Result<Vec<NetworkSelection>, AnnotationError> {
+        let none = BTreeMap::new();
+        let recorded = match (&self.record, sandbox) {
+            (Some(record), Some(sandbox))
+                if record.sandbox_id == sandbox.id && record.netns == sandbox.netns =>
+            {
+                &record.attachments
+            }
+            _ => &none,
+        };
+        let links = match self.sight.observed() {
+            Observed::Links(links) => Some(links),
+            Observed::Unknown => None,
+        };
+        crate::networks::name_interfaces(selections, recorded, links.as_ref())
     }
 
     /// Tells the pod, once per edit, which of its attachments run a config their network

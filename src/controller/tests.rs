@@ -278,15 +278,16 @@ async fn direct_mode_releases_a_deleted_pods_attachments() {
     let fakes = Fakes::default();
     fakes.sandbox("u1", "s1");
     let h = start_with(&fakes, vec![], vec![view("u1", Some(GREEN))], |ctx| {
-        ctx.networks = Networks::new(Settings {
+        let settings = Settings {
             mode: Mode::Direct,
             ..Settings::default()
-        });
+        };
+        ctx.networks = Networks::new(settings, "/nonexistent");
         let config = r#"{"cniVersion":"1.0.0","type":"bridge"}"#;
         ctx.networks.update(
             "ns",
             "green",
-            Some(NetworkObject::new("green", None, config)),
+            Some(NetworkObject::new("green", None, Some(config))),
         );
     });
     h.until("the ADD", |f| f.cni_calls().len() == 1).await;

@@ -70,9 +70,13 @@ pub enum KubeError {
     },
     #[error(
         "API server {url} does not serve {resource} (404): install its CustomResourceDefinition \
-         (kubectl apply -f /opt/kaloom/share/podagent/manifests/networks-crd.yaml)"
+         (kubectl apply -f /opt/kaloom/share/podagent/manifests/{manifest})"
     )]
-    NotServed { url: String, resource: &'static str },
+    NotServed {
+        url: String,
+        resource: &'static str,
+        manifest: &'static str,
+    },
     #[error("`{verb}` `{resource}` ({scope}) failed with {code}: {message}")]
     Api {
         verb: &'static str,

@@ -1,5 +1,6 @@
-//! The cluster's `kaloom.com/v1` `Network` objects, kept current in the node's
-//! [`Networks`] catalog by one list+watch (direct mode).
+//! The cluster's network objects, kept current in the node's [`Networks`] catalog by one
+//! list+watch: `kaloom.com/v1` `Network`s in direct mode, `k8s.cni.cncf.io/v1`
+//! NetworkAttachmentDefinitions in npwg mode.
 //!
 //! Resolution must never cost an API call per attach, and a network created after a pod asked
 //! for it must be plugged at once, not at the next backoff: so the objects are watched, and
@@ -19,43 +20,92 @@ use tokio::sync::mpsc;
 
 use super::{KubeClient, KubeError, Request};
 use crate::metrics::Watch;
-use crate::networks::{Catalog, NetworkObject, Networks};
+use crate::networks::{Catalog, Mode, NetworkObject, Networks};
+
+/// One kind of network object: where it is served and how its spec reads.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    /// `group/version` as `podagent check` and errors name it.
+    served_as: &'static str,
+    /// `plural.group`, as RBAC and errors name it.
+    resource: &'static str,
+    /// The manifest that installs its CustomResourceDefinition.
+    manifest: &'static str,
+    /// `spec.plugin` gives the type of a single config (Kaloom `Network`s only).
+    has_plugin: bool,
+}
 
 /// The `Network` resource (manifests/networks-crd.yaml).
-fn resource() -> ApiResource {
-    ApiResource {
-        group: "kaloom.com".into(),
-        version: "v1".into(),
-        api_version: "kaloom.com/v1".into(),
-        kind: "Network".into(),
-        plural: "networks".into(),
-    }
-}
+const NETWORK: Kind = Kind {
+    group: "kaloom.com",
+    kind: "Network",
+    plural: "networks",
+    served_as: "networks.kaloom.com/v1",
+    resource: "networks.kaloom.com",
+    manifest: "networks-crd.yaml",
+    has_plugin: true,
+};
 
-/// Lists and watches every `Network` the credentials may read.
-pub(crate) struct NetworkWatcher {
-    kube: KubeClient,
-    api: Api<DynamicObject>,
-}
+/// The NPWG resource (manifests/network-attachment-definitions-crd.yaml, which Multus
+/// installs too).
+const ATTACHMENT_DEFINITION: Kind = Kind {
+    group: "k8s.cni.cncf.io",
+    kind: "NetworkAttachmentDefinition",
+    plural: "network-attachment-definitions",
+    served_as: "network-attachment-definitions.k8s.cni.cncf.io/v1",
+    resource: "network-attachment-definitions.k8s.cni.cncf.io",
+    manifest: "network-attachment-definitions-crd.yaml",
+    has_plugin: false,
+};
 
-impl NetworkWatcher {
-    pub(crate) fn new(kube: KubeClient) -> NetworkWatcher {
-        NetworkWatcher {
-            api: Api::all_with(kube.client.clone(), &resource()),
-            kube,
+impl Kind {
+    fn of(mode: Mode) -> Kind {
+        match mode {
+            Mode::Kactus | Mode::Direct => NETWORK,
+            Mode::Npwg => ATTACHMENT_DEFINITION,
         }
     }
 
-    fn request(verb: &'static str) -> Request {
+    fn api_resource(self) -> ApiResource {
+        ApiResource {
+            group: self.group.into(),
+            version: "v1".into(),
+            api_version: format!("{}/v1", self.group),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+}
+
+/// Lists and watches every network object of the mode's kind the credentials may read.
+pub(crate) struct NetworkWatcher {
+    kube: KubeClient,
+    api: Api<DynamicObject>,
+    kind: Kind,
+}
+
+impl NetworkWatcher {
+    pub(crate) fn new(kube: KubeClient, mode: Mode) -> NetworkWatcher {
+        let kind = Kind::of(mode);
+        NetworkWatcher {
+            api: Api::all_with(kube.client.clone(), &kind.api_resource()),
+            kube,
+            kind,
+        }
+    }
+
+    fn request(&self, verb: &'static str) -> Request {
         Request {
             verb,
-            resource: "networks.kaloom.com",
+            resource: self.kind.resource,
             scope: "all namespaces".into(),
         }
     }
 
-    /// Every `Network` now: the catalog podagent starts from, and what `podagent check`
-    /// counts.
+    /// Every object now: the catalog podagent starts from, and what `podagent check` counts.
     pub(crate) async fn list(&self) -> Result<Catalog, KubeError> {
         let list = self
             .api
@@ -64,11 +114,16 @@ impl NetworkWatcher {
             .map_err(|e| match e {
                 kube::Error::Api(status) if status.code == 404 => KubeError::NotServed {
                     url: self.kube.url.clone(),
-                    resource: "networks.kaloom.com/v1",
+                    resource: self.kind.served_as,
+                    manifest: self.kind.manifest,
                 },
-                e => Self::request("list").error(&self.kube.url, e),
+                e => self.request("list").error(&self.kube.url, e),
             })?;
-        Ok(list.items.iter().filter_map(entry).collect())
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|o| self.kind.entry(o))
+            .collect())
     }
 
     /// Keeps `networks` current forever, sending the names each change touched to
@@ -90,7 +145,9 @@ impl NetworkWatcher {
                     continue;
                 }
                 Ok(Event::InitApply(object)) => {
-                    if let (Some(fresh), Some((key, value))) = (fresh.as_mut(), entry(&object)) {
+                    if let (Some(fresh), Some((key, value))) =
+                        (fresh.as_mut(), self.kind.entry(&object))
+                    {
                         fresh.insert(key, value);
                     }
                     continue;
@@ -100,8 +157,8 @@ impl NetworkWatcher {
                     tracing::debug!(networks = listed.len(), "network objects listed");
                     networks.replace(listed)
                 }
-                Ok(Event::Apply(object)) => changed_one(&networks, &object, true),
-                Ok(Event::Delete(object)) => changed_one(&networks, &object, false),
+                Ok(Event::Apply(object)) => self.kind.changed_one(&networks, &object, true),
+                Ok(Event::Delete(object)) => self.kind.changed_one(&networks, &object, false),
                 Err(error) => {
                     let error = self.classify(error);
                     self.kube.metrics.watch_restarted(Watch::Networks);
@@ -118,14 +175,14 @@ impl NetworkWatcher {
     fn classify(&self, error: watcher::Error) -> KubeError {
         let url = &self.kube.url;
         match error {
-            watcher::Error::InitialListFailed(e) => Self::request("list").error(url, e),
+            watcher::Error::InitialListFailed(e) => self.request("list").error(url, e),
             watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
-                Self::request("watch").error(url, e)
+                self.request("watch").error(url, e)
             }
             watcher::Error::WatchError(status) => {
-                Self::request("watch").error(url, kube::Error::Api(status))
+                self.request("watch").error(url, kube::Error::Api(status))
             }
-            watcher::Error::NoResourceVersion => Self::request("watch").error(
+            watcher::Error::NoResourceVersion => self.request("watch").error(
                 url,
                 kube::Error::Api(Box::new(kube::core::Status::failure(
                     "the server sent no resourceVersion",
@@ -136,35 +193,50 @@ impl NetworkWatcher {
     }
 }
 
-fn changed_one(networks: &Networks, object: &DynamicObject, present: bool) -> BTreeSet<String> {
-    let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name) else {
-        return BTreeSet::new();
-    };
-    let value = present.then(|| network_object(name, object));
-    if networks.update(namespace, name, value) {
-        tracing::info!(network = %format!("{namespace}/{name}"), present, "network object changed");
-        BTreeSet::from([name.clone()])
-    } else {
-        BTreeSet::new()
+impl Kind {
+    fn changed_one(
+        self,
+        networks: &Networks,
+        object: &DynamicObject,
+        present: bool,
+    ) -> BTreeSet<String> {
+        let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name)
+        else {
+            return BTreeSet::new();
+        };
+        let value = present.then(|| self.network_object(name, object));
+        if networks.update(namespace, name, value) {
+            tracing::info!(network = %format!("{namespace}/{name}"), kind = self.kind, present, "network object changed");
+            BTreeSet::from([name.clone()])
+        } else {
+            BTreeSet::new()
+        }
     }
-}
 
-/// An object's catalog entry; objects without namespace or name are not networks anyone can
-/// name.
-fn entry(object: &DynamicObject) -> Option<((String, String), NetworkObject)> {
-    let namespace = object.metadata.namespace.clone()?;
-    let name = object.metadata.name.clone()?;
-    let value = network_object(&name, object);
-    Some(((namespace, name), value))
-}
+    /// An object's catalog entry; objects without namespace or name are not networks anyone
+    /// can name.
+    fn entry(self, object: &DynamicObject) -> Option<((String, String), NetworkObject)> {
+        let namespace = object.metadata.namespace.clone()?;
+        let name = object.metadata.name.clone()?;
+        let value = self.network_object(&name, object);
+        Some(((namespace, name), value))
+    }
 
-fn network_object(name: &str, object: &DynamicObject) -> NetworkObject {
-    let spec = &object.data["spec"];
-    // The CRD requires a string; anything else reads as empty, which is refused as "not valid
-    // JSON" with the object's name.
-    NetworkObject::new(
-        name,
-        spec["plugin"].as_str(),
-        spec["config"].as_str().unwrap_or_default(),
-    )
+    fn network_object(self, name: &str, object: &DynamicObject) -> NetworkObject {
+        let spec = &object.data["spec"];
+        if self.has_plugin {
+            // The CRD requires a string; anything else reads as empty, which is refused as
+            // "not valid JSON" with the object's name.
+            let config = spec["config"].as_str().unwrap_or_default();
+            return NetworkObject::new(name, spec["plugin"].as_str(), Some(config));
+        }
+        // NPWG §3.4: without `spec.config` (absent or empty) the object names a file of the
+        // conf dir. A config that is there but not a string is refused as not JSON.
+        let config = match &spec["config"] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(text) if text.trim().is_empty() => None,
+            value => Some(value.as_str().unwrap_or_default()),
+        };
+        NetworkObject::new(name, None, config)
+    }
 }

@@ -5,20 +5,24 @@
 //! resolves each annotation entry to a `kaloom.com/v1` `Network` itself and runs that
 //! network's own config, so it serves nodes whatever their primary CNI is, and tears down what
 //! it made, since no other plugin knows of it. The mode decides the few places where the two
-//! differ; everything else (plan, CNI engine, records, feedback) is shared.
+//! differ; everything else (plan, CNI engine, records, feedback) is shared. `npwg` mode is
+//! `direct` for Multus users: the NPWG annotation and NetworkAttachmentDefinitions.
 //!
 //! The objects come from one cluster-wide list+watch (`kubeapi::networks`) into a [`Catalog`]
 //! held here, never fetched per attach; [`resolve`] is pure.
 
+mod interfaces;
 mod resolve;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::annotation::NetworkSelection;
+use crate::annotation::{self, AnnotationError, NetworkSelection, npwg};
 
+pub(crate) use interfaces::name_interfaces;
 pub(crate) use resolve::{Catalog, NetworkObject, Unresolved};
 
 /// The `networks.*` keys.
@@ -42,16 +46,23 @@ pub(crate) enum Mode {
     Kactus,
     /// `kaloom.com/v1` `Network` objects, each network's own plugin run by podagent.
     Direct,
+    /// The NPWG annotation and `k8s.cni.cncf.io/v1` NetworkAttachmentDefinitions, run by
+    /// podagent as in `direct` mode.
+    Npwg,
 }
+
+/// The NPWG networks annotation, read in `npwg` mode unless `annotation_key` says otherwise.
+pub(crate) const NPWG_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
 
 impl Mode {
     /// The key's values, in the order the docs list them.
-    pub(crate) const NAMES: [&'static str; 2] = ["kactus", "direct"];
+    pub(crate) const NAMES: [&'static str; 3] = ["kactus", "direct", "npwg"];
 
     pub(crate) fn parse(text: &str) -> Option<Mode> {
         match text {
             "kactus" => Some(Mode::Kactus),
             "direct" => Some(Mode::Direct),
+            "npwg" => Some(Mode::Npwg),
             _ => None,
         }
     }
@@ -60,6 +71,29 @@ impl Mode {
         match self {
             Mode::Kactus => "kactus",
             Mode::Direct => "direct",
+            Mode::Npwg => "npwg",
+        }
+    }
+
+    /// The kind of object an entry names, as messages call it.
+    pub(crate) fn object_kind(self) -> &'static str {
+        match self {
+            Mode::Kactus | Mode::Direct => "Network",
+            Mode::Npwg => "NetworkAttachmentDefinition",
+        }
+    }
+
+    /// The selections an annotation value asks for, parsed the mode's way.
+    pub(crate) fn desired(
+        self,
+        value: Option<&str>,
+    ) -> Result<Vec<NetworkSelection>, AnnotationError> {
+        match self {
+            Mode::Kactus | Mode::Direct => annotation::parse(value),
+            Mode::Npwg => Ok(npwg::parse(value)?
+                .into_iter()
+                .map(npwg::Element::into_selection)
+                .collect()),
         }
     }
 }
@@ -89,17 +123,20 @@ pub(crate) enum Resolution {
 
 /// The node's network source: the mode, its settings and, in `direct` mode, the catalog the
 /// watch keeps current. Clones share the catalog.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Networks {
     settings: Settings,
     catalog: Arc<RwLock<Catalog>>,
+    /// Where a NetworkAttachmentDefinition without `spec.config` finds its config.
+    conf_dir: PathBuf,
 }
 
 impl Networks {
-    pub(crate) fn new(settings: Settings) -> Networks {
+    pub(crate) fn new(settings: Settings, conf_dir: impl Into<PathBuf>) -> Networks {
         Networks {
             settings,
             catalog: Arc::default(),
+            conf_dir: conf_dir.into(),
         }
     }
 
@@ -116,9 +153,16 @@ impl Networks {
     pub(crate) fn resolve(&self, selection: &NetworkSelection, pod_namespace: &str) -> Resolution {
         match self.settings.mode {
             Mode::Kactus => Resolution::Primary,
-            Mode::Direct => {
+            Mode::Direct | Mode::Npwg => {
                 let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
-                match resolve::resolve(&catalog, selection, pod_namespace, &self.settings) {
+                let resolved = resolve::resolve(
+                    &catalog,
+                    selection,
+                    pod_namespace,
+                    &self.settings,
+                    &self.conf_dir,
+                );
+                match resolved {
                     Ok(definition) => Resolution::Network(definition),
                     Err(why) => Resolution::Unresolved(why),
                 }
@@ -164,21 +208,24 @@ mod tests {
     use super::*;
 
     fn direct() -> Networks {
-        Networks::new(Settings {
-            mode: Mode::Direct,
-            ..Settings::default()
-        })
+        Networks::new(
+            Settings {
+                mode: Mode::Direct,
+                ..Settings::default()
+            },
+            "/nonexistent",
+        )
     }
 
     /// An object whose config runs plugin `plugin<tag>`.
     fn object(tag: &str) -> NetworkObject {
         let config = format!(r#"{{"cniVersion":"1.0.0","type":"plugin{tag}"}}"#);
-        NetworkObject::new("data", None, &config)
+        NetworkObject::new("data", None, Some(&config))
     }
 
     #[test]
     fn kactus_mode_always_runs_the_primary_and_owns_no_teardown() {
-        let networks = Networks::new(Settings::default());
+        let networks = Networks::new(Settings::default(), "/nonexistent");
         let selection = NetworkSelection::named("data");
         assert_eq!(networks.resolve(&selection, "default"), Resolution::Primary);
         assert!(!networks.owns_teardown());
@@ -211,6 +258,6 @@ mod tests {
         for name in Mode::NAMES {
             assert_eq!(Mode::parse(name).map(Mode::as_str), Some(name));
         }
-        assert_eq!(Mode::parse("npwg"), None);
+        assert_eq!(Mode::parse("multus"), None);
     }
 }

@@ -1,15 +1,18 @@
 //! Resolution: which network object an annotation entry names, and the CNI config it yields.
 //!
-//! Pure, so every namespace rule and every malformed `spec.config` is a unit test: the cache
-//! hands in what the API server holds, the reconciler gets a config to run or the reason it
-//! cannot have one, worded for a Warning Event.
+//! Pure but for one read, so every namespace rule and every malformed `spec.config` is a unit
+//! test: the cache hands in what the API server holds, the reconciler gets a config to run or
+//! the reason it cannot have one, worded for a Warning Event. The read: a
+//! NetworkAttachmentDefinition without `spec.config` names a config file of the node's CNI conf
+//! dir (NPWG §3.4), looked up when it is resolved, so a file written after the object is found.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::{Definition, Settings};
+use super::{Definition, Mode, Settings};
 use crate::annotation::NetworkSelection;
 
 /// Far above any real network config; a bigger `spec.config` is refused unread.
@@ -19,15 +22,16 @@ pub(crate) const MAX_CONFIG_BYTES: usize = 64 * 1024;
 /// delivers it, so resolving an entry at every reconcile is a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NetworkObject {
-    /// The config list podagent runs, or why `spec.config` cannot be run.
-    pub(crate) config: Result<String, String>,
+    /// The config list podagent runs, or why `spec.config` cannot be run; `None`: the object
+    /// has no `spec.config` (a NetworkAttachmentDefinition naming a file of the conf dir).
+    pub(crate) config: Option<Result<String, String>>,
 }
 
 impl NetworkObject {
     /// Network `name` with `spec.plugin` and `spec.config` as written.
-    pub(crate) fn new(name: &str, plugin: Option<&str>, config: &str) -> NetworkObject {
+    pub(crate) fn new(name: &str, plugin: Option<&str>, config: Option<&str>) -> NetworkObject {
         NetworkObject {
-            config: normalize(name, plugin, config),
+            config: config.map(|config| normalize(name, plugin, config)),
         }
     }
 }
@@ -40,17 +44,26 @@ pub(crate) type Catalog = BTreeMap<(String, String), NetworkObject>;
 pub(crate) enum Unresolved {
     /// No object of that name in any namespace the rules allow.
     NotFound {
+        kind: &'static str,
         namespaces: Vec<String>,
         name: String,
     },
     /// Namespace isolation refuses an entry naming another namespace.
     Isolated {
+        kind: &'static str,
         namespace: String,
         name: String,
         pod_namespace: String,
     },
     /// The object exists but its `spec.config` cannot be run.
     Malformed {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    /// The object has no `spec.config` and the conf dir has no usable config of its name.
+    NoConfig {
         namespace: String,
         name: String,
         reason: String,
@@ -64,6 +77,7 @@ impl Unresolved {
             Unresolved::NotFound { .. } => "NetworkNotFound",
             Unresolved::Isolated { .. } => "NetworkRefused",
             Unresolved::Malformed { .. } => "InvalidNetwork",
+            Unresolved::NoConfig { .. } => "NetworkConfigNotFound",
         }
     }
 }
@@ -71,51 +85,71 @@ impl Unresolved {
 impl fmt::Display for Unresolved {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Unresolved::NotFound { namespaces, name } => write!(
+            Unresolved::NotFound {
+                kind,
+                namespaces,
+                name,
+            } => write!(
                 f,
-                "no Network {name} in namespace {}; the interface is added as soon as it is \
+                "no {kind} {name} in namespace {}; the interface is added as soon as it is \
                  created",
                 namespaces.join(" or ")
             ),
             Unresolved::Isolated {
+                kind,
                 namespace,
                 name,
                 pod_namespace,
             } => write!(
                 f,
-                "Network {namespace}/{name} is outside the pod's namespace {pod_namespace}, \
-                 and networks.namespace_isolation is on; create the Network in {pod_namespace} \
+                "{kind} {namespace}/{name} is outside the pod's namespace {pod_namespace}, \
+                 and networks.namespace_isolation is on; create the {kind} in {pod_namespace} \
                  or drop the entry's namespace"
             ),
             Unresolved::Malformed {
+                kind,
                 namespace,
                 name,
                 reason,
             } => write!(
                 f,
-                "Network {namespace}/{name} has an unusable spec.config: {reason}; nothing was \
+                "{kind} {namespace}/{name} has an unusable spec.config: {reason}; nothing was \
                  run, fix the object and the interface is added"
+            ),
+            Unresolved::NoConfig {
+                namespace,
+                name,
+                reason,
+            } => write!(
+                f,
+                "NetworkAttachmentDefinition {namespace}/{name} has no spec.config, and {reason}; \
+                 give it a spec.config or write a CNI config named {name} into the conf dir, \
+                 then change the object or the pod to retry"
             ),
         }
     }
 }
 
-/// Resolves `selection` of a pod in `pod_namespace` against `catalog`.
+/// Resolves `selection` of a pod in `pod_namespace` against `catalog`; an object without
+/// `spec.config` resolves to the config named after it in `conf_dir`.
 ///
-/// The namespace is the entry's own, else the pod's, else the fallback namespace (when the
-/// object is absent from the pod's). With isolation on, an entry naming a namespace other than
-/// the pod's is refused; the fallback stays allowed, it is the operator's choice.
+/// The namespace is the entry's own, else the pod's, else (direct mode) the fallback namespace
+/// when the object is absent from the pod's. With isolation on, an entry naming a namespace
+/// other than the pod's is refused; the fallback stays allowed, it is the operator's choice.
 pub(crate) fn resolve(
     catalog: &Catalog,
     selection: &NetworkSelection,
     pod_namespace: &str,
     settings: &Settings,
+    conf_dir: &Path,
 ) -> Result<Definition, Unresolved> {
+    let kind = settings.mode.object_kind();
     let name = &selection.name;
     let candidates: Vec<String> = match &selection.namespace {
         Some(namespace) => {
             if settings.namespace_isolation && namespace != pod_namespace {
                 return Err(Unresolved::Isolated {
+                    kind,
                     namespace: namespace.clone(),
                     name: name.clone(),
                     pod_namespace: pod_namespace.to_owned(),
@@ -128,7 +162,7 @@ pub(crate) fn resolve(
                 settings
                     .fallback_namespace
                     .clone()
-                    .filter(|fallback| fallback != pod_namespace),
+                    .filter(|fallback| fallback != pod_namespace && settings.mode == Mode::Direct),
             )
             .collect(),
     };
@@ -138,23 +172,66 @@ pub(crate) fn resolve(
             .map(|object| (namespace, object))
     }) else {
         return Err(Unresolved::NotFound {
+            kind,
             namespaces: candidates,
             name: name.clone(),
         });
     };
-    let config = object
-        .config
-        .clone()
-        .map_err(|reason| Unresolved::Malformed {
+    let config = match &object.config {
+        Some(config) => config.clone().map_err(|reason| Unresolved::Malformed {
+            kind,
             namespace: namespace.clone(),
             name: name.clone(),
             reason,
-        })?;
+        })?,
+        None => from_conf_dir(conf_dir, name).map_err(|reason| Unresolved::NoConfig {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            reason,
+        })?,
+    };
     Ok(Definition {
         namespace: namespace.clone(),
         name: name.clone(),
         config,
     })
+}
+
+/// The config of `conf_dir` whose `name` is `name`, as Multus finds it: the first of the
+/// `.conf`, `.conflist` and `.json` files in name order, made runnable like a `spec.config`.
+/// Files that cannot be read or parsed are passed over, as the CNI runtime's own discovery
+/// does; a named one that cannot be run is the reason.
+fn from_conf_dir(conf_dir: &Path, name: &str) -> Result<String, String> {
+    let not_found = || format!("{} holds no CNI config named {name}", conf_dir.display());
+    let entries = std::fs::read_dir(conf_dir)
+        .map_err(|e| format!("{} cannot be read: {e}", conf_dir.display()))?;
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|ext| ext == "conf" || ext == "conflist" || ext == "json")
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES as u64 {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let named = serde_json::from_str::<Value>(&text)
+            .is_ok_and(|v| v.get("name").and_then(Value::as_str) == Some(name));
+        if named {
+            return normalize(name, None, &text)
+                .map_err(|reason| format!("{} cannot be run: {reason}", file.display()));
+        }
+    }
+    Err(not_found())
 }
 
 /// `spec.config` as the config list podagent runs: a single plugin config is lifted into a
@@ -231,7 +308,7 @@ mod tests {
         objects
             .iter()
             .map(|(ns, name, (plugin, config))| {
-                let object = NetworkObject::new(name, *plugin, config);
+                let object = NetworkObject::new(name, *plugin, Some(config));
                 ((ns.to_string(), name.to_string()), object)
             })
             .collect()
@@ -239,6 +316,22 @@ mod tests {
 
     fn entry(json: &str) -> NetworkSelection {
         serde_json::from_str(json).expect("selection")
+    }
+
+    /// Resolution with no conf dir to fall back on.
+    fn resolve(
+        catalog: &Catalog,
+        selection: &NetworkSelection,
+        pod_namespace: &str,
+        settings: &Settings,
+    ) -> Result<Definition, Unresolved> {
+        super::resolve(
+            catalog,
+            selection,
+            pod_namespace,
+            settings,
+            Path::new("/nonexistent"),
+        )
     }
 
     fn config(definition: &Definition) -> Value {
@@ -334,6 +427,7 @@ mod tests {
         assert_eq!(
             missing,
             Err(Unresolved::NotFound {
+                kind: "Network",
                 namespaces: vec!["lonely".into()],
                 name: "data".into()
             })
@@ -417,6 +511,76 @@ mod tests {
             assert!(
                 shown.contains("Network default/bad") && shown.contains(why),
                 "{shown}"
+            );
+        }
+    }
+
+    fn npwg() -> Settings {
+        Settings {
+            mode: Mode::Npwg,
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn npwg_mode_has_no_fallback_namespace_and_names_the_kind() {
+        let catalog = catalog(&[("default", "data", bridge("br-default"))]);
+        let missing = resolve(&catalog, &entry(r#"{"name":"data"}"#), "team", &npwg())
+            .expect_err("no fallback");
+        assert_eq!(
+            missing.to_string(),
+            "no NetworkAttachmentDefinition data in namespace team; the interface is added as \
+             soon as it is created"
+        );
+    }
+
+    #[test]
+    fn a_definition_without_config_is_the_conf_dir_file_of_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| std::fs::write(dir.path().join(file), text).unwrap();
+        write(
+            "00-other.conflist",
+            r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"bridge"}]}"#,
+        );
+        write(
+            "10-data.conf",
+            r#"{"cniVersion":"0.4.0","name":"data","type":"macvlan"}"#,
+        );
+        write(
+            "20-data.conflist",
+            r#"{"cniVersion":"1.0.0","name":"data","plugins":[{"type":"ipvlan"}]}"#,
+        );
+        write(
+            "30-broken.conf",
+            r#"{"cniVersion":"1.0.0","name":"broken"}"#,
+        );
+        write("notes.txt", r#"{"name":"text"}"#);
+        let mut catalog = Catalog::new();
+        for name in ["data", "broken", "text", "absent"] {
+            catalog.insert(
+                ("team".into(), name.into()),
+                NetworkObject::new(name, None, None),
+            );
+        }
+        let at = |name: &str| {
+            let selection = entry(&format!(r#"{{"name":"{name}"}}"#));
+            super::resolve(&catalog, &selection, "team", &npwg(), dir.path())
+        };
+        let data = at("data").expect("from the conf dir");
+        assert_eq!(config(&data)["plugins"][0]["type"], "macvlan");
+        let broken = at("broken").expect_err("no type");
+        assert_eq!(broken.reason(), "NetworkConfigNotFound");
+        assert!(
+            broken.to_string().contains("30-broken.conf cannot be run"),
+            "{broken}"
+        );
+        for name in ["text", "absent"] {
+            let missing = at(name).expect_err(name);
+            assert!(
+                missing
+                    .to_string()
+                    .contains(&format!("holds no CNI config named {name}")),
+                "{missing}"
             );
         }
     }

@@ -102,6 +102,19 @@ pub fn run_ip(args: &[&str]) -> Output {
     out
 }
 
+/// Host links the bridge plugin or a test made, deleted when the test ends, however it ends.
+pub struct HostLinks(pub Vec<String>);
+
+impl Drop for HostLinks {
+    fn drop(&mut self) {
+        for link in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", link])
+                .output();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,6 +201,56 @@ impl Node {
         self.lease.address_prefix()
     }
 
+    /// `198.19.<n>.<64 * part>/26`: one quarter of the node's subnet per network.
+    pub fn quarter(&self, part: u8) -> String {
+        format!("{}{}/26", self.address_prefix(), 64 * u32::from(part))
+    }
+
+    /// Whether `address` (with or without its prefix length) lies in quarter `part`.
+    pub fn in_quarter(&self, address: &str, part: u8) -> bool {
+        let last: u32 = address
+            .strip_prefix(&self.address_prefix())
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u32::MAX);
+        (64 * u32::from(part)..64 * (u32::from(part) + 1)).contains(&last)
+    }
+
+    /// A bridge (through the logging wrapper) + host-local config on bridge `bridge`,
+    /// addresses from `subnet`, leases under `<node>/ipam-<tag>`.
+    pub fn bridge_config(&self, tag: &str, bridge: &str, subnet: &str) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "type": "wrap-bridge",
+            "bridge": bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": self.path(&format!("ipam-{tag}"))},
+        })
+    }
+
+    /// The host-local leases under `<node>/ipam-<tag>`: (address, what holds it).
+    pub fn leases(&self, tag: &str) -> Vec<(std::net::Ipv4Addr, String)> {
+        let root = self.path(&format!("ipam-{tag}"));
+        let Ok(networks) = fs::read_dir(&root) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for network in networks.filter_map(Result::ok) {
+            for file in fs::read_dir(network.path()).into_iter().flatten().flatten() {
+                if let Ok(address) = file.file_name().to_string_lossy().parse() {
+                    let holder = fs::read_to_string(file.path()).unwrap_or_default();
+                    found.push((
+                        address,
+                        holder.lines().next().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
     /// The shared control plane.
     pub fn cluster(&self) -> &'static Shared {
         self.cluster
@@ -484,24 +534,34 @@ impl Node {
     /// Creates Network `name` in the node's namespace `namespace` with `spec`, or replaces the
     /// spec of the one there.
     pub fn put_network(&self, namespace: &str, name: &str, spec: Value) {
+        self.put_object("kaloom.com/v1", "Network", namespace, name, spec);
+    }
+
+    /// The same for NetworkAttachmentDefinition `name` (NPWG mode).
+    pub fn put_attachment_definition(&self, namespace: &str, name: &str, spec: Value) {
+        let kind = "NetworkAttachmentDefinition";
+        self.put_object("k8s.cni.cncf.io/v1", kind, namespace, name, spec);
+    }
+
+    fn put_object(&self, api_version: &str, kind: &str, namespace: &str, name: &str, spec: Value) {
         let admin = self.cluster.admin();
         let namespace = self.ns(namespace);
         let exists = admin
-            .get("kaloom.com/v1", "Network", Some(&namespace), name)
+            .get(api_version, kind, Some(&namespace), name)
             .is_some();
         let put = if exists {
             admin.patch_merge(
-                "kaloom.com/v1",
-                "Network",
+                api_version,
+                kind,
                 Some(&namespace),
                 name,
                 json!({"spec": spec}),
             )
         } else {
-            admin.create(json!({"apiVersion": "kaloom.com/v1", "kind": "Network",
+            admin.create(json!({"apiVersion": api_version, "kind": kind,
                 "metadata": {"name": name, "namespace": namespace}, "spec": spec}))
         };
-        put.unwrap_or_else(|err| panic!("putting Network {namespace}/{name}: {err:#}"));
+        put.unwrap_or_else(|err| panic!("putting {kind} {namespace}/{name}: {err:#}"));
     }
 
     /// podagent's durable record of pod `uid`.

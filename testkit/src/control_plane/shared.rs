@@ -29,6 +29,7 @@ pub struct Shared {
     node_kubeconfigs: Mutex<HashMap<String, PathBuf>>,
     admission_policy: OnceLock<()>,
     network_crd: OnceLock<()>,
+    attachment_definition_crd: OnceLock<()>,
     admin: OnceLock<super::Admin>,
 }
 
@@ -76,6 +77,7 @@ impl Shared {
             node_kubeconfigs: Mutex::new(HashMap::new()),
             admission_policy: OnceLock::new(),
             network_crd: OnceLock::new(),
+            attachment_definition_crd: OnceLock::new(),
             admin: OnceLock::new(),
         })
     }
@@ -204,20 +206,38 @@ impl Shared {
     /// Applies `manifests/networks-crd.yaml` once, as an operator does, and returns once the
     /// API server serves `kaloom.com/v1` `Network` objects.
     pub fn install_network_crd(&self) {
-        self.network_crd.get_or_init(|| {
+        self.install_crd(
+            &self.network_crd,
+            "networks-crd.yaml",
+            "networks.kaloom.com",
+        );
+    }
+
+    /// The same for `manifests/network-attachment-definitions-crd.yaml` (NPWG's
+    /// `k8s.cni.cncf.io/v1` NetworkAttachmentDefinitions, which Multus would install).
+    pub fn install_attachment_definition_crd(&self) {
+        self.install_crd(
+            &self.attachment_definition_crd,
+            "network-attachment-definitions-crd.yaml",
+            "network-attachment-definitions.k8s.cni.cncf.io",
+        );
+    }
+
+    fn install_crd(&self, once: &OnceLock<()>, manifest: &str, name: &str) {
+        once.get_or_init(|| {
             let kubectl = || Command::new(super::binary("kubectl"));
             let mut apply = kubectl();
             apply
                 .arg("apply")
                 .arg("-f")
-                .arg(repo().join("manifests/networks-crd.yaml"));
+                .arg(repo().join("manifests").join(manifest));
             self.run_as_admin(apply);
             let mut wait = kubectl();
             wait.args([
                 "wait",
                 "--for=condition=Established",
                 "--timeout=60s",
-                "crd/networks.kaloom.com",
+                &format!("crd/{name}"),
             ]);
             self.run_as_admin(wait);
         });

@@ -1,0 +1,180 @@
+//! NPWG mode end to end: podagent reads the `k8s.v1.cni.cncf.io/networks` annotation in both of
+//! its forms, resolves each element to a `k8s.cni.cncf.io/v1` NetworkAttachmentDefinition
+//! (its `spec.config`, else the conf dir's config of its name) and runs that config itself.
+//! Real control plane (with the NAD CRD applied as Multus would have it), real containerd
+//! sandboxes, real bridge and host-local plugins; each network leases from its own quarter of
+//! the node's subnet into a directory of its own, so the tests read outcomes from the pod's
+//! netns and the lease files.
+
+use std::fs;
+use std::path::PathBuf;
+
+use podagent::annotation::ifname;
+use serde_json::{Value, json};
+use testkit::netns::{HostLinks, unique_name};
+use testkit::node::{Agent, Node, has_link, ipv4};
+
+const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
+const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+
+/// A containerd node with the NetworkAttachmentDefinition CRD installed.
+async fn npwg_node() -> Node {
+    let host = Node::with_containerd(PODAGENT).await;
+    host.cluster().install_attachment_definition_crd();
+    host
+}
+
+/// podagent in npwg mode: it reads the NPWG annotation without being told.
+fn start_npwg(host: &Node) -> Agent {
+    let mut config = host.agent_config();
+    config.networks = "mode = \"npwg\"\n".to_owned();
+    host.start_agent_with(&config)
+}
+
+/// A pod whose NPWG annotation is `networks`; returns (uid, netns path).
+async fn npwg_pod(host: &Node, namespace: &str, name: &str, networks: &str) -> (String, PathBuf) {
+    let (uid, sandbox) = host
+        .pod_with_annotations(namespace, name, json!({NETWORKS: networks}))
+        .await;
+    (uid, host.netns(&sandbox).await)
+}
+
+/// A definition whose `spec.config` is a bridge + host-local config in quarter `part`, its
+/// leases under `ipam-<tag>`.
+fn put_bridge(host: &Node, namespace: &str, name: &str, tag: &str, bridge: &str, part: u8) {
+    let config = host.bridge_config(tag, bridge, &host.quarter(part));
+    host.put_attachment_definition(namespace, name, json!({"config": config.to_string()}));
+}
+
+fn note_of(event: &Value) -> String {
+    event["note"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_forms_attach_from_spec_config_and_from_the_conf_dir() {
+    let host = npwg_node().await;
+    let (red_bridge, blue_bridge) = (unique_name("nrb"), unique_name("nbb"));
+    let _links = HostLinks(vec![red_bridge.clone(), blue_bridge.clone()]);
+    put_bridge(&host, "default", "red", "red", &red_bridge, 1);
+    // No spec.config: the conf dir's config named `blue` is the one run.
+    host.put_attachment_definition("default", "blue", json!({}));
+    let mut blue = host.bridge_config("blue", &blue_bridge, &host.quarter(2));
+    blue["name"] = json!("blue");
+    fs::write(host.path("conf/50-blue.conf"), blue.to_string()).expect("write blue's config");
+
+    let (uid, netns) = npwg_pod(&host, "default", "web", "red@eth9, blue").await;
+    let _agent = start_npwg(&host);
+    let red_ip = host
+        .eventually("red on eth9", || ipv4(&netns, "eth9"))
+        .await;
+    let blue_ip = host
+        .eventually("blue on its derived name", || ipv4(&netns, &ifname("blue")))
+        .await;
+    assert!(host.in_quarter(&red_ip, 1), "{red_ip}");
+    assert!(host.in_quarter(&blue_ip, 2), "{blue_ip}");
+    let record = host.record(&uid).expect("record");
+    assert_eq!(
+        record["record"]["attachments"]["eth9"]["selection"]["name"],
+        "red"
+    );
+
+    // The JSON form, blue moved to an interface of its own: its old one goes, red stays.
+    let namespace = host.ns("default");
+    let json_form = json!([
+        {"name": "red", "interface": "eth9"},
+        {"name": "blue", "namespace": namespace, "interface": "eth10", "unknown-key": 1},
+    ]);
+    host.annotate("default", "web", NETWORKS, Some(&json_form.to_string()));
+    host.eventually("blue on eth10, off its old name", || {
+        (ipv4(&netns, "eth10").is_some() && !has_link(&netns, &ifname("blue"))).then_some(())
+    })
+    .await;
+    assert_eq!(ipv4(&netns, "eth9").as_deref(), Some(red_ip.as_str()));
+    assert_eq!(host.leases("blue").len(), 1, "the old lease was released");
+
+    // Everything removed: both DELs release their leases.
+    host.annotate("default", "web", NETWORKS, None);
+    host.eventually("both gone, leases released", || {
+        (!has_link(&netns, "eth9")
+            && !has_link(&netns, "eth10")
+            && host.leases("red").is_empty()
+            && host.leases("blue").is_empty())
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_in_two_namespaces_and_one_network_on_two_interfaces() {
+    let host = npwg_node().await;
+    let (a_bridge, b_bridge) = (unique_name("nab"), unique_name("nbb"));
+    let _links = HostLinks(vec![a_bridge.clone(), b_bridge.clone()]);
+    put_bridge(&host, "team-a", "data", "a", &a_bridge, 1);
+    put_bridge(&host, "team-b", "data", "b", &b_bridge, 2);
+    let other = host.ns("team-b");
+    let (_, netns) = npwg_pod(
+        &host,
+        "team-a",
+        "web",
+        &format!("data, {other}/data@eth10, data@eth11"),
+    )
+    .await;
+    let _agent = start_npwg(&host);
+    let own = host
+        .eventually("team-a's data", || ipv4(&netns, &ifname("data")))
+        .await;
+    let far = host
+        .eventually("team-b's data on eth10", || ipv4(&netns, "eth10"))
+        .await;
+    let again = host
+        .eventually("team-a's data again on eth11", || ipv4(&netns, "eth11"))
+        .await;
+    assert!(host.in_quarter(&own, 1), "{own}");
+    assert!(host.in_quarter(&far, 2), "{far}");
+    assert!(host.in_quarter(&again, 1), "{again}");
+    assert_ne!(own, again, "two attachments, two leases");
+    assert_eq!(host.leases("a").len(), 2);
+    assert_eq!(host.leases("b").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotation_whose_names_clash_is_refused_and_changes_nothing() {
+    let host = npwg_node().await;
+    let bridge = unique_name("ncb");
+    let _links = HostLinks(vec![bridge.clone()]);
+    put_bridge(&host, "default", "data", "data", &bridge, 1);
+    let (uid, netns) = npwg_pod(&host, "default", "web", "data@eth9").await;
+    let _agent = start_npwg(&host);
+    let kept = host
+        .eventually("data on eth9", || ipv4(&netns, "eth9"))
+        .await;
+    let calls = host.calls().len();
+
+    let refusals = [
+        ("data@eth9, data, data", "would get interface"),
+        ("data@eth9, data@lo", "lo already exists in the pod"),
+        (
+            "data@eth9, data@eth9",
+            "eth9 is already used by element [0]",
+        ),
+        ("data@../x", "interface names are letters"),
+    ];
+    for (annotation, why) in refusals {
+        host.annotate("default", "web", NETWORKS, Some(annotation));
+        let event = host
+            .eventually(&format!("a Warning for {annotation:?}"), || {
+                host.events("default", &uid, "InvalidNetworksAnnotation")
+                    .into_iter()
+                    .find(|e| note_of(e).contains(why))
+            })
+            .await;
+        assert_eq!(event["type"], "Warning");
+    }
+    assert_eq!(
+        host.calls().len(),
+        calls,
+        "no plugin ran for a refused annotation"
+    );
+    assert_eq!(ipv4(&netns, "eth9").as_deref(), Some(kept.as_str()));
+    assert_eq!(host.leases("data").len(), 1);
+}
