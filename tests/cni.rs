@@ -180,6 +180,7 @@ fn attachment(netns: &Path, network: &str) -> Target {
         network: network.into(),
         if_mac: None,
         config: None,
+        requested: None,
     }
 }
 

@@ -618,6 +618,7 @@ fn attachment() -> cni::Target {
         network: "green".into(),
         if_mac: None,
         config: None,
+        requested: None,
     }
 }
 

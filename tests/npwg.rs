@@ -178,3 +178,74 @@ async fn an_annotation_whose_names_clash_is_refused_and_changes_nothing() {
     assert_eq!(ipv4(&netns, "eth9").as_deref(), Some(kept.as_str()));
     assert_eq!(host.leases("data").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_ips_are_assigned_or_the_attachment_is_rolled_back() {
+    let host = npwg_node().await;
+    let (static_bridge, fixed_bridge) = (unique_name("nsb"), unique_name("nfb"));
+    let _links = HostLinks(vec![static_bridge.clone(), fixed_bridge.clone()]);
+    let prefix = host.address_prefix();
+    // Static IPAM takes its address from the element's `ips` (the `ips` capability).
+    let static_net = json!({"cniVersion": "1.0.0", "type": "wrap-bridge", "bridge": static_bridge,
+        "isGateway": false, "capabilities": {"ips": true}, "ipam": {"type": "static"}});
+    host.put_attachment_definition(
+        "default",
+        "pinned",
+        json!({"config": static_net.to_string()}),
+    );
+    // An IPAM that ignores every request and always answers one address.
+    let fixed_ipam = host.path("bin/fixed-ipam");
+    fs::write(
+        &fixed_ipam,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] || exit 0\n\
+             echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"{prefix}9/24\"}}]}}'\n"
+        ),
+    )
+    .expect("write the fixed IPAM");
+    fs::set_permissions(
+        &fixed_ipam,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the fixed IPAM");
+    let fixed_net = json!({"cniVersion": "1.0.0", "type": "wrap-bridge", "bridge": fixed_bridge,
+        "isGateway": false, "ipam": {"type": "fixed-ipam"}});
+    host.put_attachment_definition("default", "deaf", json!({"config": fixed_net.to_string()}));
+
+    let wanted = format!("{prefix}5");
+    let elements = json!([
+        {"name": "pinned", "interface": "eth9", "ips": [format!("{wanted}/24")]},
+        {"name": "deaf", "interface": "eth10", "ips": [format!("{prefix}6/24")]},
+    ]);
+    let (uid, netns) = npwg_pod(&host, "default", "web", &elements.to_string()).await;
+    let _agent = start_npwg(&host);
+    let got = host
+        .eventually("the pinned address on eth9", || ipv4(&netns, "eth9"))
+        .await;
+    assert_eq!(got, wanted);
+    let event = host
+        .eventually("the rollback reported", || {
+            host.events("default", &uid, "FailedAddingInterface")
+                .into_iter()
+                .find(|e| note_of(e).contains("did not get the requested ips"))
+        })
+        .await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        note_of(&event).contains(&format!("{prefix}6/24")),
+        "{}",
+        note_of(&event)
+    );
+    host.eventually("the rolled-back interface gone and unrecorded", || {
+        let record = host.record(&uid)?;
+        (!has_link(&netns, "eth10") && record["record"]["attachments"].get("eth10").is_none())
+            .then_some(())
+    })
+    .await;
+    let dels = host
+        .calls()
+        .into_iter()
+        .filter(|c| c.command == "DEL" && c.ifname == "eth10")
+        .count();
+    assert_eq!(dels, 1, "one rollback DEL: {:?}", host.calls());
+}

@@ -252,6 +252,7 @@ impl World {
                 network,
                 if_mac: None,
                 config: None,
+                requested: None,
             };
             podagent::cni::Cni::del(&teardown, &attachment)
                 .await

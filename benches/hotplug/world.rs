@@ -141,6 +141,7 @@ impl World {
             network: network.to_owned(),
             if_mac: None,
             config: None,
+            requested: None,
         })
     }
 

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+#[cfg(test)]
+use super::Requested;
 use super::error::{CniError, Op};
 use super::{Settings, Target};
 
@@ -54,6 +56,15 @@ impl ValidTarget {
         if let Some(mac) = &a.if_mac {
             pairs.push(("K8S_POD_IFMAC", "ifMac", mac));
         }
+        let ips = a.requested.as_ref().map(|r| r.ips.join(","));
+        if a.requested.is_some() {
+            if let Some(mac) = &a.if_mac {
+                pairs.push(("MAC", "mac", mac));
+            }
+            if let Some(ips) = ips.as_deref().filter(|ips| !ips.is_empty()) {
+                pairs.push(("IP", "ips", ips));
+            }
+        }
         let mut cni_args = String::from("IgnoreUnknown=1");
         for (key, field, value) in pairs {
             validate_arg(field, value)?;
@@ -65,6 +76,20 @@ impl ValidTarget {
         let mut capability_args = Map::new();
         if let Some(mac) = &a.if_mac {
             capability_args.insert("mac".to_owned(), Value::String(mac.clone()));
+        }
+        if let Some(requested) = &a.requested {
+            if !requested.ips.is_empty() {
+                let ips = requested.ips.iter().cloned().map(Value::String).collect();
+                capability_args.insert("ips".to_owned(), Value::Array(ips));
+            }
+            if !requested.port_mappings.is_empty() {
+                let mappings = Value::Array(requested.port_mappings.clone());
+                capability_args.insert("portMappings".to_owned(), mappings);
+            }
+            if let Some(bandwidth) = &requested.bandwidth {
+                let bandwidth = Value::Object(bandwidth.clone());
+                capability_args.insert("bandwidth".to_owned(), bandwidth);
+            }
         }
         Ok(ValidTarget {
             sandbox_id: a.sandbox_id.clone(),
@@ -226,6 +251,7 @@ mod tests {
             network: "green".into(),
             if_mac: None,
             config: None,
+            requested: None,
         }
     }
 
@@ -252,6 +278,38 @@ mod tests {
                 .ends_with(";K8S_POD_NETWORK=green;K8S_POD_IFMAC=02:00:00:00:00:01")
         );
         assert_eq!(target.capability_args["mac"], "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn npwg_requests_reach_cni_args_and_capabilities_as_multus_passes_them() {
+        let mut a = attachment();
+        a.if_mac = Some("02:00:00:00:00:01".into());
+        a.requested = Some(Requested {
+            ips: vec!["198.18.77.5/24".into(), "2001:db8::5/64".into()],
+            port_mappings: vec![serde_json::json!({"hostPort": 8080, "containerPort": 80})],
+            bandwidth: Some(
+                serde_json::json!({"ingressRate": 1000})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        });
+        let target = ValidTarget::new(&a).unwrap();
+        assert!(
+            target.cni_args.ends_with(
+                ";K8S_POD_IFMAC=02:00:00:00:00:01;MAC=02:00:00:00:00:01;\
+                 IP=198.18.77.5/24,2001:db8::5/64"
+            ),
+            "{}",
+            target.cni_args
+        );
+        assert_eq!(
+            Value::Object(target.capability_args),
+            serde_json::json!({"mac": "02:00:00:00:00:01",
+                "ips": ["198.18.77.5/24", "2001:db8::5/64"],
+                "portMappings": [{"hostPort": 8080, "containerPort": 80}],
+                "bandwidth": {"ingressRate": 1000}})
+        );
     }
 
     #[test]

@@ -78,6 +78,20 @@ pub struct Target {
     /// The network's own config list, as JSON text (`direct` mode); `None`: the node's
     /// primary config. A DEL prefers what the cached ADD used over either.
     pub config: Option<String>,
+    /// NPWG mode: what the element asks of the plugins, passed the way Multus passes it;
+    /// `None` in the Kaloom modes.
+    pub requested: Option<Requested>,
+}
+
+/// An NPWG element's requests as plugins receive them: `MAC=` (from [`Target::if_mac`]) and
+/// `IP=` in `CNI_ARGS`, and the `ips`, `portMappings` and `bandwidth` capabilities for the
+/// plugins that advertise them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requested {
+    /// Addresses with prefix length, as the element gave them.
+    pub ips: Vec<String>,
+    pub port_mappings: Vec<serde_json::Value>,
+    pub bandwidth: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Whether `bytes` is a config (list) the engine can run; the reason when not.

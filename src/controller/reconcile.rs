@@ -569,6 +569,7 @@ impl Run<'_> {
         let span = info_span!("add", network = %selection.name, ifname = %target.ifname, sandbox = %sandbox.id);
         async {
             let name = selection.name.clone();
+            let requested = selection.clone();
             let mut attachment = Attachment::new(selection, Phase::Adding).starting_now();
             attachment.definition = definition;
             self.record_for(sandbox)
@@ -577,6 +578,16 @@ impl Run<'_> {
             self.persist().await?;
             info!("CNI ADD");
             match self.ctx.cni.add(&target).await {
+                Ok(result) if !missing_ips(&requested, &result, &target.ifname).is_empty() => {
+                    let missing = missing_ips(&requested, &result, &target.ifname);
+                    self.roll_back_unhonoured(
+                        &target,
+                        &name,
+                        &missing,
+                        &summary(&result, &target.ifname),
+                    )
+                    .await
+                }
                 Ok(result) => {
                     if let Some(a) = self.attachment_mut(&target.ifname) {
                         a.enter(Phase::Attached);
@@ -621,6 +632,47 @@ impl Run<'_> {
         }
         .instrument(span)
         .await
+    }
+
+    /// An ADD that did not give the interface the addresses the element asked for (NPWG §4):
+    /// DEL it again, forget it, and tell the user; retried when the pod or network changes,
+    /// not on a timer, since the same plugin would answer the same.
+    async fn roll_back_unhonoured(
+        &mut self,
+        target: &cni::Target,
+        name: &str,
+        missing: &[String],
+        got: &str,
+    ) -> Result<(), ReconcileError> {
+        warn!(missing = ?missing, got = %got, "the plugin did not assign the requested ips; rolling back");
+        self.ctx
+            .cni
+            .del(target)
+            .await
+            .map_err(|source| ReconcileError::Del {
+                pod: self.pod.to_string(),
+                network: name.to_owned(),
+                ifname: target.ifname.clone(),
+                source: Box::new(source),
+            })?;
+        if let Some(record) = &mut self.record {
+            record.attachments.remove(&target.ifname);
+        }
+        self.persist().await?;
+        self.notify(Notice {
+            severity: Severity::Warning,
+            reason: "FailedAddingInterface",
+            action: "AddInterface",
+            note: format!(
+                "network {name}: interface {} did not get the requested ips {} ({got}); it was \
+                 removed again: use an IPAM that honours requested addresses (static, or \
+                 host-local/whereabouts with the ips capability)",
+                target.ifname,
+                missing.join(", ")
+            ),
+        })
+        .await;
+        Ok(())
     }
 
     /// An entry with nothing to run: a Warning Event per distinct reason, then a wait for the
@@ -752,7 +804,20 @@ impl Run<'_> {
             pod_uid: self.pod.uid.clone(),
             network: selection.name.clone(),
             if_mac: selection.if_mac.map(|mac| mac.to_string()),
-            config: definition.map(|d| d.config.clone()),
+            config: definition.map(|d| match &selection.requests {
+                Some(requests) => with_cni_args(&d.config, &requests.cni_args),
+                None => d.config.clone(),
+            }),
+            requested: (self.ctx.networks.mode() == Mode::Npwg).then(|| {
+                let requests = selection.requests.as_deref();
+                cni::Requested {
+                    ips: requests.map_or_else(Vec::new, |r| {
+                        r.ips.iter().map(ToString::to_string).collect()
+                    }),
+                    port_mappings: requests.map_or_else(Vec::new, |r| r.port_mappings.clone()),
+                    bandwidth: requests.and_then(|r| r.bandwidth.clone()),
+                }
+            }),
         }
     }
 
@@ -844,6 +909,44 @@ impl Run<'_> {
             Err(error) => warn!(error = %error, "cannot write the status annotation"),
         }
     }
+}
+
+/// `config` (a config list) with `args` merged into every plugin's `args.cni`, as Multus
+/// passes an element's `cni-args`; unchanged when there are none (or it is not a list, which
+/// the CNI engine then refuses with its own reason).
+fn with_cni_args(config: &str, args: &serde_json::Map<String, serde_json::Value>) -> String {
+    if args.is_empty() {
+        return config.to_owned();
+    }
+    let Ok(mut list) = serde_json::from_str::<serde_json::Value>(config) else {
+        return config.to_owned();
+    };
+    let Some(plugins) = list.get_mut("plugins").and_then(|p| p.as_array_mut()) else {
+        return config.to_owned();
+    };
+    for plugin in plugins.iter_mut().filter_map(|p| p.as_object_mut()) {
+        let cni = plugin
+            .entry("args")
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+            .map(|a| a.entry("cni").or_insert_with(|| serde_json::json!({})));
+        if let Some(cni) = cni.and_then(|c| c.as_object_mut()) {
+            cni.extend(args.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    list.to_string()
+}
+
+/// The requested addresses (NPWG `ips`) the ADD result does not give `ifname`.
+fn missing_ips(selection: &NetworkSelection, result: &CniResult, ifname: &str) -> Vec<String> {
+    let got = result.ips_of(ifname);
+    selection
+        .requests
+        .iter()
+        .flat_map(|r| r.ips.iter())
+        .filter(|wanted| !got.iter().any(|c| c.addr == wanted.addr))
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// Addresses and MAC of `ifname` from an ADD result, for logs and Events.
