@@ -324,6 +324,7 @@ async fn list_pods(config: &Config, kube: &KubeClient) -> Result<String, String>
         kube.clone(),
         &config.node_name,
         &config.annotation_key,
+        None,
         Duration::from_secs(1),
     );
     let (pods, _) = bounded(async { watcher.list().await.map_err(|e| render(&e)) }).await?;

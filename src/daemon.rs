@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::cni::Invoker;
 use crate::config::Config;
+use crate::controller::report::NPWG_STATUS_ANNOTATION;
 use crate::controller::{Context, Controller, Summary};
 use crate::error_chain;
 use crate::kubeapi::events::KubeFeedback;
@@ -112,6 +113,11 @@ fn shutdown_signal() -> Result<impl Future<Output = &'static str>, DaemonError> 
             _ = int.recv() => "SIGINT",
         }
     })
+}
+
+/// The status annotation each pod view keeps: in npwg mode podagent merges into the NPWG one.
+fn status_key(config: &Config) -> Option<&'static str> {
+    (config.networks.mode == Mode::Npwg).then_some(NPWG_STATUS_ANNOTATION)
 }
 
 /// Runs `attempt` until it succeeds, reporting each failure in the log and in `STATUS=`.
@@ -234,7 +240,13 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     let liveness = Liveness::new(cadence.stale_after);
     health.started(liveness.clone());
     let (events, receiver) = mpsc::channel(EVENT_BACKLOG);
-    let watcher = PodWatcher::new(kube, &node, &config.annotation_key, cadence.watch_timeout);
+    let watcher = PodWatcher::new(
+        kube,
+        &node,
+        &config.annotation_key,
+        status_key(&config),
+        cadence.watch_timeout,
+    );
     let watch = tokio::spawn(watcher.run(version, events, liveness.clone()));
     let beat = {
         let (liveness, notifier) = (liveness.clone(), notifier.clone());
@@ -312,6 +324,7 @@ async fn start(
         kube.clone(),
         &config.node_name,
         &config.annotation_key,
+        status_key(config),
         cadence.watch_timeout,
     );
     let waiting = format!("API server {}", kube.url);

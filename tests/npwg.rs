@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
 use testkit::netns::{HostLinks, unique_name};
-use testkit::node::{Agent, Node, has_link, ipv4};
+use testkit::node::{Agent, Node, WAIT, has_link, ipv4};
 
 const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
 const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+const STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
 
 /// A containerd node with the NetworkAttachmentDefinition CRD installed.
 async fn npwg_node() -> Node {
@@ -248,4 +249,78 @@ async fn requested_ips_are_assigned_or_the_attachment_is_rolled_back() {
         .filter(|c| c.command == "DEL" && c.ifname == "eth10")
         .count();
     assert_eq!(dels, 1, "one rollback DEL: {:?}", host.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_status_is_merged_and_a_concurrent_writer_loses_nothing() {
+    let host = npwg_node().await;
+    let bridge = unique_name("nmb");
+    let _links = HostLinks(vec![bridge.clone()]);
+    put_bridge(&host, "default", "red", "red", &bridge, 1);
+    // The default network's entry, as Multus writes it at pod creation.
+    let default_entry = json!({"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.5"],
+        "mac": "0a:58:0a:f4:00:05", "default": true, "dns": {}});
+    let annotations = json!({
+        NETWORKS: "red@eth9",
+        STATUS: json!([default_entry]).to_string(),
+    });
+    let (_, sandbox) = host
+        .pod_with_annotations("default", "web", annotations)
+        .await;
+    let netns = host.netns(&sandbox).await;
+
+    // podagent's first status write is held at the proxy while another writer changes the
+    // pod: the held write then reaches the API server with a stale resourceVersion.
+    let proxy = host.fault_proxy().await;
+    let pod_path = format!("/api/v1/namespaces/{}/pods/web", host.ns("default"));
+    proxy.faults().hold_next("PATCH", &pod_path);
+    let mut config = host.agent_config();
+    config.networks = "mode = \"npwg\"\n".to_owned();
+    host.through_proxy(&mut config, &proxy);
+    let _agent = host.start_agent_with(&config);
+    let address = host
+        .eventually("red on eth9", || ipv4(&netns, "eth9"))
+        .await;
+    tokio::time::timeout(WAIT, proxy.faults().held(1))
+        .await
+        .expect("podagent's status write reached the proxy");
+    host.annotate("default", "web", "example.com/owner", Some("team-a"));
+    proxy.faults().release();
+
+    let namespace = host.ns("default");
+    let status = host
+        .eventually("the merged network-status", || {
+            let pod = host.get_pod("default", "web")?;
+            let text = pod["metadata"]["annotations"][STATUS].as_str()?.to_owned();
+            let entries: Value = serde_json::from_str(&text).ok()?;
+            (entries.as_array()?.len() == 2).then_some(entries)
+        })
+        .await;
+    assert_eq!(status[0], default_entry, "the default entry is untouched");
+    assert_eq!(status[1]["name"], format!("{namespace}/red"));
+    assert_eq!(status[1]["interface"], "eth9");
+    assert_eq!(status[1]["default"], false);
+    assert_eq!(status[1]["ips"], json!([address.clone()]));
+    let pod = host.get_pod("default", "web").expect("pod");
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/owner"], "team-a",
+        "the concurrent writer's change survived"
+    );
+    let answers = proxy.faults().held_answers();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(
+        answers[0].1, 409,
+        "the held write was refused as stale: {answers:?}"
+    );
+
+    // Removing the attachment removes exactly podagent's entry.
+    host.annotate("default", "web", NETWORKS, None);
+    host.eventually("only the default entry left", || {
+        let pod = host.get_pod("default", "web")?;
+        let text = pod["metadata"]["annotations"][STATUS].as_str()?.to_owned();
+        let entries: Value = serde_json::from_str(&text).ok()?;
+        (entries == json!([default_entry])).then_some(())
+    })
+    .await;
+    assert!(!has_link(&netns, "eth9"));
 }

@@ -14,7 +14,7 @@ use super::report::Notice;
 use crate::cni::{Cni, CniError, CniResult, Op, PluginRun, Target};
 use crate::config::ReconcileSettings;
 use crate::kubeapi::PodView;
-use crate::kubeapi::events::{Feedback, ReportError};
+use crate::kubeapi::events::{Feedback, ReportError, StatusWrite};
 use crate::netns::{Inspection, Link, LinkObserver, NetnsError, NetnsId, OperState};
 use crate::networks::Networks;
 use crate::pod::PodRef;
@@ -230,11 +230,11 @@ impl Feedback for Fakes {
     fn status<'a>(
         &'a self,
         pod: &'a PodRef,
-        value: Option<&'a str>,
+        write: StatusWrite<'a>,
     ) -> BoxFuture<'a, Result<(), ReportError>> {
         self.node()
             .statuses
-            .push((pod.uid.clone(), value.map(str::to_owned)));
+            .push((pod.uid.clone(), write.value.map(str::to_owned)));
         Box::pin(async { Ok(()) })
     }
 
@@ -273,5 +273,7 @@ pub(crate) fn view(uid: &str, networks: Option<&str>) -> PodView {
         host_network: false,
         deleting: false,
         container_ids: vec!["containerd://c1".into()],
+        network_status: None,
+        resource_version: "1".into(),
     }
 }

@@ -278,9 +278,13 @@ impl Controller {
     }
 
     fn applied(&mut self, view: PodView) {
-        let existing = self.pods.get(&view.uid);
-        // The view holds exactly what a plan depends on: equal means status churn.
-        if existing.is_some_and(|entry| entry.view.as_ref() == Some(&view)) {
+        // The view holds exactly what a plan depends on, and the resourceVersion a status
+        // write is conditioned on: alike means status churn, which only brings the version.
+        if let Some(entry) = self.pods.get_mut(&view.uid)
+            && let Some(known) = &mut entry.view
+            && known.plans_alike(&view)
+        {
+            known.resource_version = view.resource_version;
             return;
         }
         let pod = view.pod();

@@ -20,16 +20,19 @@
 //! the netns path stay the same. Steps run in the plan's order and stop at the first failure;
 //! the caller retries with backoff and the plan is made again from whatever is then true.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use super::Context;
-use super::report::{Notice, Severity, status_value};
+use super::report::{
+    NPWG_STATUS_ANNOTATION, Notice, STATUS_ANNOTATION, Severity, npwg_status_value, status_value,
+};
 use crate::annotation::{AnnotationError, NetworkSelection};
 use crate::cni::{self, CniError, CniResult};
 use crate::kubeapi::PodView;
+use crate::kubeapi::events::{ReportError, StatusWrite};
 use crate::netns::{Inspection, Link, NetnsError, NetnsId};
 use crate::networks::{Definition, Mode, Resolution};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
@@ -70,12 +73,17 @@ pub(crate) enum ReconcileError {
         ifname: String,
         source: Box<CniError>,
     },
+    /// npwg mode: the merged `network-status` could not be written (a 409 means someone
+    /// wrote the pod meanwhile: merge again from the newer pod).
+    #[error("{source}")]
+    Status { source: Box<ReportError> },
 }
 
 impl ReconcileError {
     /// The plugin asked to be called again later (CNI code 11): retry at the base delay.
     pub(crate) fn is_retry_later(&self) -> bool {
         match self {
+            ReconcileError::Status { source } => source.is_conflict(),
             ReconcileError::Add { source, .. } | ReconcileError::Del { source, .. } => {
                 source.is_retry_later()
             }
@@ -99,6 +107,10 @@ pub(crate) struct Memo {
     pub(crate) edited: BTreeMap<String, String>,
     /// The runtime's last answer for the pod's sandbox, while it can still be trusted.
     pub(crate) sandbox: Option<KnownSandbox>,
+    /// npwg mode: the interfaces podagent last wrote `network-status` entries for.
+    pub(crate) status_interfaces: BTreeSet<String>,
+    /// npwg mode: the unusable `network-status` value already warned about.
+    pub(crate) status_unusable: Option<String>,
 }
 
 /// A sandbox the runtime named, with what it was named for: the pod's containers then and the
@@ -331,7 +343,15 @@ impl Run<'_> {
             verdict = Verdict::Retry(error);
         }
         self.report_edited().await;
-        self.report_status().await;
+        if self.ctx.networks.mode() == Mode::Npwg {
+            if let Err(error) = self.merge_npwg_status(view).await
+                && matches!(verdict, Verdict::Settled)
+            {
+                verdict = Verdict::Retry(error);
+            }
+        } else {
+            self.report_status().await;
+        }
         verdict
     }
 
@@ -889,6 +909,58 @@ impl Run<'_> {
         }
     }
 
+    /// npwg mode: merges podagent's entries into the pod's `k8s.v1.cni.cncf.io/network-status`
+    /// as the watch last showed it, and writes it conditioned on that pod version, so another
+    /// writer's concurrent change is never overwritten: a 409 retries the reconcile, which
+    /// merges again into the newer value. Nothing is written when nothing changes.
+    async fn merge_npwg_status(&mut self, view: &PodView) -> Result<(), ReconcileError> {
+        let merged = match npwg_status_value(
+            view.network_status.as_deref(),
+            self.record.as_ref(),
+            self.sight.links(),
+            &self.memo.status_interfaces,
+            &self.pod.namespace,
+        ) {
+            Ok(merged) => merged,
+            Err(problem) => {
+                if self.memo.status_unusable != view.network_status {
+                    warn!(problem = %problem, "network-status not merged");
+                    self.memo.status_unusable.clone_from(&view.network_status);
+                }
+                return Ok(());
+            }
+        };
+        let written: BTreeSet<String> = self
+            .record
+            .iter()
+            .flat_map(|r| r.attachments.iter())
+            .filter(|(_, a)| a.phase == Phase::Attached)
+            .map(|(ifname, _)| ifname.clone())
+            .collect();
+        if merged == view.network_status {
+            self.memo.status_interfaces = written;
+            return Ok(());
+        }
+        let write = StatusWrite {
+            key: NPWG_STATUS_ANNOTATION,
+            value: merged.as_deref(),
+            precondition: Some(&view.resource_version),
+        };
+        match self.ctx.feedback.status(self.pod, write).await {
+            Ok(()) => {
+                debug!(status = ?merged, "network-status merged");
+                self.memo.status_interfaces = written;
+                Ok(())
+            }
+            Err(error) => {
+                warn!(error = %error, conflict = error.is_conflict(), "cannot write network-status");
+                Err(ReconcileError::Status {
+                    source: Box::new(error),
+                })
+            }
+        }
+    }
+
     /// Writes the status annotation when it changed; a pod podagent never managed anything in
     /// is left untouched.
     async fn report_status(&mut self) {
@@ -901,7 +973,12 @@ impl Run<'_> {
             }
             _ => {}
         }
-        match self.ctx.feedback.status(self.pod, value.as_deref()).await {
+        let write = StatusWrite {
+            key: STATUS_ANNOTATION,
+            value: value.as_deref(),
+            precondition: None,
+        };
+        match self.ctx.feedback.status(self.pod, write).await {
             Ok(()) => {
                 debug!(status = ?value, "status annotation written");
                 self.memo.status = Some(value);

@@ -6,6 +6,8 @@
 //! removed, a Warning per failure, and an annotation listing what is plugged in now, shaped like
 //! the NPWG `network-status` entries that Multus users already read.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::Serialize;
 
 use crate::cni::CniResult;
@@ -48,7 +50,80 @@ pub(crate) struct NetworkStatus {
 /// from the CNI result when there is one (podagent made the attachment), else from the link
 /// seen in the netns (an adopted attachment). `None` when podagent manages nothing in the pod.
 pub(crate) fn status_value(record: Option<&PodRecord>, links: &[Link]) -> Option<String> {
-    let entries: Vec<NetworkStatus> = record
+    let entries = status_entries(record, links);
+    if entries.is_empty() {
+        None
+    } else {
+        serde_json::to_string(&entries).ok()
+    }
+}
+
+/// The annotation Multus and its users read; podagent merges its entries into it in npwg mode.
+pub(crate) const NPWG_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+
+/// The `k8s.v1.cni.cncf.io/network-status` value with podagent's entries merged into
+/// `existing` (what the pod holds now, whoever wrote it): every entry on an interface podagent
+/// holds or held (`released`) is dropped, then one per attached attachment is appended, named
+/// `namespace/name` as the NPWG standard has it. Entries of other writers — the default
+/// network's first of all — are kept as they are, in their order. `Ok(None)`: nothing is left.
+/// `Err`: `existing` is not a JSON list, and rewriting it would destroy what someone wrote.
+pub(crate) fn npwg_status_value(
+    existing: Option<&str>,
+    record: Option<&PodRecord>,
+    links: &[Link],
+    released: &BTreeSet<String>,
+    pod_namespace: &str,
+) -> Result<Option<String>, String> {
+    let mut entries: Vec<serde_json::Value> = match existing.map(str::trim) {
+        None | Some("") => Vec::new(),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            format!("{NPWG_STATUS_ANNOTATION} is not a JSON list ({e}); podagent leaves it alone")
+        })?,
+    };
+    let held: BTreeSet<&str> = record
+        .iter()
+        .flat_map(|r| r.attachments.keys().map(String::as_str))
+        .chain(released.iter().map(String::as_str))
+        .collect();
+    entries.retain(|entry| {
+        entry["default"] == true
+            || !entry["interface"]
+                .as_str()
+                .is_some_and(|interface| held.contains(interface))
+    });
+    let namespaces: BTreeMap<&str, String> = record
+        .iter()
+        .flat_map(|r| r.attachments.iter())
+        .map(|(ifname, a)| {
+            let namespace = a
+                .definition
+                .as_ref()
+                .map(|d| d.namespace.clone())
+                .or_else(|| a.selection.namespace.clone())
+                .unwrap_or_else(|| pod_namespace.to_owned());
+            (ifname.as_str(), namespace)
+        })
+        .collect();
+    for mut ours in status_entries(record, links) {
+        if let Some(namespace) = namespaces.get(ours.interface.as_str()) {
+            ours.name = format!("{namespace}/{}", ours.name);
+        }
+        let mut entry = serde_json::to_value(&ours).map_err(|e| e.to_string())?;
+        entry["default"] = serde_json::Value::Bool(false);
+        entry["dns"] = serde_json::json!({});
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        Ok(None)
+    } else {
+        serde_json::to_string_pretty(&entries)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn status_entries(record: Option<&PodRecord>, links: &[Link]) -> Vec<NetworkStatus> {
+    record
         .into_iter()
         .flat_map(|r| r.attachments.values())
         .filter(|a| a.phase == Phase::Attached)
@@ -77,12 +152,7 @@ pub(crate) fn status_value(record: Option<&PodRecord>, links: &[Link]) -> Option
                 mac,
             }
         })
-        .collect();
-    if entries.is_empty() {
-        None
-    } else {
-        serde_json::to_string(&entries).ok()
-    }
+        .collect()
 }
 
 #[cfg(test)]
@@ -147,5 +217,58 @@ mod tests {
         assert_eq!(status_value(None, &[]), None);
         let adding = Attachment::new(selection("red"), Phase::Adding);
         assert_eq!(status_value(Some(&record(vec![adding])), &[]), None);
+    }
+
+    #[test]
+    fn npwg_status_merges_podagents_entries_and_keeps_everyone_elses() {
+        let mut green = Attachment::new(NetworkSelection::named("green"), Phase::Attached);
+        green.selection.interface = Some("eth9".into());
+        green.ifname = "eth9".into();
+        green.result = Some(json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth9", "mac": "0a:00:00:00:00:09", "sandbox": "/x"}],
+            "ips": [{"address": "198.19.0.9/24", "interface": 0}]}));
+        let record = PodRecord {
+            uid: "u1".into(),
+            namespace: "ns".into(),
+            name: "web".into(),
+            sandbox_id: "s1".into(),
+            netns: "/x".into(),
+            attachments: [("eth9".to_owned(), green)].into(),
+        };
+        let existing = json!([
+            {"name": "cbr0", "interface": "eth0", "ips": ["10.0.0.5"], "default": true},
+            {"name": "ns/green", "interface": "eth9", "ips": ["198.19.0.1"]},
+            {"name": "ns/gone", "interface": "net1"},
+            {"name": "other/thing", "interface": "net2"},
+        ])
+        .to_string();
+        let released = BTreeSet::from(["net1".to_owned()]);
+        let merged =
+            npwg_status_value(Some(&existing), Some(&record), &[], &released, "ns").unwrap();
+        let merged: serde_json::Value = serde_json::from_str(&merged.unwrap()).unwrap();
+        assert_eq!(
+            merged,
+            json!([
+                {"name": "cbr0", "interface": "eth0", "ips": ["10.0.0.5"], "default": true},
+                {"name": "other/thing", "interface": "net2"},
+                {"name": "ns/green", "interface": "eth9", "ips": ["198.19.0.9"],
+                 "mac": "0a:00:00:00:00:09", "default": false, "dns": {}},
+            ])
+        );
+        // Nothing of podagent's left and nobody else's: the annotation goes.
+        let only_ours = json!([{"name": "ns/green", "interface": "eth9"}]).to_string();
+        assert_eq!(
+            npwg_status_value(
+                Some(&only_ours),
+                None,
+                &[],
+                &BTreeSet::from(["eth9".to_owned()]),
+                "ns"
+            ),
+            Ok(None)
+        );
+        assert!(
+            npwg_status_value(Some("{not a list"), Some(&record), &[], &released, "ns").is_err()
+        );
     }
 }

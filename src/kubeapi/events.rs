@@ -29,7 +29,7 @@ use md5::{Digest, Md5};
 use serde_json::json;
 
 use super::{KubeClient, KubeError, Request};
-use crate::controller::report::{Notice, STATUS_ANNOTATION, Severity};
+use crate::controller::report::{Notice, Severity};
 use crate::pod::PodRef;
 
 /// `reportingController` of every Event podagent records.
@@ -52,8 +52,12 @@ pub(crate) enum ReportError {
         reason: &'static str,
         source: KubeError,
     },
-    #[error("writing the {STATUS_ANNOTATION} annotation of pod {pod}: {source}")]
-    Status { pod: String, source: KubeError },
+    #[error("writing the {key} annotation of pod {pod}: {source}")]
+    Status {
+        pod: String,
+        key: &'static str,
+        source: KubeError,
+    },
 }
 
 /// Where feedback goes: the API server in the daemon, a recorder in unit tests.
@@ -65,15 +69,39 @@ pub(crate) trait Feedback: Send + Sync {
         notice: Notice,
     ) -> BoxFuture<'a, Result<(), ReportError>>;
 
-    /// Sets (`Some`) or removes (`None`) the status annotation.
+    /// Sets (`Some`) or removes (`None`) a status annotation.
     fn status<'a>(
         &'a self,
         pod: &'a PodRef,
-        value: Option<&'a str>,
+        write: StatusWrite<'a>,
     ) -> BoxFuture<'a, Result<(), ReportError>>;
 
     /// Drops what is remembered about a pod that is gone.
     fn forget(&self, uid: &str);
+}
+
+/// One status annotation write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StatusWrite<'a> {
+    pub(crate) key: &'static str,
+    /// `None` removes the annotation.
+    pub(crate) value: Option<&'a str>,
+    /// The pod's resourceVersion the value was computed from: the write fails with 409 if the
+    /// pod changed since (a read-modify-write of an annotation others write too).
+    pub(crate) precondition: Option<&'a str>,
+}
+
+impl ReportError {
+    /// Whether the API server refused a status write because the pod changed meanwhile.
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            ReportError::Status {
+                source: KubeError::Api { code: 409, .. },
+                ..
+            }
+        )
+    }
 }
 
 /// How an Event object is named.
@@ -300,18 +328,23 @@ impl Feedback for KubeFeedback {
     fn status<'a>(
         &'a self,
         pod: &'a PodRef,
-        value: Option<&'a str>,
+        write: StatusWrite<'a>,
     ) -> BoxFuture<'a, Result<(), ReportError>> {
         Box::pin(async move {
             let api: Api<Pod> = Api::namespaced(self.kube.client.clone(), &pod.namespace);
-            // Only our key: a merge patch leaves every other annotation as it is, and a null
-            // removes ours.
-            let patch = json!({"metadata": {"annotations": {STATUS_ANNOTATION: value}}});
+            // Only one key: a merge patch leaves every other annotation as it is, and a null
+            // removes it. A resourceVersion in the patch makes the API server refuse it (409)
+            // when the pod changed since that version was read.
+            let mut patch = json!({"metadata": {"annotations": {write.key: write.value}}});
+            if let Some(version) = write.precondition {
+                patch["metadata"]["resourceVersion"] = json!(version);
+            }
             api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map(drop)
                 .map_err(|e| ReportError::Status {
                     pod: pod.to_string(),
+                    key: write.key,
                     source: Request {
                         verb: "patch",
                         resource: "pods",

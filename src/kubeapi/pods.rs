@@ -37,6 +37,12 @@ pub struct PodView {
     pub deleting: bool,
     /// `status.containerStatuses[].containerID`: they all change when the sandbox is re-created.
     pub container_ids: Vec<String>,
+    /// The NPWG `network-status` annotation (npwg mode only): podagent merges its entries
+    /// into it and reads Multus' for interface names.
+    pub network_status: Option<String>,
+    /// The object's resourceVersion: the precondition of a read-modify-write of the pod. It
+    /// changes with every write, so it is not part of what [`PodView::plans_alike`] compares.
+    pub(crate) resource_version: String,
 }
 
 impl PodView {
@@ -61,7 +67,18 @@ impl PodView {
                 .unwrap_or(false),
             deleting: meta.deletion_timestamp.is_some(),
             container_ids: container_ids(pod),
+            network_status: None,
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
         })
+    }
+
+    /// Whether a plan made from either view would be the same: everything but the
+    /// resourceVersion is equal, so a change elsewhere in the pod is status churn.
+    pub(crate) fn plans_alike(&self, other: &PodView) -> bool {
+        PodView {
+            resource_version: other.resource_version.clone(),
+            ..self.clone()
+        } == *other
     }
 
     /// Which pod this is.
@@ -110,6 +127,8 @@ pub struct PodWatcher {
     api: Api<Pod>,
     selector: String,
     annotation_key: String,
+    /// The status annotation kept in each view (npwg mode), if any.
+    status_key: Option<&'static str>,
     /// `timeoutSeconds` of each watch request; also bounds how long a silent stream is trusted.
     watch_timeout: Duration,
 }
@@ -124,6 +143,7 @@ impl PodWatcher {
         kube: KubeClient,
         node: &str,
         annotation_key: &str,
+        status_key: Option<&'static str>,
         watch_timeout: Duration,
     ) -> PodWatcher {
         PodWatcher {
@@ -131,8 +151,21 @@ impl PodWatcher {
             kube,
             selector: format!("spec.nodeName={node}"),
             annotation_key: annotation_key.to_string(),
+            status_key,
             watch_timeout: watch_timeout.max(Duration::from_secs(1)),
         }
+    }
+
+    fn view(&self, pod: &Pod) -> Option<PodView> {
+        let mut view = PodView::from_pod(pod, &self.annotation_key)?;
+        if let Some(key) = self.status_key {
+            view.network_status = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key).cloned());
+        }
+        Some(view)
     }
 
     fn request(&self, verb: &'static str) -> Request {
@@ -152,11 +185,7 @@ impl PodWatcher {
             .await
             .map_err(|e| self.request("list").error(&self.kube.url, e))?;
         let version = list.metadata.resource_version.clone().unwrap_or_default();
-        let pods = list
-            .items
-            .iter()
-            .filter_map(|pod| PodView::from_pod(pod, &self.annotation_key))
-            .collect();
+        let pods = list.items.iter().filter_map(|pod| self.view(pod)).collect();
         Ok((pods, version))
     }
 
@@ -232,11 +261,11 @@ impl PodWatcher {
             let event = match item {
                 WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
                     remember_version(version, &pod);
-                    PodView::from_pod(&pod, &self.annotation_key).map(PodEvent::Applied)
+                    self.view(&pod).map(PodEvent::Applied)
                 }
                 WatchEvent::Deleted(pod) => {
                     remember_version(version, &pod);
-                    PodView::from_pod(&pod, &self.annotation_key).map(PodEvent::Deleted)
+                    self.view(&pod).map(PodEvent::Deleted)
                 }
                 WatchEvent::Bookmark(bookmark) => {
                     *version = bookmark.metadata.resource_version;
@@ -368,7 +397,10 @@ mod tests {
         statuses[0]["restartCount"] = 3.into();
         // Same containers listed in another order.
         statuses.as_array_mut().expect("object").reverse();
-        assert_eq!(PodView::from_pod(&pod(churned), "networks"), before);
+        let after = PodView::from_pod(&pod(churned), "networks").expect("complete pod");
+        let before = before.expect("complete pod");
+        assert!(after.plans_alike(&before), "{after:?} vs {before:?}");
+        assert_eq!(after.resource_version, "11", "the newer version is kept");
     }
 
     #[test]
@@ -402,9 +434,9 @@ mod tests {
         for (what, change) in changes {
             let mut changed = base_pod();
             change(&mut changed);
-            assert_ne!(
-                PodView::from_pod(&pod(changed), "networks"),
-                before,
+            let changed = PodView::from_pod(&pod(changed), "networks").expect("complete pod");
+            assert!(
+                !changed.plans_alike(before.as_ref().expect("complete pod")),
                 "{what}"
             );
         }

@@ -75,6 +75,14 @@ struct FaultState {
     stall: watch::Sender<bool>,
     /// Bumped by every cut; each connection closes when it changes.
     cuts: watch::Sender<u64>,
+    /// The next request with this method and path prefix is held until released.
+    hold: Mutex<Option<(String, String)>>,
+    /// How many requests have been held so far.
+    held: watch::Sender<u32>,
+    /// Bumped by every release; held requests go on when it changes.
+    releases: watch::Sender<u64>,
+    /// What upstream answered held requests, once forwarded: (request line, status).
+    held_answers: Mutex<Vec<(String, u16)>>,
 }
 
 struct Shared {
@@ -126,6 +134,10 @@ impl FaultProxy {
                 failures: Mutex::new((0, 0, String::new())),
                 stall: watch::Sender::new(false),
                 cuts: watch::Sender::new(0),
+                hold: Mutex::new(None),
+                held: watch::Sender::new(0),
+                releases: watch::Sender::new(0),
+                held_answers: Mutex::new(Vec::new()),
             }),
         };
         let requests = Requests::default();
@@ -222,6 +234,44 @@ impl Faults {
         *lock(&self.inner.failures) = (n, status, prefix.to_owned());
     }
 
+    /// Holds the next `method` request whose path starts with `prefix` (say a status PATCH)
+    /// until [`Faults::release`]: a test can change the object in between, so the held
+    /// request reaches the real API server stale.
+    pub fn hold_next(&self, method: &str, prefix: &str) {
+        *lock(&self.inner.hold) = Some((method.to_owned(), prefix.to_owned()));
+    }
+
+    /// Waits until `n` requests have been held in all.
+    pub async fn held(&self, n: u32) {
+        let _ = self
+            .inner
+            .held
+            .subscribe()
+            .wait_for(|held| *held >= n)
+            .await;
+    }
+
+    /// Lets every held request go on to upstream.
+    pub fn release(&self) {
+        self.inner.releases.send_modify(|n| *n += 1);
+    }
+
+    /// Upstream's answers to the held requests so far: (request line, status code).
+    pub fn held_answers(&self) -> Vec<(String, u16)> {
+        lock(&self.inner.held_answers).clone()
+    }
+
+    fn take_hold(&self, method: &str, path: &str) -> bool {
+        let mut hold = lock(&self.inner.hold);
+        let matches = hold
+            .as_ref()
+            .is_some_and(|(m, prefix)| m == method && path.starts_with(prefix.as_str()));
+        if matches {
+            *hold = None;
+        }
+        matches
+    }
+
     /// No latency, no stall, no pending failures.
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
@@ -271,7 +321,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         req.method(),
         req.uri().path_and_query().map_or("/", |p| p.as_str())
     );
-    lock(&shared.requests).push(line);
+    lock(&shared.requests).push(line.clone());
     let faults = &shared.faults;
     let failure = faults.take_failure(req.uri().path());
     let latency = *lock(&faults.inner.latency);
@@ -282,12 +332,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if let Some(status) = failure {
         return Ok(status_response(status, "injected by the fault proxy"));
     }
-    Ok(forward(&shared, req).await.unwrap_or_else(|err| {
+    let held = faults.take_hold(req.method().as_str(), req.uri().path());
+    if held {
+        let mut releases = faults.inner.releases.subscribe();
+        faults.inner.held.send_modify(|n| *n += 1);
+        let _ = releases.changed().await;
+    }
+    let response = forward(&shared, req).await.unwrap_or_else(|err| {
         status_response(
             502,
             &format!("fault proxy: upstream request failed: {err:#}"),
         )
-    }))
+    });
+    if held {
+        lock(&faults.inner.held_answers).push((line, response.status().as_u16()));
+    }
+    Ok(response)
 }
 
 async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>> {
