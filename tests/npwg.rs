@@ -7,7 +7,9 @@
 //! netns and the lease files.
 
 use std::fs;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
@@ -323,4 +325,105 @@ async fn network_status_is_merged_and_a_concurrent_writer_loses_nothing() {
     })
     .await;
     assert!(!has_link(&netns, "eth9"));
+}
+
+/// Plays Multus at sandbox creation: runs `config`'s plugin (a single config) for the ADD of
+/// `ifname` in the sandbox, the way a runtime calls a CNI plugin; returns its result.
+fn cold_plug(host: &Node, sandbox: &str, netns: &Path, ifname: &str, config: &Value) -> Value {
+    let mut child = Command::new(host.path(&format!("bin/{}", config["type"].as_str().unwrap())))
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", sandbox)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env(
+            "CNI_PATH",
+            format!("{}:/usr/lib/cni", host.path("bin").display()),
+        )
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(config.to_string().as_bytes())
+        .expect("write the config");
+    let out = child.wait_with_output().expect("the plugin ends");
+    assert!(
+        out.status.success(),
+        "cold-plug ADD failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("a CNI result")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multus_cold_plugged_interfaces_are_adopted_and_forged_claims_change_nothing() {
+    let host = npwg_node().await;
+    let bridge = unique_name("nab");
+    let _links = HostLinks(vec![bridge.clone()]);
+    put_bridge(&host, "default", "red", "red", &bridge, 1);
+    let namespace = host.ns("default");
+    let mut red = host.bridge_config("red", &bridge, &host.quarter(1));
+    red["name"] = json!("red");
+
+    // Multus attached red as net1 when the sandbox was made, and wrote network-status.
+    let (uid, sandbox) = host
+        .pod_with_annotations("default", "cold", json!({NETWORKS: "red"}))
+        .await;
+    let netns = host.netns(&sandbox).await;
+    let result = cold_plug(&host, &sandbox, &netns, "net1", &red);
+    let address = result["ips"][0]["address"]
+        .as_str()
+        .expect("an address")
+        .to_owned();
+    let status = json!([
+        {"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.7"], "default": true, "dns": {}},
+        {"name": format!("{namespace}/red"), "interface": "net1",
+         "ips": [address.split('/').next()], "default": false, "dns": {}},
+    ]);
+    host.annotate("default", "cold", STATUS, Some(&status.to_string()));
+    // A forger claims red is the pod's eth0, or a link that is not there.
+    let (forged_uid, forged_sandbox) = host
+        .pod_with_annotations("default", "forged", json!({NETWORKS: "red"}))
+        .await;
+    let forged_netns = host.netns(&forged_sandbox).await;
+    let forged = json!([
+        {"name": format!("{namespace}/red"), "interface": "eth0", "ips": [address.split('/').next()]},
+        {"name": format!("{namespace}/red"), "interface": "ghost0"},
+    ]);
+    host.annotate("default", "forged", STATUS, Some(&forged.to_string()));
+    let calls_before = host.calls().len();
+
+    let _agent = start_npwg(&host);
+    host.eventually("the cold-plugged red adopted", || {
+        let record = host.record(&uid)?;
+        (record["record"]["attachments"]["net1"]["phase"] == "Attached").then_some(())
+    })
+    .await;
+    let forged_ip = host
+        .eventually("the forged pod's red really added", || {
+            ipv4(&forged_netns, &ifname("red"))
+        })
+        .await;
+    assert!(!has_link(&forged_netns, "ghost0"));
+    assert_ne!(forged_ip, address.split('/').next().unwrap());
+    let calls: Vec<_> = host.calls().into_iter().skip(calls_before).collect();
+    assert!(
+        calls.iter().all(|c| c.pod != "cold"),
+        "adoption ran no plugin for the cold pod: {calls:?}"
+    );
+    assert_eq!(host.leases("red").len(), 2, "the cold and the forged pod's");
+    assert!(host.record(&forged_uid).is_some());
+
+    // Removing the adopted attachment DELs it with the definition's config: its lease goes.
+    host.annotate("default", "cold", NETWORKS, None);
+    host.eventually("net1 removed and its lease released", || {
+        let held: Vec<String> = host.leases("red").into_iter().map(|l| l.1).collect();
+        (!has_link(&netns, "net1") && held.len() == 1 && !held.contains(&sandbox)).then_some(())
+    })
+    .await;
 }

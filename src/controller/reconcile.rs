@@ -111,6 +111,9 @@ pub(crate) struct Memo {
     pub(crate) status_interfaces: BTreeSet<String>,
     /// npwg mode: the unusable `network-status` value already warned about.
     pub(crate) status_unusable: Option<String>,
+    /// npwg mode, per interface: an ADD rolled back because its requested ips were not
+    /// assigned, with the config it ran; not tried again until either changes.
+    pub(crate) unhonoured: BTreeMap<String, (NetworkSelection, String)>,
 }
 
 /// A sandbox the runtime named, with what it was named for: the pod's containers then and the
@@ -318,7 +321,7 @@ impl Run<'_> {
 
         let desired = match desired {
             Ok(selections) if self.ctx.networks.mode() == Mode::Npwg => {
-                self.name_interfaces(selections, facts.sandbox.as_ref())
+                self.name_interfaces(view, selections, facts.sandbox.as_ref())
             }
             desired => desired,
         };
@@ -359,6 +362,7 @@ impl Run<'_> {
     /// and the links seen in it.
     fn name_interfaces(
         &self,
+        view: &PodView,
         selections: Vec<NetworkSelection>,
         sandbox: Option<&Sandbox>,
     ) -> Result<Vec<NetworkSelection>, AnnotationError> {
@@ -375,7 +379,14 @@ impl Run<'_> {
             Observed::Links(links) => Some(links),
             Observed::Unknown => None,
         };
-        crate::networks::name_interfaces(selections, recorded, links.as_ref())
+        let claims = crate::networks::claims(view.network_status.as_deref());
+        crate::networks::name_interfaces(
+            selections,
+            recorded,
+            links.as_ref(),
+            &claims,
+            &self.pod.namespace,
+        )
     }
 
     /// Tells the pod, once per edit, which of its attachments run a config their network
@@ -530,9 +541,31 @@ impl Run<'_> {
                 let Some(sandbox) = sandbox else {
                     return Ok(());
                 };
-                info!(network = %selection.name, ifname = %selection.ifname(), sandbox = %sandbox.id,
+                let mut attachment = Attachment::new(selection, Phase::Attached).starting_now();
+                if self.ctx.networks.mode() == Mode::Npwg {
+                    // Multus made it: the DEL that removes it must run the definition's config
+                    // with a prevResult of what the netns shows, never what the status claims.
+                    let selection = &attachment.selection;
+                    match self.ctx.networks.resolve(selection, &self.pod.namespace) {
+                        Resolution::Network(definition) => {
+                            attachment.result = observed_result(
+                                &definition.config,
+                                self.sight.links(),
+                                &attachment.ifname,
+                                &sandbox.netns,
+                            );
+                            attachment.definition = Some(definition);
+                        }
+                        Resolution::Unresolved(why) => {
+                            let name = selection.name.clone();
+                            self.report_unresolved(&name, why).await;
+                            return Ok(());
+                        }
+                        Resolution::Primary => {}
+                    }
+                }
+                info!(network = %attachment.selection.name, ifname = %attachment.ifname, sandbox = %sandbox.id,
                     "interface already present: adopted without a CNI call");
-                let attachment = Attachment::new(selection, Phase::Attached).starting_now();
                 self.record_for(sandbox)
                     .attachments
                     .insert(attachment.ifname.clone(), attachment);
@@ -586,6 +619,12 @@ impl Run<'_> {
         };
         self.memo.unresolved.remove(&selection.name);
         let target = self.target(sandbox, &selection, definition.as_ref());
+        let attempt = (selection.clone(), target.config.clone().unwrap_or_default());
+        if self.memo.unhonoured.get(&target.ifname) == Some(&attempt) {
+            debug!(ifname = %target.ifname, "its requested ips were not assigned with this config; not tried again");
+            return Ok(());
+        }
+        self.memo.unhonoured.remove(&target.ifname);
         let span = info_span!("add", network = %selection.name, ifname = %target.ifname, sandbox = %sandbox.id);
         async {
             let name = selection.name.clone();
@@ -600,6 +639,7 @@ impl Run<'_> {
             match self.ctx.cni.add(&target).await {
                 Ok(result) if !missing_ips(&requested, &result, &target.ifname).is_empty() => {
                     let missing = missing_ips(&requested, &result, &target.ifname);
+                    self.memo.unhonoured.insert(target.ifname.clone(), attempt);
                     self.roll_back_unhonoured(
                         &target,
                         &name,
@@ -655,8 +695,8 @@ impl Run<'_> {
     }
 
     /// An ADD that did not give the interface the addresses the element asked for (NPWG §4):
-    /// DEL it again, forget it, and tell the user; retried when the pod or network changes,
-    /// not on a timer, since the same plugin would answer the same.
+    /// DEL it again, forget it, and tell the user; tried again only once the element or the
+    /// config it runs changes (`Memo::unhonoured`), since the same plugin would answer the same.
     async fn roll_back_unhonoured(
         &mut self,
         target: &cni::Target,
@@ -1012,6 +1052,35 @@ fn with_cni_args(config: &str, args: &serde_json::Map<String, serde_json::Value>
         }
     }
     list.to_string()
+}
+
+/// A CNI result describing link `ifname` as the netns shows it (its MAC and addresses), in
+/// the `cniVersion` of `config`: the prevResult of the DEL of an attachment podagent adopted.
+fn observed_result(
+    config: &str,
+    links: &[Link],
+    ifname: &str,
+    netns: &std::path::Path,
+) -> Option<serde_json::Value> {
+    let link = links.iter().find(|l| l.name == ifname)?;
+    let version = serde_json::from_str::<serde_json::Value>(config)
+        .ok()?
+        .get("cniVersion")?
+        .as_str()?
+        .to_owned();
+    let mut interface = serde_json::json!({"name": ifname, "sandbox": netns});
+    if let Some(mac) = &link.mac {
+        interface["mac"] = serde_json::json!(mac);
+    }
+    let ips: Vec<serde_json::Value> = link
+        .addresses
+        .iter()
+        .filter(
+            |a| !matches!(a.ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80),
+        )
+        .map(|a| serde_json::json!({"address": a.to_string(), "interface": 0}))
+        .collect();
+    Some(serde_json::json!({"cniVersion": version, "interfaces": [interface], "ips": ips}))
 }
 
 /// The requested addresses (NPWG `ips`) the ADD result does not give `ifname`.

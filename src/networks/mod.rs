@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::annotation::{self, AnnotationError, NetworkSelection, npwg};
 
-pub(crate) use interfaces::name_interfaces;
+pub(crate) use interfaces::{claims, name_interfaces};
 pub(crate) use resolve::{Catalog, NetworkObject, Unresolved};
 
 /// The `networks.*` keys.
