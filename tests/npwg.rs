@@ -427,3 +427,38 @@ async fn multus_cold_plugged_interfaces_are_adopted_and_forged_claims_change_not
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_the_network_behind_an_interface_is_del_then_add() {
+    let host = npwg_node().await;
+    let (a_bridge, b_bridge) = (unique_name("nsa"), unique_name("nsb"));
+    let _links = HostLinks(vec![a_bridge.clone(), b_bridge.clone()]);
+    put_bridge(&host, "default", "a", "a", &a_bridge, 1);
+    put_bridge(&host, "default", "b", "b", &b_bridge, 2);
+    let (_, netns) = npwg_pod(&host, "default", "web", "a@eth9").await;
+    let _agent = start_npwg(&host);
+    let before = host.eventually("a on eth9", || ipv4(&netns, "eth9")).await;
+    assert!(host.in_quarter(&before, 1), "{before}");
+    let calls_before = host.calls().len();
+
+    host.annotate("default", "web", NETWORKS, Some("b@eth9"));
+    let after = host
+        .eventually("b on eth9", || {
+            ipv4(&netns, "eth9").filter(|ip| host.in_quarter(ip, 2))
+        })
+        .await;
+    assert!(host.leases("a").is_empty(), "a's lease released");
+    assert_eq!(host.leases("b").len(), 1);
+    let calls: Vec<(String, String)> = host
+        .calls()
+        .into_iter()
+        .skip(calls_before)
+        .map(|c| (c.command, c.ifname))
+        .collect();
+    let eth9 = |command: &str| (command.to_owned(), "eth9".to_owned());
+    assert_eq!(
+        calls,
+        [eth9("DEL"), eth9("ADD")],
+        "one DEL of a, then one ADD of b ({after})"
+    );
+}

@@ -479,9 +479,14 @@ impl Run<'_> {
             Step::Skip(SkipReason::HostNetwork) => {
                 if !self.memo.host_network_warned {
                     warn!("hostNetwork pod: its networks annotation is ignored");
+                    // The dynamic-networks controller's reason, for the tools that watch it.
+                    let reason = match self.ctx.networks.mode() {
+                        Mode::Npwg => "InterfaceAddRejected",
+                        Mode::Kactus | Mode::Direct => "HostNetworkPod",
+                    };
                     self.notify(Notice {
                         severity: Severity::Warning,
-                        reason: "HostNetworkPod",
+                        reason,
                         action: "Plan",
                         note: "podagent cannot plug interfaces into a pod that uses the node's \
                                network namespace (hostNetwork: true); its networks annotation \

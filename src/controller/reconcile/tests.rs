@@ -325,27 +325,16 @@ async fn host_network_pod_is_not_touched() {
 }
 
 #[tokio::test]
-async fn gone_pod_forgets_record_and_cache_without_del() {
-    let mut pod = Pod::new(Some(r#"[{"name":"green"}]"#));
-    pod.reconcile().await;
-    let outcome = reconcile(
-        &pod.ctx,
-        Job {
-            pod: PodRef {
-                uid: "u1".into(),
-                namespace: "ns".into(),
-                name: "pod-u1".into(),
-            },
-            view: None,
-            record: pod.record.take(),
-            memo: Memo::default(),
-            seen: std::time::Instant::now(),
-        },
-    )
-    .await;
-    assert!(matches!(outcome.verdict, Verdict::Gone));
-    assert!(outcome.record.is_none());
-    assert!(pod.stored().is_empty());
-    assert_eq!(pod.fakes.cni_calls().len(), 1, "only the ADD");
-    assert_eq!(pod.fakes.node().forgotten_sandboxes, ["s1"]);
+async fn npwg_mode_rejects_a_host_network_pod_with_the_reason_multus_tools_watch() {
+    use crate::networks::{Mode, Networks, Settings};
+    let mut pod = Pod::new(Some("green"));
+    let settings = Settings {
+        mode: Mode::Npwg,
+        ..Settings::default()
+    };
+    pod.ctx.networks = Networks::new(settings, "/nonexistent");
+    pod.view.host_network = true;
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    assert!(pod.fakes.cni_calls().is_empty());
+    assert_eq!(pod.fakes.reasons(), ["InterfaceAddRejected"]);
 }
