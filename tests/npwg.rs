@@ -173,6 +173,21 @@ async fn an_annotation_whose_names_clash_is_refused_and_changes_nothing() {
             .await;
         assert_eq!(event["type"], "Warning");
     }
+    // default-route is not applied to a hot-plugged interface: refused, not half-done.
+    let routed = json!([
+        {"name": "data", "interface": "eth9"},
+        {"name": "data", "interface": "eth10", "default-route": [format!("{}1", host.address_prefix())]},
+    ]);
+    host.annotate("default", "web", NETWORKS, Some(&routed.to_string()));
+    let event = host
+        .eventually("default-route refused", || {
+            host.events("default", &uid, "InterfaceAddRejected")
+                .into_iter()
+                .find(|e| note_of(e).contains("default-route"))
+        })
+        .await;
+    assert_eq!(event["type"], "Warning");
+    assert!(!has_link(&netns, "eth10"));
     assert_eq!(
         host.calls().len(),
         calls,

@@ -623,6 +623,19 @@ impl Run<'_> {
             }
         };
         self.memo.unresolved.remove(&selection.name);
+        if selection
+            .requests
+            .as_ref()
+            .is_some_and(|r| !r.default_route.is_empty())
+        {
+            // Moving the pod's default route onto a hot-plugged interface is not built yet;
+            // adding the interface without it would be doing less than asked, silently.
+            let why = crate::networks::Unresolved::DefaultRoute {
+                ifname: selection.ifname(),
+            };
+            self.report_unresolved(&selection.name, why).await;
+            return Ok(());
+        }
         let target = self.target(sandbox, &selection, definition.as_ref());
         let attempt = (selection.clone(), target.config.clone().unwrap_or_default());
         if self.memo.unhonoured.get(&target.ifname) == Some(&attempt) {

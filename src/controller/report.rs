@@ -65,7 +65,8 @@ pub(crate) const NPWG_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-stat
 /// `existing` (what the pod holds now, whoever wrote it): every entry on an interface podagent
 /// holds or held (`released`) is dropped, then one per attached attachment is appended, named
 /// `namespace/name` as the NPWG standard has it. Entries of other writers — the default
-/// network's first of all — are kept as they are, in their order. `Ok(None)`: nothing is left.
+/// network's first of all — are kept as they are, in their order; when podagent changes none
+/// of them, `existing` is returned verbatim, so nothing is written. `Ok(None)`: nothing is left.
 /// `Err`: `existing` is not a JSON list, and rewriting it would destroy what someone wrote.
 pub(crate) fn npwg_status_value(
     existing: Option<&str>,
@@ -80,6 +81,7 @@ pub(crate) fn npwg_status_value(
             format!("{NPWG_STATUS_ANNOTATION} is not a JSON list ({e}); podagent leaves it alone")
         })?,
     };
+    let before = entries.clone();
     let held: BTreeSet<&str> = record
         .iter()
         .flat_map(|r| r.attachments.keys().map(String::as_str))
@@ -113,7 +115,10 @@ pub(crate) fn npwg_status_value(
         entry["dns"] = serde_json::json!({});
         entries.push(entry);
     }
-    if entries.is_empty() {
+    if entries == before {
+        // Nothing of podagent's changes: the value stays exactly as its writer wrote it.
+        Ok(existing.map(str::to_owned))
+    } else if entries.is_empty() {
         Ok(None)
     } else {
         serde_json::to_string_pretty(&entries)
@@ -269,6 +274,12 @@ mod tests {
         );
         assert!(
             npwg_status_value(Some("{not a list"), Some(&record), &[], &released, "ns").is_err()
+        );
+        // A pod podagent holds nothing in keeps its value byte for byte (no write).
+        let multus = r#"[{"name":"cbr0","interface":"eth0","default":true}]"#;
+        assert_eq!(
+            npwg_status_value(Some(multus), None, &[], &BTreeSet::new(), "ns"),
+            Ok(Some(multus.to_owned()))
         );
     }
 }
