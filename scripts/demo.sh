@@ -3,10 +3,12 @@
 # `data` network into a running pod of hello-multi-net with the real podagent, shows the
 # interface inside the pod, removes it, and does it again on the second pod.
 #
-# Usage: sudo scripts/demo.sh [--mode direct|kactus] [--binary-dir DIR] [--wait SECONDS]
+# Usage: sudo scripts/demo.sh [--mode direct|npwg|kactus] [--binary-dir DIR] [--wait SECONDS]
 #   --mode MODE       podagent's network mode (default direct: podagent runs the `data`
-#                     Network's own config; kactus: the node's primary config, a stand-in for
-#                     kactus delegating to `data`).
+#                     Network's own config; npwg: the `data` NetworkAttachmentDefinition's,
+#                     asked for with the k8s.v1.cni.cncf.io/networks annotation as Multus users
+#                     do; kactus: the node's primary config, a stand-in for kactus delegating
+#                     to `data`).
 #   --binary-dir DIR  use the podagent, podagent-demo and control-plane binaries in DIR
 #                     instead of building them (the test suite passes its debug build);
 #                     also DEMO_BINARY_DIR.
@@ -34,10 +36,10 @@ mode=direct
 while [ "$#" -gt 0 ]; do
     case $1 in
         --mode)
-            [ "$#" -ge 2 ] || { echo "demo.sh: --mode needs direct or kactus" >&2; exit 64; }
+            [ "$#" -ge 2 ] || { echo "demo.sh: --mode needs direct, npwg or kactus" >&2; exit 64; }
             case $2 in
-                direct | kactus) mode=$2 ;;
-                *) echo "demo.sh: --mode is direct or kactus, not $2" >&2; exit 64 ;;
+                direct | npwg | kactus) mode=$2 ;;
+                *) echo "demo.sh: --mode is direct, npwg or kactus, not $2" >&2; exit 64 ;;
             esac
             shift 2
             ;;

@@ -1,5 +1,5 @@
 //! The one-command demo (`scripts/demo.sh`) runs to completion on this host (as root) with the
-//! test build's binaries, in both network modes, and its transcript shows what the README
+//! test build's binaries, in every network mode, and its transcript shows what the README
 //! promises: the `data` interface appears in the first pod, goes away, appears in the second
 //! pod, and neither pod's sandbox is replaced; in direct mode (the default) the interface's
 //! address is from the `data` Network of `examples/data-net.yaml`. The demo itself waits for
@@ -76,32 +76,45 @@ fn replay(args: &[&str]) -> String {
     transcript.into_owned()
 }
 
-/// One after the other: the direct-mode demo owns the host's `data-br` and the `data`
-/// Network's host-local dir while it runs.
+/// One after the other: the direct- and npwg-mode demos own the host's `data-br` and the
+/// `data` network's host-local dir while they run.
 #[test]
-fn demo_replays_the_example_in_direct_mode_and_in_kactus_mode() {
+fn demo_replays_the_example_in_every_mode() {
     prereq::require_root();
-    direct_mode_runs_the_data_network_of_the_example();
+    runs_the_data_object_of_the_example(&[], "direct", "Network");
+    runs_the_data_object_of_the_example(&["--mode", "npwg"], "npwg", "NetworkAttachmentDefinition");
     kactus_mode_stays_available();
 }
 
-fn direct_mode_runs_the_data_network_of_the_example() {
-    let transcript = replay(&[]);
+/// Direct mode (the default) runs the `Network` of examples/data-net.yaml, npwg mode the
+/// NetworkAttachmentDefinition of examples/data-nad.yaml, asked for with the NPWG annotation.
+fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) {
+    let transcript = replay(args);
     let setup = section(&transcript, "Setting up");
     assert!(
-        setup.contains(
-            "podagent's network mode: direct — the `data` network's CNI config comes from its \
-             Network object, examples/data-net.yaml"
-        ),
+        setup.contains(&format!(
+            "podagent's network mode: {mode} — the `data` network's CNI config comes from its \
+             {kind} object, examples/data-"
+        )),
         "the first screen says where `data` comes from:\n{setup}"
     );
+    if mode == "npwg" {
+        let add = section(&transcript, "3. Add the");
+        assert!(
+            add.contains("kubectl annotate -n ")
+                && add.contains("k8s.v1.cni.cncf.io/networks=data"),
+            "the NPWG annotation is what asks for `data`:\n{add}"
+        );
+    }
     let added = section(&transcript, "4. Verify that");
     let from_range = added
         .lines()
         .find(|line| line.starts_with(&format!("✓ {IFNAME} has 172.20.1.")))
-        .unwrap_or_else(|| panic!("step 4 shows the address from the Network's range:\n{added}"));
+        .unwrap_or_else(|| panic!("step 4 shows the address from the object's range:\n{added}"));
     assert!(
-        from_range.contains("from the `data` Network's range 172.20.1.10–172.20.1.254"),
+        from_range.contains(&format!(
+            "from the `data` {kind}'s range 172.20.1.10–172.20.1.254"
+        )),
         "{from_range}"
     );
     assert_replayed(&transcript);

@@ -30,6 +30,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("/opt/kaloom/bin/podagent", "-rwxr-xr-x"),
     (CONFIG, "-rw-r--r--"),
     (
+        "/opt/kaloom/share/podagent/examples/data-nad.yaml",
+        "-rw-r--r--",
+    ),
+    (
         "/opt/kaloom/share/podagent/examples/data-net.yaml",
         "-rw-r--r--",
     ),

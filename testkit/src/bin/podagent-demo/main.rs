@@ -72,9 +72,10 @@ struct Args {
     /// How long each step may take to happen before the demo fails, in seconds.
     #[arg(long, default_value_t = 20)]
     wait: u64,
-    /// podagent's network mode: `direct` runs the `data` Network's own config, `kactus` the
-    /// node's primary config (a stand-in for kactus).
-    #[arg(long, default_value = "direct", value_parser = ["direct", "kactus"])]
+    /// podagent's network mode: `direct` runs the `data` Network's own config, `npwg` the
+    /// `data` NetworkAttachmentDefinition's (NPWG annotation), `kactus` the node's primary
+    /// config (a stand-in for kactus).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "npwg", "kactus"])]
     mode: String,
 }
 
@@ -148,8 +149,10 @@ struct Demo {
     pods: Vec<DemoPod>,
     /// How far podagent's log has been shown.
     log_shown: Mutex<u64>,
-    /// Direct mode: podagent runs the `data` Network's config.
+    /// Direct or npwg mode: podagent runs the `data` network object's config.
     direct: bool,
+    /// Npwg mode: the object is a NetworkAttachmentDefinition, the annotation NPWG's.
+    npwg: bool,
     /// `data-br` was there before the demo (then the demo leaves it).
     data_bridge_existed: bool,
     /// The `data` Network's host-local dir was there before the demo (then it stays).

@@ -59,7 +59,13 @@ impl Demo {
             containerd.bridge(),
             containerd.subnet()
         );
-        let direct = args.mode == "direct";
+        let npwg = args.mode == "npwg";
+        let direct = args.mode == "direct" || npwg;
+        let object = if npwg {
+            "NetworkAttachmentDefinition object, examples/data-nad.yaml"
+        } else {
+            "Network object, examples/data-net.yaml"
+        };
         let data_bridge_existed = link_exists(DATA_BRIDGE);
         let data_leases_existed = Path::new(DATA_LEASES).exists();
         if direct {
@@ -67,9 +73,10 @@ impl Demo {
             let (conflist, _) = conflist(&node);
             let _ = fs::remove_file(&conflist);
             println!(
-                "podagent's network mode: direct — the `data` network's CNI config comes from its \
-                 Network object, examples/data-net.yaml (applied in step 1): bridge {DATA_BRIDGE}, \
-                 host-local addresses from its range"
+                "podagent's network mode: {} — the `data` network's CNI config comes from its \
+                 {object} (applied in step 1): bridge {DATA_BRIDGE}, host-local addresses from \
+                 its range",
+                args.mode
             );
             println!(
                 "podagent's CNI conf dir: {} (empty: no primary config is used)",
@@ -115,7 +122,7 @@ impl Demo {
         config.log_level = "info".into();
         config.shutdown_grace = "5s".into();
         if direct {
-            config.networks = "mode = \"direct\"\n".into();
+            config.networks = format!("mode = \"{}\"\n", args.mode);
         }
         println!("podagent's kubeconfig: {}", config.kubeconfig.display());
         say(
@@ -123,7 +130,16 @@ impl Demo {
              manifests/podagent-serviceaccount-and-rbac.yaml: podagent has the shipped RBAC, not\n\
              the admin's rights.",
         );
-        if direct {
+        if npwg {
+            // podagent lists the definitions before it says it is ready; on a Multus cluster
+            // their CRD is already there.
+            cluster.install_attachment_definition_crd();
+            println!(
+                "NetworkAttachmentDefinition CRD: manifests/network-attachment-definitions-crd.yaml \
+                 applied and Established, as Multus would have it (podagent in npwg mode lists \
+                 them before it is ready)"
+            );
+        } else if direct {
             // podagent lists the Networks before it says it is ready.
             cluster.install_network_crd();
             println!(
@@ -150,6 +166,7 @@ impl Demo {
             pods: Vec::new(),
             log_shown: Mutex::new(0),
             direct,
+            npwg,
             data_bridge_existed,
             data_leases_existed,
         };
@@ -379,7 +396,7 @@ impl Demo {
 }
 
 impl Demo {
-    /// Direct mode: the pods go as the kubelet deletes them (sandbox stopped and removed, then
+    /// Direct and npwg mode: the pods go as the kubelet deletes them (sandbox stopped and removed, then
     /// the final delete) while podagent runs, so its DELs release the `data` addresses.
     async fn delete_pods(&self) {
         for pod in &self.pods {
@@ -398,8 +415,8 @@ impl Demo {
             .await;
         match released {
             Ok(_) => println!(
-                "pods deleted; podagent ran DEL for their `data` attachments (direct mode: the \
-                 teardown is podagent's), their records are gone"
+                "pods deleted; podagent ran DEL for their `data` attachments (outside kactus \
+                 mode the teardown is podagent's), their records are gone"
             ),
             Err(error) => println!("✗ pods deleted, but {error}"),
         }

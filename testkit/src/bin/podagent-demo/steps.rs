@@ -10,6 +10,9 @@ use testkit::node::{has_link, ipv4};
 
 use crate::{APP, Demo, DemoError, DemoPod, IFNAME, NAMESPACE, NETWORK, POD_NAMES, heading, say};
 
+/// The annotation Multus users list networks in (npwg mode).
+const NPWG_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+
 impl Demo {
     /// The seed's example, step by step.
     pub(crate) async fn replay(&mut self) -> Result<(), DemoError> {
@@ -18,26 +21,44 @@ impl Demo {
         let second = self.pod_in_shell("tail");
 
         heading("1. Provision the `data` network attachment");
-        say(
-            "The seed: kubectl apply -f examples/data-net.yaml. A Network is a custom resource: the\n\
-             API server refuses it until its CRD (manifests/networks-crd.yaml) is Established.",
-        );
+        let (crd_file, crd, example, plural) = if self.npwg {
+            say(
+                "Multus users have NetworkAttachmentDefinitions: the same `data` network as an NPWG\n\
+                 object, asked for with the k8s.v1.cni.cncf.io/networks annotation (npwg mode).",
+            );
+            (
+                "manifests/network-attachment-definitions-crd.yaml",
+                "network-attachment-definitions.k8s.cni.cncf.io",
+                "examples/data-nad.yaml",
+                "network-attachment-definitions",
+            )
+        } else {
+            say(
+                "The seed: kubectl apply -f examples/data-net.yaml. A Network is a custom resource: the\n\
+                 API server refuses it until its CRD (manifests/networks-crd.yaml) is Established.",
+            );
+            (
+                "manifests/networks-crd.yaml",
+                "networks.kaloom.com",
+                "examples/data-net.yaml",
+                "networks",
+            )
+        };
         if self.direct {
             say(
-                "In direct mode this object is the `data` network: podagent runs its config (bridge\n\
+                "In this mode the object is the `data` network: podagent runs its config (bridge\n\
                  data-br, host-local addresses from its range) for every pod that asks for `data`.",
             );
         }
-        self.shell("kubectl apply -f manifests/networks-crd.yaml")
-            .await?;
+        self.shell(&format!("kubectl apply -f {crd_file}")).await?;
         self.shell(&format!(
-            "kubectl wait --for=condition=Established --timeout={}s crd/networks.kaloom.com",
+            "kubectl wait --for=condition=Established --timeout={}s crd/{crd}",
             self.wait.as_secs().max(1)
         ))
         .await?;
-        self.shell(&format!("kubectl apply -n {ns} -f examples/data-net.yaml"))
+        self.shell(&format!("kubectl apply -n {ns} -f {example}"))
             .await?;
-        self.shell(&format!("kubectl get -n {ns} networks")).await?;
+        self.shell(&format!("kubectl get -n {ns} {plural}")).await?;
 
         heading("2. Deploy hello-multi-net with 2 replicas");
         say(&format!(
@@ -78,10 +99,12 @@ impl Demo {
         self.show_not_restarted(0, &first).await?;
 
         heading("6. Delete the `data` network attachment off the first pod");
-        self.shell(&format!(
-            "./scripts/del-network-annotation.sh {first} {NETWORK} {ns}"
-        ))
-        .await?;
+        let del = if self.npwg {
+            format!("kubectl annotate -n {ns} pod {first} {NPWG_ANNOTATION}-")
+        } else {
+            format!("./scripts/del-network-annotation.sh {first} {NETWORK} {ns}")
+        };
+        self.shell(&del).await?;
         let pod = &self.pods[0];
         let took = self
             .eventually(&format!("{IFNAME} to go from pod {}", pod.name), || {
@@ -130,11 +153,18 @@ impl Demo {
     /// Runs the seed's add command on pod `index` (named in the shell by `selector`) and waits
     /// for the interface and podagent's Event.
     async fn add(&self, index: usize, selector: &str) -> Result<(), DemoError> {
-        self.shell(&format!(
-            "./scripts/add-network-annotation.sh {selector} {NETWORK} {}",
-            self.ns
-        ))
-        .await?;
+        let add = if self.npwg {
+            format!(
+                "kubectl annotate -n {} pod {selector} {NPWG_ANNOTATION}={NETWORK} --overwrite",
+                self.ns
+            )
+        } else {
+            format!(
+                "./scripts/add-network-annotation.sh {selector} {NETWORK} {}",
+                self.ns
+            )
+        };
+        self.shell(&add).await?;
         let pod = &self.pods[index];
         let took = self
             .eventually(&format!("{IFNAME} to appear in pod {}", pod.name), || {
@@ -220,14 +250,19 @@ impl Demo {
         Ok(())
     }
 
-    /// Direct mode: the interface's address is from the `data` Network's own IPAM range, as
-    /// the API server holds it.
+    /// Direct and npwg mode: the interface's address is from the `data` object's own IPAM
+    /// range, as the API server holds it.
     fn show_address_source(&self, index: usize) -> Result<(), DemoError> {
         let pod = &self.pods[index];
+        let (api_version, kind) = if self.npwg {
+            ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition")
+        } else {
+            ("kaloom.com/v1", "Network")
+        };
         let network = self
             .cluster
             .admin()
-            .get("kaloom.com/v1", "Network", Some(&self.ns), NETWORK)
+            .get(api_version, kind, Some(&self.ns), NETWORK)
             .unwrap_or_default();
         let config: serde_json::Value =
             serde_json::from_str(network["spec"]["config"].as_str().unwrap_or_default())
@@ -242,8 +277,8 @@ impl Demo {
         match (ip, bound("rangeStart"), bound("rangeEnd")) {
             (Some(ip), Some(start), Some(end)) if (start..=end).contains(&ip) => {
                 println!(
-                    "✓ {IFNAME} has {address}: from the `data` Network's range {start}–{end} \
-                     (subnet {}, examples/data-net.yaml)",
+                    "✓ {IFNAME} has {address}: from the `data` {kind}'s range {start}–{end} \
+                     (subnet {})",
                     ipam["subnet"].as_str().unwrap_or_default()
                 );
                 Ok(())
