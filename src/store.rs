@@ -154,11 +154,17 @@ impl PodRecord {
                     .map_err(|reason| format!("attachment {key:?}: interface {reason}"))?;
             }
             let expected = attachment.selection.ifname();
-            if attachment.ifname != expected || *key != expected {
+            if attachment.ifname != expected {
                 return Err(format!(
                     "attachment {key:?} of network {network:?} has interface {:?}, expected \
                      {expected:?}",
                     attachment.ifname
+                ));
+            }
+            if *key != expected {
+                return Err(format!(
+                    "attachment {key:?} of network {network:?} is keyed by another name than \
+                     its interface {expected:?}"
                 ));
             }
         }

@@ -314,7 +314,7 @@ pub async fn steps(world: &World, pod: &Pod, trials: usize) -> Result<Steps> {
         sandbox_id: world.attachment(pod, NETWORK)?.sandbox_id,
         netns: netns.to_owned(),
         attachments: [(
-            NETWORK.to_owned(),
+            selection.ifname(),
             Attachment::new(selection, Phase::Adding),
         )]
         .into(),
