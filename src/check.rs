@@ -193,7 +193,7 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
                 )),
             ));
             let plugins = match catalog {
-                Some(Ok(catalog)) => network_plugins(&invoker, &catalog).await,
+                Some(Ok(catalog)) => network_plugins(&invoker, &catalog, kind).await,
                 _ => Err(format!(
                     "not checked: the {kind} objects could not be listed"
                 )),
@@ -254,20 +254,23 @@ fn networks(mode: Mode, catalog: Option<&Result<Catalog, String>>) -> Result<Str
             "; {on_disk} without spec.config, resolved from the CNI conf dir when used"
         ));
     }
-    let (kind, api) = match mode {
-        Mode::Npwg => ("NetworkAttachmentDefinition", "k8s.cni.cncf.io/v1"),
-        Mode::Kactus | Mode::Direct => ("Network", "kaloom.com/v1"),
-    };
     Ok(format!(
-        "{} mode: {} {kind} objects ({api}) listable in all namespaces{note}",
+        "{} mode: {} {} objects ({}) listable in all namespaces{note}",
         mode.as_str(),
-        catalog.len()
+        catalog.len(),
+        mode.object_kind(),
+        crate::kubeapi::api_version(mode),
     ))
 }
 
-/// Direct mode: every plugin type the usable Network objects run answers VERSION. Each
+/// Direct and npwg mode: every plugin type the usable `kind` objects' own configs run answers
+/// VERSION (a definition resolved from the conf dir is read when used, not here). Each
 /// object's list is asked only when it brings a type not asked yet.
-async fn network_plugins(invoker: &Invoker, catalog: &Catalog) -> Result<String, String> {
+async fn network_plugins(
+    invoker: &Invoker,
+    catalog: &Catalog,
+    kind: &str,
+) -> Result<String, String> {
     let mut asked = BTreeSet::new();
     let mut answered = BTreeMap::new();
     let mut failed = Vec::new();
@@ -293,14 +296,14 @@ async fn network_plugins(invoker: &Invoker, catalog: &Catalog) -> Result<String,
                     answered.entry(v.plugin).or_insert(v.cni_version);
                 }
             }
-            Err(error) => failed.push(format!("Network {namespace}/{name}: {error}")),
+            Err(error) => failed.push(format!("{kind} {namespace}/{name}: {error}")),
         }
     }
     if !failed.is_empty() {
         return Err(failed.join("; "));
     }
     if answered.is_empty() {
-        return Ok("no usable Network objects yet: no plugin to ask".into());
+        return Ok(format!("no usable {kind} objects yet: no plugin to ask"));
     }
     let shown: Vec<String> = answered
         .iter()

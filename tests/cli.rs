@@ -586,6 +586,79 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
             .delete("kaloom.com/v1", "Network", Some(&networks), name, None);
     }
 
+    // npwg mode: the same checks on NetworkAttachmentDefinitions. Before their CRD is
+    // installed the line names it and its manifest; after, the definitions are listed, one
+    // without spec.config is noted, and their plugins answer VERSION.
+    let npwg = || Host {
+        networks_mode: "npwg",
+        accept_other_primary: false,
+        ..healthy(&node, &containerd, scratch.path())
+    };
+    let (code, lines) = check(&npwg()).await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_failed(
+        &lines,
+        "networks resolvable",
+        &format!(
+            "API server {server}/ does not serve \
+             network-attachment-definitions.k8s.cni.cncf.io/v1 (404): install its \
+             CustomResourceDefinition (kubectl apply -f \
+             /opt/kaloom/share/podagent/manifests/network-attachment-definitions-crd.yaml)"
+        ),
+    );
+    assert_eq!(
+        line(&lines, "CNI plugin binaries present"),
+        "✗ CNI plugin binaries present: not checked: the NetworkAttachmentDefinition objects \
+         could not be listed"
+    );
+    cluster.install_attachment_definition_crd();
+    let put_definition = |name: &str, spec: serde_json::Value| {
+        cluster
+            .admin()
+            .create(serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1",
+                "kind": "NetworkAttachmentDefinition",
+                "metadata": {"name": name, "namespace": networks}, "spec": spec}))
+            .unwrap_or_else(|e| panic!("NetworkAttachmentDefinition {name}: {e:#}"));
+    };
+    put_definition(
+        "plain",
+        serde_json::json!({"config": r#"{"cniVersion":"1.0.0","type":"bridge"}"#}),
+    );
+    put_definition("on-disk", serde_json::json!({}));
+    let (code, lines) = check(&npwg()).await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let resolvable = line(&lines, "networks resolvable");
+    assert!(
+        resolvable.starts_with(
+            "✓ networks resolvable: npwg mode: 2 NetworkAttachmentDefinition \
+             objects (k8s.cni.cncf.io/v1) listable in all namespaces"
+        ) && resolvable
+            .ends_with("; 1 without spec.config, resolved from the CNI conf dir when used"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        line(&lines, "CNI primary config usable"),
+        "✓ CNI primary config usable: not used in npwg mode: each \
+         NetworkAttachmentDefinition's own config is run"
+    );
+    assert!(
+        line(&lines, "CNI plugin binaries present").contains("bridge (cniVersion "),
+        "{lines:#?}"
+    );
+    put_definition(
+        "exotic",
+        serde_json::json!({"config": r#"{"cniVersion":"1.0.0","type":"no-such-plugin"}"#}),
+    );
+    let (code, lines) = check(&npwg()).await;
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_only_failure(&lines, "CNI plugin binaries present");
+    let plugins = line(&lines, "CNI plugin binaries present");
+    assert!(
+        plugins.contains(&format!("NetworkAttachmentDefinition {networks}/exotic: "))
+            && plugins.contains("no-such-plugin"),
+        "{plugins}"
+    );
+
     // Empty CNI conf dir.
     let empty = scratch.path().join("empty-net.d");
     std::fs::create_dir(&empty).expect("mkdir");

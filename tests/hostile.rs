@@ -874,6 +874,64 @@ fn net_links(netns: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The links in a netns other than `lo` and the default network's `eth0`.
+fn added_links(netns: &Path) -> Vec<String> {
+    testkit::node::links(netns)
+        .iter()
+        .filter_map(|link| link["ifname"].as_str())
+        .filter(|name| !["lo", "eth0"].contains(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// (pod name, annotation, what its Warning must say); the first pod is the healthy one.
+type PodCases<'a> = [(&'a str, &'a str, &'a str)];
+/// pod name -> (uid, netns).
+type PodsSeen<'a> = HashMap<&'a str, (String, PathBuf)>;
+
+/// Every pod but the first gets one `InvalidNetworksAnnotation` Warning saying what it must,
+/// in a note short enough to read.
+async fn assert_each_hostile_pod_warned(
+    node: &testkit::node::Node,
+    pods: &PodCases<'_>,
+    seen: &PodsSeen<'_>,
+) {
+    for (name, _, expected) in pods.iter().skip(1) {
+        let uid = &seen[name].0;
+        let note = node
+            .eventually(&format!("a Warning Event for {name}"), || {
+                node.events("default", uid, "InvalidNetworksAnnotation")
+                    .first()
+                    .map(|e| {
+                        (
+                            e["type"].clone(),
+                            e["note"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+            })
+            .await;
+        assert_eq!(note.0, "Warning", "{name}");
+        assert!(note.1.contains(expected), "{name}: {}", note.1);
+        assert!(
+            note.1.len() < 1024,
+            "{name}: {} bytes of note",
+            note.1.len()
+        );
+    }
+}
+
+/// No pod but the first got a link or a record.
+fn assert_no_hostile_pod_touched(
+    node: &testkit::node::Node,
+    pods: &PodCases<'_>,
+    seen: &PodsSeen<'_>,
+) {
+    for (name, _, _) in pods.iter().skip(1) {
+        assert_eq!(added_links(&seen[name].1), Vec::<String>::new(), "{name}");
+        assert!(node.record(&seen[name].0).is_none(), "{name} has a record");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_pods_get_a_warning_and_the_rest_of_the_node_keeps_working() {
     let node = testkit::node::Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
@@ -919,28 +977,7 @@ async fn hostile_pods_get_a_warning_and_the_rest_of_the_node_keeps_working() {
         (net_links(&good) == [GREEN_IF]).then_some(())
     })
     .await;
-    for (name, _, expected) in pods.iter().skip(1) {
-        let uid = &netns[name].0;
-        let note = node
-            .eventually(&format!("a Warning Event for {name}"), || {
-                node.events("default", uid, "InvalidNetworksAnnotation")
-                    .first()
-                    .map(|e| {
-                        (
-                            e["type"].clone(),
-                            e["note"].as_str().unwrap_or("").to_owned(),
-                        )
-                    })
-            })
-            .await;
-        assert_eq!(note.0, "Warning", "{name}");
-        assert!(note.1.contains(expected), "{name}: {}", note.1);
-        assert!(
-            note.1.len() < 1024,
-            "{name}: {} bytes of note",
-            note.1.len()
-        );
-    }
+    assert_each_hostile_pod_warned(&node, &pods, &netns).await;
 
     // The healthy pod still gets what it asks for after all that.
     node.set_networks(
@@ -953,17 +990,91 @@ async fn hostile_pods_get_a_warning_and_the_rest_of_the_node_keeps_working() {
     })
     .await;
     assert!(agent.running(), "podagent exited");
-    for (name, _, _) in pods.iter().skip(1) {
-        assert!(
-            net_links(&netns[name].1).is_empty(),
-            "{name} got an interface"
-        );
-        assert!(node.record(&netns[name].0).is_none(), "{name} has a record");
-    }
+    assert_no_hostile_pod_touched(&node, &pods, &netns);
     let nostatus_events: Vec<_> = node
         .all_events("default")
         .into_iter()
         .filter(|e| e["regarding"]["name"] == "nostatus")
         .collect();
     assert!(nostatus_events.is_empty(), "{nostatus_events:?}");
+}
+
+/// The same through the NPWG annotation, with podagent in npwg mode: each hostile pod gets a
+/// Warning naming the element and field, no link and no record, and the healthy pod next to
+/// them keeps getting what it asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_npwg_pods_get_a_warning_and_the_rest_of_the_node_keeps_working() {
+    const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+    let node = testkit::node::Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
+    node.cluster().install_attachment_definition_crd();
+    let bridge = testkit::netns::unique_name("hnb");
+    let _links = testkit::netns::HostLinks(vec![bridge.clone()]);
+    node.put_bridge_definition("default", "data", "data", &bridge, 1);
+
+    let many = vec!["data"; 10_000].join(",");
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let huge = format!(r#"[{{"name":"data","pad":"{}"}}]"#, "x".repeat(200 * 1024));
+    let pods: [(&str, &str, &str); 12] = [
+        ("good", "data", ""),
+        ("notjson", r#"[{"name":"#, "not valid JSON"),
+        (
+            "wrongtypes",
+            r#"[{"name":7,"interface":true}]"#,
+            "[0].name: must be a string",
+        ),
+        ("inject", "data;IP=198.19.0.1", "not a DNS-1123 subdomain"),
+        (
+            "ifinject",
+            r#"[{"name":"data","interface":"eth9;x"}]"#,
+            "[0].interface: \"eth9;x\" has ';'",
+        ),
+        (
+            "multicast",
+            r#"[{"name":"data","interface":"eth8","mac":"01:00:5e:00:00:01"}]"#,
+            "[0].mac:",
+        ),
+        (
+            "noprefix",
+            r#"[{"name":"data","ips":["198.18.0.5"]}]"#,
+            "write addresses as 198.18.0.5/24",
+        ),
+        (
+            "clash",
+            "data, data",
+            "which element [0] already has",
+        ),
+        (
+            "taken",
+            "data@eth0",
+            "eth0 already exists in the pod and podagent did not add it",
+        ),
+        ("many", &many, "lists 10000 networks"),
+        ("deep", &deep, "recursion limit"),
+        ("huge", &huge, "bytes, more than"),
+    ];
+    let mut seen = HashMap::new();
+    for (name, networks, _) in &pods {
+        let (uid, sandbox) = node
+            .pod_with_annotations("default", name, json!({ NETWORKS: networks }))
+            .await;
+        seen.insert(*name, (uid, node.netns(&sandbox).await));
+    }
+
+    let mut config = node.agent_config();
+    config.networks = "mode = \"npwg\"\n".to_owned();
+    let mut agent = node.start_agent_with(&config);
+    let good = seen["good"].1.clone();
+    node.eventually("data in the healthy pod", || {
+        (net_links(&good).len() == 1).then_some(())
+    })
+    .await;
+    assert_each_hostile_pod_warned(&node, &pods, &seen).await;
+
+    node.annotate("default", "good", NETWORKS, Some("data, data@eth9"));
+    node.eventually("a second interface in the healthy pod", || {
+        (added_links(&good).len() == 2).then_some(())
+    })
+    .await;
+    assert!(agent.running(), "podagent exited");
+    assert_no_hostile_pod_touched(&node, &pods, &seen);
 }

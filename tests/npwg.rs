@@ -42,13 +42,6 @@ async fn npwg_pod(host: &Node, namespace: &str, name: &str, networks: &str) -> (
     (uid, host.netns(&sandbox).await)
 }
 
-/// A definition whose `spec.config` is a bridge + host-local config in quarter `part`, its
-/// leases under `ipam-<tag>`.
-fn put_bridge(host: &Node, namespace: &str, name: &str, tag: &str, bridge: &str, part: u8) {
-    let config = host.bridge_config(tag, bridge, &host.quarter(part));
-    host.put_attachment_definition(namespace, name, json!({"config": config.to_string()}));
-}
-
 fn note_of(event: &Value) -> String {
     event["note"].as_str().unwrap_or_default().to_owned()
 }
@@ -58,7 +51,7 @@ async fn both_forms_attach_from_spec_config_and_from_the_conf_dir() {
     let host = npwg_node().await;
     let (red_bridge, blue_bridge) = (unique_name("nrb"), unique_name("nbb"));
     let _links = HostLinks(vec![red_bridge.clone(), blue_bridge.clone()]);
-    put_bridge(&host, "default", "red", "red", &red_bridge, 1);
+    host.put_bridge_definition("default", "red", "red", &red_bridge, 1);
     // No spec.config: the conf dir's config named `blue` is the one run.
     host.put_attachment_definition("default", "blue", json!({}));
     let mut blue = host.bridge_config("blue", &blue_bridge, &host.quarter(2));
@@ -112,8 +105,8 @@ async fn one_name_in_two_namespaces_and_one_network_on_two_interfaces() {
     let host = npwg_node().await;
     let (a_bridge, b_bridge) = (unique_name("nab"), unique_name("nbb"));
     let _links = HostLinks(vec![a_bridge.clone(), b_bridge.clone()]);
-    put_bridge(&host, "team-a", "data", "a", &a_bridge, 1);
-    put_bridge(&host, "team-b", "data", "b", &b_bridge, 2);
+    host.put_bridge_definition("team-a", "data", "a", &a_bridge, 1);
+    host.put_bridge_definition("team-b", "data", "b", &b_bridge, 2);
     let other = host.ns("team-b");
     let (_, netns) = npwg_pod(
         &host,
@@ -145,7 +138,7 @@ async fn an_annotation_whose_names_clash_is_refused_and_changes_nothing() {
     let host = npwg_node().await;
     let bridge = unique_name("ncb");
     let _links = HostLinks(vec![bridge.clone()]);
-    put_bridge(&host, "default", "data", "data", &bridge, 1);
+    host.put_bridge_definition("default", "data", "data", &bridge, 1);
     let (uid, netns) = npwg_pod(&host, "default", "web", "data@eth9").await;
     let _agent = start_npwg(&host);
     let kept = host
@@ -273,7 +266,7 @@ async fn network_status_is_merged_and_a_concurrent_writer_loses_nothing() {
     let host = npwg_node().await;
     let bridge = unique_name("nmb");
     let _links = HostLinks(vec![bridge.clone()]);
-    put_bridge(&host, "default", "red", "red", &bridge, 1);
+    host.put_bridge_definition("default", "red", "red", &bridge, 1);
     // The default network's entry, as Multus writes it at pod creation.
     let default_entry = json!({"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.5"],
         "mac": "0a:58:0a:f4:00:05", "default": true, "dns": {}});
@@ -318,6 +311,9 @@ async fn network_status_is_merged_and_a_concurrent_writer_loses_nothing() {
     assert_eq!(status[1]["interface"], "eth9");
     assert_eq!(status[1]["default"], false);
     assert_eq!(status[1]["ips"], json!([address.clone()]));
+    // host-local's gateway is the subnet's first address; the entry shows what the result had.
+    let gateway = host.quarter(1).replace("64/26", "65");
+    assert_eq!(status[1]["gateway"], json!([gateway]), "{status}");
     let pod = host.get_pod("default", "web").expect("pod");
     assert_eq!(
         pod["metadata"]["annotations"]["example.com/owner"], "team-a",
@@ -380,7 +376,7 @@ async fn multus_cold_plugged_interfaces_are_adopted_and_forged_claims_change_not
     let host = npwg_node().await;
     let bridge = unique_name("nab");
     let _links = HostLinks(vec![bridge.clone()]);
-    put_bridge(&host, "default", "red", "red", &bridge, 1);
+    host.put_bridge_definition("default", "red", "red", &bridge, 1);
     let namespace = host.ns("default");
     let mut red = host.bridge_config("red", &bridge, &host.quarter(1));
     red["name"] = json!("red");
@@ -448,8 +444,8 @@ async fn swapping_the_network_behind_an_interface_is_del_then_add() {
     let host = npwg_node().await;
     let (a_bridge, b_bridge) = (unique_name("nsa"), unique_name("nsb"));
     let _links = HostLinks(vec![a_bridge.clone(), b_bridge.clone()]);
-    put_bridge(&host, "default", "a", "a", &a_bridge, 1);
-    put_bridge(&host, "default", "b", "b", &b_bridge, 2);
+    host.put_bridge_definition("default", "a", "a", &a_bridge, 1);
+    host.put_bridge_definition("default", "b", "b", &b_bridge, 2);
     let (_, netns) = npwg_pod(&host, "default", "web", "a@eth9").await;
     let _agent = start_npwg(&host);
     let before = host.eventually("a on eth9", || ipv4(&netns, "eth9")).await;

@@ -65,6 +65,8 @@ pub struct Interface {
     pub(crate) mac: Option<String>,
     /// The netns path for interfaces inside a sandbox; absent for host-side ones.
     pub(crate) sandbox: Option<String>,
+    /// The MTU the plugin set (CNI 1.1 results only).
+    pub(crate) mtu: Option<u32>,
 }
 
 /// One assigned address.
@@ -122,6 +124,7 @@ impl CniResult {
                 name: i.name,
                 mac: i.mac.filter(|m| !m.is_empty()),
                 sandbox: i.sandbox.filter(|s| !s.is_empty()),
+                mtu: i.mtu.filter(|m| *m > 0),
             })
             .collect();
         let mut ips = Vec::new();
@@ -188,18 +191,24 @@ impl CniResult {
     /// all (0.2.0-shaped, or a minimal kactus answer) can only mean that one, so all its
     /// addresses count.
     pub fn ips_of(&self, ifname: &str) -> Vec<Cidr> {
-        if self.interfaces.is_empty() {
-            return self.ips.iter().map(|ip| ip.address).collect();
-        }
-        self.ips
-            .iter()
-            .filter(|ip| {
-                ip.interface
+        self.ip_configs_of(ifname).map(|ip| ip.address).collect()
+    }
+
+    /// The gateways the plugin gave the addresses of the sandbox interface `ifname`.
+    pub fn gateways_of(&self, ifname: &str) -> Vec<IpAddr> {
+        self.ip_configs_of(ifname)
+            .filter_map(|ip| ip.gateway)
+            .collect()
+    }
+
+    fn ip_configs_of<'a>(&'a self, ifname: &'a str) -> impl Iterator<Item = &'a IpConfig> {
+        self.ips.iter().filter(move |ip| {
+            self.interfaces.is_empty()
+                || ip
+                    .interface
                     .and_then(|i| self.interfaces.get(i))
                     .is_some_and(|i| i.name == ifname && i.sandbox.is_some())
-            })
-            .map(|ip| ip.address)
-            .collect()
+        })
     }
 }
 
@@ -235,6 +244,7 @@ struct WireInterface {
     name: String,
     mac: Option<String>,
     sandbox: Option<String>,
+    mtu: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +315,11 @@ mod tests {
             vec!["198.18.1.2/24".parse().unwrap()]
         );
         assert_eq!(result.ips_of("veth1"), Vec::<Cidr>::new());
+        assert_eq!(
+            result.gateways_of(IFNAME),
+            vec!["198.18.1.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(result.gateways_of("veth1"), Vec::<IpAddr>::new());
         assert_eq!(result.routes[0].gw, Some("198.18.1.1".parse().unwrap()));
         assert_eq!(result.dns.nameservers, vec!["198.18.1.1"]);
         assert_eq!(result.raw, raw);

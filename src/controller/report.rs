@@ -113,6 +113,13 @@ pub(crate) fn npwg_status_value(
         let mut entry = serde_json::to_value(&ours).map_err(|e| e.to_string())?;
         entry["default"] = serde_json::Value::Bool(false);
         entry["dns"] = serde_json::json!({});
+        let result = record
+            .and_then(|r| r.attachments.get(&ours.interface))
+            .and_then(|a| a.result.clone())
+            .and_then(|raw| CniResult::parse(raw).ok());
+        if let Some(result) = result {
+            add_result_details(&mut entry, &result, &ours.interface);
+        }
         entries.push(entry);
     }
     if entries == before {
@@ -125,6 +132,35 @@ pub(crate) fn npwg_status_value(
             .map(Some)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The fields of a `network-status` entry that only the CNI result knows: the gateways of the
+/// interface's addresses, its MTU and the DNS settings, each present only when the plugin
+/// returned it.
+fn add_result_details(entry: &mut serde_json::Value, result: &CniResult, ifname: &str) {
+    let gateways: Vec<String> = result
+        .gateways_of(ifname)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !gateways.is_empty() {
+        entry["gateway"] = serde_json::json!(gateways);
+    }
+    if let Some(mtu) = result.sandbox_interface(ifname).and_then(|i| i.mtu) {
+        entry["mtu"] = serde_json::json!(mtu);
+    }
+    let dns = &result.dns;
+    let mut shown = serde_json::Map::new();
+    if !dns.nameservers.is_empty() {
+        shown.insert("nameservers".into(), serde_json::json!(dns.nameservers));
+    }
+    if let Some(domain) = &dns.domain {
+        shown.insert("domain".into(), serde_json::json!(domain));
+    }
+    if !dns.search.is_empty() {
+        shown.insert("search".into(), serde_json::json!(dns.search));
+    }
+    entry["dns"] = serde_json::Value::Object(shown);
 }
 
 fn status_entries(record: Option<&PodRecord>, links: &[Link]) -> Vec<NetworkStatus> {
@@ -230,8 +266,9 @@ mod tests {
         green.selection.interface = Some("eth9".into());
         green.ifname = "eth9".into();
         green.result = Some(json!({"cniVersion": "1.0.0",
-            "interfaces": [{"name": "eth9", "mac": "0a:00:00:00:00:09", "sandbox": "/x"}],
-            "ips": [{"address": "198.19.0.9/24", "interface": 0}]}));
+            "interfaces": [{"name": "eth9", "mac": "0a:00:00:00:00:09", "sandbox": "/x", "mtu": 1400}],
+            "ips": [{"address": "198.19.0.9/24", "gateway": "198.19.0.1", "interface": 0}],
+            "dns": {"nameservers": ["198.19.0.53"], "search": ["svc.example"]}}));
         let record = PodRecord {
             uid: "u1".into(),
             namespace: "ns".into(),
@@ -257,7 +294,9 @@ mod tests {
                 {"name": "cbr0", "interface": "eth0", "ips": ["10.0.0.5"], "default": true},
                 {"name": "other/thing", "interface": "net2"},
                 {"name": "ns/green", "interface": "eth9", "ips": ["198.19.0.9"],
-                 "mac": "0a:00:00:00:00:09", "default": false, "dns": {}},
+                 "mac": "0a:00:00:00:00:09", "default": false, "gateway": ["198.19.0.1"],
+                 "mtu": 1400,
+                 "dns": {"nameservers": ["198.19.0.53"], "search": ["svc.example"]}},
             ])
         );
         // Nothing of podagent's left and nobody else's: the annotation goes.

@@ -26,7 +26,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub(crate) use events::can_create_events;
 pub(crate) use identity::{NODE_BOUND_POLICY, Speaks, node_bound_policy, who_am_i};
-pub(crate) use networks::NetworkWatcher;
+pub(crate) use networks::{NetworkWatcher, api_version};
 pub use pods::{PodEvent, PodView, PodWatcher};
 
 use crate::config::KubeSettings;

@@ -41,7 +41,7 @@ struct Kind {
 /// The `Network` resource (manifests/networks-crd.yaml).
 const NETWORK: Kind = Kind {
     group: "kaloom.com",
-    kind: "Network",
+    kind: Mode::Direct.object_kind(),
     plural: "networks",
     served_as: "networks.kaloom.com/v1",
     resource: "networks.kaloom.com",
@@ -53,13 +53,18 @@ const NETWORK: Kind = Kind {
 /// installs too).
 const ATTACHMENT_DEFINITION: Kind = Kind {
     group: "k8s.cni.cncf.io",
-    kind: "NetworkAttachmentDefinition",
+    kind: Mode::Npwg.object_kind(),
     plural: "network-attachment-definitions",
     served_as: "network-attachment-definitions.k8s.cni.cncf.io/v1",
     resource: "network-attachment-definitions.k8s.cni.cncf.io",
     manifest: "network-attachment-definitions-crd.yaml",
     has_plugin: false,
 };
+
+/// `group/version` of the objects `mode` resolves networks from, as `podagent check` names it.
+pub(crate) fn api_version(mode: Mode) -> String {
+    Kind::of(mode).api_version()
+}
 
 impl Kind {
     fn of(mode: Mode) -> Kind {
@@ -69,11 +74,15 @@ impl Kind {
         }
     }
 
+    fn api_version(self) -> String {
+        format!("{}/v1", self.group)
+    }
+
     fn api_resource(self) -> ApiResource {
         ApiResource {
             group: self.group.into(),
             version: "v1".into(),
-            api_version: format!("{}/v1", self.group),
+            api_version: self.api_version(),
             kind: self.kind.into(),
             plural: self.plural.into(),
         }

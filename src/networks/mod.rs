@@ -76,7 +76,7 @@ impl Mode {
     }
 
     /// The kind of object an entry names, as messages call it.
-    pub(crate) fn object_kind(self) -> &'static str {
+    pub(crate) const fn object_kind(self) -> &'static str {
         match self {
             Mode::Kactus | Mode::Direct => "Network",
             Mode::Npwg => "NetworkAttachmentDefinition",

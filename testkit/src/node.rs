@@ -543,6 +543,20 @@ impl Node {
         self.put_object("k8s.cni.cncf.io/v1", kind, namespace, name, spec);
     }
 
+    /// A NetworkAttachmentDefinition `name` whose `spec.config` is a bridge + host-local config
+    /// on `bridge` in quarter `part`, its leases under `ipam-<tag>`.
+    pub fn put_bridge_definition(
+        &self,
+        namespace: &str,
+        name: &str,
+        tag: &str,
+        bridge: &str,
+        part: u8,
+    ) {
+        let config = self.bridge_config(tag, bridge, &self.quarter(part));
+        self.put_attachment_definition(namespace, name, json!({"config": config.to_string()}));
+    }
+
     fn put_object(&self, api_version: &str, kind: &str, namespace: &str, name: &str, spec: Value) {
         let admin = self.cluster.admin();
         let namespace = self.ns(namespace);
