@@ -228,7 +228,7 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
     let context = Context {
         runtime: Arc::new(runtime),
         cni: Arc::new(invoker),
-        links: Arc::new(Netlink),
+        netns: Arc::new(Netlink),
         store,
         feedback: Arc::new(KubeFeedback::new(kube.clone(), &node)),
         networks,

@@ -30,6 +30,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+mod routes;
+
+pub use routes::{ReplacedRoute, move_default_route, restore_default_routes};
+
 use futures::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
@@ -127,6 +131,15 @@ pub enum NetnsError {
     },
     #[error("netlink connection in network namespace {} closed before the dump ended", path.display())]
     ConnectionClosed { path: PathBuf },
+    #[error("no link {ifname} in network namespace {}", path.display())]
+    NoLink { path: PathBuf, ifname: String },
+    #[error("cannot {what} in network namespace {}", path.display())]
+    Route {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
 }
 
 /// Which namespace a path led to when it was opened: the device and inode of the nsfs file
@@ -155,24 +168,54 @@ pub struct Inspection {
     pub links: Vec<Link>,
 }
 
-/// Looks into network namespaces; the seam the reconciler is tested through.
-pub(crate) trait LinkObserver: Send + Sync {
-    fn inspect<'a>(
+pub(crate) type NetnsFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, NetnsError>> + Send + 'a>>;
+
+/// Looks into network namespaces, and moves a pod's default route (`routes`); the seam the
+/// reconciler is tested through.
+pub(crate) trait NetnsAccess: Send + Sync {
+    fn inspect<'a>(&'a self, netns: &'a Path) -> NetnsFuture<'a, Inspection>;
+
+    /// [`move_default_route`].
+    fn move_default_route<'a>(
         &'a self,
         netns: &'a Path,
-    ) -> Pin<Box<dyn Future<Output = Result<Inspection, NetnsError>> + Send + 'a>>;
+        ifname: &'a str,
+        gateway: IpAddr,
+    ) -> NetnsFuture<'a, Vec<ReplacedRoute>>;
+
+    /// [`restore_default_routes`].
+    fn restore_default_routes<'a>(
+        &'a self,
+        netns: &'a Path,
+        routes: &'a [ReplacedRoute],
+    ) -> NetnsFuture<'a, Vec<ReplacedRoute>>;
 }
 
-/// The real observer: netlink inside the namespace (see the module doc).
+/// The real access: netlink inside the namespace (see the module doc).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Netlink;
 
-impl LinkObserver for Netlink {
-    fn inspect<'a>(
+impl NetnsAccess for Netlink {
+    fn inspect<'a>(&'a self, netns: &'a Path) -> NetnsFuture<'a, Inspection> {
+        Box::pin(inspect(netns))
+    }
+
+    fn move_default_route<'a>(
         &'a self,
         netns: &'a Path,
-    ) -> Pin<Box<dyn Future<Output = Result<Inspection, NetnsError>> + Send + 'a>> {
-        Box::pin(inspect(netns))
+        ifname: &'a str,
+        gateway: IpAddr,
+    ) -> NetnsFuture<'a, Vec<ReplacedRoute>> {
+        Box::pin(move_default_route(netns, ifname, gateway))
+    }
+
+    fn restore_default_routes<'a>(
+        &'a self,
+        netns: &'a Path,
+        routes: &'a [ReplacedRoute],
+    ) -> NetnsFuture<'a, Vec<ReplacedRoute>> {
+        Box::pin(restore_default_routes(netns, routes))
     }
 }
 
@@ -203,8 +246,7 @@ async fn dump<M>(
 ///
 /// Must be called from within a tokio runtime (the netlink socket is driven by it).
 pub async fn inspect(netns: &Path) -> Result<Inspection, NetnsError> {
-    let (id, (connection, handle)) = socket_in(netns).await?;
-    let dump = async {
+    with_socket(netns, |id, handle| async move {
         let links: Vec<LinkMessage> = dump(netns, "link", handle.link().get().execute()).await?;
         let addresses: Vec<AddressMessage> =
             dump(netns, "address", handle.address().get().execute()).await?;
@@ -212,12 +254,22 @@ pub async fn inspect(netns: &Path) -> Result<Inspection, NetnsError> {
             id,
             links: assemble(&links, &addresses),
         })
-    };
+    })
+    .await
+}
+
+/// Runs `work` with a netlink handle whose socket lives in `netns`.
+async fn with_socket<T, F, Fut>(netns: &Path, work: F) -> Result<T, NetnsError>
+where
+    F: FnOnce(NetnsId, rtnetlink::Handle) -> Fut,
+    Fut: Future<Output = Result<T, NetnsError>>,
+{
+    let (id, (connection, handle)) = socket_in(netns).await?;
     // The connection is polled here, not spawned: when this function returns, the socket is
     // closed, so repeated lookups cannot pile up open descriptors.
     tokio::select! {
         biased;
-        result = dump => result,
+        result = work(id, handle) => result,
         () = connection => Err(NetnsError::ConnectionClosed { path: netns.to_owned() }),
     }
 }

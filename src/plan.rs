@@ -333,6 +333,7 @@ mod tests {
 
     fn record_in(sandbox: &Sandbox, attachments: Vec<Attachment>) -> PodRecord {
         PodRecord {
+            status_interfaces: Default::default(),
             uid: "uid-1".into(),
             namespace: "default".into(),
             name: "web".into(),

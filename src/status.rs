@@ -333,6 +333,7 @@ mod tests {
 
     fn record(networks: &[&str]) -> PodRecord {
         let mut record = PodRecord {
+            status_interfaces: Default::default(),
             uid: "u1".into(),
             namespace: "ns".into(),
             name: "web".into(),

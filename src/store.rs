@@ -21,7 +21,7 @@
 //! destroying it. The pod then converges like an unrecorded one: links already present are
 //! adopted, missing ones added.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -66,6 +66,12 @@ pub struct PodRecord {
     /// Keyed by interface name (format 2; format 1 keyed them by network name).
     #[serde(default)]
     pub attachments: BTreeMap<String, Attachment>,
+    /// npwg mode: the interfaces whose entries podagent's last successful `network-status`
+    /// write showed. An entry on one of them is podagent's to remove once its attachment is
+    /// gone, even when a crash came between the DEL and the status write; a record is kept
+    /// while this lists anything, so that the write can still happen.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub status_interfaces: BTreeSet<String>,
 }
 
 /// One network plugged (or being plugged or unplugged) into a pod.
@@ -87,6 +93,10 @@ pub struct Attachment {
     /// `podagent status` showed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) since: Option<jiff::Timestamp>,
+    /// npwg mode: the pod's default routes this attachment's `default-route` replaced, put
+    /// back when it is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) replaced_routes: Vec<crate::netns::ReplacedRoute>,
 }
 
 /// Where an attachment is in its life; written before the CNI call that moves it on.
@@ -121,6 +131,7 @@ impl Attachment {
             result: None,
             definition: None,
             since: None,
+            replaced_routes: Vec::new(),
         }
     }
 
@@ -167,6 +178,10 @@ impl PodRecord {
                      its interface {expected:?}"
                 ));
             }
+        }
+        for interface in &self.status_interfaces {
+            annotation::npwg::check_ifname(interface)
+                .map_err(|reason| format!("status interface {reason}"))?;
         }
         Ok(())
     }
@@ -485,6 +500,7 @@ mod tests {
             "ips": [{"address": "198.18.0.5/24"}]
         }));
         PodRecord {
+            status_interfaces: Default::default(),
             uid: uid.into(),
             namespace: "default".into(),
             name: "web".into(),

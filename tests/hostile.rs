@@ -321,6 +321,7 @@ fn a_pod_uid_that_is_a_path_never_names_a_state_file() {
     fs::write(&outside, b"keep me").unwrap();
     for uid in ["../victim", "/etc/passwd", "a/../../victim", ".hidden", ""] {
         let record = store::PodRecord {
+            status_interfaces: Default::default(),
             uid: uid.to_owned(),
             namespace: "ns".into(),
             name: "web".into(),
@@ -1038,11 +1039,7 @@ async fn hostile_npwg_pods_get_a_warning_and_the_rest_of_the_node_keeps_working(
             r#"[{"name":"data","ips":["198.18.0.5"]}]"#,
             "write addresses as 198.18.0.5/24",
         ),
-        (
-            "clash",
-            "data, data",
-            "which element [0] already has",
-        ),
+        ("clash", "data, data", "which element [0] already has"),
         (
             "taken",
             "data@eth0",

@@ -166,17 +166,18 @@ async fn an_annotation_whose_names_clash_is_refused_and_changes_nothing() {
             .await;
         assert_eq!(event["type"], "Warning");
     }
-    // default-route is not applied to a hot-plugged interface: refused, not half-done.
+    // A pod has one default route per family: two elements asking for it are refused.
+    let prefix = host.address_prefix();
     let routed = json!([
-        {"name": "data", "interface": "eth9"},
-        {"name": "data", "interface": "eth10", "default-route": [format!("{}1", host.address_prefix())]},
+        {"name": "data", "interface": "eth9", "default-route": [format!("{prefix}65")]},
+        {"name": "data", "interface": "eth10", "default-route": [format!("{prefix}66")]},
     ]);
     host.annotate("default", "web", NETWORKS, Some(&routed.to_string()));
     let event = host
-        .eventually("default-route refused", || {
-            host.events("default", &uid, "InterfaceAddRejected")
+        .eventually("two default routes refused", || {
+            host.events("default", &uid, "InvalidNetworksAnnotation")
                 .into_iter()
-                .find(|e| note_of(e).contains("default-route"))
+                .find(|e| note_of(e).contains("already asks for the IPv4 default route"))
         })
         .await;
     assert_eq!(event["type"], "Warning");
@@ -472,4 +473,103 @@ async fn swapping_the_network_behind_an_interface_is_del_then_add() {
         [eth9("DEL"), eth9("ADD")],
         "one DEL of a, then one ADD of b ({after})"
     );
+}
+
+/// `ip route show default` in `netns`: (gateway, device) of each IPv4 default route.
+fn default_routes(netns: &Path) -> Vec<(String, String)> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-j", "-4", "route", "show", "default"])
+        .output()
+        .expect("run nsenter ip route");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let routes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    routes
+        .iter()
+        .map(|r| {
+            let field = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+            (field("gateway"), field("dev"))
+        })
+        .collect()
+}
+
+/// `default-route` moves the pod's IPv4 default route onto the new interface, and removing
+/// the element puts the one it replaced back; a gateway the interface cannot reach rolls the
+/// ADD back (its lease released) and leaves the pod's route as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_route_moves_the_pods_route_and_removing_it_puts_the_old_one_back() {
+    let host = npwg_node().await;
+    let bridge = unique_name("ndb");
+    let _links = HostLinks(vec![bridge.clone()]);
+    host.put_bridge_definition("default", "red", "red", &bridge, 1);
+    let (uid, netns) = npwg_pod(&host, "default", "web", "").await;
+    // The cluster network's default route, as the primary CNI plugin would have set it: via
+    // a neighbour in eth0's subnet.
+    let eth0 = ipv4(&netns, "eth0").expect("eth0 has an address");
+    let (net, last) = eth0.rsplit_once('.').expect("an IPv4 address");
+    let neighbour = format!("{net}.{}", if last == "1" { 2 } else { 1 });
+    let status = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "ip", "route", "replace", "default", "via", &neighbour, "dev", "eth0",
+        ])
+        .status()
+        .expect("run nsenter ip route replace");
+    assert!(status.success(), "the pod's default route could not be set");
+    let cluster_route = vec![(neighbour.clone(), "eth0".to_owned())];
+    assert_eq!(default_routes(&netns), cluster_route);
+    let _agent = start_npwg(&host);
+
+    // A gateway outside eth9's subnet: the kernel refuses the route, the ADD is undone.
+    let unreachable =
+        json!([{"name": "red", "interface": "eth9", "default-route": ["203.0.113.1"]}]);
+    host.annotate("default", "web", NETWORKS, Some(&unreachable.to_string()));
+    let event = host
+        .eventually("the unreachable gateway reported", || {
+            host.events("default", &uid, "FailedAddingInterface")
+                .into_iter()
+                .find(|e| note_of(e).contains("203.0.113.1"))
+        })
+        .await;
+    assert!(
+        note_of(&event).contains("cannot carry the requested default route via 203.0.113.1"),
+        "{}",
+        note_of(&event)
+    );
+    host.eventually("eth9 rolled back, its lease released", || {
+        (!has_link(&netns, "eth9") && host.leases("red").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        default_routes(&netns),
+        cluster_route,
+        "the pod's route is as it was"
+    );
+
+    // host-local's gateway for quarter 1 is in eth9's subnet: the default route moves there.
+    let gateway = host.quarter(1).replace("64/26", "65");
+    let reachable = json!([{"name": "red", "interface": "eth9", "default-route": [gateway]}]);
+    host.annotate("default", "web", NETWORKS, Some(&reachable.to_string()));
+    host.eventually("the default route via eth9", || {
+        (default_routes(&netns) == [(gateway.clone(), "eth9".to_owned())]).then_some(())
+    })
+    .await;
+    let record = host.record(&uid).expect("a record");
+    assert_eq!(
+        record["record"]["attachments"]["eth9"]["replacedRoutes"],
+        json!([{"ipv6": false, "via": neighbour, "dev": "eth0"}]),
+        "{record}"
+    );
+
+    // Removing the element removes eth9 and puts the cluster network's route back.
+    host.annotate("default", "web", NETWORKS, None);
+    host.eventually("the cluster route back", || {
+        (!has_link(&netns, "eth9") && default_routes(&netns) == cluster_route).then_some(())
+    })
+    .await;
+    assert!(host.leases("red").is_empty());
 }

@@ -1,23 +1,25 @@
 //! Churn soak: the real podagent under a seeded random sequence of annotation edits, pod and
 //! sandbox re-creations, podagent restarts (SIGTERM and SIGKILL), containerd restarts, API
 //! server faults (dropped watches, 410 Gone, 500 bursts, latency) and CNI conf dir changes, with
-//! the node's invariants checked after every quiet period; in both network modes, direct mode
-//! adding `Network` edits and deletions (each deleted Network is created again a moment later)
-//! to the actions.
+//! the node's invariants checked after every quiet period; in all three network modes, direct
+//! and npwg mode adding edits and deletions of their network objects (each deleted one is
+//! created again a moment later) to the actions.
 //!
 //! The suite runs a short version (a few rounds); `scripts/soak.sh --minutes N` runs rounds for
 //! N minutes (env `PODAGENT_SOAK_MINUTES`). The seed is printed first; `PODAGENT_SOAK_SEED=<n>`
 //! replays the same sequence of actions (timing still differs, as on a real node).
 //!
 //! Invariants after each quiet period, for every live pod:
-//! - its netns holds exactly one `net<hash>` link per desired network, and no other, with the
-//!   requested MAC when one is set;
+//! - its netns holds exactly one link per desired attachment on the interface it asks for or
+//!   podagent derives, and no other but `lo` and `eth0`, with the requested MAC when one is set;
 //! - host-local holds exactly one address per desired attachment of its sandbox and none for an
 //!   attachment that was removed (no IP leak). In kactus mode, addresses of sandboxes the test
 //!   removed are released by a stand-in for the runtime's CNI teardown (kactus does it in
-//!   production); in direct mode nothing stands in: podagent's own DELs must release them, so
-//!   no address may be left for any sandbox but a live pod's current one;
-//! - podagent's record lists exactly the desired networks, all `Attached`;
+//!   production); in direct and npwg mode nothing stands in: podagent's own DELs must release
+//!   them, so no address may be left for any sandbox but a live pod's current one;
+//! - podagent's record lists exactly the desired attachments by interface, all `Attached`;
+//! - npwg mode: `k8s.v1.cni.cncf.io/network-status` lists exactly the desired attachments,
+//!   after the default network's entry the test wrote at pod creation, which stays intact;
 //!
 //! and for the node: podagent is alive, no record is left for a deleted pod, and its resident
 //! memory has not grown past a generous bound since the first quiet period of its run.
@@ -26,11 +28,13 @@
 //! through the test wrapper plugin); the network name only selects the interface name. In
 //! direct mode each network is a `Network` object of its own with the same plugins, its own
 //! quarter of the node's subnet and its own host-local dir, edited by the test (its MTU) as it
-//! goes. The API server is the real one (its own control plane for this test
-//! binary); podagent reaches it on its own service-account token through the fault proxy:
-//! dropped connections, injected 500s and latency come from the proxy, a real 410 Gone from
-//! restarting kube-apiserver (its new watch cache starts past podagent's resourceVersion;
-//! `tests/api_restart.rs` checks that path on its own).
+//! goes; npwg mode does the same with NetworkAttachmentDefinitions, asks in both annotation
+//! forms and gives two of the networks an `eth<n>` interface from a per-pod pool, so that an edit
+//! can swap the network behind a name. The API server is the real one (its own control plane
+//! for this test binary); podagent reaches it on its own service-account token through the
+//! fault proxy: dropped connections, injected 500s and latency come from the proxy, a real 410
+//! Gone from restarting kube-apiserver (its new watch cache starts past podagent's
+//! resourceVersion; `tests/api_restart.rs` checks that path on its own).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -53,7 +57,42 @@ const SHORT_SEED: u64 = 91;
 /// kube-apiserver restart) it edits a Network, deletes one, and re-creates a pod and a sandbox
 /// whose attachments only podagent can release.
 const DIRECT_SHORT_SEED: u64 = 40;
+/// The npwg-mode short run's sequence: NetworkAttachmentDefinition edits and a deletion, both
+/// annotation forms, and a network swapped behind an interface name.
+const NPWG_SHORT_SEED: u64 = 7;
 const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
+/// The annotation podagent reads in npwg mode, and the status it merges its entries into.
+const NPWG_NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+const NPWG_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+
+/// The network mode of one soak run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Kactus,
+    /// Kaloom `Network` objects, resolved and run by podagent.
+    Direct,
+    /// NetworkAttachmentDefinitions and the NPWG annotation.
+    Npwg,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Kactus => "kactus",
+            Mode::Direct => "direct",
+            Mode::Npwg => "npwg",
+        }
+    }
+
+    /// `(apiVersion, kind)` of the network objects the test edits; none in kactus mode.
+    fn objects(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Mode::Kactus => None,
+            Mode::Direct => Some(("kaloom.com/v1", "Network")),
+            Mode::Npwg => Some(("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition")),
+        }
+    }
+}
 
 /// xorshift64*: a tiny deterministic generator, so a seed replays the same actions.
 struct Rng(u64);
@@ -71,21 +110,35 @@ impl Rng {
     }
 }
 
+/// One network a pod asks for.
+struct Want {
+    network: String,
+    mac: Option<String>,
+    /// npwg mode: the interface the element names (else podagent derives one).
+    interface: Option<String>,
+}
+
+impl Want {
+    fn ifname(&self) -> String {
+        self.interface
+            .clone()
+            .unwrap_or_else(|| ifname(&self.network))
+    }
+}
+
 struct Pod {
     name: String,
     uid: String,
     sandbox: String,
     netns: PathBuf,
-    /// network name -> MAC requested (if any)
-    desired: BTreeMap<String, Option<String>>,
+    desired: Vec<Want>,
     generation: u32,
 }
 
 struct World {
     node: Node,
-    /// Direct mode: each network is a `Network` object podagent resolves itself.
-    direct: bool,
-    /// Direct mode: each Network's MTU now (edits flip it).
+    mode: Mode,
+    /// Direct and npwg mode: each network object's MTU now (edits flip it).
     mtus: BTreeMap<&'static str, u32>,
     proxy: FaultProxy,
     pods: Vec<Pod>,
@@ -95,13 +148,13 @@ struct World {
 }
 
 impl World {
-    async fn new(direct: bool) -> World {
+    async fn new(mode: Mode) -> World {
         let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
         let proxy = node.fault_proxy().await;
         let mtus = NETWORKS.iter().map(|n| (*n, 1500)).collect();
         let world = World {
             node,
-            direct,
+            mode,
             mtus,
             proxy,
             pods: Vec::new(),
@@ -109,16 +162,19 @@ impl World {
             rss_baseline: None,
             conf_file: "10-hotplug.conflist",
         };
-        if direct {
-            world.node.cluster().install_network_crd();
-            for network in NETWORKS {
-                world.put_network(network);
-            }
+        match mode {
+            Mode::Kactus => return world,
+            Mode::Direct => world.node.cluster().install_network_crd(),
+            Mode::Npwg => world.node.cluster().install_attachment_definition_crd(),
+        }
+        for network in NETWORKS {
+            world.put_network(network);
         }
         world
     }
 
-    /// Direct mode: Network `name` as the test wants it now (created or replaced).
+    /// Network object `name` (a `Network` or a NetworkAttachmentDefinition) as the test wants
+    /// it now (created or replaced).
     fn put_network(&self, name: &'static str) {
         let part = NETWORKS.iter().position(|n| *n == name).unwrap_or(0) as u32;
         let config = json!({
@@ -132,11 +188,17 @@ impl World {
                 {"type": "tuning", "capabilities": {"mac": true}},
             ],
         });
-        self.node.put_network(
-            "default",
-            name,
-            json!({"plugin": "bridge", "config": config.to_string()}),
-        );
+        let config = config.to_string();
+        if self.mode == Mode::Npwg {
+            self.node
+                .put_attachment_definition("default", name, json!({ "config": config }));
+        } else {
+            self.node.put_network(
+                "default",
+                name,
+                json!({"plugin": "bridge", "config": config}),
+            );
+        }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -153,9 +215,7 @@ impl World {
         config.log_level = "info".into();
         config.retry_base = "500ms".into();
         config.resync_period = "30s".into();
-        if self.direct {
-            config.networks = "mode = \"direct\"\n".into();
-        }
+        config.networks = format!("mode = \"{}\"\n", self.mode.as_str());
         self.node.through_proxy(&mut config, &self.proxy);
         let mut agent = self.node.start_agent_with(&config);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -171,36 +231,84 @@ impl World {
         self.rss_baseline = None;
     }
 
-    fn annotation(desired: &BTreeMap<String, Option<String>>) -> String {
+    /// The annotation that asks for `desired`: the Kaloom JSON list, or in npwg mode the
+    /// comma form (`name`, `name@ifname`) when no element requests a MAC and the JSON form
+    /// when one does.
+    fn annotation(&self, desired: &[Want]) -> String {
+        let npwg = self.mode == Mode::Npwg;
+        if npwg && desired.iter().all(|w| w.mac.is_none()) {
+            let names: Vec<String> = desired
+                .iter()
+                .map(|w| match &w.interface {
+                    Some(interface) => format!("{}@{interface}", w.network),
+                    None => w.network.clone(),
+                })
+                .collect();
+            return names.join(", ");
+        }
         let entries: Vec<Value> = desired
             .iter()
-            .map(|(name, mac)| match mac {
-                Some(mac) => json!({"name": name, "ifMac": mac}),
-                None => json!({"name": name}),
+            .map(|w| {
+                let mut entry = json!({ "name": w.network });
+                if let Some(mac) = &w.mac {
+                    entry[if npwg { "mac" } else { "ifMac" }] = json!(mac);
+                }
+                if let Some(interface) = &w.interface {
+                    entry["interface"] = json!(interface);
+                }
+                entry
             })
             .collect();
         Value::Array(entries).to_string()
     }
 
-    fn random_desired(rng: &mut Rng, pod: usize) -> BTreeMap<String, Option<String>> {
-        let mut desired = BTreeMap::new();
+    /// A random subset of the networks, some with a MAC. In npwg mode the last two networks
+    /// always ask for an `eth<n>` interface drawn from one pool per pod, so an edit can move a
+    /// name from one network to another (a swap); the first two never do. (An element without
+    /// `interface` keeps the interface its network already has in the record, so a network
+    /// that sometimes asked for one would end on a name that depends on which of several quick
+    /// edits podagent saw: the model could not tell.)
+    fn random_desired(&self, rng: &mut Rng, pod: usize) -> Vec<Want> {
+        let mut desired = Vec::new();
+        let mut free: Vec<u32> = (1..=NETWORKS.len() as u32).collect();
         for (k, name) in NETWORKS.iter().enumerate() {
             if rng.below(2) == 0 {
                 continue;
             }
             let mac = (rng.below(3) == 0)
                 .then(|| format!("02:00:5a:{:02x}:{pod:02x}:{k:02x}", rng.below(256)));
-            desired.insert((*name).to_owned(), mac);
+            let interface = (self.mode == Mode::Npwg && k >= 2).then(|| {
+                let n = free.remove(rng.below(free.len() as u64) as usize);
+                format!("eth{n}")
+            });
+            desired.push(Want {
+                network: (*name).to_owned(),
+                mac,
+                interface,
+            });
         }
         desired
     }
 
+    /// The annotation key the mode reads.
+    fn networks_key(&self) -> &'static str {
+        if self.mode == Mode::Npwg {
+            NPWG_NETWORKS
+        } else {
+            "networks"
+        }
+    }
+
     async fn create_pod(&mut self, index: usize, generation: u32, rng: &mut Rng) -> Pod {
         let name = format!("p{index}-{generation}");
-        let desired = World::random_desired(rng, index);
+        let desired = self.random_desired(rng, index);
+        let mut annotations = json!({ self.networks_key(): self.annotation(&desired) });
+        if self.mode == Mode::Npwg {
+            annotations[NPWG_STATUS] = json!(json!([default_status_entry()]).to_string());
+        }
         let (uid, sandbox) = self
             .node
-            .pod("default", &name, Some(&World::annotation(&desired)))
+            .pod_with_annotations("default", &name, annotations)
             .await;
         let netns = self.node.netns(&sandbox).await;
         Pod {
@@ -217,10 +325,11 @@ impl World {
     /// does: the runtime's CNI DEL at teardown goes through kactus, which releases every
     /// attachment of the pod, hot-plugged ones included. podagent never DELs into a dead
     /// sandbox, so without this stand-in the attachments' host-local leases would pile up.
-    /// In direct mode the sandbox just goes: releasing its attachments is podagent's job.
+    /// In direct and npwg mode the sandbox just goes: releasing its attachments is podagent's
+    /// job.
     async fn tear_down_sandbox(&self, i: usize, id: &str) {
         let containerd = self.node.containerd();
-        if self.direct {
+        if self.mode != Mode::Kactus {
             containerd.stop_pod_sandbox(id).await;
             containerd.remove_pod_sandbox(id).await;
             return;
@@ -264,13 +373,14 @@ impl World {
 
     async fn act(&mut self, rng: &mut Rng) -> String {
         let i = rng.below(PODS as u64) as usize;
-        // Direct mode has two more actions; kactus mode keeps its sequence for a seed.
-        match rng.below(if self.direct { 12 } else { 10 }) {
+        // Direct and npwg mode have two more actions; kactus mode keeps its sequence for a seed.
+        match rng.below(if self.mode == Mode::Kactus { 10 } else { 12 }) {
             0..=3 => {
-                let desired = World::random_desired(rng, i);
-                let value = World::annotation(&desired);
+                let desired = self.random_desired(rng, i);
+                let value = self.annotation(&desired);
+                let key = self.networks_key();
                 self.node
-                    .set_networks("default", &self.pods[i].name, Some(&value));
+                    .annotate("default", &self.pods[i].name, key, Some(&value));
                 self.pods[i].desired = desired;
                 format!("edit {} -> {value}", self.pods[i].name)
             }
@@ -347,21 +457,23 @@ impl World {
                 let network = NETWORKS[rng.below(NETWORKS.len() as u64) as usize];
                 let mtu = self.mtus.get_mut(network).expect("a known network");
                 *mtu = if *mtu == 1500 { 1400 } else { 1500 };
-                let text = format!("edit Network {network}: mtu {mtu}");
+                let (_, kind) = self.mode.objects().expect("network objects");
+                let text = format!("edit {kind} {network}: mtu {mtu}");
                 self.put_network(network);
                 text
             }
             11 => {
                 let network = NETWORKS[rng.below(NETWORKS.len() as u64) as usize];
                 let namespace = self.node.ns("default");
+                let (api_version, kind) = self.mode.objects().expect("network objects");
                 self.node
                     .cluster()
                     .admin()
-                    .delete("kaloom.com/v1", "Network", Some(&namespace), network, None)
-                    .expect("delete the Network");
+                    .delete(api_version, kind, Some(&namespace), network, None)
+                    .unwrap_or_else(|e| panic!("delete {kind} {network}: {e:#}"));
                 tokio::time::sleep(Duration::from_millis(rng.below(1500))).await;
                 self.put_network(network);
-                format!("delete Network {network}, create it again")
+                format!("delete {kind} {network}, create it again")
             }
             _ => {
                 self.conf_file = if self.conf_file.starts_with("10") {
@@ -389,20 +501,20 @@ impl World {
         let mut found = Vec::new();
         let allocations = self.allocations();
         for pod in &self.pods {
-            let want: BTreeSet<String> = pod.desired.keys().map(|n| ifname(n)).collect();
+            let want: BTreeSet<String> = pod.desired.iter().map(Want::ifname).collect();
             let links = links(&pod.netns);
             let have: BTreeSet<String> = links.keys().cloned().collect();
             if have != want {
                 found.push(format!("{}: links {have:?}, desired {want:?}", pod.name));
             }
-            for (name, mac) in &pod.desired {
-                if let Some(mac) = mac
-                    && links.get(&ifname(name)).is_some_and(|m| m != mac)
+            for wanted in &pod.desired {
+                let ifname = wanted.ifname();
+                if let Some(mac) = &wanted.mac
+                    && let Some(has) = links.get(&ifname).filter(|m| *m != mac)
                 {
                     found.push(format!(
-                        "{}: {name} has MAC {:?}, wanted {mac}",
-                        pod.name,
-                        links[&ifname(name)]
+                        "{}: {} on {ifname} has MAC {has}, wanted {mac}",
+                        pod.name, wanted.network
                     ));
                 }
             }
@@ -424,20 +536,23 @@ impl World {
             let record = fs::read_to_string(self.path(&format!("state/{}.json", pod.uid)))
                 .ok()
                 .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-            let recorded: BTreeMap<String, String> = record
+            let recorded: BTreeMap<String, (String, String)> = record
                 .as_ref()
                 .and_then(|r| r["record"]["attachments"].as_object().cloned())
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(_, v)| {
+                .map(|(ifname, v)| {
                     let network = v["selection"]["name"].as_str().unwrap_or("").to_owned();
-                    (network, v["phase"].as_str().unwrap_or("").to_owned())
+                    (
+                        ifname,
+                        (network, v["phase"].as_str().unwrap_or("").to_owned()),
+                    )
                 })
                 .collect();
-            let desired: BTreeMap<String, String> = pod
+            let desired: BTreeMap<String, (String, String)> = pod
                 .desired
-                .keys()
-                .map(|k| (k.clone(), "Attached".to_owned()))
+                .iter()
+                .map(|w| (w.ifname(), (w.network.clone(), "Attached".to_owned())))
                 .collect();
             if recorded != desired {
                 found.push(format!(
@@ -457,7 +572,10 @@ impl World {
                 found.push(format!("record {name} left for a deleted pod"));
             }
         }
-        if self.direct {
+        if self.mode == Mode::Npwg {
+            found.extend(self.status_violations());
+        }
+        if self.mode != Mode::Kactus {
             let current: BTreeSet<&str> = self.pods.iter().map(|p| p.sandbox.as_str()).collect();
             for (sandbox, ifname) in &allocations {
                 if !current.contains(sandbox.as_str()) {
@@ -478,6 +596,52 @@ impl World {
                     found.push(format!("podagent RSS grew from {base} KiB to {rss} KiB"));
                 }
                 Some(_) => {}
+            }
+        }
+        found
+    }
+
+    /// npwg mode: each pod's `network-status` lists exactly its desired attachments (as
+    /// `namespace/name` on their interface), after the default network's entry the test
+    /// wrote at pod creation, which stays first and untouched.
+    fn status_violations(&self) -> Vec<String> {
+        let namespace = self.node.ns("default");
+        let mut found = Vec::new();
+        for pod in &self.pods {
+            let status: Vec<Value> = self
+                .node
+                .get_pod("default", &pod.name)
+                .and_then(|p| {
+                    p["metadata"]["annotations"][NPWG_STATUS]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_default();
+            let shown: BTreeSet<(String, String)> = status
+                .iter()
+                .filter(|e| e["default"] == false)
+                .map(|e| {
+                    let field = |key: &str| e[key].as_str().unwrap_or_default().to_owned();
+                    (field("interface"), field("name"))
+                })
+                .collect();
+            let want: BTreeSet<(String, String)> = pod
+                .desired
+                .iter()
+                .map(|w| (w.ifname(), format!("{namespace}/{}", w.network)))
+                .collect();
+            if shown != want {
+                found.push(format!(
+                    "{}: network-status shows {shown:?}, desired {want:?}",
+                    pod.name
+                ));
+            }
+            if status.first() != Some(&default_status_entry()) {
+                found.push(format!(
+                    "{}: the default network's entry is not first and intact: {status:?}",
+                    pod.name
+                ));
             }
         }
         found
@@ -530,7 +694,11 @@ impl World {
     }
 }
 
-/// `ifname -> MAC` of the `net<hash>` links in a netns.
+/// The default network's `network-status` entry, as Multus writes it at pod creation.
+fn default_status_entry() -> Value {
+    json!({"name": "cbr0", "interface": "eth0", "default": true, "dns": {}})
+}
+
 /// Whether process `pid` has a handler for SIGTERM, from the kernel's caught-signal mask.
 fn catches_sigterm(pid: i32) -> bool {
     let bit = 1u64 << (nix::sys::signal::Signal::SIGTERM as i32 - 1);
@@ -546,6 +714,7 @@ fn catches_sigterm(pid: i32) -> bool {
         .is_some_and(|mask| mask & bit != 0)
 }
 
+/// `ifname -> MAC` of the links in a netns other than `lo` and the default network's `eth0`.
 fn links(netns: &Path) -> BTreeMap<String, String> {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
@@ -556,7 +725,7 @@ fn links(netns: &Path) -> BTreeMap<String, String> {
     list.iter()
         .filter_map(|l| {
             let name = l["ifname"].as_str()?;
-            podagent::annotation::is_attachment_ifname(name).then(|| {
+            (!["lo", "eth0"].contains(&name)).then(|| {
                 (
                     name.to_owned(),
                     l["address"].as_str().unwrap_or("").to_owned(),
@@ -566,17 +735,18 @@ fn links(netns: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Both modes, one after the other: a kube-apiserver restart reaches every test of this
+/// All three modes, one after the other: a kube-apiserver restart reaches every test of this
 /// binary, and each run's own API calls must not meet another's restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_keeps_every_invariant() {
-    soak(false, SHORT_SEED).await;
-    soak(true, DIRECT_SHORT_SEED).await;
+    soak(Mode::Kactus, SHORT_SEED).await;
+    soak(Mode::Direct, DIRECT_SHORT_SEED).await;
+    soak(Mode::Npwg, NPWG_SHORT_SEED).await;
 }
 
 /// Rounds of actions and quiet periods, for the minutes `PODAGENT_SOAK_MINUTES` asks, or the
 /// short run of `short_seed`.
-async fn soak(direct: bool, short_seed: u64) {
+async fn soak(mode: Mode, short_seed: u64) {
     let minutes: Option<f64> = std::env::var("PODAGENT_SOAK_MINUTES")
         .ok()
         .map(|m| m.parse().expect("PODAGENT_SOAK_MINUTES is a number"));
@@ -591,10 +761,12 @@ async fn soak(direct: bool, short_seed: u64) {
                 | 1
         }
     };
-    let mode = if direct { "direct" } else { "kactus" };
-    println!("soak seed {seed}, {mode} mode (replay with PODAGENT_SOAK_SEED={seed})");
+    println!(
+        "soak seed {seed}, {} mode (replay with PODAGENT_SOAK_SEED={seed})",
+        mode.as_str()
+    );
     let mut rng = Rng(seed);
-    let mut world = World::new(direct).await;
+    let mut world = World::new(mode).await;
     for i in 0..PODS {
         let pod = world.create_pod(i, 0, &mut rng).await;
         world.pods.push(pod);

@@ -308,6 +308,7 @@ pub async fn steps(world: &World, pod: &Pod, trials: usize) -> Result<Steps> {
         .context("parse the probe annotation")?
         .remove(0);
     let record = PodRecord {
+        status_interfaces: Default::default(),
         uid: pod.uid.clone(),
         namespace: world.namespace.clone(),
         name: pod.name.clone(),

@@ -170,6 +170,7 @@ pub fn parse(value: Option<&str>) -> Result<Vec<Element>, AnnotationError> {
         comma_form(text, &mut problems)?
     };
     check_interfaces(&elements, &mut problems);
+    check_default_routes(&elements, &mut problems);
     if problems.is_empty() {
         Ok(elements.into_iter().map(|(_, e)| e).collect())
     } else {
@@ -448,6 +449,29 @@ fn check_interfaces(elements: &[(usize, Element)], problems: &mut Vec<EntryProbl
     }
 }
 
+/// A pod has one default route per family: one gateway of each family in all the elements.
+fn check_default_routes(elements: &[(usize, Element)], problems: &mut Vec<EntryProblem>) {
+    let mut first: HashMap<bool, usize> = HashMap::new();
+    for (index, element) in elements {
+        for gateway in &element.default_route {
+            let family = if gateway.is_ipv6() { "IPv6" } else { "IPv4" };
+            match first.get(&gateway.is_ipv6()) {
+                Some(earlier) => problems.push(EntryProblem {
+                    index: *index,
+                    field: Some("default-route"),
+                    reason: format!(
+                        "{gateway}: element [{earlier}] already asks for the {family} default \
+                         route, and a pod has one per family"
+                    ),
+                }),
+                None => {
+                    first.insert(gateway.is_ipv6(), *index);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,7 +545,9 @@ mod tests {
         let text = problems(
             r#"[{"namespace":"Team"},{"name":"a","interface":"eth0/x","mac":"01:00:5e:00:00:01"},
                 {"name":"b","ips":["198.18.0.5"],"default-route":["gw"],"cni-args":[1]},
-                {"name":"c","interface":"eth9"},{"name":"d","interface":"eth9"},7]"#,
+                {"name":"c","interface":"eth9"},{"name":"d","interface":"eth9"},7,
+                {"name":"e","default-route":["198.18.0.1","2001:db8::1","198.18.0.2"]},
+                {"name":"f","default-route":["2001:db8::2"]}]"#,
         );
         for expected in [
             "[0].name: is required",
@@ -533,6 +559,8 @@ mod tests {
             "[2].cni-args: must be an object, found a list",
             "[4].interface: eth9 is already used by element [3]",
             "[5]: must be an object, found a number",
+            "[6].default-route: 198.18.0.2: element [6] already asks for the IPv4 default route",
+            "[7].default-route: 2001:db8::2: element [6] already asks for the IPv6 default route",
         ] {
             assert!(
                 text.contains(expected),

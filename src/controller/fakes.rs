@@ -15,7 +15,9 @@ use crate::cni::{Cni, CniError, CniResult, Op, PluginRun, Target};
 use crate::config::ReconcileSettings;
 use crate::kubeapi::PodView;
 use crate::kubeapi::events::{Feedback, ReportError, StatusWrite};
-use crate::netns::{Inspection, Link, LinkObserver, NetnsError, NetnsId, OperState};
+use crate::netns::{
+    Inspection, Link, NetnsAccess, NetnsError, NetnsFuture, NetnsId, OperState, ReplacedRoute,
+};
 use crate::networks::Networks;
 use crate::pod::PodRef;
 use crate::runtime::{Runtime, RuntimeError, RuntimeKind, RuntimeVersion, Sandbox};
@@ -181,11 +183,26 @@ fn refused(op: Op, a: &Target, code: u64) -> CniError {
     }
 }
 
-impl LinkObserver for Fakes {
-    fn inspect<'a>(
+impl NetnsAccess for Fakes {
+    /// The fake pods have no routes: asking to move one moves nothing.
+    fn move_default_route<'a>(
         &'a self,
-        netns: &'a Path,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Inspection, NetnsError>> + Send + 'a>> {
+        _netns: &'a Path,
+        _ifname: &'a str,
+        _gateway: std::net::IpAddr,
+    ) -> NetnsFuture<'a, Vec<ReplacedRoute>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn restore_default_routes<'a>(
+        &'a self,
+        _netns: &'a Path,
+        _routes: &'a [ReplacedRoute],
+    ) -> NetnsFuture<'a, Vec<ReplacedRoute>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn inspect<'a>(&'a self, netns: &'a Path) -> NetnsFuture<'a, Inspection> {
         let node = self.node();
         let found = node
             .links
@@ -254,7 +271,7 @@ pub(crate) fn context(fakes: &Fakes, dir: &std::path::Path) -> Context {
     Context {
         runtime: Arc::new(fakes.clone()),
         cni: Arc::new(fakes.clone()),
-        links: Arc::new(fakes.clone()),
+        netns: Arc::new(fakes.clone()),
         store: Store::open(dir).expect("store"),
         feedback: Arc::new(fakes.clone()),
         networks: Networks::new(Default::default(), "/nonexistent"),

@@ -39,7 +39,7 @@ use crate::config::ReconcileSettings;
 use crate::kubeapi::events::Feedback;
 use crate::kubeapi::{PodEvent, PodView};
 use crate::metrics::{AttachmentCounts, Metrics, ReconcileOutcome};
-use crate::netns::LinkObserver;
+use crate::netns::NetnsAccess;
 use crate::networks::{Mode, Networks};
 use crate::pod::PodRef;
 use crate::runtime::Runtime;
@@ -59,7 +59,7 @@ enum ControllerError {
 pub(crate) struct Context {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) cni: Arc<dyn Cni>,
-    pub(crate) links: Arc<dyn LinkObserver>,
+    pub(crate) netns: Arc<dyn NetnsAccess>,
     pub(crate) store: Store,
     pub(crate) feedback: Arc<dyn Feedback>,
     /// The network mode and, in `direct` mode, the network objects.

@@ -33,7 +33,7 @@ use crate::annotation::{AnnotationError, NetworkSelection};
 use crate::cni::{self, CniError, CniResult};
 use crate::kubeapi::PodView;
 use crate::kubeapi::events::{ReportError, StatusWrite};
-use crate::netns::{Inspection, Link, NetnsError, NetnsId};
+use crate::netns::{Inspection, Link, NetnsError, NetnsId, ReplacedRoute};
 use crate::networks::{Definition, Mode, Resolution};
 use crate::plan::{self, Observed, PlanInput, PodFacts, SkipReason, Step};
 use crate::pod::PodRef;
@@ -107,8 +107,6 @@ pub(crate) struct Memo {
     pub(crate) edited: BTreeMap<String, String>,
     /// The runtime's last answer for the pod's sandbox, while it can still be trusted.
     pub(crate) sandbox: Option<KnownSandbox>,
-    /// npwg mode: the interfaces podagent last wrote `network-status` entries for.
-    pub(crate) status_interfaces: BTreeSet<String>,
     /// npwg mode: the unusable `network-status` value already warned about.
     pub(crate) status_unusable: Option<String>,
     /// npwg mode, per interface: an ADD rolled back because its requested ips were not
@@ -340,11 +338,6 @@ impl Run<'_> {
                 break;
             }
         }
-        if let Err(error) = self.drop_empty_record().await
-            && matches!(verdict, Verdict::Settled)
-        {
-            verdict = Verdict::Retry(error);
-        }
         self.report_edited().await;
         if self.ctx.networks.mode() == Mode::Npwg {
             if let Err(error) = self.merge_npwg_status(view).await
@@ -354,6 +347,11 @@ impl Run<'_> {
             }
         } else {
             self.report_status().await;
+        }
+        if let Err(error) = self.drop_empty_record().await
+            && matches!(verdict, Verdict::Settled)
+        {
+            verdict = Verdict::Retry(error);
         }
         verdict
     }
@@ -446,7 +444,7 @@ impl Run<'_> {
         if let Some(known) = self.memo.sandbox.take()
             && !view.container_ids.is_empty()
             && known.container_ids == view.container_ids
-            && let Ok(found) = self.ctx.links.inspect(&known.sandbox.netns).await
+            && let Ok(found) = self.ctx.netns.inspect(&known.sandbox.netns).await
             && found.id == known.netns
         {
             let sandbox = known.sandbox.clone();
@@ -458,7 +456,7 @@ impl Run<'_> {
             Err(RuntimeError::NoSandbox { .. } | RuntimeError::NotReady { .. }) => return Ok(None),
             Err(error) => return Err(error),
         };
-        let inspection = self.ctx.links.inspect(&sandbox.netns).await;
+        let inspection = self.ctx.netns.inspect(&sandbox.netns).await;
         if let Ok(found) = &inspection {
             self.memo.sandbox = Some(KnownSandbox {
                 container_ids: view.container_ids.clone(),
@@ -623,23 +621,10 @@ impl Run<'_> {
             }
         };
         self.memo.unresolved.remove(&selection.name);
-        if selection
-            .requests
-            .as_ref()
-            .is_some_and(|r| !r.default_route.is_empty())
-        {
-            // Moving the pod's default route onto a hot-plugged interface is not built yet;
-            // adding the interface without it would be doing less than asked, silently.
-            let why = crate::networks::Unresolved::DefaultRoute {
-                ifname: selection.ifname(),
-            };
-            self.report_unresolved(&selection.name, why).await;
-            return Ok(());
-        }
         let target = self.target(sandbox, &selection, definition.as_ref());
         let attempt = (selection.clone(), target.config.clone().unwrap_or_default());
         if self.memo.unhonoured.get(&target.ifname) == Some(&attempt) {
-            debug!(ifname = %target.ifname, "its requested ips were not assigned with this config; not tried again");
+            debug!(ifname = %target.ifname, "what it requested was not honoured with this config; not tried again");
             return Ok(());
         }
         self.memo.unhonoured.remove(&target.ifname);
@@ -655,21 +640,20 @@ impl Run<'_> {
             self.persist().await?;
             info!("CNI ADD");
             match self.ctx.cni.add(&target).await {
-                Ok(result) if !missing_ips(&requested, &result, &target.ifname).is_empty() => {
-                    let missing = missing_ips(&requested, &result, &target.ifname);
-                    self.memo.unhonoured.insert(target.ifname.clone(), attempt);
-                    self.roll_back_unhonoured(
-                        &target,
-                        &name,
-                        &missing,
-                        &summary(&result, &target.ifname),
-                    )
-                    .await
-                }
                 Ok(result) => {
+                    let replaced_routes = match self.honour(&requested, &target, &result).await {
+                        Ok(replaced) => replaced,
+                        Err((note, replaced)) => {
+                            self.memo.unhonoured.insert(target.ifname.clone(), attempt);
+                            return self
+                                .roll_back_unhonoured(&target, &name, &note, &replaced)
+                                .await;
+                        }
+                    };
                     if let Some(a) = self.attachment_mut(&target.ifname) {
                         a.enter(Phase::Attached);
                         a.result = Some(result.raw.clone());
+                        a.replaced_routes = replaced_routes;
                     }
                     let summary = summary(&result, &target.ifname);
                     info!(addresses = %summary, "interface added");
@@ -712,17 +696,72 @@ impl Run<'_> {
         .await
     }
 
-    /// An ADD that did not give the interface the addresses the element asked for (NPWG §4):
-    /// DEL it again, forget it, and tell the user; tried again only once the element or the
-    /// config it runs changes (`Memo::unhonoured`), since the same plugin would answer the same.
+    /// npwg mode: what the element asks for beyond the ADD itself. The result must hold every
+    /// requested address (NPWG §4); then each `default-route` gateway becomes the pod's
+    /// default route of its family, on the new interface. Returns the routes that replaced;
+    /// `Err`: what was not honoured, as the Event says it, and the routes replaced before that.
+    async fn honour(
+        &self,
+        selection: &NetworkSelection,
+        target: &cni::Target,
+        result: &CniResult,
+    ) -> Result<Vec<ReplacedRoute>, (String, Vec<ReplacedRoute>)> {
+        let missing = missing_ips(selection, result, &target.ifname);
+        if !missing.is_empty() {
+            let got = summary(result, &target.ifname);
+            warn!(missing = ?missing, got = %got, "the plugin did not assign the requested ips");
+            let note = format!(
+                "interface {} did not get the requested ips {} ({got}); use an IPAM that \
+                 honours requested addresses (static, or host-local/whereabouts with the ips \
+                 capability)",
+                target.ifname,
+                missing.join(", ")
+            );
+            return Err((note, Vec::new()));
+        }
+        let gateways = selection
+            .requests
+            .as_ref()
+            .map_or(&[][..], |r| r.default_route.as_slice());
+        let mut replaced = Vec::new();
+        for gateway in gateways {
+            let moved = self
+                .ctx
+                .netns
+                .move_default_route(&target.netns, &target.ifname, *gateway)
+                .await;
+            match moved {
+                Ok(routes) => {
+                    info!(gateway = %gateway, replaced = ?routes, "default route moved onto the interface");
+                    replaced.extend(routes);
+                }
+                Err(error) => {
+                    let error = crate::error_chain::render(&error);
+                    warn!(gateway = %gateway, error = %error, "cannot move the default route");
+                    let note = format!(
+                        "interface {} cannot carry the requested default route via {gateway}: \
+                         {error}; ask for a gateway in the interface's subnet",
+                        target.ifname
+                    );
+                    return Err((note, replaced));
+                }
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// An ADD whose element was not honoured (`honour`): DEL it again, put back the default
+    /// routes it replaced, forget it, and tell the user; tried again only once the element or
+    /// the config it runs changes (`Memo::unhonoured`), since the same plugin would answer the
+    /// same.
     async fn roll_back_unhonoured(
         &mut self,
         target: &cni::Target,
         name: &str,
-        missing: &[String],
-        got: &str,
+        note: &str,
+        replaced: &[ReplacedRoute],
     ) -> Result<(), ReconcileError> {
-        warn!(missing = ?missing, got = %got, "the plugin did not assign the requested ips; rolling back");
+        warn!("not what the element asked for; rolling the ADD back");
         self.ctx
             .cni
             .del(target)
@@ -733,6 +772,7 @@ impl Run<'_> {
                 ifname: target.ifname.clone(),
                 source: Box::new(source),
             })?;
+        self.restore_routes(&target.netns, replaced).await;
         if let Some(record) = &mut self.record {
             record.attachments.remove(&target.ifname);
         }
@@ -741,16 +781,25 @@ impl Run<'_> {
             severity: Severity::Warning,
             reason: "FailedAddingInterface",
             action: "AddInterface",
-            note: format!(
-                "network {name}: interface {} did not get the requested ips {} ({got}); it was \
-                 removed again: use an IPAM that honours requested addresses (static, or \
-                 host-local/whereabouts with the ips capability)",
-                target.ifname,
-                missing.join(", ")
-            ),
+            note: format!("network {name}: {note}; it was removed again"),
         })
         .await;
         Ok(())
+    }
+
+    /// Puts back default routes an attachment replaced, once its interface is gone. A failure
+    /// is logged, not retried: the interface is gone either way, and what the pod routes
+    /// through now is its owner's to see.
+    async fn restore_routes(&self, netns: &std::path::Path, replaced: &[ReplacedRoute]) {
+        if replaced.is_empty() {
+            return;
+        }
+        match self.ctx.netns.restore_default_routes(netns, replaced).await {
+            Ok(restored) => info!(restored = ?restored, "default routes put back"),
+            Err(error) => {
+                warn!(error = %crate::error_chain::render(&error), "cannot put the pod's default routes back");
+            }
+        }
     }
 
     /// An entry with nothing to run: a Warning Event per distinct reason, then a wait for the
@@ -821,6 +870,10 @@ impl Run<'_> {
             match self.ctx.cni.del(&target).await {
                 Ok(()) => {
                     info!("interface removed");
+                    if announce {
+                        self.restore_routes(&target.netns, &attachment.replaced_routes)
+                            .await;
+                    }
                     // A DEL that cleans up an ADD which never completed removed nothing the
                     // user saw; only count and report the removal of what was there.
                     let was_there = attachment.phase != Phase::Adding;
@@ -902,6 +955,7 @@ impl Run<'_> {
     /// The record for the current sandbox, created when the pod had none.
     fn record_for(&mut self, sandbox: &Sandbox) -> &mut PodRecord {
         self.record.get_or_insert_with(|| PodRecord {
+            status_interfaces: Default::default(),
             uid: self.pod.uid.clone(),
             namespace: self.pod.namespace.clone(),
             name: self.pod.name.clone(),
@@ -930,10 +984,15 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A record without attachments says nothing worth keeping.
+    /// A record without attachments, and without `network-status` entries left to remove,
+    /// says nothing worth keeping.
     async fn drop_empty_record(&mut self) -> Result<(), ReconcileError> {
         match &self.record {
-            Some(record) if record.attachments.is_empty() => self.remove_record().await,
+            Some(record)
+                if record.attachments.is_empty() && record.status_interfaces.is_empty() =>
+            {
+                self.remove_record().await
+            }
             _ => Ok(()),
         }
     }
@@ -972,11 +1031,13 @@ impl Run<'_> {
     /// writer's concurrent change is never overwritten: a 409 retries the reconcile, which
     /// merges again into the newer value. Nothing is written when nothing changes.
     async fn merge_npwg_status(&mut self, view: &PodView) -> Result<(), ReconcileError> {
+        let Some(record) = &self.record else {
+            return Ok(());
+        };
         let merged = match npwg_status_value(
             view.network_status.as_deref(),
-            self.record.as_ref(),
+            record,
             self.sight.links(),
-            &self.memo.status_interfaces,
             &self.pod.namespace,
         ) {
             Ok(merged) => merged,
@@ -988,34 +1049,33 @@ impl Run<'_> {
                 return Ok(());
             }
         };
-        let written: BTreeSet<String> = self
-            .record
+        let written: BTreeSet<String> = record
+            .attachments
             .iter()
-            .flat_map(|r| r.attachments.iter())
             .filter(|(_, a)| a.phase == Phase::Attached)
             .map(|(ifname, _)| ifname.clone())
             .collect();
-        if merged == view.network_status {
-            self.memo.status_interfaces = written;
-            return Ok(());
-        }
-        let write = StatusWrite {
-            key: NPWG_STATUS_ANNOTATION,
-            value: merged.as_deref(),
-            precondition: Some(&view.resource_version),
-        };
-        match self.ctx.feedback.status(self.pod, write).await {
-            Ok(()) => {
-                debug!(status = ?merged, "network-status merged");
-                self.memo.status_interfaces = written;
-                Ok(())
-            }
-            Err(error) => {
+        if merged != view.network_status {
+            let write = StatusWrite {
+                key: NPWG_STATUS_ANNOTATION,
+                value: merged.as_deref(),
+                precondition: Some(&view.resource_version),
+            };
+            if let Err(error) = self.ctx.feedback.status(self.pod, write).await {
                 warn!(error = %error, conflict = error.is_conflict(), "cannot write network-status");
-                Err(ReconcileError::Status {
+                return Err(ReconcileError::Status {
                     source: Box::new(error),
-                })
+                });
             }
+            debug!(status = ?merged, "network-status merged");
+        }
+        // Only now may the entries of attachments that are gone stop counting as podagent's.
+        match &mut self.record {
+            Some(record) if record.status_interfaces != written => {
+                record.status_interfaces = written;
+                self.persist().await
+            }
+            _ => Ok(()),
         }
     }
 

@@ -63,16 +63,16 @@ pub(crate) const NPWG_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-stat
 
 /// The `k8s.v1.cni.cncf.io/network-status` value with podagent's entries merged into
 /// `existing` (what the pod holds now, whoever wrote it): every entry on an interface podagent
-/// holds or held (`released`) is dropped, then one per attached attachment is appended, named
+/// holds, or showed in its last write (`record.status_interfaces`), is dropped, then one per
+/// attached attachment is appended, named
 /// `namespace/name` as the NPWG standard has it. Entries of other writers — the default
 /// network's first of all — are kept as they are, in their order; when podagent changes none
 /// of them, `existing` is returned verbatim, so nothing is written. `Ok(None)`: nothing is left.
 /// `Err`: `existing` is not a JSON list, and rewriting it would destroy what someone wrote.
 pub(crate) fn npwg_status_value(
     existing: Option<&str>,
-    record: Option<&PodRecord>,
+    record: &PodRecord,
     links: &[Link],
-    released: &BTreeSet<String>,
     pod_namespace: &str,
 ) -> Result<Option<String>, String> {
     let mut entries: Vec<serde_json::Value> = match existing.map(str::trim) {
@@ -83,9 +83,10 @@ pub(crate) fn npwg_status_value(
     };
     let before = entries.clone();
     let held: BTreeSet<&str> = record
-        .iter()
-        .flat_map(|r| r.attachments.keys().map(String::as_str))
-        .chain(released.iter().map(String::as_str))
+        .attachments
+        .keys()
+        .chain(&record.status_interfaces)
+        .map(String::as_str)
         .collect();
     entries.retain(|entry| {
         entry["default"] == true
@@ -94,8 +95,8 @@ pub(crate) fn npwg_status_value(
                 .is_some_and(|interface| held.contains(interface))
     });
     let namespaces: BTreeMap<&str, String> = record
+        .attachments
         .iter()
-        .flat_map(|r| r.attachments.iter())
         .map(|(ifname, a)| {
             let namespace = a
                 .definition
@@ -106,7 +107,7 @@ pub(crate) fn npwg_status_value(
             (ifname.as_str(), namespace)
         })
         .collect();
-    for mut ours in status_entries(record, links) {
+    for mut ours in status_entries(Some(record), links) {
         if let Some(namespace) = namespaces.get(ours.interface.as_str()) {
             ours.name = format!("{namespace}/{}", ours.name);
         }
@@ -114,7 +115,8 @@ pub(crate) fn npwg_status_value(
         entry["default"] = serde_json::Value::Bool(false);
         entry["dns"] = serde_json::json!({});
         let result = record
-            .and_then(|r| r.attachments.get(&ours.interface))
+            .attachments
+            .get(&ours.interface)
             .and_then(|a| a.result.clone())
             .and_then(|raw| CniResult::parse(raw).ok());
         if let Some(result) = result {
@@ -206,6 +208,7 @@ mod tests {
 
     fn record(attachments: Vec<Attachment>) -> PodRecord {
         PodRecord {
+            status_interfaces: Default::default(),
             uid: "u1".into(),
             namespace: "ns".into(),
             name: "web".into(),
@@ -270,6 +273,7 @@ mod tests {
             "ips": [{"address": "198.19.0.9/24", "gateway": "198.19.0.1", "interface": 0}],
             "dns": {"nameservers": ["198.19.0.53"], "search": ["svc.example"]}}));
         let record = PodRecord {
+            status_interfaces: ["eth9".to_owned(), "net1".to_owned()].into(),
             uid: "u1".into(),
             namespace: "ns".into(),
             name: "web".into(),
@@ -284,9 +288,7 @@ mod tests {
             {"name": "other/thing", "interface": "net2"},
         ])
         .to_string();
-        let released = BTreeSet::from(["net1".to_owned()]);
-        let merged =
-            npwg_status_value(Some(&existing), Some(&record), &[], &released, "ns").unwrap();
+        let merged = npwg_status_value(Some(&existing), &record, &[], "ns").unwrap();
         let merged: serde_json::Value = serde_json::from_str(&merged.unwrap()).unwrap();
         assert_eq!(
             merged,
@@ -301,23 +303,25 @@ mod tests {
         );
         // Nothing of podagent's left and nobody else's: the annotation goes.
         let only_ours = json!([{"name": "ns/green", "interface": "eth9"}]).to_string();
+        let gone = PodRecord {
+            attachments: BTreeMap::new(),
+            status_interfaces: ["eth9".to_owned()].into(),
+            ..record.clone()
+        };
         assert_eq!(
-            npwg_status_value(
-                Some(&only_ours),
-                None,
-                &[],
-                &BTreeSet::from(["eth9".to_owned()]),
-                "ns"
-            ),
+            npwg_status_value(Some(&only_ours), &gone, &[], "ns"),
             Ok(None)
         );
-        assert!(
-            npwg_status_value(Some("{not a list"), Some(&record), &[], &released, "ns").is_err()
-        );
+        assert!(npwg_status_value(Some("{not a list"), &record, &[], "ns").is_err());
         // A pod podagent holds nothing in keeps its value byte for byte (no write).
         let multus = r#"[{"name":"cbr0","interface":"eth0","default":true}]"#;
+        let nothing = PodRecord {
+            attachments: BTreeMap::new(),
+            status_interfaces: BTreeSet::new(),
+            ..record
+        };
         assert_eq!(
-            npwg_status_value(Some(multus), None, &[], &BTreeSet::new(), "ns"),
+            npwg_status_value(Some(multus), &nothing, &[], "ns"),
             Ok(Some(multus.to_owned()))
         );
     }

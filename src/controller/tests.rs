@@ -188,6 +188,7 @@ async fn a_panicked_reconcile_is_retried_from_the_record_on_disk() {
 async fn startup_forgets_records_of_pods_that_are_gone() {
     let fakes = Fakes::default();
     let record = PodRecord {
+        status_interfaces: Default::default(),
         uid: "gone".into(),
         namespace: "ns".into(),
         name: "pod-gone".into(),

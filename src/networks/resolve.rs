@@ -68,9 +68,6 @@ pub(crate) enum Unresolved {
         name: String,
         reason: String,
     },
-    /// The element asks for `default-route`, which podagent does not apply to a hot-plugged
-    /// interface yet.
-    DefaultRoute { ifname: String },
 }
 
 impl Unresolved {
@@ -81,7 +78,6 @@ impl Unresolved {
             Unresolved::Isolated { .. } => "NetworkRefused",
             Unresolved::Malformed { .. } => "InvalidNetwork",
             Unresolved::NoConfig { .. } => "NetworkConfigNotFound",
-            Unresolved::DefaultRoute { .. } => "InterfaceAddRejected",
         }
     }
 }
@@ -129,12 +125,6 @@ impl fmt::Display for Unresolved {
                 "NetworkAttachmentDefinition {namespace}/{name} has no spec.config, and {reason}; \
                  give it a spec.config or write a CNI config named {name} into the conf dir, \
                  then change the object or the pod to retry"
-            ),
-            Unresolved::DefaultRoute { ifname } => write!(
-                f,
-                "the element asks for default-route, which podagent does not apply to a \
-                 hot-plugged interface yet; {ifname} was not added: drop default-route from the \
-                 element to add it"
             ),
         }
     }

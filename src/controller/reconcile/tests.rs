@@ -338,3 +338,41 @@ async fn npwg_mode_rejects_a_host_network_pod_with_the_reason_multus_tools_watch
     assert!(pod.fakes.cni_calls().is_empty());
     assert_eq!(pod.fakes.reasons(), ["InterfaceAddRejected"]);
 }
+
+#[tokio::test]
+async fn npwg_entries_of_attachments_forgotten_before_a_crash_are_still_removed() {
+    use crate::networks::{Mode, Networks, Settings};
+    let mut pod = Pod::new(Some(""));
+    let settings = Settings {
+        mode: Mode::Npwg,
+        ..Settings::default()
+    };
+    pod.ctx.networks = Networks::new(settings, "/nonexistent");
+    // What a crash between forgetting a DELed attachment and the status write leaves: no
+    // attachment, and its interface still among those podagent's last write showed.
+    let netns = pod.fakes.sandbox("u1", "s1");
+    let record = PodRecord {
+        status_interfaces: ["eth9".to_owned()].into(),
+        uid: "u1".into(),
+        namespace: "ns".into(),
+        name: "pod-u1".into(),
+        sandbox_id: "s1".into(),
+        netns,
+        attachments: BTreeMap::new(),
+    };
+    pod.ctx.store.put(&record).expect("store the record");
+    pod.record = Some(record);
+    let multus = serde_json::json!({"name": "cbr0", "interface": "eth0", "default": true});
+    pod.view.network_status = Some(
+        serde_json::json!([multus, {"name": "ns/data", "interface": "eth9", "default": false}])
+            .to_string(),
+    );
+    assert!(matches!(pod.reconcile().await, Verdict::Settled));
+    let written = pod.fakes.node().statuses.last().cloned().expect("a write");
+    let written: serde_json::Value =
+        serde_json::from_str(&written.1.expect("a value")).expect("JSON");
+    assert_eq!(written, serde_json::json!([multus]), "only podagent's entry went");
+    assert!(pod.fakes.cni_calls().is_empty());
+    assert!(pod.record.is_none(), "nothing left to keep");
+    assert!(pod.stored().is_empty());
+}
