@@ -3,13 +3,22 @@
 # the fault proxy), a private containerd and the Debian CNI plugins for a bounded time. Needs
 # root, like the rest of the suite.
 #
-#   scripts/soak.sh                 10 minutes per network mode (kactus, then direct)
+#   scripts/soak.sh                 10 minutes per network mode (kactus, direct, then npwg)
 #   scripts/soak.sh --minutes 30    the documented long run (30 minutes per mode)
-#   scripts/soak.sh --seed 1234     replay the action sequence of a failed run (both modes)
+#   scripts/soak.sh --seed 1234     replay the action sequence of a failed run (every mode)
 #
 # The seed is printed at the start; every action is printed as it happens, and a failure prints
 # the violated invariants and the tail of podagent's log. The suite runs a short version of the
 # same test (a few rounds) when PODAGENT_SOAK_MINUTES is not set.
+#
+# npwg mode (2026-12-02, main at 8cae16b plus this note, 3 minutes per mode): kactus 103 rounds,
+# direct 110, npwg 86 rounds / 258 actions (75 annotation edits in both forms, with networks
+# swapped behind eth<n> names, 23 NetworkAttachmentDefinition edits, 11 delete-and-recreate,
+# 27 pod and 28 sandbox re-creations, 21 containerd restarts, 26 API faults, 30 podagent
+# restarts, 17 CNI conf changes), zero invariant violations, network-status checked after every
+# quiet period (seeds 1796174340891597109, 1796174530505794541, 1796174717392619175). The
+# first short npwg run found a real bug: an attachment removed just before a SIGKILL kept its
+# network-status entry for good; the record now keeps what the last status write showed.
 #
 # Direct mode (2026-12-01, main at 941eecb, 3 minutes per mode): kactus 97 rounds, direct 103
 # rounds / 309 actions (89 annotation edits, 31 Network edits, 38 Network delete-and-recreate,

@@ -57,8 +57,9 @@ const SHORT_SEED: u64 = 91;
 /// kube-apiserver restart) it edits a Network, deletes one, and re-creates a pod and a sandbox
 /// whose attachments only podagent can release.
 const DIRECT_SHORT_SEED: u64 = 40;
-/// The npwg-mode short run's sequence: NetworkAttachmentDefinition edits and a deletion, both
-/// annotation forms, and a network swapped behind an interface name.
+/// The npwg-mode short run's sequence: NetworkAttachmentDefinition deletions, both annotation
+/// forms, SIGKILL restarts, and a network swapped behind an interface name (p3's `eth2`, from
+/// red to data).
 const NPWG_SHORT_SEED: u64 = 7;
 const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
 /// The annotation podagent reads in npwg mode, and the status it merges its entries into.

@@ -417,10 +417,13 @@ impl Run<'_> {
                 reason: "NetworkChanged",
                 action: "Plan",
                 note: format!(
-                    "network {}: Network {}/{} changed since interface {ifname} was added; it \
+                    "network {}: {} {}/{} changed since interface {ifname} was added; it \
                      keeps the config it was added with, new attachments get the new one \
                      (remove the entry and add it again to apply it here)",
-                    attachment.selection.name, now.namespace, now.name
+                    attachment.selection.name,
+                    self.ctx.networks.mode().object_kind(),
+                    now.namespace,
+                    now.name
                 ),
             });
             self.memo.edited.insert(ifname.clone(), now.config);

@@ -75,10 +75,28 @@ impl PodView {
     /// Whether a plan made from either view would be the same: everything but the
     /// resourceVersion is equal, so a change elsewhere in the pod is status churn.
     pub(crate) fn plans_alike(&self, other: &PodView) -> bool {
-        PodView {
-            resource_version: other.resource_version.clone(),
-            ..self.clone()
-        } == *other
+        // Destructured, so that a new field has to be placed on one side or the other here.
+        let PodView {
+            uid,
+            namespace,
+            name,
+            phase,
+            networks,
+            host_network,
+            deleting,
+            container_ids,
+            network_status,
+            resource_version: _,
+        } = self;
+        *uid == other.uid
+            && *namespace == other.namespace
+            && *name == other.name
+            && *phase == other.phase
+            && *networks == other.networks
+            && *host_network == other.host_network
+            && *deleting == other.deleting
+            && *container_ids == other.container_ids
+            && *network_status == other.network_status
     }
 
     /// Which pod this is.

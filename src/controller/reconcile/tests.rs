@@ -371,7 +371,11 @@ async fn npwg_entries_of_attachments_forgotten_before_a_crash_are_still_removed(
     let written = pod.fakes.node().statuses.last().cloned().expect("a write");
     let written: serde_json::Value =
         serde_json::from_str(&written.1.expect("a value")).expect("JSON");
-    assert_eq!(written, serde_json::json!([multus]), "only podagent's entry went");
+    assert_eq!(
+        written,
+        serde_json::json!([multus]),
+        "only podagent's entry went"
+    );
     assert!(pod.fakes.cni_calls().is_empty());
     assert!(pod.record.is_none(), "nothing left to keep");
     assert!(pod.stored().is_empty());
