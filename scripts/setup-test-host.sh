@@ -41,28 +41,15 @@ image_recipe=1
 busybox_sum="$(sha256sum "$busybox_bin" | cut -d' ' -f1) recipe-$image_recipe"
 stamp="$image_dir/busybox.sha256"
 
+# shellcheck source=scripts/image-lib.sh
+. "$(dirname "$0")/image-lib.sh"
+
 # build_image TAG ENTRYPOINT_JSON OUTPUT_TAR LAYER_TAR WORK_DIR
 build_image() {
-    local tag=$1 entrypoint=$2 output=$3 layer=$4 work=$5
-    local layer_sum config config_sum
-    layer_sum=$(sha256sum "$layer" | cut -d' ' -f1)
-    mkdir -p "$work/$layer_sum"
-    cp "$layer" "$work/$layer_sum/layer.tar"
-    config=$(jq -n -c \
-        --arg arch "$(dpkg --print-architecture)" \
-        --argjson entrypoint "$entrypoint" \
-        --arg diff "sha256:$layer_sum" \
-        '{architecture: $arch, os: "linux", created: "1970-01-01T00:00:00Z",
-          config: {Entrypoint: $entrypoint, Env: ["PATH=/bin"], WorkingDir: "/"},
-          rootfs: {type: "layers", diff_ids: [$diff]},
-          history: [{created: "1970-01-01T00:00:00Z", created_by: "setup-test-host.sh"}]}')
-    config_sum=$(printf '%s' "$config" | sha256sum | cut -d' ' -f1)
-    printf '%s' "$config" >"$work/$config_sum.json"
-    jq -n -c --arg config "$config_sum.json" --arg tag "$tag" --arg layer "$layer_sum/layer.tar" \
-        '[{Config: $config, RepoTags: [$tag], Layers: [$layer]}]' >"$work/manifest.json"
-    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
-        -C "$work" -cf "$output.tmp" manifest.json "$config_sum.json" "$layer_sum"
-    mv "$output.tmp" "$output"
+    local container_config
+    container_config=$(jq -n -c --argjson entrypoint "$2" \
+        '{Entrypoint: $entrypoint, Env: ["PATH=/bin"], WorkingDir: "/"}')
+    write_image "$1" "$container_config" 1970-01-01T00:00:00Z "$4" "$5" "$3" >/dev/null
 }
 
 if [ -f "$image_dir/busybox.tar" ] && [ -f "$image_dir/pause.tar" ] \

@@ -1,5 +1,6 @@
-//! The RPM and the systemd unit, checked with the real tools: `rpm` (query, install, upgrade and
-//! erase in a scratch root) and `systemd-analyze verify`.
+//! The RPM, the systemd unit and the DaemonSet's container image, checked with the real tools:
+//! `rpm` (query, install, upgrade and erase in a scratch root), `systemd-analyze verify`, and a
+//! private containerd that imports and runs the image.
 //!
 //! The packages are built from the debug binary, uncompressed (`scripts/build-rpm.sh --profile
 //! dev --no-build --compress none`): the contents, modes, metadata and scriptlets do not depend
@@ -17,7 +18,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use testkit::prereq;
 
 const UNIT: &str = "/usr/lib/systemd/system/podagent.service";
@@ -542,4 +545,485 @@ fn unit_has_the_documented_service_settings() {
             .iter()
             .any(|l| l.starts_with("ProtectKernelTunables=yes"))
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DaemonSet's image (scripts/build-image.sh), from the test's own debug binary.
+
+/// Builds the image into `out` from the debug binary; returns (printed id, tar path).
+fn build_image(out: &Path) -> (String, PathBuf) {
+    let binary = Path::new(env!("CARGO_BIN_EXE_podagent"));
+    let target_dir = binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("podagent binary inside <target>/debug");
+    let printed = stdout(
+        Command::new(repo().join("scripts/build-image.sh"))
+            .args(["--profile", "dev", "--no-build", "--output"])
+            .arg(out)
+            .env("CARGO_TARGET_DIR", target_dir),
+    );
+    let mut lines = printed.lines().rev();
+    let tar = PathBuf::from(lines.next().expect("tar path").trim());
+    let id = lines
+        .next()
+        .and_then(|line| line.rsplit_once(", id "))
+        .map(|(_, id)| id.to_owned())
+        .unwrap_or_else(|| panic!("no image id in {printed:?}"));
+    assert_eq!(tar, out, "{printed}");
+    (id, tar)
+}
+
+/// podagent's image, built once per test binary.
+struct Image {
+    _dir: tempfile::TempDir,
+    /// `sha256:<digest of its config>`, as build-image.sh printed it.
+    id: String,
+    tar: PathBuf,
+}
+
+fn image() -> &'static Image {
+    static IMAGE: OnceLock<Image> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        prereq::require_command("jq", "jq");
+        let dir = tempfile::Builder::new()
+            .prefix("podagent-image-")
+            .tempdir()
+            .expect("temp dir");
+        let (id, tar) = build_image(&dir.path().join("podagent.tar"));
+        Image { _dir: dir, id, tar }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_holds_the_packaged_binary_is_reproducible_and_runs_in_containerd() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (id, tar) = (&image().id, &image().tar);
+    let (again, tar_again) = build_image(&scratch.path().join("again.tar"));
+    assert_eq!(*id, again, "the same binary gives the same image id");
+    assert!(
+        fs::read(tar).expect("read") == fs::read(&tar_again).expect("read"),
+        "the same binary gives the same bytes"
+    );
+
+    // What it holds: the binary the tests run, its libraries, the CA bundle; no shell.
+    let unpacked = scratch.path().join("image");
+    fs::create_dir(&unpacked).expect("mkdir");
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(&unpacked));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(unpacked.join("manifest.json")).expect("manifest"))
+            .expect("manifest JSON");
+    let tag = format!("kaloom/podagent:{}", version());
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!([tag]));
+    let config_file = manifest[0]["Config"].as_str().expect("config file");
+    assert_eq!(
+        format!("sha256:{}", config_file.trim_end_matches(".json")),
+        *id
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(unpacked.join(config_file)).expect("config"))
+            .expect("config JSON");
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["org.opencontainers.image.version"], version());
+    let head = stdout(
+        Command::new("git")
+            .current_dir(repo())
+            .args(["rev-parse", "HEAD"]),
+    );
+    let revision = labels["org.opencontainers.image.revision"]
+        .as_str()
+        .expect("revision label");
+    assert!(revision.starts_with(head.trim()), "{revision} vs {head}");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/opt/kaloom/bin/podagent"])
+    );
+    let rootfs = scratch.path().join("rootfs");
+    fs::create_dir(&rootfs).expect("mkdir");
+    let layer = unpacked.join(manifest[0]["Layers"][0].as_str().expect("layer"));
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&rootfs));
+    let packed = rootfs.join("opt/kaloom/bin/podagent");
+    assert!(
+        fs::read(&packed).expect("podagent in the image")
+            == fs::read(env!("CARGO_BIN_EXE_podagent")).expect("the test's podagent"),
+        "the image holds the binary it was built from"
+    );
+    assert_eq!(
+        fs::metadata(&packed).expect("stat").permissions().mode() & 0o7777,
+        0o755
+    );
+    for needed in [
+        "lib64/ld-linux-x86-64.so.2",
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "etc/ssl/certs/ca-certificates.crt",
+        "etc/passwd",
+    ] {
+        assert!(
+            rootfs.join(needed).is_file(),
+            "{needed} missing from the image"
+        );
+    }
+    for absent in ["bin/sh", "usr/bin/sh", "bin/busybox", "usr/bin/apt"] {
+        assert!(!rootfs.join(absent).exists(), "{absent} is in the image");
+    }
+
+    // Every DaemonSet manifest (the deprecated names too) runs this image, by the tag the
+    // script printed.
+    let mut daemonsets = 0;
+    for entry in fs::read_dir(repo().join("manifests")).expect("manifests dir") {
+        let path = entry.expect("manifests entry").path();
+        let text = fs::read_to_string(&path).expect("manifest");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let manifest = serde_yaml::Value::deserialize(document).expect("YAML");
+            if manifest["kind"] != "DaemonSet" {
+                continue;
+            }
+            daemonsets += 1;
+            let image = &manifest["spec"]["template"]["spec"]["containers"][0]["image"];
+            assert_eq!(image.as_str(), Some(tag.as_str()), "{}", path.display());
+        }
+    }
+    assert_eq!(
+        daemonsets, 5,
+        "containerd, crio, docker and the two deprecated names"
+    );
+
+    // The real containerd takes it and runs podagent from it, with nothing from the host.
+    let containerd = testkit::host::Containerd::start().await;
+    containerd.import(tar).await;
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(containerd.socket())
+            .args(["-n", "k8s.io", "run", "--rm", "--runc-root"])
+            .arg(containerd.dir().join("runc-ctr"))
+            .args(args)
+            .output()
+            .expect("run ctr")
+    };
+    let docker_io = format!("docker.io/{tag}");
+    let out = ctr(&[
+        &docker_io,
+        "podagent-version",
+        "/opt/kaloom/bin/podagent",
+        "version",
+    ]);
+    assert!(
+        out.status.success(),
+        "podagent version in the image: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).starts_with(&format!("podagent {}\n", version())),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = ctr(&[&docker_io, "podagent-shell", "/bin/sh", "-c", "true"]);
+    assert!(!out.status.success(), "the image has a shell");
+
+    // `docker load` takes the same tar, and the Docker Engine runs it too.
+    let dockerd = testkit::host::Dockerd::start().await;
+    let docker = |args: &[&str]| {
+        stdout(
+            Command::new("docker")
+                .arg("-H")
+                .arg(format!("unix://{}", dockerd.socket().display()))
+                .args(args),
+        )
+    };
+    docker(&["load", "-i", &tar.display().to_string()]);
+    let shown = docker(&["run", "--rm", "--network", "none", &tag, "version"]);
+    assert!(
+        shown.starts_with(&format!("podagent {}\n", version())),
+        "{shown}"
+    );
+}
+
+/// A container the test started through `ctr`; killed and removed on drop, so a failing test
+/// leaves nothing running.
+struct CtrContainer<'a> {
+    containerd: &'a testkit::host::Containerd,
+    id: String,
+}
+
+impl CtrContainer<'_> {
+    fn ctr(&self) -> Command {
+        let mut command = Command::new("ctr");
+        command
+            .arg("--address")
+            .arg(self.containerd.socket())
+            .args(["-n", "k8s.io"]);
+        command
+    }
+
+    /// The task's status as `ctr task ls` shows it (`RUNNING`, `STOPPED`); `None` without one.
+    fn status(&self) -> Option<String> {
+        let listed = stdout(self.ctr().args(["task", "ls"]));
+        listed.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.first() == Some(&self.id.as_str())).then(|| fields[2].to_owned())
+        })
+    }
+}
+
+impl Drop for CtrContainer<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .ctr()
+            .args(["task", "kill", "-s", "SIGKILL", &self.id])
+            .output();
+        for _ in 0..50 {
+            if self.status().as_deref() != Some("RUNNING") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.ctr().args(["task", "delete", &self.id]).output();
+        let _ = self.ctr().args(["container", "delete", &self.id]).output();
+    }
+}
+
+/// The DaemonSet, for real: `manifests/podagent-containerd.yaml`'s container, run from the
+/// image through the node's real containerd with the manifest's privileges, host network,
+/// command, arguments and hostPath mounts (each host path mapped to the test node's own), and
+/// the in-cluster credentials of podagent's service account (a token bound to a podagent pod
+/// on the node, as the kubelet mounts it). The one setting added is `networks.mode = direct`
+/// (by environment): the test node's primary CNI is not kactus. From inside the container
+/// podagent hot-plugs into a sandbox of the same containerd, answers the manifest's probes,
+/// and stops on the runtime's SIGTERM within the grace period with nothing half-made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
+    use testkit::node::{Node, has_link, http_get, ipv4};
+    let image = image();
+    let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
+    let cluster = node.cluster();
+    cluster.install_network_crd();
+    let bridge = testkit::netns::unique_name("dsb");
+    let _links = testkit::netns::HostLinks(vec![bridge.clone()]);
+    // The Debian bridge plugin, straight (the test's logging wrapper is a shell script, and
+    // the image has no shell); host-local keeps its leases in /var/lib/cni, as by default.
+    let config = serde_json::json!({"cniVersion": "1.0.0", "name": "green", "type": "bridge",
+        "bridge": bridge, "isGateway": false, "ipMasq": false,
+        "ipam": {"type": "host-local", "subnet": node.quarter(1)}});
+    node.put_network(
+        "default",
+        "green",
+        serde_json::json!({"plugin": "bridge", "config": config.to_string()}),
+    );
+
+    // The manifest's container and volumes.
+    let yaml = fs::read_to_string(repo().join("manifests/podagent-containerd.yaml"))
+        .expect("the containerd DaemonSet manifest");
+    let manifest: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("YAML");
+    let pod = &manifest["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["privileged"], true);
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+
+    // Each host path the manifest mounts, on this test node.
+    let containerd = node.containerd();
+    let local = |host: &str| -> PathBuf {
+        match host {
+            "/etc/cni/net.d" => node.path("conf"),
+            "/opt/cni/bin" => PathBuf::from("/usr/lib/cni"),
+            "/opt/kaloom/cni/bin" => node.path("vendor-bin"),
+            "/var/lib/cni" => node.path("cni-state"),
+            "/run/xtables.lock" => node.path("xtables.lock"),
+            "/var/lib/podagent" => node.path("state"),
+            "/run/containerd" => containerd.dir().to_owned(),
+            "/var/run/netns" => PathBuf::from("/var/run/netns"),
+            other => panic!("the manifest mounts {other}: teach this test where it is"),
+        }
+    };
+    let mut mounts = Vec::new();
+    for mount in container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+    {
+        let name = mount["name"].as_str().expect("mount name");
+        let volume = pod["volumes"]
+            .as_sequence()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"));
+        let host = local(volume["hostPath"]["path"].as_str().expect("hostPath"));
+        match volume["hostPath"]["type"].as_str() {
+            Some("FileOrCreate") => {
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&host)
+                    .expect("create the file");
+            }
+            _ => fs::create_dir_all(&host).expect("create the dir"),
+        }
+        let mut options = vec![
+            "rbind",
+            if mount["readOnly"] == true {
+                "ro"
+            } else {
+                "rw"
+            },
+        ];
+        if mount["mountPropagation"] == "HostToContainer" {
+            options.push("rslave");
+        }
+        mounts.push(format!(
+            "type=bind,src={},dst={},options={}",
+            host.display(),
+            mount["mountPath"].as_str().expect("mountPath"),
+            options.join(":")
+        ));
+    }
+
+    // The in-cluster credentials: a token of kube-system/podagent bound to a podagent pod on
+    // this node, with the CA and namespace, where the kubelet puts them.
+    // The RBAC manifest applied, as an operator does first (the shared identity's fixture
+    // applies it).
+    cluster.podagent_kubeconfig();
+    let admin = cluster.admin();
+    let _ = admin.create(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node.name()}}));
+    let agent_pod = cluster.unique_name("podagent");
+    admin
+        .create(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": agent_pod, "namespace": "kube-system"},
+            "spec": {"nodeName": node.name(), "serviceAccountName": "podagent",
+                     "containers": [{"name": "podagent", "image": "kaloom/podagent"}]}
+        }))
+        .expect("create podagent's pod");
+    let token = Command::new(testkit::control_plane::binary("kubectl"))
+        .args(["create", "token", "podagent", "-n", "kube-system"])
+        .args([
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            &agent_pod,
+        ])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("KUBECACHEDIR", cluster.kubectl_cache())
+        .output()
+        .expect("run kubectl create token");
+    assert!(token.status.success(), "{}", text(&token.stderr));
+    let secrets = node.path("serviceaccount");
+    fs::create_dir_all(&secrets).expect("mkdir");
+    fs::write(secrets.join("token"), text(&token.stdout).trim()).expect("token");
+    fs::write(secrets.join("ca.crt"), cluster.ca_pem()).expect("ca.crt");
+    fs::write(secrets.join("namespace"), "kube-system").expect("namespace");
+    mounts.push(format!(
+        "type=bind,src={},dst=/var/run/secrets/kubernetes.io/serviceaccount,options=rbind:ro",
+        secrets.display()
+    ));
+    let server = cluster.server().trim_end_matches('/');
+    let (host, port) = server
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .expect("host:port");
+
+    // The container, as the kubelet would start it.
+    let command: Vec<String> = container["command"]
+        .as_sequence()
+        .expect("command")
+        .iter()
+        .chain(container["args"].as_sequence().expect("args"))
+        .map(|a| {
+            a.as_str()
+                .expect("a string")
+                .replace("$(NODE_NAME)", node.name())
+        })
+        .collect();
+    let id = cluster.unique_name("podagent-ds");
+    let running = CtrContainer {
+        containerd,
+        id: id.clone(),
+    };
+    let mut start = running.ctr();
+    start
+        .args(["run", "-d", "--privileged", "--net-host", "--runc-root"])
+        .arg(containerd.dir().join("runc-ctr"))
+        // Its output where the node's agent logs go, for the failure messages.
+        .arg("--log-uri")
+        .arg(format!("file://{}", node.path("podagent.log").display()));
+    for mount in &mounts {
+        start.args(["--mount", mount]);
+    }
+    for env in [
+        format!("NODE_NAME={}", node.name()),
+        format!("KUBERNETES_SERVICE_HOST={host}"),
+        format!("KUBERNETES_SERVICE_PORT={port}"),
+        "PODAGENT_NETWORKS__MODE=direct".to_owned(),
+    ] {
+        start.args(["--env", &env]);
+    }
+    start
+        .arg(format!("docker.io/kaloom/podagent:{}", version()))
+        .arg(&id)
+        .args(&command);
+    containerd.import(&image.tar).await;
+    run(&mut start);
+
+    // The probes the manifest declares answer, on the host network.
+    let probe = |which: &str| {
+        let probe = &container[which]["httpGet"];
+        let address = format!(
+            "{}:{}",
+            probe["host"].as_str().expect("probe host"),
+            probe["port"].as_u64().expect("probe port")
+        );
+        let path = probe["path"].as_str().expect("probe path").to_owned();
+        move || http_get(&address, &path).filter(|a| a.status == 200)
+    };
+    node.eventually("the readiness probe answers 200", probe("readinessProbe"))
+        .await;
+    let log = node.log();
+    assert!(
+        log.contains("credentials=in-cluster service account"),
+        "podagent in the container did not use the in-cluster credentials:\n{log}"
+    );
+    node.eventually("the liveness probe answers 200", probe("livenessProbe"))
+        .await;
+
+    // Hot-plug from inside the container into a sandbox of the same containerd.
+    let (uid, sandbox) = node
+        .pod("default", "web", Some(r#"[{"name":"green"}]"#))
+        .await;
+    let netns = node.netns(&sandbox).await;
+    let green = podagent::annotation::ifname("green");
+    let address = node
+        .eventually("green added from the container", || ipv4(&netns, &green))
+        .await;
+    assert!(node.in_quarter(&address, 1), "{address}");
+    node.eventually("the record written to the host's state dir", || {
+        let record = node.record(&uid)?;
+        (record["record"]["attachments"][&green]["phase"] == "Attached").then_some(())
+    })
+    .await;
+
+    // The runtime's SIGTERM: podagent stops well within the grace period, and what it made is
+    // whole and recorded.
+    let sigterm = Instant::now();
+    run(running.ctr().args(["task", "kill", "-s", "SIGTERM", &id]));
+    while running.status().as_deref() == Some("RUNNING") {
+        assert!(
+            sigterm.elapsed() < Duration::from_secs(grace),
+            "podagent still runs {grace} s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(has_link(&netns, &green));
+    let record = node.record(&uid).expect("the record");
+    assert_eq!(record["record"]["attachments"][&green]["phase"], "Attached");
 }

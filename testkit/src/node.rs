@@ -778,6 +778,23 @@ listen = "{metrics}"
     }
 }
 
+/// `GET path` from the HTTP server at `address` (HTTP/1.0, so the server closes when done);
+/// `None` while nothing answers there.
+pub fn http_get(address: &str, path: &str) -> Option<HttpAnswer> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(WAIT)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(HttpAnswer {
+        status,
+        body: body.to_owned(),
+    })
+}
+
 /// A running podagent; killed (SIGKILL, by PID) on drop.
 pub struct Agent {
     child: Child,
@@ -796,22 +813,11 @@ impl Agent {
     /// `GET path` from the agent's metrics listener (HTTP/1.0, so the server closes when done);
     /// `None` while nothing answers there.
     pub fn get(&self, path: &str) -> Option<HttpAnswer> {
-        use std::io::{Read, Write};
         let address = self
             .metrics
             .as_deref()
             .expect("the agent has a metrics listener");
-        let mut stream = std::net::TcpStream::connect(address).ok()?;
-        stream.set_read_timeout(Some(WAIT)).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some(HttpAnswer {
-            status,
-            body: body.to_owned(),
-        })
+        http_get(address, path)
     }
 
     /// The process id.

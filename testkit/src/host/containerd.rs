@@ -275,7 +275,8 @@ impl Containerd {
     }
 
     /// `ctr images import` into the CRI namespace.
-    async fn import(&self, tar: &Path) {
+    /// Imports the image tar `tar` (docker-save format) into the CRI namespace.
+    pub async fn import(&self, tar: &Path) {
         let out = tokio::process::Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
