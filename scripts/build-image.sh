@@ -54,8 +54,9 @@ ca_bundle=/etc/ssl/certs/ca-certificates.crt
 }
 
 if [ "$build" = 1 ]; then
-    echo "$me: cargo build --profile $profile -p podagent"
-    cargo build --locked --profile "$profile" -p podagent
+    # shellcheck source=scripts/build-lib.sh
+    . scripts/build-lib.sh
+    build_podagent "$profile"
 fi
 target_dir=${CARGO_TARGET_DIR:-target}
 case $profile in

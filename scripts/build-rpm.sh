@@ -46,8 +46,9 @@ if ! cargo generate-rpm --version >/dev/null 2>&1; then
 fi
 
 if [ "$build" = 1 ]; then
-    echo "$me: cargo build --profile $profile -p podagent"
-    cargo build --locked --profile "$profile" -p podagent
+    # shellcheck source=scripts/build-lib.sh
+    . scripts/build-lib.sh
+    build_podagent "$profile"
 fi
 
 args=(generate-rpm -p . --profile "$profile")

@@ -747,63 +747,245 @@ async fn the_image_holds_the_packaged_binary_is_reproducible_and_runs_in_contain
     );
 }
 
-/// A container the test started through `ctr`; killed and removed on drop, so a failing test
-/// leaves nothing running.
-struct CtrContainer<'a> {
-    containerd: &'a testkit::host::Containerd,
-    id: String,
+/// The runtime the DaemonSet's container runs on: the node's containerd (driven with `ctr`,
+/// with the options the kubelet would give it over CRI) or its Docker Engine (as cri-dockerd
+/// runs pods).
+#[derive(Clone, Copy)]
+enum Engine<'a> {
+    Containerd(&'a testkit::host::Containerd),
+    Docker(&'a testkit::host::Dockerd),
 }
 
-impl CtrContainer<'_> {
-    fn ctr(&self) -> Command {
-        let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(self.containerd.socket())
-            .args(["-n", "k8s.io"]);
-        command
-    }
-
-    /// The task's status as `ctr task ls` shows it (`RUNNING`, `STOPPED`); `None` without one.
-    fn status(&self) -> Option<String> {
-        let listed = stdout(self.ctr().args(["task", "ls"]));
-        listed.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.first() == Some(&self.id.as_str())).then(|| fields[2].to_owned())
-        })
-    }
+/// Whether capability number `bit` is in this process's bounding set.
+fn host_has_capability(bit: u32) -> bool {
+    let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapBnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << bit) != 0)
 }
 
-impl Drop for CtrContainer<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .ctr()
-            .args(["task", "kill", "-s", "SIGKILL", &self.id])
-            .output();
-        for _ in 0..50 {
-            if self.status().as_deref() != Some("RUNNING") {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+/// One bind mount of the container.
+struct Bind {
+    src: PathBuf,
+    dst: String,
+    read_only: bool,
+    /// `HostToContainer` propagation: mounts made on the host later show inside.
+    host_to_container: bool,
+}
+
+impl Bind {
+    /// Its mode, and its propagation when it has one.
+    fn options(&self) -> Vec<&'static str> {
+        let mut options = vec![if self.read_only { "ro" } else { "rw" }];
+        if self.host_to_container {
+            options.push("rslave");
         }
-        let _ = self.ctr().args(["task", "delete", &self.id]).output();
-        let _ = self.ctr().args(["container", "delete", &self.id]).output();
+        options
     }
 }
 
-/// The DaemonSet, for real: `manifests/podagent-containerd.yaml`'s container, run from the
-/// image through the node's real containerd with the manifest's privileges, host network,
-/// command, arguments and hostPath mounts (each host path mapped to the test node's own), and
-/// the in-cluster credentials of podagent's service account (a token bound to a podagent pod
-/// on the node, as the kubelet mounts it). The one setting added is `networks.mode = direct`
-/// (by environment): the test node's primary CNI is not kactus. From inside the container
-/// podagent hot-plugs into a sandbox of the same containerd, answers the manifest's probes,
-/// and stops on the runtime's SIGTERM within the grace period with nothing half-made.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
-    use testkit::node::{Node, has_link, http_get, ipv4};
-    let image = image();
-    let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
+/// The DaemonSet's container, started by the test; killed and removed on drop, so a failing
+/// test leaves nothing running.
+struct DaemonSetContainer<'a> {
+    engine: Engine<'a>,
+    id: String,
+    /// Where `ctr` writes the container's output.
+    log: PathBuf,
+}
+
+impl<'a> DaemonSetContainer<'a> {
+    /// The engine's CLI, pointed at the node's daemon.
+    fn cli(&self) -> Command {
+        match self.engine {
+            Engine::Containerd(containerd) => {
+                let mut command = Command::new("ctr");
+                command
+                    .arg("--address")
+                    .arg(containerd.socket())
+                    .args(["-n", "k8s.io"]);
+                command
+            }
+            Engine::Docker(dockerd) => {
+                let mut command = Command::new("docker");
+                command
+                    .arg("-H")
+                    .arg(format!("unix://{}", dockerd.socket().display()));
+                command
+            }
+        }
+    }
+
+    /// Loads the image and starts `command` from it as the manifest's pod spec says.
+    fn start(
+        engine: Engine<'a>,
+        id: String,
+        log: PathBuf,
+        host_pid: bool,
+        binds: &[Bind],
+        env: &[String],
+        command: &[String],
+    ) -> DaemonSetContainer<'a> {
+        let container = DaemonSetContainer { engine, id, log };
+        let tag = format!("kaloom/podagent:{}", version());
+        let mut start = container.cli();
+        match engine {
+            Engine::Containerd(containerd) => {
+                start
+                    .args(["run", "-d", "--privileged", "--net-host", "--runc-root"])
+                    .arg(containerd.dir().join("runc-ctr"))
+                    .arg("--log-uri")
+                    .arg(format!("file://{}", container.log.display()));
+                if host_pid {
+                    start.args(["--with-ns", "pid:/proc/1/ns/pid"]);
+                }
+                for bind in binds {
+                    start.arg("--mount").arg(format!(
+                        "type=bind,src={},dst={},options=rbind:{}",
+                        bind.src.display(),
+                        bind.dst,
+                        bind.options().join(":")
+                    ));
+                }
+                for variable in env {
+                    start.args(["--env", variable]);
+                }
+                start
+                    .arg(format!("docker.io/{tag}"))
+                    .arg(&container.id)
+                    .args(command);
+            }
+            Engine::Docker(_) => {
+                start.args(["run", "-d", "--name", &container.id]);
+                if host_has_capability(24) {
+                    start.arg("--privileged");
+                } else {
+                    // A privileged Docker container asks for every capability Docker knows,
+                    // and a test host without CAP_SYS_RESOURCE (a container itself, as the
+                    // private containerd's restrict_oom_score_adj notes) cannot grant that
+                    // one. What privileged means otherwise, spelled out without it:
+                    start.args(["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE"]);
+                    for option in [
+                        "seccomp=unconfined",
+                        "apparmor=unconfined",
+                        "systempaths=unconfined",
+                    ] {
+                        start.args(["--security-opt", option]);
+                    }
+                }
+                start.args(["--network", "host"]);
+                if host_pid {
+                    start.args(["--pid", "host"]);
+                }
+                for bind in binds {
+                    start.arg("-v").arg(format!(
+                        "{}:{}:{}",
+                        bind.src.display(),
+                        bind.dst,
+                        bind.options().join(",")
+                    ));
+                }
+                for variable in env {
+                    start.args(["-e", variable]);
+                }
+                start
+                    .args(["--entrypoint", &command[0]])
+                    .arg(&tag)
+                    .args(&command[1..]);
+            }
+        }
+        let mut load = container.cli();
+        match engine {
+            Engine::Containerd(_) => load.args(["images", "import"]),
+            Engine::Docker(_) => load.args(["load", "-i"]),
+        };
+        run(load.arg(&image().tar));
+        run(&mut start);
+        container
+    }
+
+    fn running(&self) -> bool {
+        match self.engine {
+            Engine::Containerd(_) => {
+                let listed = stdout(self.cli().args(["task", "ls"]));
+                listed.lines().any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.first() == Some(&self.id.as_str()) && fields.get(2) == Some(&"RUNNING")
+                })
+            }
+            Engine::Docker(_) => {
+                let state = self
+                    .cli()
+                    .args(["inspect", "-f", "{{.State.Running}}", &self.id])
+                    .output()
+                    .expect("run docker inspect");
+                text(&state.stdout).trim() == "true"
+            }
+        }
+    }
+
+    /// What podagent in the container wrote on stdout and stderr.
+    fn logs(&self) -> String {
+        match self.engine {
+            Engine::Containerd(_) => fs::read_to_string(&self.log).unwrap_or_default(),
+            Engine::Docker(_) => {
+                let out = self
+                    .cli()
+                    .args(["logs", &self.id])
+                    .output()
+                    .expect("run docker logs");
+                text(&out.stdout) + &text(&out.stderr)
+            }
+        }
+    }
+
+    /// The runtime's SIGTERM, as at pod deletion.
+    fn terminate(&self) {
+        let mut kill = self.cli();
+        match self.engine {
+            Engine::Containerd(_) => kill.args(["task", "kill", "-s", "SIGTERM", &self.id]),
+            Engine::Docker(_) => kill.args(["kill", "-s", "SIGTERM", &self.id]),
+        };
+        run(&mut kill);
+    }
+}
+
+impl Drop for DaemonSetContainer<'_> {
+    fn drop(&mut self) {
+        match self.engine {
+            Engine::Containerd(_) => {
+                let _ = self
+                    .cli()
+                    .args(["task", "kill", "-s", "SIGKILL", &self.id])
+                    .output();
+                for _ in 0..50 {
+                    if !self.running() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = self.cli().args(["task", "delete", &self.id]).output();
+                let _ = self.cli().args(["container", "delete", &self.id]).output();
+            }
+            Engine::Docker(_) => {
+                let _ = self.cli().args(["rm", "-f", &self.id]).output();
+            }
+        }
+    }
+}
+
+/// The DaemonSet, for real: `manifests/podagent-<variant>.yaml`'s container, run from the
+/// image on the node's own runtime with the manifest's privileges, host network (and host
+/// PID namespace where it asks for one), command, arguments and hostPath mounts (each host
+/// path mapped to the test node's own), and the in-cluster credentials of podagent's service
+/// account (a token bound to a podagent pod on the node, where the kubelet mounts it). The one
+/// setting added is `networks.mode = direct` (by environment): the test node's primary CNI is
+/// not kactus. From inside the container podagent hot-plugs into a sandbox of the same
+/// runtime, answers the manifest's probes, and stops on the runtime's SIGTERM within the grace
+/// period with nothing half-made.
+async fn daemonset_hot_plugs_from_inside_the_image(node: &testkit::node::Node, variant: &str) {
+    use testkit::node::{has_link, http_get, ipv4};
     let cluster = node.cluster();
     cluster.install_network_crd();
     let bridge = testkit::netns::unique_name("dsb");
@@ -819,12 +1001,13 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
         serde_json::json!({"plugin": "bridge", "config": config.to_string()}),
     );
 
-    // The manifest's container and volumes.
-    let yaml = fs::read_to_string(repo().join("manifests/podagent-containerd.yaml"))
-        .expect("the containerd DaemonSet manifest");
+    // The manifest's pod spec and container.
+    let path = repo().join(format!("manifests/podagent-{variant}.yaml"));
+    let yaml = fs::read_to_string(&path).expect("the DaemonSet manifest");
     let manifest: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("YAML");
     let pod = &manifest["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
+    let host_pid = pod["hostPID"] == true;
     let container = &pod["containers"][0];
     assert_eq!(container["securityContext"]["privileged"], true);
     let grace = pod["terminationGracePeriodSeconds"]
@@ -832,7 +1015,14 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
         .expect("terminationGracePeriodSeconds");
 
     // Each host path the manifest mounts, on this test node.
-    let containerd = node.containerd();
+    let (engine, runtime_dir) = match variant {
+        "containerd" => {
+            let containerd = node.containerd();
+            (Engine::Containerd(containerd), containerd.dir().to_owned())
+        }
+        "docker" => (Engine::Docker(node.dockerd()), PathBuf::new()),
+        other => panic!("no engine for the {other} manifest here"),
+    };
     let local = |host: &str| -> PathBuf {
         match host {
             "/etc/cni/net.d" => node.path("conf"),
@@ -841,12 +1031,16 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
             "/var/lib/cni" => node.path("cni-state"),
             "/run/xtables.lock" => node.path("xtables.lock"),
             "/var/lib/podagent" => node.path("state"),
-            "/run/containerd" => containerd.dir().to_owned(),
+            "/run/containerd" => runtime_dir.clone(),
+            "/var/run/docker.sock" => node.dockerd().socket().to_owned(),
             "/var/run/netns" => PathBuf::from("/var/run/netns"),
-            other => panic!("the manifest mounts {other}: teach this test where it is"),
+            other => panic!(
+                "{} mounts {other}: teach this test where it is",
+                path.display()
+            ),
         }
     };
-    let mut mounts = Vec::new();
+    let mut binds = Vec::new();
     for mount in container["volumeMounts"]
         .as_sequence()
         .expect("volumeMounts")
@@ -858,40 +1052,29 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
             .iter()
             .find(|v| v["name"] == name)
             .unwrap_or_else(|| panic!("no volume {name}"));
-        let host = local(volume["hostPath"]["path"].as_str().expect("hostPath"));
+        let src = local(volume["hostPath"]["path"].as_str().expect("hostPath"));
         match volume["hostPath"]["type"].as_str() {
             Some("FileOrCreate") => {
                 fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(&host)
+                    .open(&src)
                     .expect("create the file");
             }
-            _ => fs::create_dir_all(&host).expect("create the dir"),
+            Some("Socket") => {}
+            _ => fs::create_dir_all(&src).expect("create the dir"),
         }
-        let mut options = vec![
-            "rbind",
-            if mount["readOnly"] == true {
-                "ro"
-            } else {
-                "rw"
-            },
-        ];
-        if mount["mountPropagation"] == "HostToContainer" {
-            options.push("rslave");
-        }
-        mounts.push(format!(
-            "type=bind,src={},dst={},options={}",
-            host.display(),
-            mount["mountPath"].as_str().expect("mountPath"),
-            options.join(":")
-        ));
+        binds.push(Bind {
+            src,
+            dst: mount["mountPath"].as_str().expect("mountPath").to_owned(),
+            read_only: mount["readOnly"] == true,
+            host_to_container: mount["mountPropagation"] == "HostToContainer",
+        });
     }
 
     // The in-cluster credentials: a token of kube-system/podagent bound to a podagent pod on
-    // this node, with the CA and namespace, where the kubelet puts them.
-    // The RBAC manifest applied, as an operator does first (the shared identity's fixture
-    // applies it).
+    // this node, with the CA and namespace, where the kubelet puts them. (The fixture of the
+    // shared identity applies the RBAC manifest, as an operator does first.)
     cluster.podagent_kubeconfig();
     let admin = cluster.admin();
     let _ = admin.create(serde_json::json!({"apiVersion": "v1", "kind": "Node",
@@ -923,10 +1106,12 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
     fs::write(secrets.join("token"), text(&token.stdout).trim()).expect("token");
     fs::write(secrets.join("ca.crt"), cluster.ca_pem()).expect("ca.crt");
     fs::write(secrets.join("namespace"), "kube-system").expect("namespace");
-    mounts.push(format!(
-        "type=bind,src={},dst=/var/run/secrets/kubernetes.io/serviceaccount,options=rbind:ro",
-        secrets.display()
-    ));
+    binds.push(Bind {
+        src: secrets,
+        dst: "/var/run/secrets/kubernetes.io/serviceaccount".to_owned(),
+        read_only: true,
+        host_to_container: false,
+    });
     let server = cluster.server().trim_end_matches('/');
     let (host, port) = server
         .trim_start_matches("https://")
@@ -945,35 +1130,28 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
                 .replace("$(NODE_NAME)", node.name())
         })
         .collect();
-    let id = cluster.unique_name("podagent-ds");
-    let running = CtrContainer {
-        containerd,
-        id: id.clone(),
-    };
-    let mut start = running.ctr();
-    start
-        .args(["run", "-d", "--privileged", "--net-host", "--runc-root"])
-        .arg(containerd.dir().join("runc-ctr"))
-        // Its output where the node's agent logs go, for the failure messages.
-        .arg("--log-uri")
-        .arg(format!("file://{}", node.path("podagent.log").display()));
-    for mount in &mounts {
-        start.args(["--mount", mount]);
-    }
-    for env in [
+    let env = [
         format!("NODE_NAME={}", node.name()),
         format!("KUBERNETES_SERVICE_HOST={host}"),
         format!("KUBERNETES_SERVICE_PORT={port}"),
         "PODAGENT_NETWORKS__MODE=direct".to_owned(),
-    ] {
-        start.args(["--env", &env]);
-    }
-    start
-        .arg(format!("docker.io/kaloom/podagent:{}", version()))
-        .arg(&id)
-        .args(&command);
-    containerd.import(&image.tar).await;
-    run(&mut start);
+    ];
+    let probe_port = container["readinessProbe"]["httpGet"]["port"]
+        .as_u64()
+        .expect("probe port");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", probe_port as u16)).is_ok(),
+        "something else listens on the probes' port {probe_port}"
+    );
+    let running = DaemonSetContainer::start(
+        engine,
+        cluster.unique_name("podagent-ds"),
+        node.path("podagent.log"),
+        host_pid,
+        &binds,
+        &env,
+        &command,
+    );
 
     // The probes the manifest declares answer, on the host network.
     let probe = |which: &str| {
@@ -988,15 +1166,15 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
     };
     node.eventually("the readiness probe answers 200", probe("readinessProbe"))
         .await;
-    let log = node.log();
-    assert!(
-        log.contains("credentials=in-cluster service account"),
-        "podagent in the container did not use the in-cluster credentials:\n{log}"
-    );
     node.eventually("the liveness probe answers 200", probe("livenessProbe"))
         .await;
+    let logs = running.logs();
+    assert!(
+        logs.contains("credentials=in-cluster service account"),
+        "podagent in the container did not use the in-cluster credentials:\n{logs}"
+    );
 
-    // Hot-plug from inside the container into a sandbox of the same containerd.
+    // Hot-plug from inside the container into a sandbox of the same runtime.
     let (uid, sandbox) = node
         .pod("default", "web", Some(r#"[{"name":"green"}]"#))
         .await;
@@ -1015,15 +1193,27 @@ async fn the_daemonset_container_hot_plugs_from_inside_the_image() {
     // The runtime's SIGTERM: podagent stops well within the grace period, and what it made is
     // whole and recorded.
     let sigterm = Instant::now();
-    run(running.ctr().args(["task", "kill", "-s", "SIGTERM", &id]));
-    while running.status().as_deref() == Some("RUNNING") {
+    running.terminate();
+    while running.running() {
         assert!(
             sigterm.elapsed() < Duration::from_secs(grace),
-            "podagent still runs {grace} s after SIGTERM"
+            "podagent still runs {grace} s after SIGTERM:\n{}",
+            running.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(has_link(&netns, &green));
     let record = node.record(&uid).expect("the record");
     assert_eq!(record["record"]["attachments"][&green]["phase"], "Attached");
+}
+
+/// One variant after the other: both manifests put podagent's listener on the host network's
+/// port 9754, where each variant's probes must reach its own podagent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_containerd_and_docker_daemonsets_hot_plug_from_inside_the_image() {
+    let node = testkit::node::Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
+    daemonset_hot_plugs_from_inside_the_image(&node, "containerd").await;
+    drop(node);
+    let node = testkit::node::Node::with_docker(env!("CARGO_BIN_EXE_podagent")).await;
+    daemonset_hot_plugs_from_inside_the_image(&node, "docker").await;
 }

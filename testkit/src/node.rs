@@ -179,6 +179,14 @@ impl Node {
     }
 
     /// The node's containerd, to restart it; panics on a Docker node.
+    /// The node's Docker Engine; panics on a containerd node.
+    pub fn dockerd(&self) -> &Dockerd {
+        match &self.runtime {
+            Runtime::Docker(d) => d,
+            Runtime::Containerd(_) => panic!("node {} runs containerd, not dockerd", self.name),
+        }
+    }
+
     pub fn containerd_mut(&mut self) -> &mut Containerd {
         match &mut self.runtime {
             Runtime::Containerd(c) => c,
