@@ -186,6 +186,11 @@ impl PodRecord {
         Ok(())
     }
 
+    /// No attachment, and no `network-status` entry left to remove: nothing worth keeping.
+    pub(crate) fn holds_nothing(&self) -> bool {
+        self.attachments.is_empty() && self.status_interfaces.is_empty()
+    }
+
     /// Format 1 keyed attachments by network name, which NPWG mode cannot (one network may
     /// be attached twice); its interfaces were all derived from the name, so re-keying them by
     /// interface is exact.

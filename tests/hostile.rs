@@ -875,16 +875,6 @@ fn net_links(netns: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The links in a netns other than `lo` and the default network's `eth0`.
-fn added_links(netns: &Path) -> Vec<String> {
-    testkit::node::links(netns)
-        .iter()
-        .filter_map(|link| link["ifname"].as_str())
-        .filter(|name| !["lo", "eth0"].contains(name))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// (pod name, annotation, what its Warning must say); the first pod is the healthy one.
 type PodCases<'a> = [(&'a str, &'a str, &'a str)];
 /// pod name -> (uid, netns).
@@ -928,7 +918,8 @@ fn assert_no_hostile_pod_touched(
     seen: &PodsSeen<'_>,
 ) {
     for (name, _, _) in pods.iter().skip(1) {
-        assert_eq!(added_links(&seen[name].1), Vec::<String>::new(), "{name}");
+        let added = testkit::node::added_links(&seen[name].1);
+        assert!(added.is_empty(), "{name} got {added:?}");
         assert!(node.record(&seen[name].0).is_none(), "{name} has a record");
     }
 }
@@ -1069,7 +1060,7 @@ async fn hostile_npwg_pods_get_a_warning_and_the_rest_of_the_node_keeps_working(
 
     node.annotate("default", "good", NETWORKS, Some("data, data@eth9"));
     node.eventually("a second interface in the healthy pod", || {
-        (added_links(&good).len() == 2).then_some(())
+        (testkit::node::added_links(&good).len() == 2).then_some(())
     })
     .await;
     assert!(agent.running(), "podagent exited");

@@ -698,12 +698,12 @@ async fn the_image_holds_the_packaged_binary_is_reproducible_and_runs_in_contain
 
     // The real containerd takes it and runs podagent from it, with nothing from the host.
     let containerd = testkit::host::Containerd::start().await;
-    containerd.import(tar).await;
+    let engine = Engine::Containerd(&containerd);
+    engine.load();
     let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(containerd.socket())
-            .args(["-n", "k8s.io", "run", "--rm", "--runc-root"])
+        engine
+            .cli()
+            .args(["run", "--rm", "--runc-root"])
             .arg(containerd.dir().join("runc-ctr"))
             .args(args)
             .output()
@@ -731,16 +731,13 @@ async fn the_image_holds_the_packaged_binary_is_reproducible_and_runs_in_contain
 
     // `docker load` takes the same tar, and the Docker Engine runs it too.
     let dockerd = testkit::host::Dockerd::start().await;
-    let docker = |args: &[&str]| {
-        stdout(
-            Command::new("docker")
-                .arg("-H")
-                .arg(format!("unix://{}", dockerd.socket().display()))
-                .args(args),
-        )
-    };
-    docker(&["load", "-i", &tar.display().to_string()]);
-    let shown = docker(&["run", "--rm", "--network", "none", &tag, "version"]);
+    let engine = Engine::Docker(&dockerd);
+    engine.load();
+    let shown = stdout(
+        engine
+            .cli()
+            .args(["run", "--rm", "--network", "none", &tag, "version"]),
+    );
     assert!(
         shown.starts_with(&format!("podagent {}\n", version())),
         "{shown}"
@@ -756,6 +753,9 @@ enum Engine<'a> {
     Docker(&'a testkit::host::Dockerd),
 }
 
+/// The capability's number (linux/capability.h).
+const CAP_SYS_RESOURCE: u32 = 24;
+
 /// Whether capability number `bit` is in this process's bounding set.
 fn host_has_capability(bit: u32) -> bool {
     let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -764,6 +764,39 @@ fn host_has_capability(bit: u32) -> bool {
         .find_map(|line| line.strip_prefix("CapBnd:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .is_some_and(|mask| mask & (1 << bit) != 0)
+}
+
+impl Engine<'_> {
+    /// The engine's CLI, pointed at its daemon.
+    fn cli(self) -> Command {
+        match self {
+            Engine::Containerd(containerd) => {
+                let mut command = Command::new("ctr");
+                command
+                    .arg("--address")
+                    .arg(containerd.socket())
+                    .args(["-n", "k8s.io"]);
+                command
+            }
+            Engine::Docker(dockerd) => {
+                let mut command = Command::new("docker");
+                command
+                    .arg("-H")
+                    .arg(format!("unix://{}", dockerd.socket().display()));
+                command
+            }
+        }
+    }
+
+    /// Loads podagent's image tar, as an operator does on a node without a registry.
+    fn load(self) {
+        let mut load = self.cli();
+        match self {
+            Engine::Containerd(_) => load.args(["images", "import"]),
+            Engine::Docker(_) => load.args(["load", "-i"]),
+        };
+        run(load.arg(&image().tar));
+    }
 }
 
 /// One bind mount of the container.
@@ -796,25 +829,8 @@ struct DaemonSetContainer<'a> {
 }
 
 impl<'a> DaemonSetContainer<'a> {
-    /// The engine's CLI, pointed at the node's daemon.
     fn cli(&self) -> Command {
-        match self.engine {
-            Engine::Containerd(containerd) => {
-                let mut command = Command::new("ctr");
-                command
-                    .arg("--address")
-                    .arg(containerd.socket())
-                    .args(["-n", "k8s.io"]);
-                command
-            }
-            Engine::Docker(dockerd) => {
-                let mut command = Command::new("docker");
-                command
-                    .arg("-H")
-                    .arg(format!("unix://{}", dockerd.socket().display()));
-                command
-            }
-        }
+        self.engine.cli()
     }
 
     /// Loads the image and starts `command` from it as the manifest's pod spec says.
@@ -858,7 +874,7 @@ impl<'a> DaemonSetContainer<'a> {
             }
             Engine::Docker(_) => {
                 start.args(["run", "-d", "--name", &container.id]);
-                if host_has_capability(24) {
+                if host_has_capability(CAP_SYS_RESOURCE) {
                     start.arg("--privileged");
                 } else {
                     // A privileged Docker container asks for every capability Docker knows,
@@ -895,12 +911,7 @@ impl<'a> DaemonSetContainer<'a> {
                     .args(&command[1..]);
             }
         }
-        let mut load = container.cli();
-        match engine {
-            Engine::Containerd(_) => load.args(["images", "import"]),
-            Engine::Docker(_) => load.args(["load", "-i"]),
-        };
-        run(load.arg(&image().tar));
+        engine.load();
         run(&mut start);
         container
     }

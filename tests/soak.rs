@@ -38,8 +38,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use podagent::annotation::ifname;
@@ -503,7 +502,7 @@ impl World {
         let allocations = self.allocations();
         for pod in &self.pods {
             let want: BTreeSet<String> = pod.desired.iter().map(Want::ifname).collect();
-            let links = links(&pod.netns);
+            let links = testkit::node::added_links(&pod.netns);
             let have: BTreeSet<String> = links.keys().cloned().collect();
             if have != want {
                 found.push(format!("{}: links {have:?}, desired {want:?}", pod.name));
@@ -713,27 +712,6 @@ fn catches_sigterm(pid: i32) -> bool {
         })
         .and_then(|mask| u64::from_str_radix(&mask, 16).ok())
         .is_some_and(|mask| mask & bit != 0)
-}
-
-/// `ifname -> MAC` of the links in a netns other than `lo` and the default network's `eth0`.
-fn links(netns: &Path) -> BTreeMap<String, String> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["ip", "-j", "link", "show"])
-        .output()
-        .expect("nsenter ip");
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    list.iter()
-        .filter_map(|l| {
-            let name = l["ifname"].as_str()?;
-            (!["lo", "eth0"].contains(&name)).then(|| {
-                (
-                    name.to_owned(),
-                    l["address"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-        })
-        .collect()
 }
 
 /// All three modes, one after the other: a kube-apiserver restart reaches every test of this

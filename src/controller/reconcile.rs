@@ -109,8 +109,9 @@ pub(crate) struct Memo {
     pub(crate) sandbox: Option<KnownSandbox>,
     /// npwg mode: the unusable `network-status` value already warned about.
     pub(crate) status_unusable: Option<String>,
-    /// npwg mode, per interface: an ADD rolled back because its requested ips were not
-    /// assigned, with the config it ran; not tried again until either changes.
+    /// npwg mode, per interface: an ADD rolled back because the element was not honoured (its
+    /// requested ips not assigned, its default route refused), with the config it ran; not
+    /// tried again until either changes.
     pub(crate) unhonoured: BTreeMap<String, (NetworkSelection, String)>,
 }
 
@@ -987,15 +988,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A record without attachments, and without `network-status` entries left to remove,
-    /// says nothing worth keeping.
+    /// A record that holds nothing says nothing worth keeping.
     async fn drop_empty_record(&mut self) -> Result<(), ReconcileError> {
         match &self.record {
-            Some(record)
-                if record.attachments.is_empty() && record.status_interfaces.is_empty() =>
-            {
-                self.remove_record().await
-            }
+            Some(record) if record.holds_nothing() => self.remove_record().await,
             _ => Ok(()),
         }
     }
@@ -1073,10 +1069,15 @@ impl Run<'_> {
             debug!(status = ?merged, "network-status merged");
         }
         // Only now may the entries of attachments that are gone stop counting as podagent's.
+        // A record left with nothing is not written: `drop_empty_record` removes it next.
         match &mut self.record {
             Some(record) if record.status_interfaces != written => {
                 record.status_interfaces = written;
-                self.persist().await
+                if record.holds_nothing() {
+                    Ok(())
+                } else {
+                    self.persist().await
+                }
             }
             _ => Ok(()),
         }

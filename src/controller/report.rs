@@ -107,18 +107,13 @@ pub(crate) fn npwg_status_value(
             (ifname.as_str(), namespace)
         })
         .collect();
-    for mut ours in status_entries(Some(record), links) {
+    for (mut ours, result) in entries_and_results(Some(record), links) {
         if let Some(namespace) = namespaces.get(ours.interface.as_str()) {
             ours.name = format!("{namespace}/{}", ours.name);
         }
         let mut entry = serde_json::to_value(&ours).map_err(|e| e.to_string())?;
         entry["default"] = serde_json::Value::Bool(false);
         entry["dns"] = serde_json::json!({});
-        let result = record
-            .attachments
-            .get(&ours.interface)
-            .and_then(|a| a.result.clone())
-            .and_then(|raw| CniResult::parse(raw).ok());
         if let Some(result) = result {
             add_result_details(&mut entry, &result, &ours.interface);
         }
@@ -166,6 +161,17 @@ fn add_result_details(entry: &mut serde_json::Value, result: &CniResult, ifname:
 }
 
 fn status_entries(record: Option<&PodRecord>, links: &[Link]) -> Vec<NetworkStatus> {
+    entries_and_results(record, links)
+        .into_iter()
+        .map(|(entry, _)| entry)
+        .collect()
+}
+
+/// Each attached attachment's entry, with its parsed CNI result when it has one.
+fn entries_and_results(
+    record: Option<&PodRecord>,
+    links: &[Link],
+) -> Vec<(NetworkStatus, Option<CniResult>)> {
     record
         .into_iter()
         .flat_map(|r| r.attachments.values())
@@ -188,12 +194,13 @@ fn status_entries(record: Option<&PodRecord>, links: &[Link]) -> Vec<NetworkStat
                     link.and_then(|l| l.mac.clone()),
                 ),
             };
-            NetworkStatus {
+            let entry = NetworkStatus {
                 name: a.selection.name.clone(),
                 interface: a.ifname.clone(),
                 ips,
                 mac,
-            }
+            };
+            (entry, result)
         })
         .collect()
 }

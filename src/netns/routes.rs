@@ -70,12 +70,12 @@ pub async fn move_default_route(
             .filter_map(|route| replaced(route, gateway.is_ipv6(), &names))
             .collect();
         for route in defaults {
-            handle
-                .route()
-                .del(route)
-                .execute()
-                .await
-                .map_err(|source| route_error(netns, "delete the pod's default route", source))?;
+            if let Err(source) = handle.route().del(route).execute().await {
+                // Those already deleted come back; the one still there is refused as a
+                // duplicate, which changes nothing.
+                put_back(&handle, &replaced, &names).await;
+                return Err(route_error(netns, "delete the pod's default route", source));
+            }
         }
         let new = route_message(gateway.is_ipv6(), Some(gateway), index, None);
         if let Err(source) = handle.route().add(new).execute().await {
@@ -100,8 +100,10 @@ pub async fn restore_default_routes(
         let names = link_names(netns, &handle).await?;
         let mut wanted = Vec::new();
         for ipv6 in [false, true] {
-            if default_routes(netns, &handle, ipv6).await?.is_empty() {
-                wanted.extend(routes.iter().filter(|r| r.ipv6 == ipv6).cloned());
+            let of_family: Vec<ReplacedRoute> =
+                routes.iter().filter(|r| r.ipv6 == ipv6).cloned().collect();
+            if !of_family.is_empty() && default_routes(netns, &handle, ipv6).await?.is_empty() {
+                wanted.extend(of_family);
             }
         }
         let restored = put_back(&handle, &wanted, &names).await;

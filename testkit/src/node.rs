@@ -917,6 +917,21 @@ pub fn links(netns: &Path) -> Vec<Value> {
 }
 
 /// Whether `netns` has a link `name`.
+/// `name -> MAC` of the links in `netns` other than `lo` and the default network's `eth0`:
+/// what was added to a pod after its sandbox came up.
+pub fn added_links(netns: &Path) -> std::collections::BTreeMap<String, String> {
+    links(netns)
+        .iter()
+        .filter_map(|link| {
+            let name = link["ifname"].as_str()?;
+            (!["lo", "eth0"].contains(&name)).then(|| {
+                let mac = link["address"].as_str().unwrap_or_default();
+                (name.to_owned(), mac.to_owned())
+            })
+        })
+        .collect()
+}
+
 pub fn has_link(netns: &Path, name: &str) -> bool {
     links(netns).iter().any(|l| l["ifname"] == name)
 }

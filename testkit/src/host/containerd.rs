@@ -275,8 +275,7 @@ impl Containerd {
     }
 
     /// `ctr images import` into the CRI namespace.
-    /// Imports the image tar `tar` (docker-save format) into the CRI namespace.
-    pub async fn import(&self, tar: &Path) {
+    async fn import(&self, tar: &Path) {
         let out = tokio::process::Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
