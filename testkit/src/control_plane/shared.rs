@@ -232,14 +232,27 @@ impl Shared {
                 .arg("-f")
                 .arg(repo().join("manifests").join(manifest));
             self.run_as_admin(apply);
-            let mut wait = kubectl();
-            wait.args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("crd/{name}"),
-            ]);
-            self.run_as_admin(wait);
+            // Right after the apply the object may have no status conditions yet, which
+            // `kubectl wait` reports as an error instead of waiting: ask again until a deadline.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let output = kubectl()
+                    .args(["wait", "--for=condition=Established", "--timeout=10s"])
+                    .arg(format!("crd/{name}"))
+                    .env("KUBECONFIG", &self.kubeconfig)
+                    .env("KUBECACHEDIR", self.kubectl_cache())
+                    .output()
+                    .unwrap_or_else(|err| panic!("cannot run kubectl wait: {err}"));
+                if output.status.success() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "CRD {name} not Established within 60 s: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
         });
     }
 
