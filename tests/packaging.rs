@@ -995,7 +995,11 @@ impl Drop for DaemonSetContainer<'_> {
 /// not kactus. From inside the container podagent hot-plugs into a sandbox of the same
 /// runtime, answers the manifest's probes, and stops on the runtime's SIGTERM within the grace
 /// period with nothing half-made.
-async fn daemonset_hot_plugs_from_inside_the_image(node: &testkit::node::Node, variant: &str) {
+async fn daemonset_hot_plugs_from_inside_the_image(
+    node: &testkit::node::Node,
+    engine: Engine<'_>,
+    variant: &str,
+) {
     use testkit::node::{has_link, http_get, ipv4};
     let cluster = node.cluster();
     cluster.install_network_crd();
@@ -1025,15 +1029,8 @@ async fn daemonset_hot_plugs_from_inside_the_image(node: &testkit::node::Node, v
         .as_u64()
         .expect("terminationGracePeriodSeconds");
 
-    // Each host path the manifest mounts, on this test node.
-    let (engine, runtime_dir) = match variant {
-        "containerd" => {
-            let containerd = node.containerd();
-            (Engine::Containerd(containerd), containerd.dir().to_owned())
-        }
-        "docker" => (Engine::Docker(node.dockerd()), PathBuf::new()),
-        other => panic!("no engine for the {other} manifest here"),
-    };
+    // Each host path the manifest mounts, on this test node: the CRI runtime's socket dir is
+    // its instance dir, the netns dir the real one.
     let local = |host: &str| -> PathBuf {
         match host {
             "/etc/cni/net.d" => node.path("conf"),
@@ -1042,7 +1039,7 @@ async fn daemonset_hot_plugs_from_inside_the_image(node: &testkit::node::Node, v
             "/var/lib/cni" => node.path("cni-state"),
             "/run/xtables.lock" => node.path("xtables.lock"),
             "/var/lib/podagent" => node.path("state"),
-            "/run/containerd" => runtime_dir.clone(),
+            "/run/containerd" | "/var/run/crio" => node.cri().dir().to_owned(),
             "/var/run/docker.sock" => node.dockerd().socket().to_owned(),
             "/var/run/netns" => PathBuf::from("/var/run/netns"),
             other => panic!(
@@ -1218,13 +1215,87 @@ async fn daemonset_hot_plugs_from_inside_the_image(node: &testkit::node::Node, v
     assert_eq!(record["record"]["attachments"][&green]["phase"], "Attached");
 }
 
-/// One variant after the other: both manifests put podagent's listener on the host network's
-/// port 9754, where each variant's probes must reach its own podagent.
+/// One variant after the other: every manifest puts podagent's listener on the host network's
+/// port 9754, where each variant's probes must reach its own podagent. The CRI-O variant's
+/// container runs on a containerd beside the node's CRI-O (CRI-O has no image import; a
+/// kubelet would run it through CRI-O itself), after the manifest's socket and netns paths are
+/// held to the defaults of the real CRI-O.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_containerd_and_docker_daemonsets_hot_plug_from_inside_the_image() {
-    let node = testkit::node::Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
-    daemonset_hot_plugs_from_inside_the_image(&node, "containerd").await;
+async fn the_containerd_crio_and_docker_daemonsets_hot_plug_from_inside_the_image() {
+    use testkit::node::Node;
+    let podagent = env!("CARGO_BIN_EXE_podagent");
+    let node = Node::with_containerd(podagent).await;
+    daemonset_hot_plugs_from_inside_the_image(
+        &node,
+        Engine::Containerd(node.containerd()),
+        "containerd",
+    )
+    .await;
     drop(node);
-    let node = testkit::node::Node::with_docker(env!("CARGO_BIN_EXE_podagent")).await;
-    daemonset_hot_plugs_from_inside_the_image(&node, "docker").await;
+
+    let node = Node::with_crio(podagent).await;
+    crio_manifest_names_the_paths_crio_uses();
+    let engine = testkit::host::Containerd::start().await;
+    daemonset_hot_plugs_from_inside_the_image(&node, Engine::Containerd(&engine), "crio").await;
+    drop((engine, node));
+
+    let node = Node::with_docker(podagent).await;
+    daemonset_hot_plugs_from_inside_the_image(&node, Engine::Docker(node.dockerd()), "docker")
+        .await;
+}
+
+/// manifests/podagent-crio.yaml's endpoint is CRI-O's default `listen`, its socket volume that
+/// socket's dir, and its netns volume `<namespaces_dir>/netns`, as `crio config --default` of
+/// the real CRI-O prints them.
+fn crio_manifest_names_the_paths_crio_uses() {
+    let defaults =
+        stdout(Command::new(testkit::host::crio_binary("crio")).args(["config", "--default"]));
+    // Each key is set once in the printed config (`listen` in [crio.api], `namespaces_dir` in
+    // [crio.runtime]).
+    let default = |key: &str| {
+        defaults
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(&format!("{key} = ")))
+            .map(|value| value.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("crio config --default sets no {key}:\n{defaults}"))
+    };
+    let (listen, namespaces_dir) = (default("listen"), default("namespaces_dir"));
+
+    let path = repo().join("manifests/podagent-crio.yaml");
+    let manifest: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(&path).expect("the manifest")).expect("YAML");
+    let pod = &manifest["spec"]["template"]["spec"];
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(serde_yaml::Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&format!("--runtime-endpoint=unix://{listen}").as_str()),
+        "{}: {args:?} does not name CRI-O's socket {listen}",
+        path.display()
+    );
+    let host_path = |volume: &str| {
+        pod["volumes"]
+            .as_sequence()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == volume)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or_else(|| panic!("{}: no hostPath volume {volume}", path.display()))
+            .to_owned()
+    };
+    assert_eq!(
+        Path::new(&host_path("runtime-sockets")),
+        Path::new(&listen).parent().expect("the socket's dir"),
+        "{}",
+        path.display()
+    );
+    assert_eq!(
+        Path::new(&host_path("netns")),
+        Path::new(&namespaces_dir).join("netns"),
+        "{}",
+        path.display()
+    );
 }

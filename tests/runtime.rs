@@ -1,16 +1,19 @@
-//! The runtime clients against a real private containerd (CRI) and dockerd (run as root).
+//! The runtime clients against a real private containerd and CRI-O (CRI) and dockerd (run as
+//! root).
 //!
 //! Sandboxes are created the way the kubelet creates them (CRI `RunPodSandbox` with the
 //! `io.kubernetes.pod.*` labels, or a dockershim-style pause container), then resolved by pod
 //! UID through podagent's own client, and their namespaces are read with the netns observer.
+//! The CRI scenarios run once on each CRI runtime (test modules `containerd` and `crio`).
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use podagent::netns;
 use podagent::pod::PodRef;
 use podagent::runtime::{self, AnyRuntime, Runtime, RuntimeError, RuntimeKind, Sandbox, Settings};
-use testkit::host::{Containerd, Dockerd};
+use testkit::host::{CRIO_NAMESPACES_DIR, Containerd, CriDaemon, Crio, Dockerd};
 use testkit::netns::unique_name;
 
 fn pod(name: &str) -> PodRef {
@@ -42,33 +45,97 @@ async fn resolve(runtime: &AnyRuntime, pod: &PodRef) -> Sandbox {
         .unwrap_or_else(|err| panic!("resolve {pod}: {err}"))
 }
 
-async fn run(containerd: &Containerd, pod: &PodRef, name: &str) -> String {
-    containerd
-        .run_pod_sandbox(&pod.uid, name, &pod.namespace)
-        .await
+/// One CRI runtime under test: the daemon, the kind it must report, its name in CRI
+/// `Version`, and the directory its sandboxes' netns files are in.
+struct Cri<'a> {
+    daemon: &'a mut CriDaemon,
+    kind: RuntimeKind,
+    name: &'static str,
+    netns_dir: PathBuf,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containerd_sandbox_is_found_by_uid_with_eth0_in_its_netns() {
-    let containerd = Containerd::start().await;
-    let web = pod("web");
-    let id = run(&containerd, &web, "web").await;
+impl Cri<'_> {
+    async fn run(&self, pod: &PodRef, name: &str) -> String {
+        self.daemon
+            .run_pod_sandbox(&pod.uid, name, &pod.namespace)
+            .await
+    }
 
-    let runtime = connect(RuntimeKind::Containerd, containerd.socket()).await;
+    async fn connect(&self, kind: RuntimeKind) -> AnyRuntime {
+        connect(kind, self.daemon.socket()).await
+    }
+}
+
+/// Each scenario below, once on a private containerd and once on a private CRI-O.
+macro_rules! on_every_cri_runtime {
+    ($($scenario:ident),* $(,)?) => {
+        mod containerd {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut containerd = Containerd::start().await;
+                    super::$scenario(Cri {
+                        daemon: &mut containerd,
+                        kind: RuntimeKind::Containerd,
+                        name: "containerd",
+                        // containerd bind-mounts `cni-<uuid>` there.
+                        netns_dir: PathBuf::from("/var/run/netns"),
+                    })
+                    .await;
+                }
+            )*
+        }
+        mod crio {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut crio = Crio::start().await;
+                    super::$scenario(Cri {
+                        daemon: &mut crio,
+                        kind: RuntimeKind::Crio,
+                        name: "cri-o",
+                        // pinns pins `<id>` there; no infra process holds the netns.
+                        netns_dir: Path::new(CRIO_NAMESPACES_DIR).join("netns"),
+                    })
+                    .await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_cri_runtime!(
+    sandbox_is_found_by_uid_with_eth0_in_its_netns,
+    stopped_sandbox_is_not_ready_and_removed_one_is_gone,
+    client_recovers_after_the_runtime_restarts,
+    ready_sandbox_wins_over_an_older_stopped_one,
+    newest_of_two_ready_sandboxes_wins,
+    auto_selects_the_cri_runtime_on_an_explicit_socket,
+);
+
+async fn sandbox_is_found_by_uid_with_eth0_in_its_netns(cri: Cri<'_>) {
+    let web = pod("web");
+    let id = cri.run(&web, "web").await;
+
+    let runtime = cri.connect(cri.kind).await;
     assert!(matches!(runtime, AnyRuntime::Cri(_)));
     let version = runtime.version().await.expect("version");
-    assert_eq!(version.kind, RuntimeKind::Containerd);
-    assert_eq!(version.name, "containerd");
+    assert_eq!(version.kind, cri.kind);
+    assert_eq!(version.name, cri.name);
     assert!(!version.version.is_empty() && !version.api_version.is_empty());
 
     let sandbox = resolve(&runtime, &web).await;
     assert_eq!(sandbox.id, id);
-    // Verbatim from the runtime: the bind-mounted `cni-<uuid>` file, not a rewritten path.
-    assert_eq!(sandbox.netns, containerd.sandbox_netns(&id).await);
+    // Verbatim from the runtime: the file it pinned the netns to, not a rewritten path.
+    assert_eq!(sandbox.netns, cri.daemon.sandbox_netns(&id).await);
+    let netns_dir = sandbox.netns.parent().map(fs::canonicalize);
     assert!(
-        sandbox.netns.starts_with("/var/run/netns") || sandbox.netns.starts_with("/run/netns"),
-        "{}",
-        sandbox.netns.display()
+        netns_dir.is_some_and(|dir| dir.ok() == fs::canonicalize(&cri.netns_dir).ok()),
+        "{} is not in {}",
+        sandbox.netns.display(),
+        cri.netns_dir.display()
     );
 
     let links = netns::inspect(&sandbox.netns)
@@ -80,7 +147,7 @@ async fn containerd_sandbox_is_found_by_uid_with_eth0_in_its_netns() {
         .find(|link| link.name == "eth0")
         .unwrap_or_else(|| panic!("no eth0 in the sandbox: {links:?}"));
     assert!(eth0.mac.as_deref().is_some_and(|mac| mac.len() == 17));
-    let subnet = containerd.subnet();
+    let subnet = cri.daemon.subnet();
     let prefix = subnet
         .rsplit_once(".0/")
         .map_or(subnet.as_str(), |(p, _)| p);
@@ -98,15 +165,13 @@ async fn containerd_sandbox_is_found_by_uid_with_eth0_in_its_netns() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_sandbox_is_not_ready_and_removed_one_is_gone() {
-    let containerd = Containerd::start().await;
+async fn stopped_sandbox_is_not_ready_and_removed_one_is_gone(cri: Cri<'_>) {
     let web = pod("web");
-    let id = run(&containerd, &web, "web").await;
-    let runtime = connect(RuntimeKind::Containerd, containerd.socket()).await;
+    let id = cri.run(&web, "web").await;
+    let runtime = cri.connect(cri.kind).await;
     assert_eq!(resolve(&runtime, &web).await.id, id);
 
-    containerd.stop_pod_sandbox(&id).await;
+    cri.daemon.stop_pod_sandbox(&id).await;
     match runtime.sandbox(&web).await {
         Err(RuntimeError::NotReady {
             sandbox_id, reason, ..
@@ -117,7 +182,7 @@ async fn stopped_sandbox_is_not_ready_and_removed_one_is_gone() {
         other => panic!("expected NotReady, got {other:?}"),
     }
 
-    containerd.remove_pod_sandbox(&id).await;
+    cri.daemon.remove_pod_sandbox(&id).await;
     let gone = runtime.sandbox(&web).await;
     assert!(
         matches!(gone, Err(RuntimeError::NoSandbox { .. })),
@@ -125,15 +190,13 @@ async fn stopped_sandbox_is_not_ready_and_removed_one_is_gone() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_recovers_after_containerd_restarts() {
-    let mut containerd = Containerd::start().await;
+async fn client_recovers_after_the_runtime_restarts(cri: Cri<'_>) {
     let web = pod("web");
-    let id = run(&containerd, &web, "web").await;
-    let runtime = connect(RuntimeKind::Containerd, containerd.socket()).await;
+    let id = cri.run(&web, "web").await;
+    let runtime = cri.connect(cri.kind).await;
     let before = resolve(&runtime, &web).await;
 
-    containerd.stop_daemon().await;
+    cri.daemon.stop_daemon().await;
     match runtime.sandbox(&web).await {
         // Which one depends on whether the daemon removed its socket and how far the
         // connection had got.
@@ -142,59 +205,54 @@ async fn client_recovers_after_containerd_restarts() {
             | RuntimeError::NotListening { endpoint, .. }
             | RuntimeError::Unreachable { endpoint, .. },
         ) => {
-            assert_eq!(endpoint, containerd.socket());
+            assert_eq!(endpoint, cri.daemon.socket());
         }
-        other => panic!("expected an unreachable runtime while containerd is down, got {other:?}"),
+        other => panic!("expected an unreachable runtime while it is down, got {other:?}"),
     }
 
-    containerd.start_daemon().await;
+    cri.daemon.start_daemon().await;
     // The very first call after the restart must succeed on the same client: the channel
     // re-dials the socket by itself.
     let after = resolve(&runtime, &web).await;
     assert_eq!(after.id, id);
     assert_eq!(after.netns, before.netns);
 
-    containerd.restart().await;
+    cri.daemon.restart().await;
     assert_eq!(resolve(&runtime, &web).await.id, id);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_sandbox_wins_over_an_older_stopped_one() {
-    let containerd = Containerd::start().await;
+async fn ready_sandbox_wins_over_an_older_stopped_one(cri: Cri<'_>) {
     let web = pod("web");
-    let old = run(&containerd, &web, "web").await;
-    containerd.stop_pod_sandbox(&old).await;
+    let old = cri.run(&web, "web").await;
+    cri.daemon.stop_pod_sandbox(&old).await;
     // The kubelet re-creates the sandbox under a new attempt; a new name gives the same effect
     // (a second sandbox with the same pod UID label).
-    let new = run(&containerd, &web, "web-again").await;
-    let runtime = connect(RuntimeKind::Containerd, containerd.socket()).await;
+    let new = cri.run(&web, "web-again").await;
+    let runtime = cri.connect(cri.kind).await;
 
     let sandbox = resolve(&runtime, &web).await;
     assert_eq!(sandbox.id, new);
-    assert_eq!(sandbox.netns, containerd.sandbox_netns(&new).await);
+    assert_eq!(sandbox.netns, cri.daemon.sandbox_netns(&new).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn newest_of_two_ready_sandboxes_wins() {
-    let containerd = Containerd::start().await;
+async fn newest_of_two_ready_sandboxes_wins(cri: Cri<'_>) {
     let web = pod("web");
-    let first = run(&containerd, &web, "web").await;
-    let second = run(&containerd, &web, "web-twin").await;
-    let runtime = connect(RuntimeKind::Containerd, containerd.socket()).await;
+    let first = cri.run(&web, "web").await;
+    let second = cri.run(&web, "web-twin").await;
+    let runtime = cri.connect(cri.kind).await;
 
     let sandbox = resolve(&runtime, &web).await;
     assert_ne!(first, second);
     assert_eq!(sandbox.id, second);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_selects_the_cri_runtime_on_an_explicit_socket() {
-    let containerd = Containerd::start().await;
-    let runtime = connect(RuntimeKind::Auto, containerd.socket()).await;
+/// `runtime.kind = "auto"` on an explicit socket speaks CRI and tells the runtime by its name.
+async fn auto_selects_the_cri_runtime_on_an_explicit_socket(cri: Cri<'_>) {
+    let runtime = cri.connect(RuntimeKind::Auto).await;
     assert!(matches!(runtime, AnyRuntime::Cri(_)));
-    assert_eq!(runtime.endpoint(), containerd.socket());
+    assert_eq!(runtime.endpoint(), cri.daemon.socket());
     let version = runtime.version().await.expect("version");
-    assert_eq!(version.kind, RuntimeKind::Containerd);
+    assert_eq!(version.kind, cri.kind);
 }
 
 #[tokio::test]

@@ -7,11 +7,13 @@
 //!   modules, one per test process, with admin access for the test's kubelet and operator part;
 //! - `node`: the one fixture for "a node with podagent" (runtime, CNI config, config, spawn,
 //!   logs, the kubelet's part); `fault_proxy`: API faults a real server does not make on demand;
-//! - `host`: private containerd (CRI) and dockerd instances and the local busybox/pause images;
+//! - `host`: private containerd and CRI-O (CRI) and dockerd instances and the local
+//!   busybox/pause images;
 //! - `journal`: a private journald and a stand-in for systemd's sd_notify socket;
 //! - `netns`: network namespaces that are removed even when a test fails;
 //! - `prereq`: failing loudly, naming what is missing, instead of skipping;
-//! - `binaries`: the workspace's own test programs, for tests of any package.
+//! - `binaries`: the workspace's own test programs, for tests of any package; `tool_cache`:
+//!   where the test tools built from pinned Go modules (control plane, CRI-O) are.
 
 pub mod binaries;
 pub mod control_plane;
@@ -21,6 +23,7 @@ pub mod journal;
 pub mod netns;
 pub mod node;
 pub mod prereq;
+pub mod tool_cache;
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {

@@ -1,7 +1,7 @@
 //! A node with podagent on it, for every test and benchmark that runs the real agent: the one
 //! fixture, so the harnesses cannot drift apart.
 //!
-//! A [`Node`] owns what a node has — a private runtime (containerd or dockerd) with real pod
+//! A [`Node`] owns what a node has — a private runtime (containerd, CRI-O or dockerd) with real pod
 //! sandboxes, a CNI conf dir whose primary network is the Debian bridge + host-local (+ tuning
 //! for MACs) reached through the logging wrapper `testkit/plugins/wrap-bridge`, a leased
 //! address range, podagent's state dir — and plays the kubelet's part against the shared real
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::control_plane::{self, Shared};
 use crate::fault_proxy::FaultProxy;
-use crate::host::{Containerd, Dockerd, SubnetLease};
+use crate::host::{Containerd, CriDaemon, Crio, Dockerd, SubnetLease};
 use crate::netns::unique_name;
 use crate::prereq;
 
@@ -41,7 +41,28 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Which runtime a node runs.
 pub enum Runtime {
     Containerd(Containerd),
+    Crio(Crio),
     Docker(Dockerd),
+}
+
+impl Runtime {
+    /// The runtime's name in podagent's config (`runtime.kind`).
+    fn kind(&self) -> &'static str {
+        match self {
+            Runtime::Containerd(_) => "containerd",
+            Runtime::Crio(_) => "crio",
+            Runtime::Docker(_) => "docker",
+        }
+    }
+
+    /// The CRI side of a containerd or CRI-O node, or the Docker Engine.
+    fn cri_or_docker(&self) -> Result<&CriDaemon, &Dockerd> {
+        match self {
+            Runtime::Containerd(c) => Ok(c),
+            Runtime::Crio(c) => Ok(c),
+            Runtime::Docker(d) => Err(d),
+        }
+    }
 }
 
 /// One plugin invocation from the wrapper's `calls.log` (logged when it starts).
@@ -83,6 +104,11 @@ impl Node {
             podagent.into(),
             Runtime::Containerd(Containerd::start().await),
         )
+    }
+
+    /// A node with a private CRI-O.
+    pub async fn with_crio(podagent: impl Into<PathBuf>) -> Node {
+        Node::new(podagent.into(), Runtime::Crio(Crio::start().await))
     }
 
     /// A node with a private dockerd.
@@ -164,33 +190,41 @@ impl Node {
 
     /// The runtime and its socket, as podagent's config names them.
     pub fn runtime_endpoint(&self) -> (&'static str, PathBuf) {
-        match &self.runtime {
-            Runtime::Containerd(c) => ("containerd", c.socket().to_owned()),
-            Runtime::Docker(d) => ("docker", d.socket().to_owned()),
-        }
+        let socket = match self.runtime.cri_or_docker() {
+            Ok(cri) => cri.socket(),
+            Err(docker) => docker.socket(),
+        };
+        (self.runtime.kind(), socket.to_owned())
     }
 
-    /// The node's containerd; panics on a Docker node.
+    /// The node's containerd; panics on another runtime's node.
     pub fn containerd(&self) -> &Containerd {
         match &self.runtime {
             Runtime::Containerd(c) => c,
-            Runtime::Docker(_) => panic!("node {} runs dockerd, not containerd", self.name),
+            other => panic!("node {} runs {}, not containerd", self.name, other.kind()),
         }
     }
 
-    /// The node's containerd, to restart it; panics on a Docker node.
-    /// The node's Docker Engine; panics on a containerd node.
-    pub fn dockerd(&self) -> &Dockerd {
-        match &self.runtime {
-            Runtime::Docker(d) => d,
-            Runtime::Containerd(_) => panic!("node {} runs containerd, not dockerd", self.name),
-        }
-    }
-
+    /// The node's containerd, to restart it; panics on another runtime's node.
     pub fn containerd_mut(&mut self) -> &mut Containerd {
         match &mut self.runtime {
             Runtime::Containerd(c) => c,
-            Runtime::Docker(_) => panic!("node {} runs dockerd, not containerd", self.name),
+            other => panic!("node {} runs {}, not containerd", self.name, other.kind()),
+        }
+    }
+
+    /// The node's CRI runtime (containerd or CRI-O); panics on a Docker node.
+    pub fn cri(&self) -> &CriDaemon {
+        self.runtime
+            .cri_or_docker()
+            .unwrap_or_else(|_| panic!("node {} runs dockerd, not a CRI runtime", self.name))
+    }
+
+    /// The node's Docker Engine; panics on another runtime's node.
+    pub fn dockerd(&self) -> &Dockerd {
+        match &self.runtime {
+            Runtime::Docker(d) => d,
+            other => panic!("node {} runs {}, not dockerd", self.name, other.kind()),
         }
     }
 
@@ -334,9 +368,9 @@ impl Node {
     /// Runs a sandbox for the pod in the node's runtime; returns its id.
     pub async fn run_sandbox(&self, uid: &str, namespace: &str, name: &str) -> String {
         let namespace = self.ns(namespace);
-        match &self.runtime {
-            Runtime::Containerd(c) => c.run_pod_sandbox(uid, name, &namespace).await,
-            Runtime::Docker(d) => d.run_sandbox(uid, name, &namespace).await,
+        match self.runtime.cri_or_docker() {
+            Ok(cri) => cri.run_pod_sandbox(uid, name, &namespace).await,
+            Err(docker) => docker.run_sandbox(uid, name, &namespace).await,
         }
     }
 
@@ -344,11 +378,10 @@ impl Node {
     /// the kubelet does through `pods/status` (a re-created sandbox restarts every container:
     /// report a new id and a higher restart count).
     pub fn report_running(&self, namespace: &str, name: &str, container: &str, restarts: u32) {
-        let (runtime, _) = self.runtime_endpoint();
-        let scheme = if runtime == "docker" {
-            "docker"
-        } else {
-            "containerd"
+        // The scheme the kubelet reports: the runtime's name in CRI `Version`.
+        let scheme = match self.runtime {
+            Runtime::Crio(_) => "cri-o",
+            _ => self.runtime.kind(),
         };
         self.cluster
             .admin()
@@ -368,9 +401,9 @@ impl Node {
 
     /// The network namespace of a sandbox.
     pub async fn netns(&self, sandbox: &str) -> PathBuf {
-        match &self.runtime {
-            Runtime::Containerd(c) => c.sandbox_netns(sandbox).await,
-            Runtime::Docker(d) => d.sandbox_netns(sandbox).await,
+        match self.runtime.cri_or_docker() {
+            Ok(cri) => cri.sandbox_netns(sandbox).await,
+            Err(docker) => docker.sandbox_netns(sandbox).await,
         }
     }
 
@@ -380,12 +413,12 @@ impl Node {
     pub async fn delete_pod(&self, namespace: &str, name: &str, sandbox: Option<&str>) {
         self.mark_terminating(namespace, name);
         if let Some(sandbox) = sandbox {
-            match &self.runtime {
-                Runtime::Containerd(c) => {
-                    c.stop_pod_sandbox(sandbox).await;
-                    c.remove_pod_sandbox(sandbox).await;
+            match self.runtime.cri_or_docker() {
+                Ok(cri) => {
+                    cri.stop_pod_sandbox(sandbox).await;
+                    cri.remove_pod_sandbox(sandbox).await;
                 }
-                Runtime::Docker(d) => d.stop(sandbox).await,
+                Err(docker) => docker.stop(sandbox).await,
             }
         }
         self.remove_pod(namespace, name);

@@ -1,4 +1,4 @@
-//! The real test host works: private containerd and dockerd give pod sandboxes with findable
+//! The real test host works: private containerd, CRI-O and dockerd give pod sandboxes with findable
 //! network namespaces, the Debian CNI plugins plug interfaces into a netns, and the fixtures
 //! leave nothing behind. Runs as root against the real daemons.
 
@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use k8s_cri::v1::PodSandboxStatusRequest;
-use testkit::host::{Containerd, Dockerd, SubnetLease};
+use testkit::host::{CRIO_NAMESPACES_DIR, Containerd, Crio, Dockerd, SubnetLease};
 use testkit::netns::{TestNetns, unique_name};
 use testkit::prereq;
 
@@ -203,6 +203,65 @@ async fn dropping_containerd_leaves_no_process_mount_netns_or_dir() {
         "bridge {bridge} should be removed"
     );
     assert_no_process_names(&dir);
+}
+
+/// CRI-O pins each sandbox's namespaces in `/var/run/{netns,ipcns,utsns}/<id>`, outside its
+/// instance dir: dropping the fixture removes them, through CRI when the daemon runs and by the
+/// recorded id when it is already down (a test that stopped it, or a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_crio_leaves_no_process_pinned_namespace_mount_or_dir() {
+    for daemon_down in [false, true] {
+        let mut crio = Crio::start().await;
+        let id = crio
+            .run_pod_sandbox("uid-crio-1", "pinned", "default")
+            .await;
+        let netns = crio.sandbox_netns(&id).await;
+        let pin = netns.file_name().expect("a pinned file").to_owned();
+        let pinned: Vec<PathBuf> = ["netns", "ipcns", "utsns"]
+            .iter()
+            .map(|kind| Path::new(CRIO_NAMESPACES_DIR).join(kind).join(&pin))
+            .collect();
+        for path in &pinned {
+            assert!(path.exists(), "CRI-O pinned {}", path.display());
+        }
+        let eth0 = interface_addresses(&netns, "eth0").expect("eth0 inside the sandbox netns");
+        assert!(
+            eth0.iter()
+                .any(|addr| addr.starts_with(&prefix_of(&crio.subnet()))),
+            "eth0 addresses {eth0:?} should be in {}",
+            crio.subnet()
+        );
+        if daemon_down {
+            crio.stop_daemon().await;
+        }
+        let (pid, dir, bridge) = (
+            crio.pid(),
+            crio.dir().to_path_buf(),
+            crio.bridge().to_owned(),
+        );
+
+        drop(crio);
+
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "crio {pid} is gone"
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        for path in &pinned {
+            assert!(!path.exists(), "{} should be removed", path.display());
+            assert!(
+                !mountinfo.contains(&path.display().to_string()),
+                "{} should be unmounted",
+                path.display()
+            );
+        }
+        assert!(!dir.exists(), "{} should be removed", dir.display());
+        assert!(
+            !Path::new("/sys/class/net").join(&bridge).exists(),
+            "bridge {bridge} should be removed"
+        );
+        assert_no_process_names(&dir);
+    }
 }
 
 /// Fails when a process (a shim, docker's containerd) still names `dir` on its command line.

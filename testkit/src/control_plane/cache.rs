@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use crate::tool_cache;
+
 const GO_MOD: &str = include_str!("../../controlplane/go.mod");
 
 /// The cache the setup script builds into.
@@ -34,36 +36,20 @@ pub fn bin_dir() -> PathBuf {
 /// The path of one of `etcd`, `kube-apiserver`, `kube-controller-manager`, `kubectl`; panics
 /// naming the setup script when it has not been built on this machine.
 pub fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    if !path.is_file() {
-        panic!(
-            "{} is missing: the control plane ({name} of Kubernetes {} / etcd {}) is built by \
-             scripts/setup-test-host.sh (needs the Go module proxy)",
-            path.display(),
+    tool_cache::binary(
+        &bin_dir(),
+        name,
+        &format!(
+            "the control plane ({name} of Kubernetes {} / etcd {})",
             kubernetes_version(),
             etcd_version()
-        );
-    }
-    path
+        ),
+    )
 }
 
-/// The version go.mod requires for `module` (a `require` line `module vX.Y.Z`).
+/// The version go.mod requires for `module`.
 fn required_version(module: &str) -> &'static str {
-    GO_MOD
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let first = words.next()?;
-            // `require module v` on one line, or `module v` inside a require block.
-            let (name, version) = if first == "require" {
-                (words.next()?, words.next()?)
-            } else {
-                (first, words.next()?)
-            };
-            (name == module && version.starts_with('v')).then_some(version)
-        })
-        .next()
-        .unwrap_or_else(|| panic!("testkit/controlplane/go.mod requires no {module}"))
+    tool_cache::required_version(GO_MOD, "testkit/controlplane/go.mod", module)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! A real test host: private containerd and dockerd instances and the local images they run.
+//! A real test host: private containerd, CRI-O and dockerd instances and the local images they
+//! run.
 //!
 //! podagent's runtime path (find a pod sandbox, enter its netns, run CNI) is only covered when it
 //! runs against the real runtimes, so tests start their own daemons instead of mocking them. Each
@@ -13,11 +14,15 @@
 //! the instance dir are detached and the dir is removed.
 
 mod containerd;
+mod cri;
+mod crio;
 mod dockerd;
 mod images;
 pub(crate) mod process;
 
 pub use containerd::Containerd;
+pub use cri::CriDaemon;
+pub use crio::{Crio, NAMESPACES_DIR as CRIO_NAMESPACES_DIR, binary as crio_binary, crio_version};
 pub use dockerd::Dockerd;
 pub use images::{BUSYBOX_IMAGE, IMAGE_DIR, PAUSE_IMAGE, image_tar};
 pub use process::SubnetLease;

@@ -6,8 +6,8 @@
 //! neither, so the demo builds the smallest honest stand-in for one node and keeps everything
 //! real: etcd, kube-apiserver and kube-controller-manager (`testkit::control_plane`, built by
 //! `scripts/setup-test-host.sh`, started by the `control-plane` command next to this binary)
-//! are the cluster; a private containerd runs the two pods of `hello-multi-net` as real pod
-//! sandboxes; and the real `podagent` binary, on the credentials the shipped RBAC grants it,
+//! are the cluster; a private containerd (or, with `--runtime crio`, CRI-O) runs the two pods of
+//! `hello-multi-net` as real pod sandboxes; and the real `podagent` binary, on the credentials the shipped RBAC grants it,
 //! watches the node and runs the Debian `bridge` and `host-local` plugins. In direct mode (the
 //! default) podagent reads the `data` Network of `examples/data-net.yaml` itself and runs its
 //! config (bridge `data-br`, addresses from its range); in kactus mode (`--mode kactus`) the
@@ -22,11 +22,11 @@
 //! Each step waits for its outcome (the interface in the sandbox's netns and podagent's Event)
 //! for a bounded time and fails the demo with a message saying what did not happen. Everything
 //! the demo starts or creates is removed on exit, also on SIGINT/SIGTERM: podagent is stopped by
-//! PID, containerd removes the sandboxes (and their netns) before it is stopped, the node's
+//! PID, the runtime removes the sandboxes (and their netns) before it is stopped, the node's
 //! bridge and dir are deleted, the cleanup is verified and printed, and the control plane stops
 //! and removes its dir once this process has exited.
 //!
-//! `node` starts and tears down the node (control plane, containerd, podagent); `steps`
+//! `node` starts and tears down the node (control plane, runtime, podagent); `steps`
 //! replays the example on it.
 
 mod node;
@@ -77,6 +77,9 @@ struct Args {
     /// config (a stand-in for kactus).
     #[arg(long, default_value = "direct", value_parser = ["direct", "npwg", "kactus"])]
     mode: String,
+    /// The node's container runtime: a private `containerd` or `crio` (CRI-O).
+    #[arg(long, default_value = "containerd", value_parser = ["containerd", "crio"])]
+    runtime: String,
 }
 
 /// The bridge `examples/data-net.yaml` attaches the `data` network to (direct mode).
@@ -122,7 +125,7 @@ struct DemoPod {
 }
 
 impl DemoPod {
-    /// The netns name `ip -n` takes (containerd bind-mounts it under /var/run/netns).
+    /// The netns name `ip -n` takes (containerd and CRI-O both put it under /var/run/netns).
     fn netns_name(&self) -> String {
         self.netns
             .file_name()
@@ -132,7 +135,7 @@ impl DemoPod {
 }
 
 /// Everything the demo runs. Fields drop in this order: podagent first (so it does not react to
-/// the teardown), then the node (containerd with the sandboxes, the bridge, the node's dir).
+/// the teardown), then the node (the runtime with the sandboxes, the bridge, the node's dir).
 /// The control plane is the process's shared one: it stops when the process exits.
 struct Demo {
     /// `None` once stopped.

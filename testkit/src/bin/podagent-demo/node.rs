@@ -1,4 +1,4 @@
-//! The demo's node: the shared control plane, a `testkit::node::Node` (private containerd, the
+//! The demo's node: the shared control plane, a `testkit::node::Node` (private runtime, the
 //! node's CNI config, podagent's state dir) and the real podagent on it, started in an order
 //! that lets each wait for the previous one, and torn down in the reverse order with a check
 //! that nothing is left.
@@ -46,18 +46,24 @@ impl Demo {
              the demo binds the pods to the node itself and does the kubelet's part.",
         );
 
-        let node = Node::with_containerd(&args.podagent).await;
-        let containerd = node.containerd();
+        let (node, runtime) = if args.runtime == "crio" {
+            let version = testkit::host::crio_version().trim_start_matches('v');
+            let node = Node::with_crio(&args.podagent).await;
+            (node, format!("CRI-O {version}"))
+        } else {
+            let node = Node::with_containerd(&args.podagent).await;
+            (node, format!("containerd {}", containerd_version()))
+        };
+        let cri = node.cri();
         println!(
-            "container runtime: a private containerd {} (pid {}), socket {}",
-            containerd_version(),
-            containerd.pid(),
-            containerd.socket().display()
+            "container runtime: a private {runtime} (pid {}), socket {}",
+            cri.pid(),
+            cri.socket().display()
         );
         println!(
-            "  pods get eth0 from containerd's own CNI network (bridge {}, {}): their default network",
-            containerd.bridge(),
-            containerd.subnet()
+            "  pods get eth0 from the runtime's own CNI network (bridge {}, {}): their default network",
+            cri.bridge(),
+            cri.subnet()
         );
         let npwg = args.mode == "npwg";
         let direct = args.mode == "direct" || npwg;
@@ -321,21 +327,21 @@ impl Demo {
             data_leases_existed,
             ..
         } = self;
-        let containerd_pid = node.containerd().pid();
-        let containerd_dir = node.containerd().dir().to_owned();
+        let runtime_pid = node.cri().pid();
+        let runtime_dir = node.cri().dir().to_owned();
         let node_dir = node_dir(&node);
         // Direct mode: no conflist, so no bridge of the node's own; data-br is the one made.
         let bridge = match conflist(&node) {
             (_, bridge) if !bridge.is_empty() => bridge,
             _ => DATA_BRIDGE.to_owned(),
         };
-        // The node's drop deletes its bridge; containerd's stops and removes every sandbox
+        // The node's drop deletes its bridge; the runtime's stops and removes every sandbox
         // through CRI (which runs CNI DEL and deletes the netns), then stops the daemon and
         // removes its dir; then the node's dir goes. It blocks.
         tokio::task::block_in_place(|| drop(node));
         println!(
-            "containerd (pid {containerd_pid}): sandboxes removed, daemon stopped, {} removed",
-            containerd_dir.display()
+            "container runtime (pid {runtime_pid}): sandboxes removed, daemon stopped, {} removed",
+            runtime_dir.display()
         );
         if direct {
             println!("node: {} removed", node_dir.display());
@@ -378,7 +384,7 @@ impl Demo {
                 "{DATA_LEASES} (the data Network's host-local state, all leases released): removed"
             );
         }
-        for path in [&node_dir, &containerd_dir] {
+        for path in [&node_dir, &runtime_dir] {
             if path.exists() {
                 left.push(path.display().to_string());
             }
@@ -387,7 +393,7 @@ impl Demo {
             println!(
                 "✓ nothing left: no pod netns, no bridge {bridge}, no {}, no {}",
                 node_dir.display(),
-                containerd_dir.display()
+                runtime_dir.display()
             );
         } else {
             println!("✗ left behind: {}", left.join(", "));

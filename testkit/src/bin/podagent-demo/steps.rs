@@ -64,10 +64,16 @@ impl Demo {
         say(&format!(
             "The seed: kubectl run hello-multi-net --image=alpine --replicas=2 -- top\n\
              There is no scheduler or kubelet here, so the demo creates the two pods through the API\n\
-             bound to node {node}, and does the kubelet's part: a real containerd pod sandbox per\n\
-             pod (its pause process holds the pod's netns, eth0 from containerd's CNI), then the\n\
-             pod's status through pods/status (Running on {node}, with its IP).",
-            node = self.node.name()
+             bound to node {node}, and does the kubelet's part: a real pod sandbox per pod, then\n\
+             the pod's status through pods/status (Running on {node}, with its IP).\n{holder}",
+            node = self.node.name(),
+            holder = if self.node.runtime_endpoint().0 == "crio" {
+                "CRI-O's pinns pins the pod's netns at /var/run/netns/<id>, and no process holds it;\n\
+                 eth0 is from CRI-O's own CNI network."
+            } else {
+                "The sandbox's pause process holds the pod's netns; eth0 is from containerd's own CNI\n\
+                 network."
+            }
         ));
         for name in POD_NAMES {
             let pod = self.create_pod(name).await?;
@@ -330,7 +336,7 @@ impl Demo {
     async fn sandboxes(&self, pod: &DemoPod) -> Result<Vec<(String, String, String)>, DemoError> {
         let items = self
             .node
-            .containerd()
+            .cri()
             .runtime_client()
             .await
             .list_pod_sandbox(ListPodSandboxRequest {

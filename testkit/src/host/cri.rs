@@ -1,0 +1,518 @@
+//! What the two CRI runtime fixtures (containerd and CRI-O) share: one private daemon answering
+//! CRI on a socket in its own dir, with pod sandboxes made the way the kubelet makes them, a
+//! bridge CNI network on a leased subnet, and the teardown.
+//!
+//! The runtimes differ in how they are configured, started and fed images, and in where they
+//! put a sandbox's netns (containerd bind-mounts `cni-<uuid>` under `/var/run/netns`; CRI-O's
+//! pinns pins it under its `namespaces_dir`, with no infra process at all); that stays in
+//! their own modules. Everything CRI can do is done here, once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest, VersionRequest,
+};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::process::{self, Daemon, SubnetLease};
+use crate::netns::unique_name;
+use crate::prereq;
+
+/// How long the daemon may take to answer on its socket after a (re)start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The checks both runtimes need before they start: root, runc, the Debian CNI plugins.
+pub(crate) fn require_common() {
+    prereq::require_root();
+    prereq::require_command("runc", "runc");
+    prereq::require_path(
+        Path::new("/usr/lib/cni/bridge"),
+        "the Debian package containernetworking-plugins",
+    );
+}
+
+/// A fresh private dir for a runtime instance, kept until the fixture removes it.
+pub(crate) fn instance_dir(prefix: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|err| panic!("cannot create a temp dir for {prefix}: {err}"))
+        .keep()
+}
+
+/// How a runtime fixture's daemon is run: what [`CriDaemon`] needs to know of it.
+pub(crate) struct Flavor {
+    /// The daemon's name in messages and its log file's (`<dir>/<name>.log`).
+    pub name: &'static str,
+    /// The daemon's command line for the instance dir.
+    pub command: fn(&Path) -> Command,
+    /// The socket it answers CRI on.
+    pub socket: PathBuf,
+    /// Where runc keeps the instance's container state.
+    pub runc_root: PathBuf,
+    /// Other namespace kinds the runtime pins beside a sandbox's netns, under the same file
+    /// name in sibling dirs (CRI-O's pinns: `/var/run/utsns/<id>` beside `/var/run/netns/<id>`).
+    pub pinned_siblings: &'static [&'static str],
+}
+
+/// A running private CRI runtime; stopped, and everything it made removed, on drop.
+#[derive(Debug)]
+pub struct CriDaemon {
+    name: &'static str,
+    dir: PathBuf,
+    socket: PathBuf,
+    command: fn(&Path) -> Command,
+    daemon: Daemon,
+    bridge: String,
+    lease: SubnetLease,
+    runc_root: PathBuf,
+    pinned_siblings: &'static [&'static str],
+    /// Netns files of sandboxes seen, removed by hand on drop if the runtime left them.
+    netns: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl CriDaemon {
+    /// Spawns the `flavor` of daemon for the instance in `dir` and waits until CRI answers.
+    /// `bridge` and `lease` are the CNI network its config names ([`cni_network`]).
+    pub(crate) async fn start(
+        flavor: Flavor,
+        dir: PathBuf,
+        (bridge, lease): (String, SubnetLease),
+    ) -> CriDaemon {
+        let name = flavor.name;
+        let daemon = Daemon::spawn(
+            name,
+            (flavor.command)(&dir),
+            &dir.join(format!("{name}.log")),
+        );
+        let mut cri = CriDaemon {
+            name,
+            dir,
+            socket: flavor.socket,
+            command: flavor.command,
+            daemon,
+            bridge,
+            lease,
+            runc_root: flavor.runc_root,
+            pinned_siblings: flavor.pinned_siblings,
+            netns: Mutex::new(BTreeSet::new()),
+        };
+        cri.wait_ready().await;
+        cri
+    }
+
+    /// The CRI socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The instance's private dir (root, state, CNI config, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The daemon's process id (it changes on [`CriDaemon::restart`]).
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// The subnet the instance's CNI network hands out, `198.19.<n>.0/24`.
+    pub fn subnet(&self) -> String {
+        self.lease.subnet()
+    }
+
+    /// The host bridge the instance's CNI network attaches sandboxes to.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// The directory runc keeps the instance's containers' state in.
+    pub fn runc_root(&self) -> &Path {
+        &self.runc_root
+    }
+
+    /// The end of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.daemon.log_tail()
+    }
+
+    /// A CRI runtime client on a fresh connection to the socket.
+    pub async fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
+        let channel = connect(&self.socket).await.unwrap_or_else(|err| {
+            panic!(
+                "cannot connect to {} at {}: {err}",
+                self.name,
+                self.socket.display()
+            )
+        });
+        RuntimeServiceClient::new(channel)
+    }
+
+    /// Creates a pod sandbox the way the kubelet does (metadata, and the `io.kubernetes.pod.*`
+    /// labels) and returns its id. Its netns gets `eth0` from the instance's bridge network.
+    pub async fn run_pod_sandbox(&self, uid: &str, name: &str, namespace: &str) -> String {
+        let labels = HashMap::from([
+            ("io.kubernetes.pod.uid".to_owned(), uid.to_owned()),
+            ("io.kubernetes.pod.name".to_owned(), name.to_owned()),
+            (
+                "io.kubernetes.pod.namespace".to_owned(),
+                namespace.to_owned(),
+            ),
+        ]);
+        let log_directory = self.dir.join("pods").join(uid);
+        fs::create_dir_all(&log_directory)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log_directory.display()));
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_owned(),
+                uid: uid.to_owned(),
+                namespace: namespace.to_owned(),
+                attempt: 0,
+            }),
+            hostname: name.to_owned(),
+            log_directory: log_directory.display().to_string(),
+            labels,
+            // What the kubelet asks for a pod without `shareProcessNamespace`: network and IPC
+            // per pod, PID per container. (The zero value would be a pod-wide PID namespace,
+            // which makes CRI-O run an infra process to hold it.)
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod.into(),
+                        pid: NamespaceMode::Container.into(),
+                        ipc: NamespaceMode::Pod.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .runtime_client()
+            .await
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|status| {
+                panic!(
+                    "RunPodSandbox for pod {namespace}/{name} failed: {status}; {} log:\n{}",
+                    self.name,
+                    self.daemon.log_tail()
+                )
+            })
+            .into_inner()
+            .pod_sandbox_id;
+        let netns = self.sandbox_netns(&id).await;
+        self.record_netns(netns);
+        id
+    }
+
+    /// The network namespace file of sandbox `id`, from the verbose `PodSandboxStatus`
+    /// (`info["info"].runtimeSpec.linux.namespaces[type=network].path`).
+    pub async fn sandbox_netns(&self, id: &str) -> PathBuf {
+        sandbox_netns_at(&self.socket, id)
+            .await
+            .unwrap_or_else(|err| panic!("cannot find the netns of sandbox {id}: {err}"))
+    }
+
+    /// Stops sandbox `id` (the runtime runs CNI DEL and removes its netns).
+    pub async fn stop_pod_sandbox(&self, id: &str) {
+        self.runtime_client()
+            .await
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("StopPodSandbox {id} failed: {status}"));
+    }
+
+    /// Removes stopped sandbox `id`.
+    pub async fn remove_pod_sandbox(&self, id: &str) {
+        self.runtime_client()
+            .await
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("RemovePodSandbox {id} failed: {status}"));
+    }
+
+    /// Stops the daemon and starts it again on the same dirs and socket; sandboxes keep their
+    /// netns (and containers their monitors), as with a runtime upgrade on a real node.
+    pub async fn restart(&mut self) {
+        self.stop_daemon().await;
+        self.start_daemon().await;
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 2 s) and leaves it down, so a
+    /// test can watch a client fail and then recover after [`CriDaemon::start_daemon`].
+    /// Sandboxes keep running.
+    pub async fn stop_daemon(&mut self) {
+        self.daemon.stop_async().await;
+    }
+
+    /// Starts the daemon again on the same dirs and socket (stopping it first if it runs) and
+    /// waits until CRI answers.
+    pub async fn start_daemon(&mut self) {
+        self.daemon.stop_async().await;
+        self.daemon = Daemon::spawn(
+            self.name,
+            (self.command)(&self.dir),
+            &self.dir.join(format!("{}.log", self.name)),
+        );
+        self.wait_ready().await;
+    }
+
+    /// Polls the socket until CRI answers `Version`, or panics with the daemon's log.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.daemon.assert_running();
+            if let Ok(channel) = connect(&self.socket).await
+                && RuntimeServiceClient::new(channel)
+                    .version(VersionRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not answer on {} within {READY_TIMEOUT:?}; log:\n{}",
+                    self.name,
+                    self.socket.display(),
+                    self.daemon.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn record_netns(&self, netns: PathBuf) {
+        self.netns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(netns);
+    }
+
+    /// Stops and removes every sandbox through CRI, so the runtime runs CNI DEL and tears down
+    /// netns and mounts itself; records their netns files in case it fails to.
+    fn remove_all_sandboxes(&self) {
+        let socket = self.socket.clone();
+        let found = process::block_on_aside(async move {
+            let work = async {
+                let mut client = RuntimeServiceClient::new(connect(&socket).await.ok()?);
+                let sandboxes = client
+                    .list_pod_sandbox(ListPodSandboxRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .items;
+                let mut netns = Vec::new();
+                for sandbox in sandboxes {
+                    let id = sandbox.id;
+                    if let Ok(path) = sandbox_netns_at(&socket, &id).await {
+                        netns.push(path);
+                    }
+                    let _ = client
+                        .stop_pod_sandbox(StopPodSandboxRequest {
+                            pod_sandbox_id: id.clone(),
+                        })
+                        .await;
+                    let _ = client
+                        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                        .await;
+                }
+                Some(netns)
+            };
+            tokio::time::timeout(Duration::from_secs(60), work)
+                .await
+                .ok()
+                .flatten()
+        });
+        for netns in found.flatten().unwrap_or_default() {
+            self.record_netns(netns);
+        }
+    }
+
+    /// Force-deletes containers runc still knows in the private runc root (when CRI could not
+    /// stop them), so no container process outlives the instance.
+    fn delete_runc_leftovers(&self) {
+        if !self.runc_root.is_dir() {
+            return;
+        }
+        let Ok(out) = Command::new("runc")
+            .arg("--root")
+            .arg(&self.runc_root)
+            .args(["list", "-q"])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&self.runc_root)
+                .args(["delete", "--force", id])
+                .output();
+        }
+    }
+}
+
+impl Drop for CriDaemon {
+    fn drop(&mut self) {
+        self.remove_all_sandboxes();
+        self.delete_runc_leftovers();
+        self.daemon.stop();
+        process::kill_processes_naming(&self.dir);
+        let netns = std::mem::take(
+            &mut *self
+                .netns
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for path in netns {
+            if let (Some(kinds), Some(id)) =
+                (path.parent().and_then(Path::parent), path.file_name())
+            {
+                for kind in self.pinned_siblings {
+                    let sibling = kinds.join(kind).join(id);
+                    if sibling.exists() {
+                        process::remove_netns_file(&sibling);
+                    }
+                }
+            }
+            process::remove_netns_file(&path);
+        }
+        process::unmount_under(&self.dir);
+        process::delete_link(&self.bridge);
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            eprintln!(
+                "{} fixture: cannot remove {}: {err}",
+                self.name,
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Opens a tonic channel over the unix socket at `socket`.
+async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    // The URI is required by tonic but unused: the connector always dials the socket.
+    Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+}
+
+/// Reads the netns path of sandbox `id` out of the verbose status JSON.
+async fn sandbox_netns_at(socket: &Path, id: &str) -> Result<PathBuf, String> {
+    let channel = connect(socket).await.map_err(|err| err.to_string())?;
+    let response = RuntimeServiceClient::new(channel)
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .map_err(|status| format!("PodSandboxStatus: {status}"))?
+        .into_inner();
+    let info = response
+        .info
+        .get("info")
+        .ok_or("verbose status has no info[\"info\"]")?;
+    let info: serde_json::Value =
+        serde_json::from_str(info).map_err(|err| format!("info[\"info\"] is not JSON: {err}"))?;
+    info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|ns| ns["type"] == "network")
+        .and_then(|ns| ns["path"].as_str())
+        .map(PathBuf::from)
+        .ok_or_else(|| "runtimeSpec.linux.namespaces has no network path".to_owned())
+}
+
+/// A bridge name and subnet of the instance's own, and its CNI conflist written to
+/// `<dir>/net.d/10-podagent-test.conflist`: the bridge plugin with host-local addresses from the
+/// lease (data in `<dir>/ipam`), no gateway and no masquerade, so nothing appears in the host's
+/// namespace but the bridge.
+pub(crate) fn cni_network(dir: &Path) -> (String, SubnetLease) {
+    let lease = SubnetLease::acquire();
+    let bridge = unique_name("cbr");
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podagent-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": lease.subnet() }]],
+                "dataDir": dir.join("ipam"),
+            },
+        }],
+    });
+    write_file(
+        &dir.join("net.d/10-podagent-test.conflist"),
+        &conflist.to_string(),
+    );
+    (bridge, lease)
+}
+
+/// Writes `text` to `path`, creating its parent dirs; panics naming the path.
+pub(crate) fn write_file(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", parent.display()));
+    }
+    fs::write(path, text).unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+}
+
+/// Whether an overlay mount with its upper dir in `dir` succeeds (probe mounted and unmounted).
+pub(crate) fn overlay_works(dir: &Path) -> bool {
+    let probe = dir.join("overlay-probe");
+    let [lower, upper, work, merged] = ["lower", "upper", "work", "merged"].map(|d| probe.join(d));
+    for d in [&lower, &upper, &work, &merged] {
+        if fs::create_dir_all(d).is_err() {
+            return false;
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let mounted = nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .is_ok();
+    if mounted {
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = fs::remove_dir_all(&probe);
+    mounted
+}
