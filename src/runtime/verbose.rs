@@ -1,11 +1,12 @@
 //! The network namespace path inside a CRI runtime's verbose `PodSandboxStatus` info.
 //!
 //! CRI has no field for the sandbox's netns path; kubelet never needs it. Both containerd and
-//! CRI-O put the sandbox's OCI runtime spec (and the sandbox process pid) into the verbose
-//! `info["info"]` JSON, and the spec's `linux.namespaces[type=network].path` is the path the
-//! runtime itself handed to CNI. Using it verbatim matters: the original podagent rewrote it
-//! and broke on runtimes that pin namespaces elsewhere. When the spec names a network namespace
-//! without a path (the sandbox process created it), `/proc/<pid>/ns/net` reaches the same one.
+//! CRI-O put the sandbox's OCI runtime spec (and the sandbox process pid, when there is one: a
+//! CRI-O sandbox without an infra container has none) into the verbose `info["info"]` JSON, and
+//! the spec's `linux.namespaces[type=network].path` is the path the runtime itself handed to
+//! CNI. Using it verbatim matters: the original podagent rewrote it and broke on runtimes that
+//! pin namespaces elsewhere. When the spec names a network namespace without a path (the
+//! sandbox process created it), `/proc/<pid>/ns/net` reaches the same one.
 //!
 //! Kept apart from the gRPC code so the parsing is unit-tested against recorded answers.
 
@@ -97,8 +98,11 @@ mod tests {
         HashMap::from([(INFO_KEY.to_owned(), json.to_owned())])
     }
 
+    /// A sandbox with an infra container (a pod sharing its PID namespace): pid, image and
+    /// spec. The sandboxes of the real CRI-O in the integration tests have none (per-container
+    /// PID, as the kubelet asks by default), and CRI-O then answers with the spec alone.
     #[test]
-    fn crio_recorded_info_yields_the_pinned_namespace_path() {
+    fn crio_infra_container_info_yields_the_pinned_namespace_path() {
         let path = sandbox_netns(&info(include_str!("testdata/crio-sandbox-info.json")))
             .expect("CRI-O verbose info has a netns path");
         assert_eq!(
@@ -149,7 +153,7 @@ mod tests {
             sandbox_netns(&info(r#"{"pid":0}"#)),
             Err(VerboseInfoError::NoNetnsPath)
         ));
-        // CRI-O answers `{}` for sandboxes whose infra container is spoofed.
+        // Nothing to go on at all.
         assert!(matches!(
             sandbox_netns(&info("{}")),
             Err(VerboseInfoError::NoNetnsPath)
