@@ -65,12 +65,185 @@ pub(crate) struct Flavor {
     pub pinned_siblings: &'static [&'static str],
 }
 
-/// A running private CRI runtime; stopped, and everything it made removed, on drop.
+/// CRI on a unix socket, used the way the kubelet uses it. [`CriDaemon`] is one on a daemon the
+/// test owns; a runtime inside a booted node (`testkit::nspawn`) is reached through one alone.
+#[derive(Debug, Clone)]
+pub struct CriSocket {
+    /// The runtime's name, for messages.
+    name: &'static str,
+    socket: PathBuf,
+}
+
+impl CriSocket {
+    /// CRI of runtime `name` at `socket`.
+    pub fn new(name: &'static str, socket: impl Into<PathBuf>) -> CriSocket {
+        CriSocket {
+            name,
+            socket: socket.into(),
+        }
+    }
+
+    /// The CRI socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A CRI runtime client on a fresh connection to the socket.
+    pub async fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
+        let channel = connect(&self.socket).await.unwrap_or_else(|err| {
+            panic!(
+                "cannot connect to {} at {}: {err}",
+                self.name,
+                self.socket.display()
+            )
+        });
+        RuntimeServiceClient::new(channel)
+    }
+
+    /// Creates a pod sandbox the way the kubelet does (metadata, the `io.kubernetes.pod.*`
+    /// labels, its namespaces) with its logs in `log_dir`; its id, or the runtime's refusal.
+    pub async fn try_run_pod_sandbox(
+        &self,
+        uid: &str,
+        name: &str,
+        namespace: &str,
+        log_dir: &Path,
+    ) -> Result<String, tonic::Status> {
+        let labels = HashMap::from([
+            ("io.kubernetes.pod.uid".to_owned(), uid.to_owned()),
+            ("io.kubernetes.pod.name".to_owned(), name.to_owned()),
+            (
+                "io.kubernetes.pod.namespace".to_owned(),
+                namespace.to_owned(),
+            ),
+        ]);
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_owned(),
+                uid: uid.to_owned(),
+                namespace: namespace.to_owned(),
+                attempt: 0,
+            }),
+            hostname: name.to_owned(),
+            log_directory: log_dir.display().to_string(),
+            labels,
+            // What the kubelet asks for a pod without `shareProcessNamespace`: network and IPC
+            // per pod, PID per container. (The zero value would be a pod-wide PID namespace,
+            // which makes CRI-O run an infra process to hold it.)
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod.into(),
+                        pid: NamespaceMode::Container.into(),
+                        ipc: NamespaceMode::Pod.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Ok(self
+            .runtime_client()
+            .await
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    /// The network namespace file of sandbox `id`, from the verbose `PodSandboxStatus`
+    /// (`info["info"].runtimeSpec.linux.namespaces[type=network].path`), as the runtime sees it.
+    pub async fn sandbox_netns(&self, id: &str) -> PathBuf {
+        sandbox_netns_at(&self.socket, id)
+            .await
+            .unwrap_or_else(|err| panic!("cannot find the netns of sandbox {id}: {err}"))
+    }
+
+    /// Stops sandbox `id` (the runtime runs CNI DEL and removes its netns).
+    pub async fn stop_pod_sandbox(&self, id: &str) {
+        self.runtime_client()
+            .await
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("StopPodSandbox {id} failed: {status}"));
+    }
+
+    /// Removes stopped sandbox `id`.
+    pub async fn remove_pod_sandbox(&self, id: &str) {
+        self.runtime_client()
+            .await
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("RemovePodSandbox {id} failed: {status}"));
+    }
+
+    /// Whether the runtime answers CRI `Version`.
+    pub async fn answers(&self) -> bool {
+        match connect(&self.socket).await {
+            Ok(channel) => RuntimeServiceClient::new(channel)
+                .version(VersionRequest::default())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops and removes every sandbox, so the runtime runs CNI DEL and tears down netns and
+    /// mounts itself; the netns files they had, in case it fails to. Blocks the thread (for
+    /// `Drop`), for at most a minute.
+    pub fn remove_all_sandboxes(&self) -> Vec<PathBuf> {
+        let socket = self.socket.clone();
+        let found = process::block_on_aside(async move {
+            let work = async {
+                let mut client = RuntimeServiceClient::new(connect(&socket).await.ok()?);
+                let sandboxes = client
+                    .list_pod_sandbox(ListPodSandboxRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .items;
+                let mut netns = Vec::new();
+                for sandbox in sandboxes {
+                    let id = sandbox.id;
+                    if let Ok(path) = sandbox_netns_at(&socket, &id).await {
+                        netns.push(path);
+                    }
+                    let _ = client
+                        .stop_pod_sandbox(StopPodSandboxRequest {
+                            pod_sandbox_id: id.clone(),
+                        })
+                        .await;
+                    let _ = client
+                        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                        .await;
+                }
+                Some(netns)
+            };
+            tokio::time::timeout(Duration::from_secs(60), work)
+                .await
+                .ok()
+                .flatten()
+        });
+        found.flatten().unwrap_or_default()
+    }
+}
+
+/// A running private CRI runtime; stopped, and everything it made removed, on drop. Its CRI
+/// calls are [`CriSocket`]'s.
 #[derive(Debug)]
 pub struct CriDaemon {
     name: &'static str,
     dir: PathBuf,
-    socket: PathBuf,
+    cri: CriSocket,
     command: fn(&Path) -> Command,
     daemon: Daemon,
     bridge: String,
@@ -97,8 +270,8 @@ impl CriDaemon {
         );
         let mut cri = CriDaemon {
             name,
+            cri: CriSocket::new(name, flavor.socket),
             dir,
-            socket: flavor.socket,
             command: flavor.command,
             daemon,
             bridge,
@@ -109,11 +282,6 @@ impl CriDaemon {
         };
         cri.wait_ready().await;
         cri
-    }
-
-    /// The CRI socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// The instance's private dir (root, state, CNI config, logs).
@@ -141,71 +309,16 @@ impl CriDaemon {
         &self.runc_root
     }
 
-    /// The end of the daemon's log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        self.daemon.log_tail()
-    }
-
-    /// A CRI runtime client on a fresh connection to the socket.
-    pub async fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
-        let channel = connect(&self.socket).await.unwrap_or_else(|err| {
-            panic!(
-                "cannot connect to {} at {}: {err}",
-                self.name,
-                self.socket.display()
-            )
-        });
-        RuntimeServiceClient::new(channel)
-    }
-
-    /// Creates a pod sandbox the way the kubelet does (metadata, and the `io.kubernetes.pod.*`
-    /// labels) and returns its id. Its netns gets `eth0` from the instance's bridge network.
+    /// Creates a pod sandbox the way the kubelet does and returns its id; panics with the
+    /// daemon's log when the runtime refuses. Its netns gets `eth0` from the instance's bridge
+    /// network.
     pub async fn run_pod_sandbox(&self, uid: &str, name: &str, namespace: &str) -> String {
-        let labels = HashMap::from([
-            ("io.kubernetes.pod.uid".to_owned(), uid.to_owned()),
-            ("io.kubernetes.pod.name".to_owned(), name.to_owned()),
-            (
-                "io.kubernetes.pod.namespace".to_owned(),
-                namespace.to_owned(),
-            ),
-        ]);
-        let log_directory = self.dir.join("pods").join(uid);
-        fs::create_dir_all(&log_directory)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log_directory.display()));
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_owned(),
-                uid: uid.to_owned(),
-                namespace: namespace.to_owned(),
-                attempt: 0,
-            }),
-            hostname: name.to_owned(),
-            log_directory: log_directory.display().to_string(),
-            labels,
-            // What the kubelet asks for a pod without `shareProcessNamespace`: network and IPC
-            // per pod, PID per container. (The zero value would be a pod-wide PID namespace,
-            // which makes CRI-O run an infra process to hold it.)
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Pod.into(),
-                        pid: NamespaceMode::Container.into(),
-                        ipc: NamespaceMode::Pod.into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let log_dir = self.dir.join("pods").join(uid);
+        fs::create_dir_all(&log_dir)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log_dir.display()));
         let id = self
-            .runtime_client()
-            .await
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: String::new(),
-            })
+            .cri
+            .try_run_pod_sandbox(uid, name, namespace, &log_dir)
             .await
             .unwrap_or_else(|status| {
                 panic!(
@@ -213,42 +326,10 @@ impl CriDaemon {
                     self.name,
                     self.daemon.log_tail()
                 )
-            })
-            .into_inner()
-            .pod_sandbox_id;
+            });
         let netns = self.sandbox_netns(&id).await;
         self.record_netns(netns);
         id
-    }
-
-    /// The network namespace file of sandbox `id`, from the verbose `PodSandboxStatus`
-    /// (`info["info"].runtimeSpec.linux.namespaces[type=network].path`).
-    pub async fn sandbox_netns(&self, id: &str) -> PathBuf {
-        sandbox_netns_at(&self.socket, id)
-            .await
-            .unwrap_or_else(|err| panic!("cannot find the netns of sandbox {id}: {err}"))
-    }
-
-    /// Stops sandbox `id` (the runtime runs CNI DEL and removes its netns).
-    pub async fn stop_pod_sandbox(&self, id: &str) {
-        self.runtime_client()
-            .await
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: id.to_owned(),
-            })
-            .await
-            .unwrap_or_else(|status| panic!("StopPodSandbox {id} failed: {status}"));
-    }
-
-    /// Removes stopped sandbox `id`.
-    pub async fn remove_pod_sandbox(&self, id: &str) {
-        self.runtime_client()
-            .await
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: id.to_owned(),
-            })
-            .await
-            .unwrap_or_else(|status| panic!("RemovePodSandbox {id} failed: {status}"));
     }
 
     /// Stops the daemon and starts it again on the same dirs and socket; sandboxes keep their
@@ -282,19 +363,14 @@ impl CriDaemon {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             self.daemon.assert_running();
-            if let Ok(channel) = connect(&self.socket).await
-                && RuntimeServiceClient::new(channel)
-                    .version(VersionRequest::default())
-                    .await
-                    .is_ok()
-            {
+            if self.cri.answers().await {
                 return;
             }
             if Instant::now() > deadline {
                 panic!(
                     "{} did not answer on {} within {READY_TIMEOUT:?}; log:\n{}",
                     self.name,
-                    self.socket.display(),
+                    self.cri.socket().display(),
                     self.daemon.log_tail()
                 );
             }
@@ -307,46 +383,6 @@ impl CriDaemon {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(netns);
-    }
-
-    /// Stops and removes every sandbox through CRI, so the runtime runs CNI DEL and tears down
-    /// netns and mounts itself; records their netns files in case it fails to.
-    fn remove_all_sandboxes(&self) {
-        let socket = self.socket.clone();
-        let found = process::block_on_aside(async move {
-            let work = async {
-                let mut client = RuntimeServiceClient::new(connect(&socket).await.ok()?);
-                let sandboxes = client
-                    .list_pod_sandbox(ListPodSandboxRequest::default())
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .items;
-                let mut netns = Vec::new();
-                for sandbox in sandboxes {
-                    let id = sandbox.id;
-                    if let Ok(path) = sandbox_netns_at(&socket, &id).await {
-                        netns.push(path);
-                    }
-                    let _ = client
-                        .stop_pod_sandbox(StopPodSandboxRequest {
-                            pod_sandbox_id: id.clone(),
-                        })
-                        .await;
-                    let _ = client
-                        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-                        .await;
-                }
-                Some(netns)
-            };
-            tokio::time::timeout(Duration::from_secs(60), work)
-                .await
-                .ok()
-                .flatten()
-        });
-        for netns in found.flatten().unwrap_or_default() {
-            self.record_netns(netns);
-        }
     }
 
     /// Force-deletes containers runc still knows in the private runc root (when CRI could not
@@ -373,9 +409,19 @@ impl CriDaemon {
     }
 }
 
+impl std::ops::Deref for CriDaemon {
+    type Target = CriSocket;
+
+    fn deref(&self) -> &CriSocket {
+        &self.cri
+    }
+}
+
 impl Drop for CriDaemon {
     fn drop(&mut self) {
-        self.remove_all_sandboxes();
+        for netns in self.cri.remove_all_sandboxes() {
+            self.record_netns(netns);
+        }
         self.delete_runc_leftovers();
         self.daemon.stop();
         process::kill_processes_naming(&self.dir);

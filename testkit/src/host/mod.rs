@@ -21,7 +21,7 @@ mod images;
 pub(crate) mod process;
 
 pub use containerd::Containerd;
-pub use cri::CriDaemon;
+pub use cri::{CriDaemon, CriSocket};
 pub use crio::{Crio, NAMESPACES_DIR as CRIO_NAMESPACES_DIR, binary as crio_binary, crio_version};
 pub use dockerd::Dockerd;
 pub use images::{BUSYBOX_IMAGE, IMAGE_DIR, PAUSE_IMAGE, image_tar};

@@ -86,7 +86,8 @@ impl Daemon {
     /// and reaps the leader. Safe to call twice. Blocks the thread: for `Drop`.
     pub(crate) fn stop(&mut self) {
         if self.begin_stop() {
-            while !self.exited_or_past(Instant::now() + STOP_GRACE) {
+            let deadline = Instant::now() + STOP_GRACE;
+            while !self.exited_or_past(deadline) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             self.finish_stop();
