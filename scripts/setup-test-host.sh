@@ -18,6 +18,7 @@ packages=(
     protobuf-compiler           # protoc, for the CRI protobuf bindings
     shellcheck                  # lint for the operator scripts
     python3-pip unzip           # fetching a Go toolchain from PyPI when the host's Go is too old
+    debootstrap systemd-container # the Debian root file system a real systemd boots in (nspawn)
 )
 
 missing=()
@@ -221,3 +222,61 @@ else
     cc -std=c99 -Os -O3 -Wall -Wextra -static -s -o "$crio_dir/bin.tmp/pinns" "$crio_src"/pinns/src/*.c
     tools_built "$crio_dir" "$crio_stamp" "$started"
 fi
+
+# A node with a real systemd as PID 1, for the installed service's tests (tests/service.rs): a
+# Debian 12 root file system booted by systemd-nspawn, with the node's runtimes (containerd,
+# docker.io), the CNI plugins, rpm (to install podagent's package for real) and jq (for the
+# packaged scripts) inside. Built once per machine with debootstrap from the mirror apt already
+# uses, into a directory keyed by the package list and the recipe below, which
+# /var/lib/podagent-test/rootfs/bookworm names; the fixture (testkit::nspawn) boots it read-only
+# with a throwaway overlay, so every test gets a fresh node.
+# Inside, the runtimes are configured as on a test node: Docker without bridge, iptables rules or
+# IP forwarding (the container shares the host's network namespace, which it must leave alone),
+# containerd's CRI with the local pause image, cgroupfs and restrict_oom_score_adj (as the
+# private containerd), and /opt/cni/bin pointing at Debian's /usr/lib/cni.
+rootfs_packages=systemd,systemd-sysv,dbus,iproute2,containerd,docker.io,containernetworking-plugins,rpm,jq,ca-certificates
+rootfs_recipe=3 # bump when the configuration below changes
+rootfs_key=$(printf '%s recipe-%s' "$rootfs_packages" "$rootfs_recipe" | sha256sum | cut -c1-16)
+rootfs_dir=/var/lib/podagent-test/rootfs/bookworm-$rootfs_key
+if [ -f "$rootfs_dir/stamp" ]; then
+    echo "setup-test-host: node root file system present in $rootfs_dir"
+else
+    mirror=$(awk '$1 == "URIs:" {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    echo "setup-test-host: building the node root file system (debootstrap bookworm from $mirror) into $rootfs_dir; once per machine"
+    started=$(date +%s)
+    rm -rf "$rootfs_dir.tmp"
+    mkdir -p "$(dirname "$rootfs_dir")"
+    debootstrap --variant=minbase --include="$rootfs_packages" bookworm "$rootfs_dir.tmp/root" "$mirror" \
+        >"$rootfs_dir.log" 2>&1 || { echo "setup-test-host: debootstrap failed; see $rootfs_dir.log" >&2; exit 1; }
+    root=$rootfs_dir.tmp/root
+    mkdir -p "$root/etc/docker" "$root/etc/containerd" "$root/opt/cni"
+    echo '{"bridge": "none", "iptables": false, "ip6tables": false, "ip-forward": false}' \
+        >"$root/etc/docker/daemon.json"
+    cat >"$root/etc/containerd/config.toml" <<'TOML'
+version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/podagent-test/pause:1"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+TOML
+    ln -sfn /usr/lib/cni "$root/opt/cni/bin"
+    # Root file systems of older recipes are 800 MB each: only the current one stays.
+    for old in /var/lib/podagent-test/rootfs/bookworm-*; do
+        case $old in
+            "$rootfs_dir.tmp" | "$rootfs_dir.log") ;;
+            *) rm -rf "$old" ;;
+        esac
+    done
+    mv "$rootfs_dir.tmp" "$rootfs_dir"
+    echo "$rootfs_packages recipe-$rootfs_recipe" >"$rootfs_dir/stamp"
+    echo "setup-test-host: node root file system built in $(($(date +%s) - started))s"
+fi
+# testkit::nspawn boots whatever this names.
+ln -sfn "$(basename "$rootfs_dir")" /var/lib/podagent-test/rootfs/bookworm

@@ -139,9 +139,7 @@ fn version() -> &'static str {
 
 /// The same version with its last component bumped: an upgrade.
 fn next_version() -> String {
-    let (head, last) = version().rsplit_once('.').expect("x.y.z version");
-    let last: u64 = last.parse().expect("numeric patch version");
-    format!("{head}.{}", last + 1)
+    testkit::rpm::next_version(version())
 }
 
 struct Packages {
@@ -154,36 +152,14 @@ struct Packages {
 fn packages() -> &'static Packages {
     static PACKAGES: OnceLock<Packages> = OnceLock::new();
     PACKAGES.get_or_init(|| {
-        prereq::require_command("rpm", "rpm");
         // The test binary's own podagent: <target>/debug/podagent.
         let binary = Path::new(env!("CARGO_BIN_EXE_podagent"));
-        let target_dir = binary
-            .parent()
-            .and_then(Path::parent)
-            .expect("podagent binary inside <target>/debug");
         let dir = tempfile::Builder::new()
             .prefix("podagent-rpm-")
             .tempdir()
             .expect("temp dir");
-        let build = |version: &str, out: &str| -> PathBuf {
-            let out_dir = dir.path().join(out);
-            let printed = stdout(
-                Command::new(repo().join("scripts/build-rpm.sh"))
-                    .args(["--profile", "dev", "--no-build", "--compress", "none"])
-                    .args(["--version", version])
-                    .arg("--output")
-                    .arg(&out_dir)
-                    .env("CARGO_TARGET_DIR", target_dir),
-            );
-            let package = PathBuf::from(printed.lines().last().expect("package path").trim());
-            assert!(
-                package.starts_with(&out_dir) && package.is_file(),
-                "build-rpm.sh printed {package:?}, not a package in {out_dir:?}"
-            );
-            package
-        };
-        let current = build(version(), "current");
-        let next = build(&next_version(), "next");
+        let current = testkit::rpm::build(binary, version(), &dir.path().join("current"));
+        let next = testkit::rpm::build(binary, &next_version(), &dir.path().join("next"));
         Packages {
             _dir: dir,
             current,

@@ -9,9 +9,11 @@
 //!   logs, the kubelet's part); `fault_proxy`: API faults a real server does not make on demand;
 //! - `host`: private containerd and CRI-O (CRI) and dockerd instances and the local
 //!   busybox/pause images;
-//! - `journal`: a private journald and a stand-in for systemd's sd_notify socket;
+//! - `journal`: a private journald and a stand-in for systemd's sd_notify socket; `nspawn`: a
+//!   node booted with a real systemd as PID 1, for the installed service;
 //! - `netns`: network namespaces that are removed even when a test fails;
-//! - `prereq`: failing loudly, naming what is missing, instead of skipping;
+//! - `prereq`: failing loudly, naming what is missing, instead of skipping; `rpm`: podagent's
+//!   package as the tests build it;
 //! - `binaries`: the workspace's own test programs, for tests of any package; `tool_cache`:
 //!   where the test tools built from pinned Go modules (control plane, CRI-O) are.
 
@@ -22,7 +24,9 @@ pub mod host;
 pub mod journal;
 pub mod netns;
 pub mod node;
+pub mod nspawn;
 pub mod prereq;
+pub mod rpm;
 pub mod tool_cache;
 
 /// A loopback port nothing listens on right now.

@@ -29,6 +29,7 @@ use crate::control_plane::{self, Shared};
 use crate::fault_proxy::FaultProxy;
 use crate::host::{Containerd, CriDaemon, Crio, Dockerd, SubnetLease};
 use crate::netns::unique_name;
+use crate::nspawn::Machine;
 use crate::prereq;
 
 /// The status annotation podagent writes in its default mode.
@@ -43,24 +44,34 @@ pub enum Runtime {
     Containerd(Containerd),
     Crio(Crio),
     Docker(Dockerd),
+    /// The containerd of a node booted with a real systemd, where podagent is the installed
+    /// service rather than a process of the test.
+    Machine(Machine),
+}
+
+/// Who makes, finds and takes down a node's pod sandboxes.
+enum Sandboxes<'a> {
+    Cri(&'a CriDaemon),
+    Machine(&'a Machine),
+    Docker(&'a Dockerd),
 }
 
 impl Runtime {
     /// The runtime's name in podagent's config (`runtime.kind`).
     fn kind(&self) -> &'static str {
         match self {
-            Runtime::Containerd(_) => "containerd",
+            Runtime::Containerd(_) | Runtime::Machine(_) => "containerd",
             Runtime::Crio(_) => "crio",
             Runtime::Docker(_) => "docker",
         }
     }
 
-    /// The CRI side of a containerd or CRI-O node, or the Docker Engine.
-    fn cri_or_docker(&self) -> Result<&CriDaemon, &Dockerd> {
+    fn sandboxes(&self) -> Sandboxes<'_> {
         match self {
-            Runtime::Containerd(c) => Ok(c),
-            Runtime::Crio(c) => Ok(c),
-            Runtime::Docker(d) => Err(d),
+            Runtime::Containerd(c) => Sandboxes::Cri(c),
+            Runtime::Crio(c) => Sandboxes::Cri(c),
+            Runtime::Docker(d) => Sandboxes::Docker(d),
+            Runtime::Machine(m) => Sandboxes::Machine(m),
         }
     }
 }
@@ -111,6 +122,13 @@ impl Node {
         Node::new(podagent.into(), Runtime::Crio(Crio::start().await))
     }
 
+    /// A node booted with a real systemd (`testkit::nspawn`), its pods in the machine's
+    /// containerd. The node's plugin dir is the machine's `<SHARE>/bin`, so the wrapper's logs
+    /// and switches work as on every node; podagent is for the test to install in the machine.
+    pub fn with_machine(podagent: impl Into<PathBuf>) -> Node {
+        Node::new(podagent.into(), Runtime::Machine(Machine::boot()))
+    }
+
     /// A node with a private dockerd.
     pub async fn with_docker(podagent: impl Into<PathBuf>) -> Node {
         Node::new(podagent.into(), Runtime::Docker(Dockerd::start().await))
@@ -132,8 +150,15 @@ impl Node {
             .prefix("pa-node")
             .tempdir()
             .expect("node dir");
-        for sub in ["conf", "bin", "state", "ipam"] {
+        for sub in ["conf", "state", "ipam"] {
             fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        if let Runtime::Machine(machine) = &runtime {
+            let bin = machine.share().join("bin");
+            fs::create_dir_all(&bin).expect("mkdir");
+            std::os::unix::fs::symlink(&bin, dir.path().join("bin")).expect("link the bin dir");
+        } else {
+            fs::create_dir_all(dir.path().join("bin")).expect("mkdir");
         }
         let wrapper = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("plugins")
@@ -190,11 +215,12 @@ impl Node {
 
     /// The runtime and its socket, as podagent's config names them.
     pub fn runtime_endpoint(&self) -> (&'static str, PathBuf) {
-        let socket = match self.runtime.cri_or_docker() {
-            Ok(cri) => cri.socket(),
-            Err(docker) => docker.socket(),
+        let socket = match self.runtime.sandboxes() {
+            Sandboxes::Cri(cri) => cri.socket().to_owned(),
+            Sandboxes::Docker(docker) => docker.socket().to_owned(),
+            Sandboxes::Machine(machine) => machine.containerd().socket().to_owned(),
         };
-        (self.runtime.kind(), socket.to_owned())
+        (self.runtime.kind(), socket)
     }
 
     /// The node's containerd; panics on another runtime's node.
@@ -213,11 +239,20 @@ impl Node {
         }
     }
 
-    /// The node's CRI runtime (containerd or CRI-O); panics on a Docker node.
+    /// The node's CRI runtime (containerd or CRI-O) of the test's own; panics on another node.
     pub fn cri(&self) -> &CriDaemon {
-        self.runtime
-            .cri_or_docker()
-            .unwrap_or_else(|_| panic!("node {} runs dockerd, not a CRI runtime", self.name))
+        match self.runtime.sandboxes() {
+            Sandboxes::Cri(cri) => cri,
+            _ => panic!("node {} has no CRI runtime of the test's own", self.name),
+        }
+    }
+
+    /// The node's booted machine; panics on another node.
+    pub fn machine(&self) -> &Machine {
+        match &self.runtime {
+            Runtime::Machine(machine) => machine,
+            other => panic!("node {} runs {}, not a machine", self.name, other.kind()),
+        }
     }
 
     /// The node's Docker Engine; panics on another runtime's node.
@@ -368,9 +403,10 @@ impl Node {
     /// Runs a sandbox for the pod in the node's runtime; returns its id.
     pub async fn run_sandbox(&self, uid: &str, namespace: &str, name: &str) -> String {
         let namespace = self.ns(namespace);
-        match self.runtime.cri_or_docker() {
-            Ok(cri) => cri.run_pod_sandbox(uid, name, &namespace).await,
-            Err(docker) => docker.run_sandbox(uid, name, &namespace).await,
+        match self.runtime.sandboxes() {
+            Sandboxes::Cri(cri) => cri.run_pod_sandbox(uid, name, &namespace).await,
+            Sandboxes::Docker(docker) => docker.run_sandbox(uid, name, &namespace).await,
+            Sandboxes::Machine(machine) => machine.run_pod_sandbox(uid, name, &namespace).await,
         }
     }
 
@@ -401,9 +437,10 @@ impl Node {
 
     /// The network namespace of a sandbox.
     pub async fn netns(&self, sandbox: &str) -> PathBuf {
-        match self.runtime.cri_or_docker() {
-            Ok(cri) => cri.sandbox_netns(sandbox).await,
-            Err(docker) => docker.sandbox_netns(sandbox).await,
+        match self.runtime.sandboxes() {
+            Sandboxes::Cri(cri) => cri.sandbox_netns(sandbox).await,
+            Sandboxes::Docker(docker) => docker.sandbox_netns(sandbox).await,
+            Sandboxes::Machine(machine) => machine.sandbox_netns(sandbox).await,
         }
     }
 
@@ -413,12 +450,17 @@ impl Node {
     pub async fn delete_pod(&self, namespace: &str, name: &str, sandbox: Option<&str>) {
         self.mark_terminating(namespace, name);
         if let Some(sandbox) = sandbox {
-            match self.runtime.cri_or_docker() {
-                Ok(cri) => {
+            match self.runtime.sandboxes() {
+                Sandboxes::Cri(cri) => {
                     cri.stop_pod_sandbox(sandbox).await;
                     cri.remove_pod_sandbox(sandbox).await;
                 }
-                Err(docker) => docker.stop(sandbox).await,
+                Sandboxes::Docker(docker) => docker.stop(sandbox).await,
+                Sandboxes::Machine(machine) => {
+                    let cri = machine.containerd();
+                    cri.stop_pod_sandbox(sandbox).await;
+                    cri.remove_pod_sandbox(sandbox).await;
+                }
             }
         }
         self.remove_pod(namespace, name);

@@ -1,0 +1,289 @@
+//! The installed service under a real systemd: podagent's RPM installed for real in a node
+//! booted with systemd as PID 1 (`testkit::nspawn`, run as root), driven as an operator drives
+//! it (`rpm`, the packaged `create-kubeconfig.sh`, `systemctl`, `journalctl`) and checked by
+//! what an operator sees, while the test plays the kubelet: pods through the shared real
+//! control plane, their sandboxes through the machine's own containerd, their netns read from
+//! the host. podagent runs with the unit's sandboxing, watchdog and kill mode exactly as
+//! shipped; the only things the test sets are an operator's edits of
+//! `/opt/kaloom/etc/podagent.toml` (this node's name, direct mode, the test plugin's dir and a
+//! free metrics port, since the machine shares the host's network).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+use testkit::node::{Node, has_link, ipv4};
+use testkit::nspawn::{Machine, SHARE};
+
+const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
+const UNIT: &str = "podagent";
+const CONFIG: &str = "/opt/kaloom/etc/podagent.toml";
+
+/// This version's package and the next version's, built once per test binary.
+struct Packages {
+    _dir: tempfile::TempDir,
+    current: PathBuf,
+    next: PathBuf,
+}
+
+fn packages() -> &'static Packages {
+    static PACKAGES: OnceLock<Packages> = OnceLock::new();
+    PACKAGES.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("podagent-service-rpm-")
+            .tempdir()
+            .expect("temp dir");
+        let version = env!("CARGO_PKG_VERSION");
+        let binary = Path::new(PODAGENT);
+        let current = testkit::rpm::build(binary, version, &dir.path().join("current"));
+        let next_version = testkit::rpm::next_version(version);
+        let next = testkit::rpm::build(binary, &next_version, &dir.path().join("next"));
+        Packages {
+            _dir: dir,
+            current,
+            next,
+        }
+    })
+}
+
+/// `package` copied into the machine; its path inside.
+fn hand_in(machine: &Machine, package: &Path) -> String {
+    let name = package.file_name().expect("a package file name");
+    fs::copy(package, machine.share().join(name)).expect("copy the package in");
+    format!("{SHARE}/{}", name.to_string_lossy())
+}
+
+/// What the operator does after `rpm -ivh`: podagent's own credentials for this node, made by
+/// the packaged `create-kubeconfig.sh` with the admin's kubectl, and the config edited for this
+/// node. The edited config's text.
+fn configure(node: &Node, metrics_port: u16) -> String {
+    let machine = node.machine();
+    let cluster = node.cluster();
+    let share = machine.share();
+    fs::copy(
+        testkit::control_plane::binary("kubectl"),
+        share.join("kubectl"),
+    )
+    .expect("hand in kubectl");
+    fs::copy(cluster.kubeconfig(), share.join("admin.kubeconfig")).expect("hand in the admin's");
+    machine.run(&[
+        "env",
+        &format!("KUBECTL={SHARE}/kubectl"),
+        &format!("KUBECONFIG={SHARE}/admin.kubeconfig"),
+        &format!("KUBECACHEDIR={SHARE}/kube-cache"),
+        "/opt/kaloom/share/podagent/scripts/create-kubeconfig.sh",
+        "--node",
+        node.name(),
+        "/opt/kaloom/etc",
+        "podagent-kubeconfig.yaml",
+    ]);
+
+    let path = machine.host_path(CONFIG);
+    let shipped = fs::read_to_string(&path).expect("the installed config");
+    let mut edited = shipped.clone();
+    for (from, to) in [
+        (
+            "# node_name = \"node-1\"".to_owned(),
+            format!("node_name = \"{}\"", node.name()),
+        ),
+        (
+            "mode = \"kactus\"".to_owned(),
+            "mode = \"direct\"".to_owned(),
+        ),
+        (
+            "bin_dirs = [\"/opt/cni/bin\"]".to_owned(),
+            format!("bin_dirs = [\"{SHARE}/bin\", \"/opt/cni/bin\"]"),
+        ),
+        (
+            "listen = \"127.0.0.1:9754\"".to_owned(),
+            format!("listen = \"127.0.0.1:{metrics_port}\""),
+        ),
+    ] {
+        assert!(
+            edited.contains(&from),
+            "the shipped {CONFIG} has no `{from}` line to edit"
+        );
+        edited = edited.replacen(&from, &to, 1);
+    }
+    fs::write(&path, &edited).expect("edit the config");
+    edited
+}
+
+/// The `green` Network: the test's logging bridge wrapper on a bridge of its own, addresses
+/// from the node's second quarter.
+fn put_green(node: &Node) -> String {
+    node.cluster().install_network_crd();
+    let bridge = testkit::netns::unique_name("svb");
+    node.machine().own_link(&bridge);
+    let config = json!({"cniVersion": "1.0.0", "name": "green", "type": testkit::node::PLUGIN,
+        "bridge": bridge, "isGateway": false, "ipMasq": false,
+        "ipam": {"type": "host-local", "subnet": node.quarter(1)}});
+    node.put_network(
+        "default",
+        "green",
+        json!({"plugin": testkit::node::PLUGIN, "config": config.to_string()}),
+    );
+    bridge
+}
+
+/// Whether journal field `field` of `entry` is `value` (`journalctl -o json` prints a field
+/// an entry carries twice, from a span and its parent, as an array).
+fn field_is(entry: &Value, field: &str, value: &str) -> bool {
+    match &entry[field] {
+        Value::String(text) => text == value,
+        Value::Array(values) => values.iter().any(|v| v == value),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_service_hot_plugs_logs_upgrades_and_erases_as_documented() {
+    let node = Node::with_machine(PODAGENT);
+    let machine = node.machine();
+    let packages = packages();
+
+    // rpm -ivh, scriptlets for real (--nodeps: rpm's database knows none of Debian's packages).
+    let current = hand_in(machine, &packages.current);
+    machine.run(&["rpm", "-ivh", "--nodeps", &current]);
+    assert!(
+        machine
+            .host_path("/usr/lib/systemd/system/podagent.service")
+            .is_file()
+    );
+    assert_eq!(
+        machine.unit_property(UNIT, "UnitFileState"),
+        "disabled",
+        "installing does not enable the service"
+    );
+    let metrics_port = testkit::free_port().expect("a free port");
+    let edited = configure(&node, metrics_port);
+    let kubeconfig = machine.host_path("/opt/kaloom/etc/podagent-kubeconfig.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&kubeconfig)
+            .expect("create-kubeconfig.sh wrote the kubeconfig")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let green_bridge = put_green(&node);
+
+    // `systemctl enable --now` returns once podagent is READY, and says so.
+    machine.run(&["systemctl", "enable", "--now", UNIT]);
+    assert_eq!(machine.unit_property(UNIT, "ActiveState"), "active");
+    assert_eq!(machine.unit_property(UNIT, "SubState"), "running");
+    assert_eq!(machine.unit_property(UNIT, "UnitFileState"), "enabled");
+    let status_text = node
+        .eventually("podagent's STATUS= once it works", || {
+            let text = machine.unit_property(UNIT, "StatusText");
+            text.starts_with(&format!("watching 0 pods on {}", node.name()))
+                .then_some(text)
+        })
+        .await;
+    let status =
+        String::from_utf8_lossy(&machine.exec(&["systemctl", "status", UNIT]).stdout).into_owned();
+    assert!(
+        status.contains(&format!("Status: \"{status_text}\"")),
+        "systemctl status shows the STATUS text:\n{status}"
+    );
+
+    // Hot-plug under the unit's sandboxing, into a sandbox of the machine's containerd.
+    let (uid, sandbox) = node.pod("default", "web", None).await;
+    let netns = node.netns(&sandbox).await;
+    let green = podagent::annotation::ifname("green");
+    node.set_networks("default", "web", Some(r#"[{"name":"green"}]"#));
+    let address = node
+        .eventually("green plugged by the service", || ipv4(&netns, &green))
+        .await;
+    assert!(node.in_quarter(&address, 1), "{address}");
+    assert!(
+        Path::new("/sys/class/net").join(&green_bridge).exists(),
+        "the plugin made bridge {green_bridge} on the node"
+    );
+    node.eventually("an AddedInterface Event", || {
+        node.events("default", &uid, "AddedInterface").pop()
+    })
+    .await;
+    let record = machine.host_path(format!("/var/lib/podagent/{uid}.json"));
+    let record: Value =
+        serde_json::from_str(&fs::read_to_string(&record).expect("the service's record"))
+            .expect("the record is JSON");
+    assert_eq!(record["record"]["attachments"][&green]["phase"], "Attached");
+
+    // The journal has the structured fields of the attachment.
+    let namespace = node.ns("default");
+    let pod = format!("{namespace}/web");
+    let entries = node
+        .eventually("the ADD in the journal with its fields", || {
+            let found: Vec<Value> = machine
+                .journal(UNIT)
+                .into_iter()
+                .filter(|e| {
+                    field_is(e, "POD", &pod)
+                        && field_is(e, "NAMESPACE", &namespace)
+                        && field_is(e, "NETWORK", "green")
+                        && field_is(e, "IFNAME", &green)
+                })
+                .collect();
+            (!found.is_empty()).then_some(found)
+        })
+        .await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| field_is(e, "_SYSTEMD_UNIT", "podagent.service")),
+        "{entries:?}"
+    );
+
+    node.set_networks("default", "web", None);
+    node.eventually("green removed by the service", || {
+        (!has_link(&netns, &green)).then_some(())
+    })
+    .await;
+
+    // rpm -Uvh: the edited config stays, the service is restarted on the new binary.
+    let before = machine.unit_property(UNIT, "MainPID");
+    let next = hand_in(machine, &packages.next);
+    machine.run(&["rpm", "-Uvh", "--nodeps", &next]);
+    assert_eq!(
+        fs::read_to_string(machine.host_path(CONFIG)).expect("the config after the upgrade"),
+        edited,
+        "rpm -Uvh keeps the edited config (noreplace)"
+    );
+    let restarted = node
+        .eventually("the service restarted by the upgrade", || {
+            let pid = machine.unit_property(UNIT, "MainPID");
+            (pid != before && pid != "0" && machine.unit_property(UNIT, "ActiveState") == "active")
+                .then_some(pid)
+        })
+        .await;
+    // (Both packages hold the test build, so the package's version is rpm's to tell.)
+    let installed = machine.run(&["rpm", "-q", "--qf", "%{VERSION}", "podagent"]);
+    assert_eq!(
+        installed,
+        testkit::rpm::next_version(env!("CARGO_PKG_VERSION")),
+        "pid {restarted} runs from the upgraded package"
+    );
+
+    // rpm -e: stopped, disabled, the unit gone, the state dir left.
+    machine.run(&["rpm", "-e", "podagent"]);
+    assert!(
+        !machine
+            .host_path("/usr/lib/systemd/system/podagent.service")
+            .exists()
+    );
+    let active = machine.exec(&["systemctl", "is-active", UNIT]);
+    assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "inactive");
+    assert!(
+        !machine
+            .host_path("/etc/systemd/system/multi-user.target.wants/podagent.service")
+            .exists(),
+        "rpm -e disables the service"
+    );
+    assert!(
+        machine.host_path("/var/lib/podagent").is_dir(),
+        "rpm -e leaves the state directory"
+    );
+}
