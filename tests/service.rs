@@ -11,8 +11,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::{Value, json};
+use testkit::fault_proxy::FaultProxy;
 use testkit::node::{Node, has_link, ipv4};
 use testkit::nspawn::{Machine, SHARE};
 
@@ -45,6 +47,23 @@ fn packages() -> &'static Packages {
             next,
         }
     })
+}
+
+/// One machine at a time: two nspawn launchers in one cgroup would have to move themselves
+/// apart first, and the tests are about one node each anyway.
+static ONE_MACHINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A booted node with this version's package installed (`rpm -ivh`, scriptlets for real;
+/// `--nodeps`: rpm's database knows none of Debian's packages) and configured by
+/// [`configure`], but not started; the edited config's text.
+fn installed_node() -> (Node, String) {
+    let node = Node::with_machine(PODAGENT);
+    let machine = node.machine();
+    let current = hand_in(machine, &packages().current);
+    machine.run(&["rpm", "-ivh", "--nodeps", &current]);
+    let metrics_port = testkit::free_port().expect("a free port");
+    let edited = configure(&node, metrics_port);
+    (node, edited)
 }
 
 /// `package` copied into the machine; its path inside.
@@ -139,13 +158,9 @@ fn field_is(entry: &Value, field: &str, value: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_installed_service_hot_plugs_logs_upgrades_and_erases_as_documented() {
-    let node = Node::with_machine(PODAGENT);
+    let _one = ONE_MACHINE.lock().await;
+    let (node, edited) = installed_node();
     let machine = node.machine();
-    let packages = packages();
-
-    // rpm -ivh, scriptlets for real (--nodeps: rpm's database knows none of Debian's packages).
-    let current = hand_in(machine, &packages.current);
-    machine.run(&["rpm", "-ivh", "--nodeps", &current]);
     assert!(
         machine
             .host_path("/usr/lib/systemd/system/podagent.service")
@@ -156,8 +171,6 @@ async fn the_installed_service_hot_plugs_logs_upgrades_and_erases_as_documented(
         "disabled",
         "installing does not enable the service"
     );
-    let metrics_port = testkit::free_port().expect("a free port");
-    let edited = configure(&node, metrics_port);
     let kubeconfig = machine.host_path("/opt/kaloom/etc/podagent-kubeconfig.yaml");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -245,7 +258,7 @@ async fn the_installed_service_hot_plugs_logs_upgrades_and_erases_as_documented(
 
     // rpm -Uvh: the edited config stays, the service is restarted on the new binary.
     let before = machine.unit_property(UNIT, "MainPID");
-    let next = hand_in(machine, &packages.next);
+    let next = hand_in(machine, &packages().next);
     machine.run(&["rpm", "-Uvh", "--nodeps", &next]);
     assert_eq!(
         fs::read_to_string(machine.host_path(CONFIG)).expect("the config after the upgrade"),
@@ -285,5 +298,167 @@ async fn the_installed_service_hot_plugs_logs_upgrades_and_erases_as_documented(
     assert!(
         machine.host_path("/var/lib/podagent").is_dir(),
         "rpm -e leaves the state directory"
+    );
+}
+
+/// The `web` pod with `green` ([`put_green`]) plugged by the running service: its netns.
+async fn pod_with_green(node: &Node) -> PathBuf {
+    let (_, sandbox) = node
+        .pod("default", "web", Some(r#"[{"name":"green"}]"#))
+        .await;
+    let netns = node.netns(&sandbox).await;
+    let green = podagent::annotation::ifname("green");
+    node.eventually("green plugged by the service", || ipv4(&netns, &green))
+        .await;
+    netns
+}
+
+/// What the unit's journal says in `MESSAGE`s (podagent's own and systemd's about the unit).
+fn messages(machine: &Machine) -> Vec<String> {
+    machine
+        .journal(UNIT)
+        .iter()
+        .filter_map(|e| e["MESSAGE"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The real watchdog: a watch that stalls (the fault proxy between the service and the API
+/// server holds every frame) longer than WatchdogSec stops podagent's pings, systemd kills and
+/// restarts it, and the new podagent comes back READY without a CNI call for the attachment
+/// already in place. Then a bad configuration: exit 64, not restarted, and `systemctl status`
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_restarts_a_stalled_service_and_a_bad_config_is_not_restarted() {
+    let _one = ONE_MACHINE.lock().await;
+    let (node, edited) = installed_node();
+    let machine = node.machine();
+    let cluster = node.cluster();
+    let proxy = FaultProxy::start(cluster.server(), &cluster.ca_pem())
+        .await
+        .expect("the fault proxy");
+    let kubeconfig = machine.host_path("/opt/kaloom/etc/podagent-kubeconfig.yaml");
+    proxy
+        .write_kubeconfig(&kubeconfig, &kubeconfig)
+        .expect("point the service at the proxy");
+    // An operator's drop-in: the shortest WatchdogSec podagent supports (the unit's comment).
+    let drop_in = machine.host_path("/etc/systemd/system/podagent.service.d");
+    fs::create_dir_all(&drop_in).expect("the drop-in dir");
+    fs::write(
+        drop_in.join("watchdog.conf"),
+        "[Service]\nWatchdogSec=12s\n",
+    )
+    .expect("drop-in");
+    machine.run(&["systemctl", "daemon-reload"]);
+    // Direct mode is READY once the Network objects are listed: their CRD first.
+    put_green(&node);
+
+    // The proxy is served by this test's runtime: a call that waits on it must not hold the
+    // worker it runs on.
+    tokio::task::block_in_place(|| machine.run(&["systemctl", "enable", "--now", UNIT]));
+    assert_eq!(machine.unit_property(UNIT, "WatchdogUSec"), "12s");
+    let netns = pod_with_green(&node).await;
+    let calls = node.calls().len();
+    let first = machine.unit_property(UNIT, "MainPID");
+
+    proxy.faults().stall(true);
+    node.eventually_for(
+        "systemd's watchdog to kill the stalled podagent",
+        Duration::from_secs(60),
+        || {
+            messages(machine)
+                .into_iter()
+                .find(|m| m.contains("Watchdog timeout"))
+        },
+    )
+    .await;
+    proxy.faults().stall(false);
+    let second = node
+        .eventually_for(
+            "the restarted podagent READY",
+            Duration::from_secs(60),
+            || {
+                let pid = machine.unit_property(UNIT, "MainPID");
+                (pid != first
+                    && pid != "0"
+                    && machine.unit_property(UNIT, "ActiveState") == "active"
+                    && machine.unit_property(UNIT, "SubState") == "running")
+                    .then_some(pid)
+            },
+        )
+        .await;
+    assert_eq!(
+        machine.unit_property(UNIT, "NRestarts"),
+        "1",
+        "pid {second}"
+    );
+    // A reconcile of the pod after the restart has had time to run; it called no plugin.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        node.calls()[calls..],
+        [],
+        "the restarted podagent made CNI calls for green, which was in place"
+    );
+    assert!(has_link(&netns, &podagent::annotation::ifname("green")));
+
+    // A configuration podagent refuses: exit 64, which Restart= leaves alone.
+    let config = machine.host_path(CONFIG);
+    fs::write(&config, format!("{edited}\nno_such_key = 1\n")).expect("break the config");
+    let restart = tokio::task::block_in_place(|| machine.exec(&["systemctl", "restart", UNIT]));
+    assert!(!restart.status.success(), "a start that exits 64 fails");
+    tokio::time::sleep(Duration::from_secs(7)).await; // past RestartSec=5s
+    assert_eq!(machine.unit_property(UNIT, "ActiveState"), "failed");
+    assert_eq!(machine.unit_property(UNIT, "ExecMainStatus"), "64");
+    assert_eq!(
+        machine.unit_property(UNIT, "NRestarts"),
+        "0",
+        "exit 64 is not restarted"
+    );
+    let status =
+        String::from_utf8_lossy(&machine.exec(&["systemctl", "status", UNIT]).stdout).into_owned();
+    assert!(
+        status.contains("status=64"),
+        "systemctl status names the exit status:\n{status}"
+    );
+    assert!(
+        messages(machine)
+            .iter()
+            .any(|m| m.contains("no_such_key") && m.contains(CONFIG)),
+        "the journal names the bad key and the file:\n{status}"
+    );
+}
+
+/// `systemctl stop` while a plugin ADD runs: KillMode=mixed signals podagent alone, which lets
+/// the plugin finish within its grace, so the interface is whole and recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_service_during_a_slow_add_lets_the_plugin_finish() {
+    let _one = ONE_MACHINE.lock().await;
+    let (node, _) = installed_node();
+    let machine = node.machine();
+    put_green(&node);
+    machine.run(&["systemctl", "enable", "--now", UNIT]);
+    let (uid, sandbox) = node.pod("default", "web", None).await;
+    let netns = node.netns(&sandbox).await;
+    node.set_switch("sleep", Some("4"));
+    node.set_networks("default", "web", Some(r#"[{"name":"green"}]"#));
+    node.eventually("the slow ADD started", || {
+        node.calls().iter().find(|c| c.command == "ADD").cloned()
+    })
+    .await;
+
+    machine.run(&["systemctl", "stop", UNIT]);
+    assert_eq!(machine.unit_property(UNIT, "ActiveState"), "inactive");
+    let ended = node.ended();
+    assert!(
+        ended.iter().any(|e| e.command == "ADD" && e.exit == 0),
+        "the plugin's ADD ran to its end: {ended:?}"
+    );
+    let green = podagent::annotation::ifname("green");
+    assert!(has_link(&netns, &green), "the interface is whole");
+    let record = machine.host_path(format!("/var/lib/podagent/{uid}.json"));
+    let record: Value = serde_json::from_str(&fs::read_to_string(&record).expect("the record"))
+        .expect("the record is JSON");
+    assert_eq!(
+        record["record"]["attachments"][&green]["phase"], "Attached",
+        "and recorded: {record}"
     );
 }

@@ -674,8 +674,18 @@ impl Node {
 
     /// Polls `check` until it returns `Some` (for [`WAIT`]), or fails naming `what` with the
     /// plugin calls and podagent's newest log lines.
-    pub async fn eventually<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT;
+    pub async fn eventually<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        self.eventually_for(what, WAIT, check).await
+    }
+
+    /// [`Node::eventually`] with a deadline of `wait`, for what takes longer by design.
+    pub async fn eventually_for<T>(
+        &self,
+        what: &str,
+        wait: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(value) = check() {
                 return value;
