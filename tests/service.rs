@@ -6,7 +6,8 @@
 //! the host. podagent runs with the unit's sandboxing, watchdog and kill mode exactly as
 //! shipped; the only things the test sets are an operator's edits of
 //! `/opt/kaloom/etc/podagent.toml` (this node's name, direct mode, the test plugin's dir and a
-//! free metrics port, since the machine shares the host's network).
+//! free metrics port, since the machine shares the host's network) and, for the watchdog test,
+//! a drop-in with the shortest WatchdogSec podagent supports.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ use testkit::nspawn::{Machine, SHARE};
 const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
 const UNIT: &str = "podagent";
 const CONFIG: &str = "/opt/kaloom/etc/podagent.toml";
+/// The sysctl `green`'s `tuning` sets in the pod's netns.
+const ARP_NOTIFY: &str = "net.ipv4.conf.all.arp_notify";
 
 /// This version's package and the next version's, built once per test binary.
 struct Packages {
@@ -130,14 +133,17 @@ fn configure(node: &Node, metrics_port: u16) -> String {
 }
 
 /// The `green` Network: the test's logging bridge wrapper on a bridge of its own, addresses
-/// from the node's second quarter.
+/// from the node's second quarter, then `tuning` setting a sysctl in the pod's netns, as many
+/// plugins do (what the unit's sandboxing must leave writable).
 fn put_green(node: &Node) -> String {
     node.cluster().install_network_crd();
     let bridge = testkit::netns::unique_name("svb");
     node.machine().own_link(&bridge);
-    let config = json!({"cniVersion": "1.0.0", "name": "green", "type": testkit::node::PLUGIN,
-        "bridge": bridge, "isGateway": false, "ipMasq": false,
-        "ipam": {"type": "host-local", "subnet": node.quarter(1)}});
+    let config = json!({"cniVersion": "1.0.0", "name": "green", "plugins": [
+        {"type": testkit::node::PLUGIN, "bridge": bridge, "isGateway": false, "ipMasq": false,
+         "ipam": {"type": "host-local", "subnet": node.quarter(1)}},
+        {"type": "tuning", "sysctl": {ARP_NOTIFY: "1"}},
+    ]});
     node.put_network(
         "default",
         "green",
@@ -211,6 +217,16 @@ async fn the_installed_service_hot_plugs_logs_upgrades_and_erases_as_documented(
         .eventually("green plugged by the service", || ipv4(&netns, &green))
         .await;
     assert!(node.in_quarter(&address, 1), "{address}");
+    let sysctl = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["cat", "/proc/sys/net/ipv4/conf/all/arp_notify"])
+        .output()
+        .expect("nsenter cat");
+    assert_eq!(
+        String::from_utf8_lossy(&sysctl.stdout).trim(),
+        "1",
+        "tuning set {ARP_NOTIFY} in the pod from under the unit's sandboxing"
+    );
     assert!(
         Path::new("/sys/class/net").join(&green_bridge).exists(),
         "the plugin made bridge {green_bridge} on the node"

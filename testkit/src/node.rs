@@ -667,9 +667,24 @@ impl Node {
         Some(serde_json::from_str(&text).expect("the record is JSON"))
     }
 
-    /// Everything the node's agents logged so far.
+    /// Everything the node's agents logged so far: on a machine, the podagent unit's journal.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.path("podagent.log")).unwrap_or_default()
+        match &self.runtime {
+            Runtime::Machine(machine) => String::from_utf8_lossy(
+                &machine
+                    .exec(&[
+                        "journalctl",
+                        "-u",
+                        "podagent",
+                        "-o",
+                        "short-iso",
+                        "--no-pager",
+                    ])
+                    .stdout,
+            )
+            .into_owned(),
+            _ => fs::read_to_string(self.path("podagent.log")).unwrap_or_default(),
+        }
     }
 
     /// Polls `check` until it returns `Some` (for [`WAIT`]), or fails naming `what` with the
