@@ -142,30 +142,9 @@ fn next_version() -> String {
     testkit::rpm::next_version(version())
 }
 
-struct Packages {
-    _dir: tempfile::TempDir,
-    current: PathBuf,
-    next: PathBuf,
-}
-
 /// The packages of this version and of the next, built once per test binary.
-fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| {
-        // The test binary's own podagent: <target>/debug/podagent.
-        let binary = Path::new(env!("CARGO_BIN_EXE_podagent"));
-        let dir = tempfile::Builder::new()
-            .prefix("podagent-rpm-")
-            .tempdir()
-            .expect("temp dir");
-        let current = testkit::rpm::build(binary, version(), &dir.path().join("current"));
-        let next = testkit::rpm::build(binary, &next_version(), &dir.path().join("next"));
-        Packages {
-            _dir: dir,
-            current,
-            next,
-        }
-    })
+fn packages() -> &'static testkit::rpm::Packages {
+    testkit::rpm::packages(Path::new(env!("CARGO_BIN_EXE_podagent")), version())
 }
 
 fn query(package: &Path, args: &[&str]) -> String {

@@ -11,7 +11,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -26,30 +25,8 @@ const CONFIG: &str = "/opt/kaloom/etc/podagent.toml";
 const ARP_NOTIFY: &str = "net.ipv4.conf.all.arp_notify";
 
 /// This version's package and the next version's, built once per test binary.
-struct Packages {
-    _dir: tempfile::TempDir,
-    current: PathBuf,
-    next: PathBuf,
-}
-
-fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("podagent-service-rpm-")
-            .tempdir()
-            .expect("temp dir");
-        let version = env!("CARGO_PKG_VERSION");
-        let binary = Path::new(PODAGENT);
-        let current = testkit::rpm::build(binary, version, &dir.path().join("current"));
-        let next_version = testkit::rpm::next_version(version);
-        let next = testkit::rpm::build(binary, &next_version, &dir.path().join("next"));
-        Packages {
-            _dir: dir,
-            current,
-            next,
-        }
-    })
+fn packages() -> &'static testkit::rpm::Packages {
+    testkit::rpm::packages(Path::new(PODAGENT), env!("CARGO_PKG_VERSION"))
 }
 
 /// One machine at a time: two nspawn launchers in one cgroup would have to move themselves
@@ -60,12 +37,18 @@ static ONE_MACHINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// `--nodeps`: rpm's database knows none of Debian's packages) and configured by
 /// [`configure`], but not started; the edited config's text.
 fn installed_node() -> (Node, String) {
+    installed_node_on("auto")
+}
+
+/// [`installed_node`] with `runtime.kind = runtime` (`auto` finds the machine's containerd
+/// first, as on any node that has it).
+fn installed_node_on(runtime: &str) -> (Node, String) {
     let node = Node::with_machine(PODAGENT);
     let machine = node.machine();
     let current = hand_in(machine, &packages().current);
     machine.run(&["rpm", "-ivh", "--nodeps", &current]);
     let metrics_port = testkit::free_port().expect("a free port");
-    let edited = configure(&node, metrics_port);
+    let edited = configure(&node, metrics_port, runtime);
     (node, edited)
 }
 
@@ -79,7 +62,7 @@ fn hand_in(machine: &Machine, package: &Path) -> String {
 /// What the operator does after `rpm -ivh`: podagent's own credentials for this node, made by
 /// the packaged `create-kubeconfig.sh` with the admin's kubectl, and the config edited for this
 /// node. The edited config's text.
-fn configure(node: &Node, metrics_port: u16) -> String {
+fn configure(node: &Node, metrics_port: u16, runtime: &str) -> String {
     let machine = node.machine();
     let cluster = node.cluster();
     let share = machine.share();
@@ -120,6 +103,10 @@ fn configure(node: &Node, metrics_port: u16) -> String {
         (
             "listen = \"127.0.0.1:9754\"".to_owned(),
             format!("listen = \"127.0.0.1:{metrics_port}\""),
+        ),
+        (
+            "kind = \"auto\"".to_owned(),
+            format!("kind = \"{runtime}\""),
         ),
     ] {
         assert!(
@@ -477,4 +464,59 @@ async fn stopping_the_service_during_a_slow_add_lets_the_plugin_finish() {
         record["record"]["attachments"][&green]["phase"], "Attached",
         "and recorded: {record}"
     );
+}
+
+/// A Docker node: the pod's sandbox is a dockershim-style pause container of the machine's own
+/// dockerd (run with its CLI, as the kubelet's dockershim named and labelled them), podagent
+/// set to `runtime.kind = "docker"`, and the netns it enters is `/proc/<pid>/ns/net` of the
+/// pause process in the machine's PID namespace, which only a podagent inside can see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_service_hot_plugs_into_a_docker_sandbox() {
+    let _one = ONE_MACHINE.lock().await;
+    let (node, _) = installed_node_on("docker");
+    let machine = node.machine();
+    let pause = testkit::host::image_tar(testkit::host::PAUSE_IMAGE);
+    fs::copy(&pause, machine.share().join("pause.tar")).expect("hand in the pause image");
+    machine.run(&["docker", "load", "-i", &format!("{SHARE}/pause.tar")]);
+    put_green(&node);
+    machine.run(&["systemctl", "enable", "--now", UNIT]);
+
+    let namespace = node.ns("default");
+    let uid = node.create_pod("default", "dock", json!({}));
+    let id = machine.run(&[
+        "docker",
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &format!("k8s_POD_dock_{namespace}_{uid}_0"),
+        "--label",
+        &format!("io.kubernetes.pod.uid={uid}"),
+        "--label",
+        "io.kubernetes.docker.type=podsandbox",
+        "--label",
+        "io.kubernetes.pod.name=dock",
+        "--label",
+        &format!("io.kubernetes.pod.namespace={namespace}"),
+        testkit::host::PAUSE_IMAGE,
+    ]);
+    let id = id.trim();
+    node.report_running("default", "dock", id, 0);
+    let pid = machine.run(&["docker", "inspect", "-f", "{{.State.Pid}}", id]);
+    let netns = machine.host_path(format!("/proc/{}/ns/net", pid.trim()));
+
+    let green = podagent::annotation::ifname("green");
+    node.set_networks("default", "dock", Some(r#"[{"name":"green"}]"#));
+    let address = node
+        .eventually("green plugged into the Docker sandbox", || {
+            ipv4(&netns, &green)
+        })
+        .await;
+    assert!(node.in_quarter(&address, 1), "{address}");
+    node.set_networks("default", "dock", None);
+    node.eventually("green removed from the Docker sandbox", || {
+        (!has_link(&netns, &green)).then_some(())
+    })
+    .await;
 }

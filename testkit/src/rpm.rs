@@ -5,6 +5,33 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// The package of this version and of the next (an upgrade), built once per test process.
+pub struct Packages {
+    _dir: tempfile::TempDir,
+    pub current: PathBuf,
+    pub next: PathBuf,
+}
+
+/// [`Packages`] of `binary` (the test's `CARGO_BIN_EXE_podagent`) as `version` and
+/// [`next_version`]; built by the first call of the process.
+pub fn packages(binary: &Path, version: &str) -> &'static Packages {
+    static PACKAGES: OnceLock<Packages> = OnceLock::new();
+    PACKAGES.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("podagent-rpm-")
+            .tempdir()
+            .expect("temp dir");
+        let current = build(binary, version, &dir.path().join("current"));
+        let next = build(binary, &next_version(version), &dir.path().join("next"));
+        Packages {
+            _dir: dir,
+            current,
+            next,
+        }
+    })
+}
 
 /// Packages `binary` (`<target>/debug/podagent`) as version `version` into `out_dir`; the
 /// package's path. Panics with the script's output when it fails.
