@@ -2,8 +2,10 @@
 //! sandboxes: pause containers carrying the kubelet's labels).
 //!
 //! The flags keep it off the host's networking and storage: its own data-root, exec-root, socket
-//! and pidfile under a temp dir, the vfs storage driver (no overlay mounts to leak), no bridge and
-//! no iptables rules. An empty `--config-file` keeps a host `/etc/docker/daemon.json` out of it.
+//! and pidfile under a temp dir, the vfs storage driver (no overlay mounts to leak), no bridge, no
+//! iptables rules and no IP forwarding (dockerd turns the host's `net.ipv4.ip_forward` on by
+//! default, even without iptables). An empty `--config-file` keeps a host
+//! `/etc/docker/daemon.json` out of it.
 
 use std::collections::HashMap;
 use std::fs;
@@ -73,6 +75,7 @@ impl Dockerd {
                 "--storage-driver=vfs",
                 "--iptables=false",
                 "--ip6tables=false",
+                "--ip-forward=false",
                 "--bridge=none",
             ]);
         let mut daemon = Daemon::spawn("dockerd", command, &dir.join("dockerd.log"));
