@@ -31,7 +31,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::host::process::{self, SubnetLease};
-use crate::host::{CriSocket, PAUSE_IMAGE, cni_network, image_tar};
+use crate::host::{CriSocket, PAUSE_IMAGE, cni_network, image_tar, import_image};
 use crate::prereq;
 
 /// Where the setup script points at the current root file system (`<dir>/root`).
@@ -64,6 +64,7 @@ impl Machine {
         prereq::require_root();
         prereq::require_command("systemd-nspawn", "systemd-container");
         prereq::require_command("nsenter", "util-linux");
+        prereq::require_command("ctr", "containerd");
         let root = Path::new(ROOTFS).join("root");
         prereq::require_path(
             &root.join("usr/lib/systemd/systemd"),
@@ -128,21 +129,7 @@ impl Machine {
             machine.console()
         );
         machine.make_cgroups_writable();
-        let pause = image_tar(PAUSE_IMAGE);
-        let import = Command::new("ctr")
-            .arg("--address")
-            .arg(machine.containerd().socket())
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(&pause)
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run ctr images import: {err}"));
-        assert!(
-            import.status.success(),
-            "ctr images import {} into machine {} failed: {}",
-            pause.display(),
-            machine.name,
-            String::from_utf8_lossy(&import.stderr)
-        );
+        import_image(machine.containerd().socket(), &image_tar(PAUSE_IMAGE));
         machine
     }
 

@@ -62,7 +62,7 @@ impl Containerd {
             snapshotter,
         };
         for tar in images {
-            containerd.import(&tar).await;
+            import_image(containerd.socket(), &tar);
         }
         containerd
     }
@@ -70,25 +70,6 @@ impl Containerd {
     /// The snapshotter in use: `overlayfs`, or `native` where an overlay mount fails.
     pub fn snapshotter(&self) -> &str {
         self.snapshotter
-    }
-
-    /// `ctr images import` into the CRI namespace.
-    async fn import(&self, tar: &Path) {
-        let out = tokio::process::Command::new("ctr")
-            .arg("--address")
-            .arg(self.socket())
-            .args(["-n", CRI_NAMESPACE, "images", "import"])
-            .arg(tar)
-            .output()
-            .await
-            .unwrap_or_else(|err| panic!("cannot run ctr images import: {err}"));
-        if !out.status.success() {
-            panic!(
-                "ctr images import {} failed: {}",
-                tar.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
     }
 }
 
@@ -103,6 +84,26 @@ impl Deref for Containerd {
 impl DerefMut for Containerd {
     fn deref_mut(&mut self) -> &mut CriDaemon {
         &mut self.cri
+    }
+}
+
+/// `ctr images import` of the docker-save `tar` into the CRI namespace of the containerd at
+/// `socket` (a private one, or one inside a booted machine); panics with ctr's error.
+pub(crate) fn import_image(socket: &Path, tar: &Path) {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["-n", CRI_NAMESPACE, "images", "import"])
+        .arg(tar)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run ctr images import: {err}"));
+    if !out.status.success() {
+        panic!(
+            "ctr images import {} into {} failed: {}",
+            tar.display(),
+            socket.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
 }
 
