@@ -33,17 +33,20 @@ scripts/setup-test-host.sh
 out="$PWD/target/bench"
 mkdir -p "$out"
 # `cargo bench` builds the harness, and a podagent next to it, with the bench profile (release
-# settings). The full run measures the podagent that ships instead: the packaging profile (fat
-# LTO, one codegen unit), as scripts/build-rpm.sh builds it for the RPM. The smoke run keeps the
-# bench-profile binary: it only proves the harness works, and a fat-LTO build takes minutes.
+# settings). The full run measures the podagent that ships instead: the static packaging build
+# (fat LTO, one codegen unit) of scripts/build-lib.sh, the one the RPM and the image hold. The
+# smoke run keeps the bench-profile binary: it only proves the harness works, and a fat-LTO
+# build takes minutes.
 agent=()
 if [ "${#mode[@]}" -eq 0 ]; then
-    cargo build --locked --profile packaging -p podagent --bin podagent
-    target_dir=${CARGO_TARGET_DIR:-target}
-    case $target_dir in
+    # shellcheck source=scripts/build-lib.sh
+    . scripts/build-lib.sh
+    build_podagent packaging
+    binary=$(podagent_binary packaging)
+    case $binary in
     /*) ;;
-    *) target_dir=$PWD/$target_dir ;;
+    *) binary=$PWD/$binary ;;
     esac
-    agent=(--podagent "$target_dir/packaging/podagent")
+    agent=(--podagent "$binary")
 fi
 cargo bench --locked --bench hotplug -- "${mode[@]}" --out "$out" "${agent[@]}"

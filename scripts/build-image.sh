@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds podagent's container image, the one the DaemonSet manifests run: one layer holding the
-# packaged podagent binary at /opt/kaloom/bin/podagent, the shared libraries it links (glibc,
-# libgcc_s, libm: the binary is the same one the RPM ships), the CA bundle for an API server
-# whose certificate a public CA signed, and /etc/passwd, /etc/group and /tmp. No shell and no
+# packaged podagent binary at /opt/kaloom/bin/podagent (the static one the RPM ships: no shared
+# library in the image), the CA bundle for an API server whose certificate a public CA signed,
+# and /etc/passwd, /etc/group, /etc/nsswitch.conf and /tmp. No shell and no
 # package manager: podagent needs neither, and the CNI plugins it runs come from the host's
 # plugin directories, which the manifests mount. The image is written in docker-save format,
 # which `ctr -n k8s.io images import`, `docker load` and `podman load` accept.
@@ -53,20 +53,22 @@ ca_bundle=/etc/ssl/certs/ca-certificates.crt
     exit 69
 }
 
+# shellcheck source=scripts/build-lib.sh
+. scripts/build-lib.sh
 if [ "$build" = 1 ]; then
-    # shellcheck source=scripts/build-lib.sh
-    . scripts/build-lib.sh
     build_podagent "$profile"
 fi
 target_dir=${CARGO_TARGET_DIR:-target}
-case $profile in
-    dev) binary=$target_dir/debug/podagent ;;
-    *) binary=$target_dir/$profile/podagent ;;
-esac
+binary=$(podagent_binary "$profile")
 [ -x "$binary" ] || {
-    echo "$me: no podagent binary at $binary; build it (cargo build --profile $profile) or drop --no-build" >&2
+    echo "$me: no podagent binary at $binary; drop --no-build to build it" >&2
     exit 66
 }
+# The image holds no library: a binary that links one would not start in it.
+if ldd "$binary" 2>/dev/null | grep -q '=>'; then
+    echo "$me: $binary links shared libraries (ldd $binary); the image needs the static build of scripts/build-lib.sh" >&2
+    exit 65
+fi
 
 version=$(cargo metadata --no-deps --format-version 1 --offline \
     | jq -r '.packages[] | select(.name == "podagent") | .version')
@@ -85,18 +87,14 @@ trap 'rm -rf "$scratch"' EXIT
 rootfs=$scratch/rootfs
 mkdir -p "$rootfs/opt/kaloom/bin" "$rootfs/etc/ssl/certs" "$rootfs/tmp"
 install -m 0755 "$binary" "$rootfs/opt/kaloom/bin/podagent"
-# Every library the dynamic loader would map, and the loader itself, at the path it is
-# looked up by (the file behind it, not the symlink).
-libraries=$(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
-for library in $libraries; do
-    mkdir -p "$rootfs$(dirname "$library")"
-    install -m 0755 "$(readlink -f "$library")" "$rootfs$library"
-done
 install -m 0644 "$ca_bundle" "$rootfs/etc/ssl/certs/ca-certificates.crt"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n' \
     >"$rootfs/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
-chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
+# Names resolve by the /etc/hosts and /etc/resolv.conf the runtime provides, through the
+# services a static glibc has built in; no NSS module to load.
+printf 'hosts: files dns\n' >"$rootfs/etc/nsswitch.conf"
+chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group" "$rootfs/etc/nsswitch.conf"
 chmod 1777 "$rootfs/tmp"
 find "$rootfs" -type d ! -path "$rootfs/tmp" -exec chmod 0755 {} +
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \

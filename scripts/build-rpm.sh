@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the podagent RPM: compiles podagent with the `packaging` profile (fat LTO, one codegen
-# unit, no debug info) and packages it with cargo-generate-rpm, which is installed with
+# Builds the podagent RPM: compiles the static podagent (scripts/build-lib.sh) with the
+# `packaging` profile (fat LTO, one codegen unit, no debug info) and packages it with cargo-generate-rpm, which is installed with
 # `cargo install --locked` when missing. What goes into the package, with which modes and
 # scriptlets, is declared in [package.metadata.generate-rpm] of Cargo.toml.
 #
@@ -45,13 +45,19 @@ if ! cargo generate-rpm --version >/dev/null 2>&1; then
     cargo install --locked cargo-generate-rpm
 fi
 
+# shellcheck source=scripts/build-lib.sh
+. scripts/build-lib.sh
 if [ "$build" = 1 ]; then
-    # shellcheck source=scripts/build-lib.sh
-    . scripts/build-lib.sh
     build_podagent "$profile"
 fi
+binary=$(podagent_binary "$profile")
+[ -x "$binary" ] || {
+    echo "$me: no podagent binary at $binary; drop --no-build to build it" >&2
+    exit 66
+}
 
-args=(generate-rpm -p . --profile "$profile")
+# --target: the asset target/release/podagent is the static build's <target>/<profile dir>/.
+args=(generate-rpm -p . --profile "$profile" --target "$(podagent_target)")
 if [ -n "$version" ]; then
     args+=(--set-metadata "version = \"$version\"")
 fi

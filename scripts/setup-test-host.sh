@@ -7,7 +7,7 @@ packages=(
     containernetworking-plugins # bridge, host-local, macvlan, tuning, portmap in /usr/lib/cni
     containerd                  # real CRI runtime (private instances started by the tests)
     runc conmon                 # what the CRI-O built below runs containers with
-    gcc libc6-dev               # compiling CRI-O's pinns helper (static, as upstream does)
+    gcc libc6-dev               # static links: the shipped podagent (glibc's libc.a), CRI-O's pinns
     docker.io                   # real Docker engine (private instances started by the tests)
     busybox-static              # the single binary inside the test images
     rpm cpio                    # inspecting and installing the RPM

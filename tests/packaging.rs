@@ -2,15 +2,16 @@
 //! `rpm` (query, install, upgrade and erase in a scratch root), `systemd-analyze verify`, and a
 //! private containerd that imports and runs the image.
 //!
-//! The packages are built from the debug binary, uncompressed (`scripts/build-rpm.sh --profile
-//! dev --no-build --compress none`): the contents, modes, metadata and scriptlets do not depend
-//! on optimisation or compression, while a packaging-profile build takes minutes and zstd on a
-//! debug binary one more. Releases use the defaults.
+//! The packages and the image hold the static dev build of the shipped binary, uncompressed
+//! (`scripts/build-rpm.sh --profile dev --no-build --compress none`): the contents, modes,
+//! metadata and scriptlets do not depend on optimisation or compression, while a
+//! packaging-profile build takes minutes and zstd on a debug binary one more. Releases use the
+//! defaults.
 //!
 //! Scriptlets run for real inside the scratch root, whose /bin/sh is busybox: a host without a
-//! running systemd must install, upgrade and erase cleanly. systemd cannot run as PID 1 on a
-//! test host, so the branch taken when it does run is checked with a `systemctl` stand-in that
-//! records its arguments.
+//! running systemd must install, upgrade and erase cleanly. The branch taken when systemd runs
+//! is checked here with a `systemctl` stand-in that records its arguments, and for real under
+//! systemd as PID 1 in tests/service.rs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -144,7 +145,7 @@ fn next_version() -> String {
 
 /// The packages of this version and of the next, built once per test binary.
 fn packages() -> &'static testkit::rpm::Packages {
-    testkit::rpm::packages(Path::new(env!("CARGO_BIN_EXE_podagent")), version())
+    testkit::rpm::packages(version())
 }
 
 fn query(package: &Path, args: &[&str]) -> String {
@@ -204,25 +205,111 @@ fn metadata_comes_from_cargo_toml_and_requires_only_what_is_real() {
     assert_eq!(fields[4], env!("CARGO_PKG_DESCRIPTION"));
     assert_eq!(fields[5], env!("CARGO_PKG_DESCRIPTION"));
 
+    // The scriptlets' shell, the scripts' `#!/usr/bin/env bash`, the %config marker: no shared
+    // library, no glibc symbol version (the binary is static).
     let requires = query(package, &["--requires"]);
     for line in requires.lines() {
-        // The scriptlets' shell, the scripts' `#!/usr/bin/env bash`, the %config marker.
         let ok = line.starts_with("/bin/sh")
             || line == "/usr/bin/env"
             || line.starts_with("config(podagent)")
             || line.starts_with("rpmlib(")
-            || line.starts_with("lib")
-            || line.starts_with("ld-linux")
-            || line.starts_with("rtld(");
+            // rpm's mark for an ELF file with a GNU hash table (a static-pie too): provided by
+            // every glibc package since EL5, EL8's included.
+            || line == "rtld(GNU_HASH)";
         assert!(
             ok,
-            "unexpected requirement {line:?} (only the shell and shared libraries are real):\n{requires}"
+            "unexpected requirement {line:?} (only the shell is real: the binary is static):\n{requires}"
         );
     }
+}
+
+/// EL8's glibc is 2.28 and Debian 12 builds against 2.36: the packaged binary links glibc in
+/// and needs nothing from the node. Installed into a root that holds only busybox and the
+/// package, it runs, and resolves an API server name that only that root's /etc/hosts knows
+/// (glibc's built-in `files` service), reaching the real API server with the shipped RBAC.
+#[test]
+fn the_packaged_binary_runs_in_a_root_without_libraries_and_resolves_the_api_server_there() {
+    let root = ScratchRoot::new();
+    root.rpm(&["-ivh"], Some(&packages().current));
+    let libraries = stdout(Command::new("find").arg(root.path("/")).args([
+        "-name",
+        "*.so*",
+        "-o",
+        "-name",
+        "ld-linux*",
+    ]));
     assert!(
-        requires.lines().any(|l| l.starts_with("libc.so.6")),
-        "the binary's glibc requirement is missing:\n{requires}"
+        libraries.trim().is_empty(),
+        "the scratch root must hold no library:\n{libraries}"
     );
+    let chroot = |args: &[&str]| {
+        Command::new("chroot")
+            .arg(root.path("/"))
+            .arg("/opt/kaloom/bin/podagent")
+            .args(args)
+            .output()
+            .expect("run chroot")
+    };
+    let out = chroot(&["version"]);
+    assert!(
+        out.status.success() && text(&out.stdout).starts_with(&format!("podagent {}\n", version())),
+        "podagent version in a root without libraries ({}): {}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // The shipped identity's kubeconfig, naming the server by a name of the root's own.
+    let cluster = testkit::control_plane::shared();
+    let port = cluster
+        .server()
+        .rsplit_once(':')
+        .map(|(_, port)| port.to_owned())
+        .expect("server URL with a port");
+    let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(
+        &fs::read_to_string(cluster.podagent_kubeconfig()).expect("podagent's kubeconfig"),
+    )
+    .expect("kubeconfig YAML");
+    let server = &mut kubeconfig["clusters"][0]["cluster"];
+    server["server"] = format!("https://apiserver.podagent.test:{port}").into();
+    // The serving certificate names localhost and 127.0.0.1, not the test's name.
+    server["tls-server-name"] = "localhost".into();
+    let etc = root.path("/opt/kaloom/etc");
+    fs::write(
+        etc.join("podagent-kubeconfig.yaml"),
+        serde_yaml::to_string(&kubeconfig).expect("kubeconfig YAML"),
+    )
+    .expect("write kubeconfig");
+    fs::set_permissions(
+        etc.join("podagent-kubeconfig.yaml"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod kubeconfig");
+    for dir in ["/etc", "/tmp"] {
+        fs::create_dir_all(root.path(dir)).expect("mkdir in the scratch root");
+    }
+    fs::write(
+        root.path("/etc/hosts"),
+        "127.0.0.1 apiserver.podagent.test\n",
+    )
+    .expect("hosts");
+    fs::write(root.path("/etc/nsswitch.conf"), "hosts: files dns\n").expect("nsswitch");
+    fs::write(
+        root.path("/tmp/check.toml"),
+        "node_name = \"static-node\"\n",
+    )
+    .expect("write config");
+
+    // The runtime and plugin lines fail in this root; the API lines must not.
+    let out = chroot(&["check", "--config", "/tmp/check.toml"]);
+    let said = text(&out.stdout);
+    for passed in ["✓ kubeconfig readable", "✓ pods on this node listable"] {
+        assert!(
+            said.lines().any(|line| line.starts_with(passed)),
+            "no {passed:?} line from podagent check in the scratch root:\n{said}{}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -503,20 +590,19 @@ fn unit_has_the_documented_service_settings() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The DaemonSet's image (scripts/build-image.sh), from the test's own debug binary.
+// The DaemonSet's image (scripts/build-image.sh), from the static dev build the RPM holds.
 
-/// Builds the image into `out` from the debug binary; returns (printed id, tar path).
+/// Builds the image into `out` from the shipped binary's dev build; returns (printed id, tar
+/// path).
 fn build_image(out: &Path) -> (String, PathBuf) {
-    let binary = Path::new(env!("CARGO_BIN_EXE_podagent"));
-    let target_dir = binary
-        .parent()
-        .and_then(Path::parent)
-        .expect("podagent binary inside <target>/debug");
+    testkit::binaries::shipped_podagent();
+    let mut command = Command::new(repo().join("scripts/build-image.sh"));
+    testkit::binaries::without_cargo_env(&mut command);
     let printed = stdout(
-        Command::new(repo().join("scripts/build-image.sh"))
+        command
             .args(["--profile", "dev", "--no-build", "--output"])
             .arg(out)
-            .env("CARGO_TARGET_DIR", target_dir),
+            .env("CARGO_TARGET_DIR", testkit::binaries::test_target_dir()),
     );
     let mut lines = printed.lines().rev();
     let tar = PathBuf::from(lines.next().expect("tar path").trim());
@@ -561,7 +647,7 @@ async fn the_image_holds_the_packaged_binary_is_reproducible_and_runs_in_contain
         "the same binary gives the same bytes"
     );
 
-    // What it holds: the binary the tests run, its libraries, the CA bundle; no shell.
+    // What it holds: the shipped binary, the CA bundle; no library, no shell.
     let unpacked = scratch.path().join("image");
     fs::create_dir(&unpacked).expect("mkdir");
     run(Command::new("tar")
@@ -608,7 +694,7 @@ async fn the_image_holds_the_packaged_binary_is_reproducible_and_runs_in_contain
     let packed = rootfs.join("opt/kaloom/bin/podagent");
     assert!(
         fs::read(&packed).expect("podagent in the image")
-            == fs::read(env!("CARGO_BIN_EXE_podagent")).expect("the test's podagent"),
+            == fs::read(testkit::binaries::shipped_podagent()).expect("the shipped podagent"),
         "the image holds the binary it was built from"
     );
     assert_eq!(
@@ -616,17 +702,24 @@ async fn the_image_holds_the_packaged_binary_is_reproducible_and_runs_in_contain
         0o755
     );
     for needed in [
-        "lib64/ld-linux-x86-64.so.2",
-        "lib/x86_64-linux-gnu/libc.so.6",
         "etc/ssl/certs/ca-certificates.crt",
         "etc/passwd",
+        "etc/nsswitch.conf",
     ] {
         assert!(
             rootfs.join(needed).is_file(),
             "{needed} missing from the image"
         );
     }
-    for absent in ["bin/sh", "usr/bin/sh", "bin/busybox", "usr/bin/apt"] {
+    for absent in [
+        "bin/sh",
+        "usr/bin/sh",
+        "bin/busybox",
+        "usr/bin/apt",
+        "lib",
+        "lib64",
+        "usr/lib",
+    ] {
         assert!(!rootfs.join(absent).exists(), "{absent} is in the image");
     }
 

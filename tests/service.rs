@@ -26,7 +26,7 @@ const ARP_NOTIFY: &str = "net.ipv4.conf.all.arp_notify";
 
 /// This version's package and the next version's, built once per test binary.
 fn packages() -> &'static testkit::rpm::Packages {
-    testkit::rpm::packages(Path::new(PODAGENT), env!("CARGO_PKG_VERSION"))
+    testkit::rpm::packages(env!("CARGO_PKG_VERSION"))
 }
 
 /// One machine at a time: two nspawn launchers in one cgroup would have to move themselves

@@ -1,8 +1,11 @@
-//! The workspace's own test programs (`control-plane`, `podagent-demo`) for tests of any
-//! package: cargo hands `CARGO_BIN_EXE_*` only to the tests of the package that owns a binary.
+//! The workspace's own programs for tests of any package: the test programs (`control-plane`,
+//! `podagent-demo`), since cargo hands `CARGO_BIN_EXE_*` only to the tests of the package that
+//! owns a binary; and the podagent that ships, the static build of `scripts/build-lib.sh`, which
+//! is not the test build's `CARGO_BIN_EXE_podagent`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// The path of testkit's binary `name`. For a test or bench (an executable in
 /// `<target>/<profile>/deps`): built first into that profile (a no-op when it is up to date: a
@@ -22,27 +25,16 @@ pub fn testkit_binary(name: &str) -> PathBuf {
         );
         return sibling;
     }
-    // <target>/<profile>/deps/<test> → <target>/<profile>.
     let dir = dir.parent().expect("deps inside <target>/<profile>");
-    let target = dir.parent().expect("<target>/<profile> inside <target>");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = test_target_dir();
     let mut build = Command::new(env!("CARGO"));
-    // Not the OUT_DIR, CARGO_MANIFEST_DIR, CARGO_PKG_* … cargo gave this test: build scripts
-    // (ring's) track some of them, and the outer and this build would keep rebuilding each
-    // other's dependencies.
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|key| {
-            key == "OUT_DIR" || (key.starts_with("CARGO_") && key != "CARGO_HOME")
-        }) {
-            build.env_remove(key);
-        }
-    }
+    without_cargo_env(&mut build);
     build
         .args([
             "build", "--quiet", "-p", "podagent", "-p", "testkit", "--bin", name,
         ])
-        .current_dir(&workspace)
-        .env("CARGO_TARGET_DIR", target);
+        .current_dir(workspace())
+        .env("CARGO_TARGET_DIR", &target);
     if dir.file_name().is_some_and(|profile| profile == "release") {
         build.arg("--release");
     }
@@ -51,4 +43,68 @@ pub fn testkit_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|err| panic!("cannot run cargo to build {name}: {err}"));
     assert!(status.success(), "cargo build --bin {name}: {status}");
     dir.join(name)
+}
+
+/// The static podagent that the RPM and the image ship, as `scripts/build-lib.sh` builds it with
+/// the `dev` profile (the release's code and link, without the minutes of fat LTO), into the
+/// running test's target directory, under the target's own subdirectory; built once per test
+/// process. The packaging scripts take it with `--profile dev --no-build` and that directory as
+/// `CARGO_TARGET_DIR`.
+pub fn shipped_podagent() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = test_target_dir();
+        let mut build = Command::new("bash");
+        without_cargo_env(&mut build);
+        let out = build
+            .args([
+                "-c",
+                ". scripts/build-lib.sh && build_podagent dev >&2 && podagent_binary dev",
+            ])
+            .current_dir(workspace())
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run bash to build the shipped podagent: {err}"));
+        assert!(
+            out.status.success(),
+            "building the shipped podagent (scripts/build-lib.sh build_podagent dev) failed \
+             ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let binary = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(
+            binary.is_file(),
+            "scripts/build-lib.sh named {}, which is not there",
+            binary.display()
+        );
+        binary
+    })
+}
+
+/// The target directory the running test was built into: `<target>/<profile>/deps/<test>` →
+/// `<target>`.
+pub fn test_target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the running program's own path");
+    exe.ancestors()
+        .nth(3)
+        .expect("a test inside <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Not the OUT_DIR, CARGO_MANIFEST_DIR, CARGO_PKG_* … cargo gave this test: build scripts
+/// (ring's) track some of them, and the outer and a nested cargo build would keep rebuilding
+/// each other's dependencies.
+pub fn without_cargo_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|key| {
+            key == "OUT_DIR" || (key.starts_with("CARGO_") && key != "CARGO_HOME")
+        }) {
+            command.env_remove(key);
+        }
+    }
 }

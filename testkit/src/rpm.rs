@@ -1,7 +1,7 @@
-//! podagent's RPM as the tests build it: `scripts/build-rpm.sh` packaging the test build's
-//! binary (`--profile dev --no-build`, uncompressed), so a test installs exactly what it tests
-//! in seconds rather than after a release build. Same files, modes, metadata and scriptlets as
-//! a release package.
+//! podagent's RPM as the tests build it: `scripts/build-rpm.sh` packaging the static dev build
+//! of the shipped binary ([`crate::binaries::shipped_podagent`], `--profile dev --no-build`,
+//! uncompressed), so a test installs what ships in seconds rather than after a release build.
+//! Same files, modes, metadata and scriptlets as a release package.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,17 +14,17 @@ pub struct Packages {
     pub next: PathBuf,
 }
 
-/// [`Packages`] of `binary` (the test's `CARGO_BIN_EXE_podagent`) as `version` and
-/// [`next_version`]; built by the first call of the process.
-pub fn packages(binary: &Path, version: &str) -> &'static Packages {
+/// [`Packages`] of the shipped podagent as `version` and [`next_version`]; built by the first
+/// call of the process.
+pub fn packages(version: &str) -> &'static Packages {
     static PACKAGES: OnceLock<Packages> = OnceLock::new();
     PACKAGES.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("podagent-rpm-")
             .tempdir()
             .expect("temp dir");
-        let current = build(binary, version, &dir.path().join("current"));
-        let next = build(binary, &next_version(version), &dir.path().join("next"));
+        let current = build(version, &dir.path().join("current"));
+        let next = build(&next_version(version), &dir.path().join("next"));
         Packages {
             _dir: dir,
             current,
@@ -33,21 +33,20 @@ pub fn packages(binary: &Path, version: &str) -> &'static Packages {
     })
 }
 
-/// Packages `binary` (`<target>/debug/podagent`) as version `version` into `out_dir`; the
-/// package's path. Panics with the script's output when it fails.
-pub fn build(binary: &Path, version: &str, out_dir: &Path) -> PathBuf {
+/// Packages the shipped podagent as version `version` into `out_dir`; the package's path.
+/// Panics with the script's output when it fails.
+pub fn build(version: &str, out_dir: &Path) -> PathBuf {
     crate::prereq::require_command("rpm", "rpm");
-    let target_dir = binary
-        .parent()
-        .and_then(Path::parent)
-        .expect("podagent binary inside <target>/debug");
+    crate::binaries::shipped_podagent();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-rpm.sh");
-    let out = Command::new(&script)
+    let mut command = Command::new(&script);
+    crate::binaries::without_cargo_env(&mut command);
+    let out = command
         .args(["--profile", "dev", "--no-build", "--compress", "none"])
         .args(["--version", version])
         .arg("--output")
         .arg(out_dir)
-        .env("CARGO_TARGET_DIR", target_dir)
+        .env("CARGO_TARGET_DIR", crate::binaries::test_target_dir())
         .output()
         .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
     let printed = String::from_utf8_lossy(&out.stdout);
