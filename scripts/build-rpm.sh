@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the podagent RPM: compiles the static podagent (scripts/build-lib.sh) with the
-# `packaging` profile (fat LTO, one codegen unit, no debug info) and packages it with cargo-generate-rpm, which is installed with
-# `cargo install --locked` when missing. What goes into the package, with which modes and
+# `packaging` profile (fat LTO, one codegen unit, no debug info) and packages it with
+# cargo-generate-rpm, which is installed with `cargo install --locked` when missing. What goes into the package, with which modes and
 # scriptlets, is declared in [package.metadata.generate-rpm] of Cargo.toml.
 #
 #   scripts/build-rpm.sh [--profile PROFILE] [--no-build] [--version VERSION] [--output DIR]

@@ -223,6 +223,48 @@ fn metadata_comes_from_cargo_toml_and_requires_only_what_is_real() {
     }
 }
 
+/// The packaging scripts refuse, naming the path and what to do, a `--no-build` without a
+/// binary (both) and a binary that links shared libraries (the image, which holds none).
+#[test]
+fn packaging_scripts_refuse_a_missing_or_dynamic_binary() {
+    let shipped = testkit::binaries::shipped_podagent();
+    let triple = shipped
+        .ancestors()
+        .nth(2)
+        .and_then(Path::file_name)
+        .expect("<target>/<triple>/debug/podagent");
+    let empty = tempfile::tempdir().expect("temp dir");
+    let binary = empty.path().join(triple).join("debug/podagent");
+    let refusal = |script: &str| {
+        let out = Command::new(repo().join("scripts").join(script))
+            .args(["--profile", "dev", "--no-build", "--output"])
+            .arg(empty.path().join("out"))
+            .env("CARGO_TARGET_DIR", empty.path())
+            .output()
+            .expect("run the script");
+        (out.status.code(), text(&out.stderr))
+    };
+    for script in ["build-rpm.sh", "build-image.sh"] {
+        let (code, said) = refusal(script);
+        assert_eq!(code, Some(66), "{script}: {said}");
+        assert!(
+            said.contains(&format!("no podagent binary at {}", binary.display()))
+                && said.contains("drop --no-build"),
+            "{script}: {said}"
+        );
+    }
+    // The test build's own binary is the dynamic one.
+    fs::create_dir_all(binary.parent().expect("debug dir")).expect("mkdir");
+    fs::copy(env!("CARGO_BIN_EXE_podagent"), &binary).expect("copy the dynamic podagent");
+    let (code, said) = refusal("build-image.sh");
+    assert_eq!(code, Some(65), "{said}");
+    assert!(said.contains("links shared libraries"), "{said}");
+    assert!(
+        !empty.path().join("out").exists(),
+        "nothing written: {said}"
+    );
+}
+
 /// EL8's glibc is 2.28 and Debian 12 builds against 2.36: the packaged binary links glibc in
 /// and needs nothing from the node. Installed into a root that holds only busybox and the
 /// package, it runs, and resolves an API server name that only that root's /etc/hosts knows
@@ -595,14 +637,10 @@ fn unit_has_the_documented_service_settings() {
 /// Builds the image into `out` from the shipped binary's dev build; returns (printed id, tar
 /// path).
 fn build_image(out: &Path) -> (String, PathBuf) {
-    testkit::binaries::shipped_podagent();
-    let mut command = Command::new(repo().join("scripts/build-image.sh"));
-    testkit::binaries::without_cargo_env(&mut command);
     let printed = stdout(
-        command
-            .args(["--profile", "dev", "--no-build", "--output"])
-            .arg(out)
-            .env("CARGO_TARGET_DIR", testkit::binaries::test_target_dir()),
+        testkit::binaries::packaging_script(&repo().join("scripts/build-image.sh"))
+            .arg("--output")
+            .arg(out),
     );
     let mut lines = printed.lines().rev();
     let tar = PathBuf::from(lines.next().expect("tar path").trim());

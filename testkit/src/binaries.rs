@@ -82,6 +82,18 @@ pub fn shipped_podagent() -> &'static Path {
     })
 }
 
+/// `script` (build-rpm.sh, build-image.sh) set to package [`shipped_podagent`] as it is:
+/// `--profile dev --no-build`, with the test build's target directory; built first if needed.
+pub fn packaging_script(script: &Path) -> Command {
+    shipped_podagent();
+    let mut command = Command::new(script);
+    without_cargo_env(&mut command);
+    command
+        .args(["--profile", "dev", "--no-build"])
+        .env("CARGO_TARGET_DIR", test_target_dir());
+    command
+}
+
 /// The target directory the running test was built into: `<target>/<profile>/deps/<test>` →
 /// `<target>`.
 pub fn test_target_dir() -> PathBuf {
@@ -99,7 +111,7 @@ fn workspace() -> PathBuf {
 /// Not the OUT_DIR, CARGO_MANIFEST_DIR, CARGO_PKG_* … cargo gave this test: build scripts
 /// (ring's) track some of them, and the outer and a nested cargo build would keep rebuilding
 /// each other's dependencies.
-pub fn without_cargo_env(command: &mut Command) {
+fn without_cargo_env(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(|key| {
             key == "OUT_DIR" || (key.starts_with("CARGO_") && key != "CARGO_HOME")

@@ -4,7 +4,6 @@
 //! Same files, modes, metadata and scriptlets as a release package.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// The package of this version and of the next (an upgrade), built once per test process.
@@ -37,16 +36,12 @@ pub fn packages(version: &str) -> &'static Packages {
 /// Panics with the script's output when it fails.
 pub fn build(version: &str, out_dir: &Path) -> PathBuf {
     crate::prereq::require_command("rpm", "rpm");
-    crate::binaries::shipped_podagent();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-rpm.sh");
-    let mut command = Command::new(&script);
-    crate::binaries::without_cargo_env(&mut command);
-    let out = command
-        .args(["--profile", "dev", "--no-build", "--compress", "none"])
+    let out = crate::binaries::packaging_script(&script)
+        .args(["--compress", "none"])
         .args(["--version", version])
         .arg("--output")
         .arg(out_dir)
-        .env("CARGO_TARGET_DIR", crate::binaries::test_target_dir())
         .output()
         .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
     let printed = String::from_utf8_lossy(&out.stdout);
