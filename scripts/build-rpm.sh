@@ -64,14 +64,12 @@ fi
 if [ -n "$compress" ]; then
     args+=(--payload-compress "$compress")
 fi
-if [ -n "$output" ]; then
-    mkdir -p "$output"
-    args+=(--output "$output")
-fi
+# Always named: with --target, cargo-generate-rpm's own default is <target dir>/<target>/generate-rpm.
+rpm_dir=${output:-${CARGO_TARGET_DIR:-target}/generate-rpm}
+mkdir -p "$rpm_dir"
+args+=(--output "$rpm_dir")
 cargo "${args[@]}"
 
-target_dir=${CARGO_TARGET_DIR:-target}
-rpm_dir=${output:-$target_dir/generate-rpm}
 # The newest package in the output directory is the one just written.
 # shellcheck disable=SC2012 # file names are ours: podagent-<version>-<release>.<arch>.rpm
 package=$(ls -t "$rpm_dir"/podagent-*.rpm | head -n 1)

@@ -224,7 +224,8 @@ fn metadata_comes_from_cargo_toml_and_requires_only_what_is_real() {
 }
 
 /// The packaging scripts refuse, naming the path and what to do, a `--no-build` without a
-/// binary (both) and a binary that links shared libraries (the image, which holds none).
+/// binary (both) and a binary that links shared libraries (the image, which holds none); the
+/// RPM's default destination is the documented one.
 #[test]
 fn packaging_scripts_refuse_a_missing_or_dynamic_binary() {
     let shipped = testkit::binaries::shipped_podagent();
@@ -262,6 +263,23 @@ fn packaging_scripts_refuse_a_missing_or_dynamic_binary() {
     assert!(
         !empty.path().join("out").exists(),
         "nothing written: {said}"
+    );
+
+    // Without --output the package lands where the README says: <target dir>/generate-rpm/.
+    let out = Command::new(repo().join("scripts/build-rpm.sh"))
+        .args(["--profile", "dev", "--no-build", "--compress", "none"])
+        .env("CARGO_TARGET_DIR", empty.path())
+        .output()
+        .expect("run build-rpm.sh");
+    let printed = text(&out.stdout);
+    let package = PathBuf::from(printed.lines().last().unwrap_or_default());
+    assert!(
+        out.status.success()
+            && package.parent() == Some(empty.path().join("generate-rpm").as_path())
+            && package.is_file(),
+        "build-rpm.sh without --output ({}): {printed}{}",
+        out.status,
+        text(&out.stderr)
     );
 }
 
