@@ -63,6 +63,8 @@ const RETRY_START: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(30);
 /// Longest watch request: kube-apiserver's own default range ends near five minutes.
 const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(290);
+/// The shortest watch whose before-deadline bookmark still comes reliably (see [`Cadence`]).
+const MIN_WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events from the watch waiting for the work loop; a full channel blocks the watch, which the
 /// watchdog then notices.
 const EVENT_BACKLOG: usize = 256;
@@ -79,15 +81,17 @@ pub(crate) struct Cadence {
 }
 
 impl Cadence {
-    /// With a watchdog timeout W, the watch is renewed every W/4 (1 s to 290 s), so the
+    /// With a watchdog timeout W, the watch is renewed every W/4 (5 s to 290 s), so the
     /// server's before-deadline bookmark comes at least that often, and a loop is stalled after
-    /// three such periods. kube-apiserver sends that bookmark about 2 s before the deadline, so
-    /// watches must last 3 s or more: any `WatchdogSec=` of 12 s or more keeps a quiet cluster
-    /// from looking stalled (the unit's 60 s renews watches every 15 s). Without a watchdog,
-    /// watches last the usual five minutes.
+    /// three such periods (the unit's 60 s renews watches every 15 s). kube-apiserver sends that
+    /// bookmark about 2 s before the deadline from a once-a-second timer, so a shorter watch
+    /// leaves it no slack: with 3 s watches (`WatchdogSec=12`) a loaded 2-core node once went
+    /// 10 s without one, and systemd would have restarted a healthy podagent. A short
+    /// `WatchdogSec=` therefore detects a stall later than W, never falsely. Without a
+    /// watchdog, watches last the usual five minutes.
     pub(crate) fn for_watchdog(timeout: Option<Duration>) -> Cadence {
         let watch_timeout = timeout.map_or(MAX_WATCH_TIMEOUT, |w| {
-            Duration::from_secs((w / 4).as_secs()).clamp(Duration::from_secs(1), MAX_WATCH_TIMEOUT)
+            Duration::from_secs((w / 4).as_secs()).clamp(MIN_WATCH_TIMEOUT, MAX_WATCH_TIMEOUT)
         });
         Cadence {
             watch_timeout,
@@ -386,12 +390,12 @@ mod tests {
         assert_eq!(c.watch_timeout, Duration::from_secs(30));
         assert_eq!(c.stale_after, Duration::from_secs(90));
         assert!(c.stale_after < Duration::from_secs(120) + c.watch_timeout);
-        let short = Cadence::for_watchdog(Some(Duration::from_secs(2)));
+        let short = Cadence::for_watchdog(Some(Duration::from_secs(12)));
         assert_eq!(
-            short.watch_timeout,
-            Duration::from_secs(1),
-            "at least one second"
+            short.watch_timeout, MIN_WATCH_TIMEOUT,
+            "long enough for the bookmark"
         );
+        assert_eq!(short.stale_after, Duration::from_secs(15));
         let none = Cadence::for_watchdog(None);
         assert_eq!(none.watch_timeout, MAX_WATCH_TIMEOUT);
     }

@@ -80,6 +80,7 @@ impl Lab {
             timeout: self.timeout,
             env_passthrough: vec!["HOME".into(), "_CNI_LOGGING_LEVEL".into()],
             cache_dir: self.cache_dir(),
+            host_root: None,
         }
     }
 

@@ -604,6 +604,7 @@ impl CacheLab {
             timeout: Duration::from_secs(5),
             env_passthrough: vec![],
             cache_dir: self.cache(),
+            host_root: None,
         }
     }
 }

@@ -1109,8 +1109,9 @@ async fn daemonset_hot_plugs_from_inside_the_image(
     cluster.install_network_crd();
     let bridge = testkit::netns::unique_name("dsb");
     let _links = testkit::netns::HostLinks(vec![bridge.clone()]);
-    // The Debian bridge plugin, straight (the test's logging wrapper is a shell script, and
-    // the image has no shell); host-local keeps its leases in /var/lib/cni, as by default.
+    // The Debian bridge plugin, straight: dynamically linked as distributions build their
+    // plugins, it runs only in the node's root (the image holds no library); host-local keeps
+    // its leases in the node's /var/lib/cni, as by default.
     let config = serde_json::json!({"cniVersion": "1.0.0", "name": "green", "type": "bridge",
         "bridge": bridge, "isGateway": false, "ipMasq": false,
         "ipam": {"type": "host-local", "subnet": node.quarter(1)}});
@@ -1133,15 +1134,31 @@ async fn daemonset_hot_plugs_from_inside_the_image(
         .as_u64()
         .expect("terminationGracePeriodSeconds");
 
+    // The node's root, where podagent runs the plugins: this machine's, with the test node's
+    // plugin dirs and CNI state.
+    let (vendor_bin, cni_state, xtables_lock) = (
+        node.path("vendor-bin"),
+        node.path("cni-state"),
+        node.path("xtables.lock"),
+    );
+    fs::create_dir_all(&vendor_bin).expect("mkdir vendor-bin");
+    fs::create_dir_all(&cni_state).expect("mkdir cni-state");
+    fs::write(&xtables_lock, "").expect("xtables.lock");
+    let root = testkit::node_root::NodeRoot::build(
+        &node.path("root"),
+        &[
+            ("/opt/cni/bin", Path::new("/usr/lib/cni")),
+            ("/opt/kaloom/cni/bin", &vendor_bin),
+            ("/var/lib/cni", &cni_state),
+            ("/run/xtables.lock", &xtables_lock),
+        ],
+    );
     // Each host path the manifest mounts, on this test node: the CRI runtime's socket dir is
     // its instance dir, the netns dir the real one.
     let local = |host: &str| -> PathBuf {
         match host {
+            "/" => root.path().to_owned(),
             "/etc/cni/net.d" => node.path("conf"),
-            "/opt/cni/bin" => PathBuf::from("/usr/lib/cni"),
-            "/opt/kaloom/cni/bin" => node.path("vendor-bin"),
-            "/var/lib/cni" => node.path("cni-state"),
-            "/run/xtables.lock" => node.path("xtables.lock"),
             "/var/lib/podagent" => node.path("state"),
             "/run/containerd" | "/var/run/crio" => node.cri().dir().to_owned(),
             "/var/run/docker.sock" => node.dockerd().socket().to_owned(),
@@ -1296,6 +1313,12 @@ async fn daemonset_hot_plugs_from_inside_the_image(
         .eventually("green added from the container", || ipv4(&netns, &green))
         .await;
     assert!(node.in_quarter(&address, 1), "{address}");
+    let lease = cni_state.join("networks/green").join(&address);
+    assert!(
+        lease.is_file(),
+        "host-local's lease of {address} is not {}: the plugins did not run in the node's root",
+        lease.display()
+    );
     node.eventually("the record written to the host's state dir", || {
         let record = node.record(&uid)?;
         (record["record"]["attachments"][&green]["phase"] == "Attached").then_some(())

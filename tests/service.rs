@@ -343,7 +343,7 @@ async fn the_watchdog_restarts_a_stalled_service_and_a_bad_config_is_not_restart
     proxy
         .write_kubeconfig(&kubeconfig, &kubeconfig)
         .expect("point the service at the proxy");
-    // An operator's drop-in: the shortest WatchdogSec podagent supports (the unit's comment).
+    // An operator's drop-in: a short WatchdogSec, whose watches are podagent's shortest (5 s).
     let drop_in = machine.host_path("/etc/systemd/system/podagent.service.d");
     fs::create_dir_all(&drop_in).expect("the drop-in dir");
     fs::write(

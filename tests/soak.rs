@@ -342,6 +342,7 @@ impl World {
             timeout: Duration::from_secs(20),
             env_passthrough: Vec::new(),
             cache_dir: self.path("teardown-cache"),
+            host_root: None,
         });
         for (sandbox, link) in self.allocations() {
             if sandbox != id {

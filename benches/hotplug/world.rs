@@ -156,6 +156,7 @@ impl World {
             timeout: PLUGIN_TIMEOUT,
             env_passthrough: Vec::new(),
             cache_dir: self.path("floor-cache"),
+            host_root: None,
         })
     }
 

@@ -17,7 +17,8 @@ use super::Requested;
 use super::error::{CniError, Op};
 use super::{Settings, Target};
 
-/// `PATH` for plugins when the agent itself has none (systemd gives services one).
+/// `PATH` for plugins when the agent itself has none (systemd gives services one), or runs
+/// them in the node's root.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A [`Target`] whose fields passed validation, turned into what a plugin run takes.
@@ -189,18 +190,27 @@ pub(crate) enum Lookup {
     NotExecutable(PathBuf),
 }
 
-/// The first executable regular file named `plugin_type` in `dirs`.
-pub(crate) fn find_plugin(dirs: &[PathBuf], plugin_type: &str) -> Result<PathBuf, Lookup> {
+/// The first executable regular file named `plugin_type` in `dirs`, as a path on the node
+/// (what runs after the chroot into `host_root`, if any).
+pub(crate) fn find_plugin(
+    settings: &Settings,
+    dirs: &[PathBuf],
+    plugin_type: &str,
+) -> Result<PathBuf, Lookup> {
     use std::os::unix::fs::PermissionsExt;
     let mut not_executable = None;
     for dir in dirs {
         let candidate = dir.join(plugin_type);
-        match std::fs::metadata(&candidate) {
-            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+        let seen = match &settings.host_root {
+            Some(root) => resolve_in_root(root, &candidate),
+            None => Some(candidate.clone()),
+        };
+        match seen.map(std::fs::metadata) {
+            Some(Ok(meta)) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
                 return Ok(candidate);
             }
-            Ok(meta) if meta.is_file() => {
-                not_executable.get_or_insert(candidate);
+            Some(Ok(meta)) if meta.is_file() => {
+                not_executable.get_or_insert(settings.seen(&candidate));
             }
             _ => {}
         }
@@ -208,12 +218,63 @@ pub(crate) fn find_plugin(dirs: &[PathBuf], plugin_type: &str) -> Result<PathBuf
     Err(not_executable.map_or(Lookup::Missing, Lookup::NotExecutable))
 }
 
+/// How many symbolic links one lookup follows, as Linux's `MAXSYMLINKS`.
+const MAX_SYMLINKS: usize = 40;
+
+/// `path` (absolute, on the node) resolved the way the kernel resolves it after a chroot into
+/// `root`: an absolute link starts again at `root` and `..` never climbs out of it (a node's
+/// `/opt/cni/bin/bridge` may well link to `/usr/libexec/cni/bridge`, which is the node's, not
+/// the container's). The result is the path podagent opens; `None` when a component is
+/// missing or the links loop.
+fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut pending: Vec<OsString> = Vec::new();
+    let push = |pending: &mut Vec<OsString>, path: &Path| {
+        for part in path.components().rev() {
+            match part {
+                Component::Normal(name) => pending.push(name.to_owned()),
+                Component::ParentDir => pending.push("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push(&mut pending, path);
+    let mut resolved = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let next = resolved.join(&part);
+        let here = root.join(&next);
+        if std::fs::symlink_metadata(&here)
+            .ok()?
+            .file_type()
+            .is_symlink()
+        {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return None;
+            }
+            let target = std::fs::read_link(&here).ok()?;
+            if target.is_absolute() {
+                resolved.clear();
+            }
+            push(&mut pending, &target);
+        } else {
+            resolved = next;
+        }
+    }
+    Some(root.join(resolved))
+}
+
 /// The whole environment of a plugin run.
 pub(crate) fn plugin_env(
     op: Op,
     dirs: &[PathBuf],
     target: Option<(&ValidTarget, &str)>,
-    passthrough: &[String],
+    settings: &Settings,
 ) -> Vec<(String, OsString)> {
     let mut env: Vec<(String, OsString)> = vec![("CNI_COMMAND".into(), op.as_str().into())];
     if op != Op::Version {
@@ -226,9 +287,13 @@ pub(crate) fn plugin_env(
         env.push(("CNI_IFNAME".into(), target.ifname.clone().into()));
         env.push(("CNI_ARGS".into(), cni_args.into()));
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    env.push(("PATH".into(), path));
-    for name in passthrough {
+    // In a container, podagent's own PATH names the image's directories, not the node's.
+    let path = match settings.host_root {
+        Some(_) => None,
+        None => std::env::var_os("PATH"),
+    };
+    env.push(("PATH".into(), path.unwrap_or_else(|| DEFAULT_PATH.into())));
+    for name in &settings.env_passthrough {
         if let Some(value) = std::env::var_os(name) {
             env.push((name.clone(), value));
         }
@@ -353,6 +418,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             env_passthrough: vec![],
             cache_dir: "/var/lib/podagent/cni".into(),
+            host_root: None,
         };
         let dirs = search_dirs(&settings, "kactus");
         assert_eq!(dirs[0], Path::new("/opt/kactus/bin"));
@@ -367,11 +433,15 @@ mod tests {
     #[test]
     fn environment_is_minimal() {
         let target = ValidTarget::new(&attachment()).unwrap();
+        let mut settings = Settings {
+            env_passthrough: vec!["PODAGENT_SURELY_UNSET_VAR".into()],
+            ..Settings::default()
+        };
         let env = plugin_env(
             Op::Del,
             &["/a".into(), "/b".into()],
             Some((&target, "X=1")),
-            &["PODAGENT_SURELY_UNSET_VAR".into()],
+            &settings,
         );
         let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -388,5 +458,65 @@ mod tests {
         );
         assert_eq!(env[1].1, "/a:/b");
         assert_eq!(env[5].1, "X=1");
+
+        // In the node's root, the node's PATH, not the container's.
+        settings.host_root = Some("/host".into());
+        let env = plugin_env(Op::Version, &[], None, &settings);
+        assert_eq!(env.last().unwrap(), &("PATH".into(), DEFAULT_PATH.into()));
+    }
+
+    #[test]
+    fn plugins_in_the_host_root_are_found_through_its_own_links() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let root = tempfile::tempdir().unwrap();
+        let at = |p: &str| root.path().join(p);
+        for dir in ["usr/libexec/cni", "opt/cni", "opt/vendor/cni/bin"] {
+            std::fs::create_dir_all(at(dir)).unwrap();
+        }
+        std::fs::write(at("usr/libexec/cni/bridge"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            at("usr/libexec/cni/bridge"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(at("usr/libexec/cni/plain"), "").unwrap();
+        // Absolute links are the node's: they resolve inside the root, as after a chroot.
+        symlink("/usr/libexec/cni", at("opt/cni/bin")).unwrap();
+        symlink(
+            "../../../../usr/libexec/cni/bridge",
+            at("opt/vendor/cni/bin/up"),
+        )
+        .unwrap();
+        symlink("/opt/vendor/cni/bin/loop", at("opt/vendor/cni/bin/loop")).unwrap();
+        let settings = Settings {
+            host_root: Some(root.path().to_owned()),
+            ..Settings::default()
+        };
+        let dirs = [
+            PathBuf::from("/opt/vendor/cni/bin"),
+            PathBuf::from("/opt/cni/bin"),
+        ];
+
+        assert_eq!(
+            find_plugin(&settings, &dirs, "bridge"),
+            Ok(PathBuf::from("/opt/cni/bin/bridge")),
+            "the path to run after the chroot"
+        );
+        // `..` past the top stays at the root.
+        assert_eq!(
+            find_plugin(&settings, &dirs, "up"),
+            Ok(PathBuf::from("/opt/vendor/cni/bin/up"))
+        );
+        assert_eq!(find_plugin(&settings, &dirs, "loop"), Err(Lookup::Missing));
+        assert_eq!(find_plugin(&settings, &dirs, "none"), Err(Lookup::Missing));
+        assert_eq!(
+            find_plugin(&settings, &dirs, "plain"),
+            Err(Lookup::NotExecutable(at("opt/cni/bin/plain"))),
+            "named as podagent sees it"
+        );
+        // Without a host root the same absolute link is the container's own path.
+        let outside = Settings::default();
+        let dirs = [at("opt/cni/bin")];
+        assert_eq!(find_plugin(&outside, &dirs, "bridge"), Err(Lookup::Missing));
     }
 }

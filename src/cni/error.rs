@@ -108,6 +108,14 @@ pub enum CniError {
     #[error("{run}: {} is not executable; fix its permissions", path.display())]
     NotExecutable { run: Box<PluginRun>, path: PathBuf },
 
+    #[error(
+        "{run}: {} cannot start here: its interpreter (the dynamic loader it is linked against, \
+         or the program on its #! line) is missing; when podagent runs in a container, mount the \
+         node's root and set cni.host_root to it, so plugins run with the node's own libraries",
+        path.display()
+    )]
+    MissingInterpreter { run: Box<PluginRun>, path: PathBuf },
+
     #[error("{run}: cannot start {}: {source}", path.display())]
     Spawn {
         run: Box<PluginRun>,

@@ -33,7 +33,10 @@ const REAP_GRACE: Duration = Duration::from_secs(5);
 /// One plugin run to perform.
 pub(crate) struct Invocation<'a> {
     pub(crate) run: &'a PluginRun,
+    /// The plugin's path: on the node, inside `root` when there is one.
     pub(crate) binary: &'a Path,
+    /// The node's root, to chroot into before the plugin starts (`cni.host_root`).
+    pub(crate) root: Option<&'a Path>,
     pub(crate) env: &'a [(String, OsString)],
     pub(crate) stdin: Vec<u8>,
     pub(crate) timeout: Duration,
@@ -51,7 +54,9 @@ pub(crate) struct Output {
 /// carrying the stderr tail (the plugin's error object is preferred from stdout, then stderr).
 pub(crate) async fn run(inv: Invocation<'_>) -> Result<Output, CniError> {
     let run = || Box::new(inv.run.clone());
-    let mut child = tokio::process::Command::new(inv.binary)
+    let shown = || super::seen_in(inv.root, inv.binary);
+    let mut command = tokio::process::Command::new(inv.binary);
+    command
         .env_clear()
         .envs(inv.env.iter().map(|(k, v)| (k, v)))
         .current_dir("/")
@@ -59,13 +64,29 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Output, CniError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| CniError::Spawn {
+        .kill_on_drop(true);
+    if let Some(root) = inv.root {
+        chroot_before_exec(&mut command, root).map_err(|source| CniError::Spawn {
             run: run(),
-            path: inv.binary.to_owned(),
+            path: shown(),
             source,
         })?;
+    }
+    let mut child = command.spawn().map_err(|source| {
+        // The lookup just found the file: "not found" is about what it needs to start.
+        if source.kind() == std::io::ErrorKind::NotFound {
+            CniError::MissingInterpreter {
+                run: run(),
+                path: shown(),
+            }
+        } else {
+            CniError::Spawn {
+                run: run(),
+                path: shown(),
+                source,
+            }
+        }
+    })?;
     // With process_group(0) the group id is the child's pid.
     let group = GroupKiller::new(child.id());
     let stdin = child.stdin.take();
@@ -129,6 +150,26 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Output, CniError> {
             })
         }
     }
+}
+
+/// Makes the child enter `root` (and its `/`) between fork and exec, so the plugin and every
+/// program it starts (iptables, a shell for a scripted plugin) are the node's.
+fn chroot_before_exec(command: &mut tokio::process::Command, root: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let root = std::ffi::CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // allowed: it makes two system calls, chroot(2) and chdir(2), on C strings built before
+    // the fork, and allocates nothing (an error is a bare errno).
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::chroot(root.as_c_str())?;
+            nix::unistd::chdir(c"/")?;
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 fn interpret(

@@ -142,12 +142,12 @@ impl Invoker {
         stdin: Vec<u8>,
     ) -> Result<Output, CniError> {
         let dirs = env::search_dirs(&self.settings, &run.plugin);
-        let binary = match env::find_plugin(&dirs, &run.plugin) {
+        let binary = match env::find_plugin(&self.settings, &dirs, &run.plugin) {
             Ok(binary) => binary,
             Err(Lookup::Missing) => {
                 return Err(CniError::PluginNotFound {
                     run: Box::new(run.clone()),
-                    searched: dirs,
+                    searched: dirs.iter().map(|dir| self.settings.seen(dir)).collect(),
                 });
             }
             Err(Lookup::NotExecutable(path)) => {
@@ -157,11 +157,12 @@ impl Invoker {
                 });
             }
         };
-        let env = env::plugin_env(run.op, &dirs, target, &self.settings.env_passthrough);
+        let env = env::plugin_env(run.op, &dirs, target, &self.settings);
         let started = Instant::now();
         let outcome = exec::run(Invocation {
             run,
             binary: &binary,
+            root: self.settings.host_root.as_deref(),
             env: &env,
             stdin,
             timeout: self.settings.timeout,

@@ -28,7 +28,7 @@ mod exec;
 mod invoker;
 mod result;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -54,6 +54,27 @@ pub struct Settings {
     /// podagent's own result cache directory (under its state dir, never
     /// `/var/lib/cni/results`, where a runtime's CNI GC could delete it).
     pub cache_dir: PathBuf,
+    /// Where the node's root file system is mounted when podagent runs in a container: plugins
+    /// are looked up under it and run chrooted into it, with the node's own libraries, tools
+    /// and files, as the runtime would run them. The bin dirs and the vendor dir are then paths
+    /// on the node. `None`: podagent runs on the node itself.
+    pub host_root: Option<PathBuf>,
+}
+
+impl Settings {
+    /// `path` (a path on the node) as podagent sees it, for lookups and messages.
+    pub(crate) fn seen(&self, path: &Path) -> PathBuf {
+        seen_in(self.host_root.as_deref(), path)
+    }
+}
+
+/// `path` on the node as podagent sees it: under `root`, the node's root mounted in
+/// podagent's container, when there is one.
+fn seen_in(root: Option<&Path>, path: &Path) -> PathBuf {
+    match root {
+        Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+        None => path.to_owned(),
+    }
 }
 
 /// What a plugin run is aimed at: one network of one pod sandbox, with everything the plugin

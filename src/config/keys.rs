@@ -13,7 +13,8 @@ use figment::value::Value;
 use super::layers::Setting;
 use super::validate::{
     absolute_path, annotation_key, bin_dirs, boolean, concurrency, duration, endpoint, env_names,
-    listen_address, log_level, namespace_or_empty, network_mode, node_name, runtime_kind, vendor,
+    listen_address, log_level, namespace_or_empty, network_mode, node_name, optional_absolute_path,
+    runtime_kind, vendor,
 };
 use super::{Config, DEFAULT_KUBECONFIG};
 
@@ -220,6 +221,19 @@ pub(super) static KEYS: &[Key] = &[
               When empty, they are looked up in /opt/<plugin type>/bin first.",
         apply: |c, s| {
             c.cni.vendor = vendor(s)?;
+            Ok(())
+        },
+    },
+    Key {
+        path: "cni.host_root",
+        default: Builtin::Text(""),
+        flag: Some(flag("cni-host-root", None, "DIR")),
+        doc: "Where the node's root is mounted when podagent runs in a container (the DaemonSets: /host).\n\
+              Plugins are then looked up under it and run chrooted into it, with the node's own\n\
+              libraries and tools; cni.bin_dirs and the vendor dir are paths on the node.\n\
+              Empty: podagent runs on the node and plugins run as they are.",
+        apply: |c, s| {
+            c.cni.host_root = optional_absolute_path(s)?;
             Ok(())
         },
     },

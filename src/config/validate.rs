@@ -33,6 +33,16 @@ pub(super) fn absolute_path(setting: &Setting<Value>) -> Result<PathBuf, String>
     absolute(&value)
 }
 
+/// An absolute path, or nothing when empty.
+pub(super) fn optional_absolute_path(setting: &Setting<Value>) -> Result<Option<PathBuf>, String> {
+    let value = text(setting)?;
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        absolute(&value).map(Some)
+    }
+}
+
 fn absolute(value: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(value);
     if path.is_absolute() {

@@ -11,7 +11,8 @@
 //!   busybox/pause images;
 //! - `journal`: a private journald and a stand-in for systemd's sd_notify socket; `nspawn`: a
 //!   node booted with a real systemd as PID 1, for the installed service;
-//! - `netns`: network namespaces that are removed even when a test fails;
+//! - `netns`: network namespaces that are removed even when a test fails; `node_root`: a
+//!   node's root file system for a podagent container's `cni.host_root`;
 //! - `prereq`: failing loudly, naming what is missing, instead of skipping; `rpm`: podagent's
 //!   package as the tests build it;
 //! - `binaries`: the workspace's own test programs, for tests of any package; `tool_cache`:
@@ -24,6 +25,7 @@ pub mod host;
 pub mod journal;
 pub mod netns;
 pub mod node;
+pub mod node_root;
 pub mod nspawn;
 pub mod prereq;
 pub mod rpm;
