@@ -613,6 +613,72 @@ async fn non_executable_plugin_is_reported_with_its_path() {
     }
 }
 
+#[tokio::test]
+async fn a_plugin_whose_interpreter_is_missing_says_so_and_what_to_set() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let bin = lab.file("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let plugin = bin.join("pa-nointerp");
+    std::fs::write(&plugin, "#!/pa-no-such-interpreter\n").unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut settings = lab.settings();
+    settings.bin_dirs = vec![bin.clone()];
+    lab.write_conf(
+        "10-nointerp.conf",
+        &json!({"cniVersion": "1.0.0", "name": "pa-nointerp", "type": "pa-nointerp"}),
+    );
+    let a = attachment(Path::new("/var/run/netns/pa-none"), "green");
+    let err = Invoker::new(settings).add(&a).await.expect_err("ADD");
+    match &err {
+        CniError::MissingInterpreter { path, .. } => assert_eq!(path, &plugin),
+        other => panic!("expected MissingInterpreter, got {other}"),
+    }
+    assert!(err.to_string().contains("cni.host_root"), "{err}");
+}
+
+/// `cni.host_root`, as the DaemonSets set it: the (dynamically linked) Debian bridge plugin and
+/// host-local are found through the node's own `/opt/cni/bin` and run chrooted into the node's
+/// root, so host-local keeps its lease in the node's `/var/lib/cni`.
+#[tokio::test]
+async fn plugins_run_chrooted_into_the_host_root() {
+    let mut lab = Lab::new();
+    let netns = TestNetns::new();
+    let node_state = lab.file("node-var-lib-cni");
+    std::fs::create_dir(&node_state).unwrap();
+    let root = testkit::node_root::NodeRoot::build(
+        &lab.file("root"),
+        &[
+            ("/opt/cni/bin", Path::new(DEBIAN_CNI)),
+            ("/var/lib/cni", &node_state),
+        ],
+    );
+    let mut conf = lab.bridge_conf("1.0.0", "pa-rooted", 209);
+    // host-local's default dataDir, /var/lib/cni/networks: the node's.
+    conf["ipam"]
+        .as_object_mut()
+        .expect("ipam")
+        .remove("dataDir");
+    lab.write_conf("10-rooted.conf", &conf);
+    let mut settings = lab.settings();
+    settings.bin_dirs = vec!["/opt/cni/bin".into()];
+    settings.host_root = Some(root.path().to_owned());
+    let cni = Invoker::new(settings);
+    let a = attachment(&netns.path(), "green");
+
+    cni.add(&a).await.expect("ADD in the node's root");
+    assert_eq!(addresses(&netns, &a.ifname), ["198.18.209.10/24"]);
+    let lease = node_state.join("networks/pa-rooted/198.18.209.10");
+    assert!(lease.is_file(), "no lease at {}", lease.display());
+    cni.del(&a).await.expect("DEL in the node's root");
+    assert!(!has_link(&netns, &a.ifname), "{:?}", netns.link_names());
+    assert!(
+        !lease.exists(),
+        "the DEL did not release {}",
+        lease.display()
+    );
+}
+
 fn recorder(lab: &Lab, tag: &str, extra: Value) -> Value {
     let mut plugin = json!({"type": "recorder", "tag": tag, "recordFile": lab.file("record.log")});
     if let (Value::Object(plugin), Value::Object(extra)) = (&mut plugin, extra) {
