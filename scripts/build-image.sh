@@ -64,8 +64,11 @@ binary=$(podagent_binary "$profile")
     echo "$me: no podagent binary at $binary; drop --no-build to build it" >&2
     exit 66
 }
-# The image holds no library: a binary that links one would not start in it.
-if ldd "$binary" 2>/dev/null | grep -q '=>'; then
+# The image holds no library: a binary that links one would not start in it. ldd's output is
+# taken whole before it is searched: `ldd | grep -q` under pipefail can lose ldd to SIGPIPE
+# when grep stops at the first match, and would pass a dynamic binary.
+linked=$(ldd "$binary" 2>/dev/null || true)
+if grep -q '=>' <<<"$linked"; then
     echo "$me: $binary links shared libraries (ldd $binary); the image needs the static build of scripts/build-lib.sh" >&2
     exit 65
 fi

@@ -958,7 +958,12 @@ impl<'a> DaemonSetContainer<'a> {
                     .arg("--log-uri")
                     .arg(format!("file://{}", container.log.display()));
                 if host_pid {
-                    start.args(["--with-ns", "pid:/proc/1/ns/pid"]);
+                    // The node's PID namespace is the test's own: PID 1's may be out of
+                    // reach (a test host that is a container itself cannot read
+                    // /proc/1/ns/pid, and runc then fails without a reason).
+                    start
+                        .arg("--with-ns")
+                        .arg(format!("pid:/proc/{}/ns/pid", std::process::id()));
                 }
                 for bind in binds {
                     start.arg("--mount").arg(format!(

@@ -33,6 +33,10 @@ impl NodeRoot {
             mounts: Vec::new(),
         };
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        // A mount point of its own, shared as a systemd node's `/` is: Docker refuses a
+        // `rslave` volume whose source is on a private mount.
+        root.bind(dir, "");
+        share(dir).unwrap_or_else(|e| panic!("make {} a shared mount: {e}", dir.display()));
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(top);
             match fs::read_link(&host) {
@@ -116,16 +120,7 @@ impl Drop for NodeRoot {
 fn shared_netns_dir() {
     let dir = Path::new(NETNS_DIR);
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {NETNS_DIR}: {e}"));
-    let share = || {
-        mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
-    if share().is_err() {
+    if share(dir).is_err() {
         // Not a mount point yet: bind it onto itself first.
         mount(
             Some(dir),
@@ -134,7 +129,18 @@ fn shared_netns_dir() {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .and_then(|()| share())
+        .and_then(|()| share(dir))
         .unwrap_or_else(|e| panic!("make {NETNS_DIR} a shared mount: {e}"));
     }
+}
+
+/// Makes the mount point `dir` (and its submounts) shared.
+fn share(dir: &Path) -> nix::Result<()> {
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
 }
