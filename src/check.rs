@@ -161,6 +161,16 @@ pub(crate) async fn checks(config: &Config, mut report: impl FnMut(&Line)) -> bo
         container_runtime(config).await,
     ));
 
+    if let Some(root) = &config.cni.host_root {
+        emit(line(
+            "node root usable",
+            config
+                .cni
+                .check_host_root()
+                .map(|()| format!("{}, in the node's PID namespace", root.display()))
+                .map_err(|e| render(&e)),
+        ));
+    }
     let invoker = Invoker::new(config.cni.clone());
     match config.networks.mode {
         Mode::Kactus => {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::cni::Invoker;
+use crate::cni::{HostRootError, Invoker};
 use crate::config::Config;
 use crate::controller::report::NPWG_STATUS_ANNOTATION;
 use crate::controller::{Context, Controller, Summary};
@@ -57,6 +57,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    HostRoot(#[from] HostRootError),
 }
 
 const RETRY_START: Duration = Duration::from_secs(1);
@@ -166,6 +168,7 @@ pub async fn run(config: Config, notifier: Arc<dyn Notifier>) -> Result<(), Daem
         "podagent starting"
     );
 
+    config.cni.check_host_root()?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let listener = match config.metrics_listen {

@@ -15,7 +15,19 @@ const DEBIAN_CNI_BIN: &str = "/usr/lib/cni";
 /// Runs the binary with a clean environment for podagent (no stray PODAGENT_*, RUST_LOG or
 /// systemd variables from the caller) plus `env`.
 async fn podagent(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(BINARY);
+    podagent_under(&[], args, env).await
+}
+
+/// podagent run by `wrapper` (a command that runs the rest of its arguments, like `unshare`).
+async fn podagent_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(wrapper_args).arg(BINARY);
+            command
+        }
+        None => tokio::process::Command::new(BINARY),
+    };
     command.args(args);
     for (name, _) in std::env::vars() {
         if name.starts_with("PODAGENT_")
@@ -234,6 +246,73 @@ async fn missing_kubeconfig_ends_the_daemon_with_one_rendered_error() {
             "{stderr}"
         );
     }
+}
+
+/// `cni.host_root` must be a root whose /proc shows podagent as itself (the node's, from the
+/// node's PID namespace, as with a DaemonSet's `hostPID`): plugins chrooted there find
+/// themselves and the pod's netns through it. `check` says so on a line of its own, and `run`
+/// refuses to start rather than fail every ADD with a plugin's obscure error.
+#[tokio::test]
+async fn a_host_root_outside_podagents_pid_namespace_is_refused_naming_host_pid() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let config = |root: &Path| {
+        ConfigFile::write(&format!(
+            "node_name = \"n1\"\nstate_dir = \"{}\"\n[kube]\nkubeconfig = \"{}\"\n\
+             [cni]\nhost_root = \"{}\"\n",
+            scratch.path().join("state").display(),
+            scratch.path().join("absent-kubeconfig.yaml").display(),
+            root.display()
+        ))
+    };
+    let check_lines = async |config: &ConfigFile| -> Vec<String> {
+        let out = podagent(&["check", "--config", &config.path_str()], &[]).await;
+        text(&out.stdout).lines().map(str::to_string).collect()
+    };
+
+    // The machine's own / is a root whose PID namespace podagent shares.
+    let lines = check_lines(&config(Path::new("/"))).await;
+    assert_eq!(
+        line(&lines, "node root usable"),
+        "✓ node root usable: /, in the node's PID namespace",
+        "{lines:#?}"
+    );
+
+    let empty = scratch.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let lines = check_lines(&config(&empty)).await;
+    assert_failed(
+        &lines,
+        "node root usable",
+        &format!(
+            "cni.host_root {0}: cannot read {0}/proc/self: No such file or directory (os error \
+             2); mount the node's / there, its /proc included (hostPath / at /host), or leave \
+             cni.host_root unset on the node itself",
+            empty.display()
+        ),
+    );
+
+    // In a PID namespace of its own podagent is process 1, and the machine's /proc shows it
+    // under its number in the machine's namespace.
+    let config = config(Path::new("/"));
+    let out = podagent_under(
+        &["unshare", "--pid", "--fork"],
+        &["run", "--config", &config.path_str()],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "podagent: cni.host_root /: podagent is process 1 in its own PID namespace but "
+        ) && last.ends_with(
+            " in the node's /proc (/proc): plugins chrooted there would look for themselves and \
+             for the pod's netns under the wrong /proc/<pid>; run podagent in the node's PID \
+             namespace (hostPID: true in the pod spec)"
+        ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

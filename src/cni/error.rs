@@ -267,6 +267,32 @@ fn failure(exit_code: i32, code: Option<u64>, msg: &str, details: &str, stderr: 
     text
 }
 
+/// Why `cni.host_root` cannot stand for the node's root.
+#[derive(Debug, thiserror::Error)]
+pub enum HostRootError {
+    #[error(
+        "cni.host_root {}: cannot read {}: {problem}; mount the node's / there, its /proc \
+         included (hostPath / at /host), or leave cni.host_root unset on the node itself",
+        root.display(),
+        root.join("proc/self").display()
+    )]
+    NoProc { root: PathBuf, problem: String },
+
+    #[error(
+        "cni.host_root {}: podagent is process {own} in its own PID namespace but {seen} in the \
+         node's /proc ({}): plugins chrooted there would look for themselves and for the pod's \
+         netns under the wrong /proc/<pid>; run podagent in the node's PID namespace \
+         (hostPID: true in the pod spec)",
+        root.display(),
+        root.join("proc").display()
+    )]
+    OtherPidNamespace {
+        root: PathBuf,
+        own: u32,
+        seen: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-pub use error::{CniError, Op, PluginRun};
+pub use error::{CniError, HostRootError, Op, PluginRun};
 pub use invoker::{Invoker, NetworkSummary, PluginVersion};
 pub use result::{Cidr, CniResult, Dns, Interface, IpConfig, PluginError, Route};
 
@@ -62,6 +62,31 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Whether the node's root at `host_root`, if set, is one plugins can run in: its `/proc`
+    /// must be the node's and show podagent as itself, since plugins chrooted there find
+    /// themselves and the pod's netns through `/proc/<pid>` (a DaemonSet without `hostPID`
+    /// fails this; without the check every ADD would fail with a plugin's obscure `statfs`).
+    pub fn check_host_root(&self) -> Result<(), HostRootError> {
+        let Some(root) = &self.host_root else {
+            return Ok(());
+        };
+        let seen =
+            std::fs::read_link(root.join("proc/self")).map_err(|e| HostRootError::NoProc {
+                root: root.clone(),
+                problem: e.to_string(),
+            })?;
+        let own = std::process::id();
+        if seen == Path::new(&own.to_string()) {
+            Ok(())
+        } else {
+            Err(HostRootError::OtherPidNamespace {
+                root: root.clone(),
+                own,
+                seen: seen.display().to_string(),
+            })
+        }
+    }
+
     /// `path` (a path on the node) as podagent sees it, for lookups and messages.
     pub(crate) fn seen(&self, path: &Path) -> PathBuf {
         seen_in(self.host_root.as_deref(), path)

@@ -231,6 +231,7 @@ pub(super) static KEYS: &[Key] = &[
         doc: "Where the node's root is mounted when podagent runs in a container (the DaemonSets: /host).\n\
               Plugins are then looked up under it and run chrooted into it, with the node's own\n\
               libraries and tools; cni.bin_dirs and the vendor dir are paths on the node.\n\
+              podagent must share the node's PID namespace (hostPID), or it refuses to start.\n\
               Empty: podagent runs on the node and plugins run as they are.",
         apply: |c, s| {
             c.cni.host_root = optional_absolute_path(s)?;
