@@ -121,13 +121,17 @@ impl Machine {
         };
         machine.pid1 = machine.wait_for_pid1();
         let state = machine.wait_for_boot();
-        assert!(
-            state == "running",
-            "machine {} booted {state:?}, not running; failed units:\n{}\nconsole:\n{}",
-            machine.name,
-            machine.run(&["systemctl", "--failed", "--no-pager"]),
-            machine.console()
-        );
+        if state != "running" {
+            // Not `run`: with systemd not answering, that would panic in place of this.
+            let failed = machine.exec(&["systemctl", "--failed", "--no-pager"]);
+            panic!(
+                "machine {} booted {state:?}, not running; failed units:\n{}{}\nconsole:\n{}",
+                machine.name,
+                String::from_utf8_lossy(&failed.stdout),
+                String::from_utf8_lossy(&failed.stderr),
+                machine.console()
+            );
+        }
         machine.make_cgroups_writable();
         import_image(machine.containerd().socket(), &image_tar(PAUSE_IMAGE));
         machine
@@ -254,13 +258,14 @@ impl Machine {
     }
 
     /// `systemctl is-system-running --wait` once systemd answers on its bus at all (right after
-    /// it starts, the socket is not there yet).
+    /// it starts, the socket is not there yet, and systemctl then says `offline`).
     fn wait_for_boot(&self) -> String {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         loop {
             let out = self.exec(&["systemctl", "is-system-running", "--wait"]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if !state.is_empty() || Instant::now() > deadline {
+            let answered = !state.is_empty() && state != "offline";
+            if answered || Instant::now() > deadline {
                 return state;
             }
             std::thread::sleep(Duration::from_millis(50));
