@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::host::process::{self, SubnetLease};
-use crate::host::{CriSocket, PAUSE_IMAGE, cni_network, image_tar, import_image};
+use crate::host::process;
+use crate::host::{CniNetwork, CriSocket, PAUSE_IMAGE, cni_network, image_tar, import_image};
 use crate::prereq;
 
 /// Where the setup script points at the current root file system (`<dir>/root`).
@@ -51,8 +51,8 @@ pub struct Machine {
     nspawn: Child,
     pid1: u32,
     links: Mutex<Vec<String>>,
-    /// The subnet of containerd's own CNI network (sandboxes' eth0), held while it runs.
-    _lease: SubnetLease,
+    /// containerd's own CNI network (sandboxes' eth0): its bridge and subnet, held while it runs.
+    _network: CniNetwork,
 }
 
 impl Machine {
@@ -87,7 +87,7 @@ impl Machine {
             binds.push(format!("--bind={}:{inside}", host.display()));
         }
         // Into the dir bound at /etc/cni/net.d (its IPAM data stays inside the machine).
-        let (bridge, lease) = cni_network(dir.path());
+        let network = cni_network(dir.path());
         let console = fs::File::create(dir.path().join("console.log")).expect("console log");
         let mut command = Command::new("systemd-nspawn");
         command
@@ -116,8 +116,8 @@ impl Machine {
             dir,
             pid1: 0,
             nspawn,
-            links: Mutex::new(vec![bridge]),
-            _lease: lease,
+            links: Mutex::new(Vec::new()),
+            _network: network,
         };
         machine.pid1 = machine.wait_for_pid1();
         let state = machine.wait_for_boot();

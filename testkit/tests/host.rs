@@ -183,6 +183,15 @@ async fn dropping_containerd_leaves_no_process_mount_netns_or_dir() {
         Path::new("/sys/class/net").join(&bridge).exists(),
         "the CNI bridge exists"
     );
+    // NET_ADDR_SET: the fixture set the bridge's MAC, so sandboxes joining and leaving do not
+    // move it (a moved MAC fails CRI-O's CNI CHECK after an ADD).
+    let assign = std::fs::read_to_string(format!("/sys/class/net/{bridge}/addr_assign_type"))
+        .expect("addr_assign_type readable");
+    assert_eq!(
+        assign.trim(),
+        "3",
+        "the CNI bridge's MAC is set, not derived from its ports"
+    );
 
     drop(containerd);
 

@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::process::{self, Daemon, SubnetLease};
-use crate::netns::unique_name;
+use crate::netns::{run_ip, unique_name};
 use crate::prereq;
 
 /// How long the daemon may take to answer on its socket after a (re)start.
@@ -246,8 +246,7 @@ pub struct CriDaemon {
     cri: CriSocket,
     command: fn(&Path) -> Command,
     daemon: Daemon,
-    bridge: String,
-    lease: SubnetLease,
+    network: CniNetwork,
     runc_root: PathBuf,
     pinned_siblings: &'static [&'static str],
     /// Netns files of sandboxes seen, removed by hand on drop if the runtime left them.
@@ -256,12 +255,8 @@ pub struct CriDaemon {
 
 impl CriDaemon {
     /// Spawns the `flavor` of daemon for the instance in `dir` and waits until CRI answers.
-    /// `bridge` and `lease` are the CNI network its config names ([`cni_network`]).
-    pub(crate) async fn start(
-        flavor: Flavor,
-        dir: PathBuf,
-        (bridge, lease): (String, SubnetLease),
-    ) -> CriDaemon {
+    /// `network` is the CNI network its config names ([`cni_network`]).
+    pub(crate) async fn start(flavor: Flavor, dir: PathBuf, network: CniNetwork) -> CriDaemon {
         let name = flavor.name;
         let daemon = Daemon::spawn(
             name,
@@ -274,8 +269,7 @@ impl CriDaemon {
             dir,
             command: flavor.command,
             daemon,
-            bridge,
-            lease,
+            network,
             runc_root: flavor.runc_root,
             pinned_siblings: flavor.pinned_siblings,
             netns: Mutex::new(BTreeSet::new()),
@@ -296,12 +290,12 @@ impl CriDaemon {
 
     /// The subnet the instance's CNI network hands out, `198.19.<n>.0/24`.
     pub fn subnet(&self) -> String {
-        self.lease.subnet()
+        self.network.lease.subnet()
     }
 
     /// The host bridge the instance's CNI network attaches sandboxes to.
     pub fn bridge(&self) -> &str {
-        &self.bridge
+        &self.network.bridge
     }
 
     /// The directory runc keeps the instance's containers' state in.
@@ -445,7 +439,6 @@ impl Drop for CriDaemon {
             process::remove_netns_file(&path);
         }
         process::unmount_under(&self.dir);
-        process::delete_link(&self.bridge);
         if let Err(err) = fs::remove_dir_all(&self.dir) {
             eprintln!(
                 "{} fixture: cannot remove {}: {err}",
@@ -495,13 +488,45 @@ async fn sandbox_netns_at(socket: &Path, id: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| "runtimeSpec.linux.namespaces has no network path".to_owned())
 }
 
-/// A bridge name and subnet of the instance's own, and its CNI conflist written to
+/// An instance's own CNI network: its host bridge and the subnet it hands out. The bridge is
+/// deleted on drop, after the fields of whoever holds it that come before it.
+#[derive(Debug)]
+pub(crate) struct CniNetwork {
+    pub(crate) bridge: String,
+    pub(crate) lease: SubnetLease,
+}
+
+impl Drop for CniNetwork {
+    fn drop(&mut self) {
+        process::delete_link(&self.bridge);
+    }
+}
+
+/// A bridge and subnet of the instance's own, and its CNI conflist written to
 /// `<dir>/net.d/10-podagent-test.conflist`: the bridge plugin with host-local addresses from the
 /// lease (data in `<dir>/ipam`), no gateway and no masquerade, so nothing appears in the host's
 /// namespace but the bridge.
-pub(crate) fn cni_network(dir: &Path) -> (String, SubnetLease) {
-    let lease = SubnetLease::acquire();
-    let bridge = unique_name("cbr");
+///
+/// The bridge is made here with the lease's MAC rather than left to the plugin. A bridge whose
+/// address was never set takes the lowest of its ports' addresses, so its MAC moves as sandboxes
+/// come and go, and CRI-O's CNI CHECK right after an ADD then failed the sandbox with
+/// "Bridge interface … Mac doesn't match". An address that was set stays.
+pub(crate) fn cni_network(dir: &Path) -> CniNetwork {
+    let network = CniNetwork {
+        bridge: unique_name("cbr"),
+        lease: SubnetLease::acquire(),
+    };
+    let (bridge, lease) = (&network.bridge, &network.lease);
+    run_ip(&[
+        "link",
+        "add",
+        "name",
+        bridge,
+        "address",
+        &lease.mac(),
+        "type",
+        "bridge",
+    ]);
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "podagent-test",
@@ -521,7 +546,7 @@ pub(crate) fn cni_network(dir: &Path) -> (String, SubnetLease) {
         &dir.join("net.d/10-podagent-test.conflist"),
         &conflist.to_string(),
     );
-    (bridge, lease)
+    network
 }
 
 /// Writes `text` to `path`, creating its parent dirs; panics naming the path.

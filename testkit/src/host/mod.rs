@@ -22,7 +22,7 @@ pub(crate) mod process;
 
 pub use containerd::Containerd;
 pub(crate) use containerd::import_image;
-pub(crate) use cri::cni_network;
+pub(crate) use cri::{CniNetwork, cni_network};
 pub use cri::{CriDaemon, CriSocket};
 pub use crio::{Crio, NAMESPACES_DIR as CRIO_NAMESPACES_DIR, binary as crio_binary, crio_version};
 pub use dockerd::Dockerd;

@@ -322,6 +322,12 @@ impl SubnetLease {
     pub fn address_prefix(&self) -> String {
         format!("198.19.{}.", self.octet)
     }
+
+    /// A locally administered MAC of the lease's own, `02:70:61:13:00:<n>`: unique among live
+    /// leases, as the subnet is.
+    pub fn mac(&self) -> String {
+        format!("02:70:61:13:00:{:02x}", self.octet)
+    }
 }
 
 impl Drop for SubnetLease {
