@@ -850,7 +850,7 @@ async fn check_passes_against_a_healthy_host_and_names_each_broken_dependency() 
 
     // A socket file nobody accepts on, as a runtime that died leaves it.
     let stale = scratch.path().join("stale.sock");
-    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    testkit::host::stale_socket(&stale);
     let (code, lines) = check(&Host {
         runtime_socket: stale.clone(),
         ..healthy(&node, &containerd, scratch.path())

@@ -279,8 +279,7 @@ async fn a_missing_explicit_socket_is_named_once_for_both_protocols() {
 async fn a_stale_docker_socket_is_nothing_listening_said_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let stale = dir.path().join("stale.sock");
-    // Binding and dropping the listener leaves the socket file with nobody accepting.
-    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    testkit::host::stale_socket(&stale);
     let uri = PathBuf::from(format!("unix://{}", stale.display()));
     let error = runtime::connect(&settings(RuntimeKind::Docker, &uri))
         .await

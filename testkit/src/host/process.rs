@@ -270,6 +270,29 @@ fn unescape_mount_path(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Leaves at `path` a unix socket file nobody accepts on, as a daemon that died leaves it, and
+/// returns once connecting there is refused. A child that another test thread forks while the
+/// listener is open holds a copy of it until it execs, and a connect in that window is accepted
+/// and then reset; a test that expected "nothing listening" then saw "connection reset".
+pub fn stale_socket(path: &Path) {
+    drop(
+        std::os::unix::net::UnixListener::bind(path)
+            .unwrap_or_else(|err| panic!("cannot bind {}: {err}", path.display())),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        std::os::unix::net::UnixStream::connect(path),
+        Err(err) if err.kind() == ErrorKind::ConnectionRefused
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "{} still accepts connections 10 s after its listener was closed",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Where leases are recorded: one file per taken /24, holding the owner's pid.
 const LEASE_DIR: &str = "/run/podagent-test/subnets";
 
