@@ -568,11 +568,6 @@ fn daemonsets_are_consistent_with_their_runtime_and_the_rbac_manifest() {
             "{file}: service account {namespace}/{account} is not in the RBAC manifest"
         );
         assert_eq!(spec["hostNetwork"], true, "{file}: hostNetwork");
-        assert_eq!(
-            spec["hostPID"].as_bool().unwrap_or(false),
-            runtime == "docker",
-            "{file}: hostPID only for Docker's /proc/<pid>/ns/net"
-        );
 
         let containers = spec["containers"].as_array().expect("containers");
         assert_eq!(containers.len(), 1);
@@ -658,19 +653,28 @@ fn daemonsets_are_consistent_with_their_runtime_and_the_rbac_manifest() {
             let volume = volumes.iter().find(|v| v["name"] == mount["name"])?;
             volume["hostPath"]["path"].as_str().map(str::to_owned)
         };
-        for path in [
-            "/etc/cni/net.d",
-            "/opt/cni/bin",
-            "/opt/kaloom/cni/bin",
-            "/var/lib/cni",
-            "/var/lib/podagent",
-        ] {
+        for path in ["/etc/cni/net.d", "/var/lib/podagent"] {
             assert_eq!(
                 host_path_of(path).as_deref(),
                 Some(path),
                 "{file}: {path} from the host"
             );
         }
+        // Plugins run chrooted into the node's root (its binaries, libraries, /var/lib/cni),
+        // which needs the node's PID namespace; mounts made on the node later must show.
+        assert_eq!(
+            host_path_of("/host").as_deref(),
+            Some("/"),
+            "{file}: / at /host"
+        );
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"] == "/host" && m["mountPropagation"] == "HostToContainer"),
+            "{file}: /host with HostToContainer propagation"
+        );
+        assert!(args.contains(&"--cni-host-root=/host"), "{file}: {args:?}");
+        assert_eq!(spec["hostPID"], true, "{file}: hostPID for cni.host_root");
         let socket = endpoint.trim_start_matches("unix://");
         let socket_dir = Path::new(socket)
             .parent()
