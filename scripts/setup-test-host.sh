@@ -164,8 +164,9 @@ tools_built() {
     echo "setup-test-host: built $1 in $(($(date +%s) - $3))s"
 }
 
-# The real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl),
-# from testkit/controlplane/go.mod; testkit::control_plane finds it.
+# The real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl) and the kubelet of the cluster tier's nodes, from
+# testkit/controlplane/go.mod; testkit::control_plane and testkit::kubelet find them.
 module_dir=$repo/testkit/controlplane
 cp_recipe=1 # bump when the build command below changes
 kube_version=$(required_version "$module_dir/go.mod" k8s.io/kubernetes)
@@ -173,7 +174,8 @@ etcd_version=$(required_version "$module_dir/go.mod" go.etcd.io/etcd/server/v3)
 cp_dir=/var/lib/podagent-test/control-plane/kubernetes-$kube_version-etcd-$etcd_version
 cp_stamp="$(cat "$module_dir/go.mod" "$module_dir/go.sum" "$module_dir/etcd/main.go" | sha256sum | cut -d' ' -f1) recipe-$cp_recipe"
 
-if tools_present "$cp_dir" "$cp_stamp" etcd kube-apiserver kube-controller-manager kubectl; then
+if tools_present "$cp_dir" "$cp_stamp" etcd kube-apiserver kube-controller-manager kube-scheduler \
+    kubectl kubelet; then
     echo "setup-test-host: control plane (Kubernetes $kube_version, etcd $etcd_version) present in $cp_dir"
 else
     use_go "$module_dir"
@@ -189,7 +191,8 @@ else
     started=$(date +%s)
     go_build "$module_dir" "$cp_dir" -ldflags "$ldflags" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl ./etcd
+        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+        k8s.io/kubernetes/cmd/kubelet ./etcd
     tools_built "$cp_dir" "$cp_stamp" "$started"
 fi
 

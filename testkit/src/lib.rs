@@ -6,7 +6,8 @@
 //! - `control_plane`: etcd, kube-apiserver and kube-controller-manager built from pinned Go
 //!   modules, one per test process, with admin access for the test's kubelet and operator part;
 //! - `node`: the one fixture for "a node with podagent" (runtime, CNI config, config, spawn,
-//!   logs, the kubelet's part); `fault_proxy`: API faults a real server does not make on demand;
+//!   logs, the kubelet's part); `kubelet`: a node run by a real kubelet with a containerd of
+//!   its own, for the cluster tier; `fault_proxy`: API faults a real server does not make on demand;
 //! - `host`: private containerd and CRI-O (CRI) and dockerd instances and the local
 //!   busybox/pause images;
 //! - `journal`: a private journald and a stand-in for systemd's sd_notify socket; `nspawn`: a
@@ -23,6 +24,7 @@ pub mod control_plane;
 pub mod fault_proxy;
 pub mod host;
 pub mod journal;
+pub mod kubelet;
 pub mod netns;
 pub mod node;
 pub mod node_root;

@@ -1,7 +1,7 @@
 //! The `control-plane` command as people and scripts use it: one ready line, a real
 //! kube-apiserver that the server-version kubectl and the host's own kubectl both talk to
 //! (kubectl ≥ 1.32 sends protobuf), a clean stop on SIGTERM, and with `--ephemeral` a stop and
-//! clean-up when its stdin closes.
+//! clean-up when its stdin closes; with `--nodes N` a line per Ready kubelet node.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,30 +14,28 @@ use testkit::control_plane::{self, READY_PREFIX};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_control-plane");
 
-/// Starts the command on `dir` and returns it with its ready line.
-fn start(dir: &Path, ephemeral: bool) -> (Child, String) {
+/// Starts the command on `dir` with `args` and returns it with its ready line.
+fn start(dir: &Path, args: &[&str]) -> (Child, String) {
+    let (child, mut lines) = start_reading(dir, args);
+    (child, lines.next().expect("the ready line"))
+}
+
+/// Starts the command on `dir` with `args`; it and the lines it prints.
+fn start_reading(dir: &Path, args: &[&str]) -> (Child, impl Iterator<Item = String>) {
     testkit::prereq::require_root();
-    let mut command = Command::new(BINARY);
-    command.arg("--dir").arg(dir);
-    if ephemeral {
-        command.arg("--ephemeral");
-    }
-    let mut child = command
+    let mut child = Command::new(BINARY)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start control-plane");
-    let started = Instant::now();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the ready line");
-    println!(
-        "control plane ready in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    (child, line.trim_end().to_string())
+    let lines = BufReader::new(child.stdout.take().expect("stdout"))
+        .lines()
+        .map(|line| line.expect("read a line of control-plane"));
+    (child, lines)
 }
 
 fn kubectl(program: &Path, kubeconfig: &Path, args: &[&str]) -> String {
@@ -84,7 +82,7 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
 #[test]
 fn ready_line_real_server_kubectl_and_a_clean_sigterm_stop() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut child, line) = start(dir.path(), false);
+    let (mut child, line) = start(dir.path(), &[]);
     let kubeconfig = dir
         .path()
         .canonicalize()
@@ -136,7 +134,7 @@ fn ready_line_real_server_kubectl_and_a_clean_sigterm_stop() {
 fn ephemeral_stops_and_cleans_up_when_stdin_closes() {
     let parent = tempfile::tempdir().expect("temp dir");
     let dir: PathBuf = parent.path().join("cp");
-    let (mut child, line) = start(&dir, true);
+    let (mut child, line) = start(&dir, &["--ephemeral"]);
     assert!(line.starts_with(READY_PREFIX), "{line:?}");
     assert!(!processes_naming(&dir).is_empty(), "daemons running");
     drop(child.stdin.take());
@@ -146,4 +144,58 @@ fn ephemeral_stops_and_cleans_up_when_stdin_closes() {
     );
     assert_eq!(processes_naming(&dir), Vec::<u32>::new(), "daemons left");
     assert!(!dir.exists(), "{} removed", dir.display());
+}
+
+#[test]
+fn nodes_are_ready_kubelets_named_with_their_ip_and_runtime_and_stop_with_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut child, mut lines) = start_reading(dir.path(), &["--nodes", "1"]);
+    let ready = lines.next().expect("the ready line");
+    assert!(ready.starts_with(READY_PREFIX), "{ready:?}");
+    let node = lines.next().expect("a node line");
+    let fields: Vec<&str> = node.split(' ').collect();
+    let [_, name, _, ip, _, cri] = fields[..] else {
+        panic!("node line {node:?} is not `node NAME ip IP cri unix://SOCKET`");
+    };
+    assert_eq!(
+        (fields[0], name, fields[2], fields[4]),
+        ("node", "node-1", "ip", "cri"),
+        "{node:?}"
+    );
+    let socket = Path::new(cri.strip_prefix("unix://").expect("a unix:// endpoint"));
+    assert!(socket.exists(), "{} exists", socket.display());
+
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    let kubectl_path = control_plane::binary("kubectl");
+    let status = kubectl(
+        &kubectl_path,
+        &kubeconfig,
+        &[
+            "get",
+            "node",
+            name,
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address} \
+             {.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+    );
+    assert_eq!(
+        status,
+        format!("{ip} True"),
+        "node {name}'s address and readiness"
+    );
+
+    let runtime_dir = socket.parent().expect("the runtime's dir").to_path_buf();
+    assert!(
+        !processes_naming(&runtime_dir).is_empty(),
+        "containerd running"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(wait_for_exit(&mut child).success(), "exit 0 on SIGTERM");
+    assert_eq!(
+        processes_naming(&runtime_dir),
+        Vec::<u32>::new(),
+        "left running"
+    );
+    assert!(!runtime_dir.exists(), "{} removed", runtime_dir.display());
 }

@@ -1,12 +1,14 @@
-//! `control-plane`: a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
-//! on loopback, for people and scripts.
+//! `control-plane`: a real Kubernetes cluster on one machine (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler on loopback, and `--nodes N` real kubelets), for
+//! people and scripts.
 //!
-//! Scripts rely on this interface exactly: `control-plane --dir DIR [--ephemeral]` starts the
-//! three daemons with their data, keys and logs in DIR, writes `DIR/admin.kubeconfig`, prints
-//! exactly one line `control plane ready: kubeconfig DIR/admin.kubeconfig server
-//! https://127.0.0.1:PORT` on stdout once the API server is ready, and on SIGTERM or SIGINT
-//! stops all three and exits 0. With `--ephemeral` (what the test fixture uses) it also stops
-//! when its stdin closes, removes DIR afterwards, and takes one command per stdin line:
+//! Scripts rely on this interface exactly: `control-plane --dir DIR [--ephemeral] [--nodes N]`
+//! starts the daemons with their data, keys and logs in DIR, writes `DIR/admin.kubeconfig`,
+//! prints exactly one line `control plane ready: kubeconfig DIR/admin.kubeconfig server
+//! https://127.0.0.1:PORT` on stdout once the API server is ready, then, with `--nodes N`, one
+//! line `node NAME ip IP cri unix://SOCKET` per kubelet node once it is Ready, and on SIGTERM or
+//! SIGINT stops everything and exits 0. With `--ephemeral` (what the test fixture uses) it also
+//! stops when its stdin closes, removes DIR afterwards, and takes one command per stdin line:
 //! `restart-apiserver` (answered `apiserver restarted`).
 
 use std::io::Write;
@@ -16,6 +18,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use testkit::control_plane::{ControlPlane, READY_PREFIX};
+use testkit::kubelet::KubeletNode;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -28,6 +31,9 @@ struct Args {
     /// Stop when stdin closes and remove DIR; read commands from stdin.
     #[arg(long)]
     ephemeral: bool,
+    /// Kubelet nodes to start (`node-1` … `node-N`), each with a containerd of its own.
+    #[arg(long, default_value_t = 0)]
+    nodes: u32,
 }
 
 #[tokio::main]
@@ -73,6 +79,17 @@ async fn main() -> ExitCode {
         plane.kubeconfig().display(),
         plane.server()
     ));
+    let mut nodes = Vec::new();
+    for n in 1..=args.nodes {
+        let node = KubeletNode::start(&format!("node-{n}"), plane.server(), plane.dir()).await;
+        say(&format!(
+            "node {} ip {} cri unix://{}",
+            node.name(),
+            node.ip(),
+            node.containerd().socket().display()
+        ));
+        nodes.push(node);
+    }
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
@@ -91,6 +108,7 @@ async fn main() -> ExitCode {
             },
         }
     }
+    drop(nodes);
     plane.stop().await;
     remove_dir(&args);
     ExitCode::SUCCESS

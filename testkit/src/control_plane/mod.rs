@@ -1,15 +1,17 @@
 //! A real Kubernetes control plane for the tests, the demo and the benchmarks: etcd,
-//! kube-apiserver (TLS, `--authorization-mode=Node,RBAC`, service-account issuer and keys)
-//! and kube-controller-manager (service-account token Secrets, service accounts, namespace
-//! lifecycle, garbage collection), built from pinned Go modules (see [`cache`]) and started
-//! privately on free loopback ports.
+//! kube-apiserver (TLS, `--authorization-mode=Node,RBAC`, NodeRestriction, service-account
+//! issuer and keys, a client certificate for reaching kubelets), kube-controller-manager with
+//! the workload controllers a user's cluster runs, and kube-scheduler, built from pinned Go
+//! modules (see [`cache`]) and started privately on free loopback ports.
 //!
 //! Why the real server: every end-to-end claim rests on the API server's behaviour — watch
 //! bookmarks and 410s, strategic merge, status-subresource rules, Event validation, RBAC,
 //! admission, protobuf for kubectl — and only the real one has all of it.
 //!
-//! There is no kubelet: the node controllers (pod GC, node lifecycle) stay off, because test
-//! pods are bound to node names without Node objects; a test plays the kubelet's part itself.
+//! Nodes come in two kinds. Most tests bind pods to node names that have no Node object and
+//! play the kubelet's part themselves; `testkit::kubelet` adds real kubelets, which register
+//! their Node, run the pods the scheduler places and answer `kubectl exec`. The pod GC stays
+//! off, as it would delete the first kind's pods (bound to nodes that do not exist) after ~40 s.
 //!
 //! Two ways to hold one:
 //! - [`ControlPlane::start`] runs the three daemons as children of this process, stopped on
@@ -33,16 +35,21 @@ use crate::host::process::Daemon;
 
 pub use admin::Admin;
 pub use cache::{CACHE_ROOT, bin_dir, binary, etcd_version, kubernetes_version};
+pub use pki::client_certificate;
 pub use shared::{READY_PREFIX, Shared, shared};
 
 /// How long the API server gets to answer `/readyz` after its start.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The controllers kube-controller-manager runs: what service-account tokens, namespace
-/// deletion and owner references need, nothing that acts on nodes.
-const CONTROLLERS: &str = "serviceaccount-token,serviceaccount,namespace,garbagecollector";
+/// The controllers kube-controller-manager runs: service accounts and their tokens, namespace
+/// deletion, owner references, the `kube-root-ca.crt` ConfigMap projected tokens need, the
+/// workload controllers (Deployment, ReplicaSet, DaemonSet), and node lifecycle, which lifts
+/// the `not-ready` taint a kubelet registers its Node with (without it the scheduler places
+/// nothing). Not the pod GC (see the module doc).
+const CONTROLLERS: &str = "serviceaccount-token,serviceaccount,namespace,garbagecollector,\
+                           root-ca-cert-publisher,deployment,replicaset,daemonset,nodelifecycle";
 
-/// A running etcd + kube-apiserver + kube-controller-manager; stopped on drop.
+/// A running etcd + kube-apiserver + kube-controller-manager + kube-scheduler; stopped on drop.
 pub struct ControlPlane {
     dir: PathBuf,
     server: String,
@@ -50,7 +57,8 @@ pub struct ControlPlane {
     pki: pki::Pki,
     apiserver_port: u16,
     etcd_url: String,
-    // Dropped in reverse start order: controller manager, API server, etcd.
+    // Dropped in reverse start order: scheduler, controller manager, API server, etcd.
+    scheduler: Option<Daemon>,
     controller_manager: Option<Daemon>,
     apiserver: Option<Daemon>,
     etcd: Option<Daemon>,
@@ -98,6 +106,7 @@ impl ControlPlane {
             pki,
             apiserver_port,
             etcd_url,
+            scheduler: None,
             controller_manager: None,
             apiserver: None,
             etcd: Some(etcd),
@@ -109,6 +118,7 @@ impl ControlPlane {
             "API server ready"
         );
         plane.start_controller_manager().await?;
+        plane.start_scheduler();
         Ok(plane)
     }
 
@@ -125,6 +135,12 @@ impl ControlPlane {
     /// The directory holding data, keys and the daemons' logs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory of the keys: the CA that signs a kubelet node's client certificate
+    /// ([`client_certificate`]).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
     }
 
     /// Stops and starts kube-apiserver on the same port and data: every watch and connection
@@ -201,6 +217,19 @@ impl ControlPlane {
             .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
             .arg(format!("--token-auth-file={}", pki.token_file.display()))
             .arg("--authorization-mode=Node,RBAC")
+            // What keeps a kubelet to its own Node and its pods, as on every real cluster.
+            .arg("--enable-admission-plugins=NodeRestriction")
+            // `kubectl exec` and `logs` reach a kubelet by the address it registered (no node
+            // name resolves here), with a client certificate its webhook authorization allows.
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.kubelet_client_cert.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                pki.kubelet_client_key.display()
+            ))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!(
                 "--service-account-key-file={}",
@@ -288,14 +317,31 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Starts kube-scheduler. Nothing to wait for: pods the tests bind to a node themselves
+    /// never need it, and a pod left to it is scheduled once it (and a Ready node) is up.
+    fn start_scheduler(&mut self) {
+        let mut command = Command::new(binary("kube-scheduler"));
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--v=1");
+        self.scheduler = Some(Daemon::spawn(
+            "kube-scheduler",
+            command,
+            &self.dir.join("kube-scheduler.log"),
+        ));
+    }
+
     /// A kube client with the admin's credentials.
     pub async fn client(&self) -> Result<kube::Client> {
         admin_client(&self.kubeconfig).await
     }
 
-    /// Stops the daemons (also done on drop), controller manager first.
+    /// Stops the daemons (also done on drop), scheduler first.
     pub async fn stop(mut self) {
         for daemon in [
+            self.scheduler.take(),
             self.controller_manager.take(),
             self.apiserver.take(),
             self.etcd.take(),

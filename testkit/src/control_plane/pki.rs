@@ -1,6 +1,9 @@
 //! The control plane's keys and credentials, made fresh for every instance: a CA, the API
-//! server's serving certificate (loopback and the in-cluster names), the service-account
-//! signing key, the admin's bearer token, and the kubeconfig that carries them.
+//! server's serving certificate (loopback and the in-cluster names), its client certificate
+//! for the kubelets (`kubectl exec` and `logs` go through it), the service-account signing
+//! key, the admin's bearer token, and the kubeconfig that carries them. The CA's key stays in
+//! the dir so a kubelet node can get a client certificate of its own later
+//! ([`client_certificate`]), as `kubeadm join` would give it.
 //!
 //! ECDSA P-256 throughout (rcgen's default): kube-apiserver accepts it for serving and for
 //! service-account tokens, and generating it takes microseconds where RSA takes a second.
@@ -22,6 +25,8 @@ pub(crate) const ADMIN_USER: &str = "podagent-test-admin";
 pub(crate) struct Pki {
     pub ca_cert: PathBuf,
     pub serving_cert: PathBuf,
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
     pub serving_key: PathBuf,
     pub sa_public: PathBuf,
     pub sa_private: PathBuf,
@@ -70,12 +75,19 @@ impl Pki {
         ];
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+        // The API server's identity towards the kubelets: a member of system:masters, which the
+        // kubelets' webhook authorization allows everything (kubeadm's
+        // apiserver-kubelet-client).
+        let (kubelet_client_cert, kubelet_client_key) =
+            sign_client(&issuer, "kube-apiserver-kubelet-client", "system:masters")?;
         let sa_key = KeyPair::generate()?;
         let admin_token = random_token()?;
 
         let pki = Pki {
             ca_cert: dir.join("ca.crt"),
             serving_cert: dir.join("apiserver.crt"),
+            kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
             serving_key: dir.join("apiserver.key"),
             sa_public: dir.join("sa.pub"),
             sa_private: dir.join("sa.key"),
@@ -84,6 +96,9 @@ impl Pki {
             admin_token,
         };
         write(&pki.ca_cert, &pki.ca_pem)?;
+        write(&dir.join(CA_KEY), &issuer.key().serialize_pem())?;
+        write(&pki.kubelet_client_cert, &kubelet_client_cert)?;
+        write(&pki.kubelet_client_key, &kubelet_client_key)?;
         write(&pki.serving_cert, &serving_cert.pem())?;
         write(&pki.serving_key, &serving_key.serialize_pem())?;
         write(&pki.sa_public, &sa_key.public_key_pem())?;
@@ -114,6 +129,52 @@ impl Pki {
         });
         write(path, &serde_yaml::to_string(&config)?)
     }
+}
+
+/// The CA's private key, beside `ca.crt`.
+const CA_KEY: &str = "ca.key";
+
+/// A client certificate for user `common_name` in `group`, signed by the CA of the control
+/// plane whose keys are in `pki_dir`: the PEMs of the certificate and its key. How a kubelet
+/// node gets `CN=system:node:<node>, O=system:nodes`, the identity the Node authorizer and
+/// NodeRestriction know.
+pub fn client_certificate(
+    pki_dir: &Path,
+    common_name: &str,
+    group: &str,
+) -> Result<(String, String)> {
+    let read = |name: &str| {
+        let path = pki_dir.join(name);
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let key = KeyPair::from_pem(&read(CA_KEY)?).context("parsing the CA's key")?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&read("ca.crt")?, key).context("parsing the CA's certificate")?;
+    sign_client(&issuer, common_name, group)
+}
+
+/// A client certificate and key (PEM) for `common_name` in `group` (rcgen's distinguished name
+/// holds one value per attribute), signed by `issuer`.
+fn sign_client(
+    issuer: &Issuer<'_, KeyPair>,
+    common_name: &str,
+    group: &str,
+) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, group);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// 32 bytes from the kernel's random source, hex-encoded.

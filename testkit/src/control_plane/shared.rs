@@ -92,9 +92,17 @@ impl Shared {
         &self.kubeconfig
     }
 
+    /// The control plane's dir: its keys (`pki/`) and the admin kubeconfig, what a
+    /// [`crate::kubelet::KubeletNode`] needs to join it.
+    pub fn dir(&self) -> &Path {
+        self.kubeconfig
+            .parent()
+            .expect("kubeconfig inside the control plane dir")
+    }
+
     /// The PEM of the CA that signed the API server's serving certificate.
     pub fn ca_pem(&self) -> String {
-        let path = self.kubeconfig.with_file_name("pki").join("ca.crt");
+        let path = self.dir().join("pki").join("ca.crt");
         std::fs::read_to_string(&path)
             .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
     }
@@ -174,11 +182,7 @@ impl Shared {
     /// Runs `scripts/create-kubeconfig.sh ARGS <dir>/<subdir>` as the admin; the kubeconfig
     /// it wrote.
     fn create_kubeconfig(&self, args: &[&str], subdir: &str) -> PathBuf {
-        let out = self
-            .kubeconfig
-            .parent()
-            .expect("kubeconfig inside the control plane dir")
-            .join(subdir);
+        let out = self.dir().join(subdir);
         let mut command = Command::new(repo().join("scripts/create-kubeconfig.sh"));
         command
             .args(args)

@@ -13,7 +13,7 @@
 //! which copies layers instead: slower to unpack, identical for sandboxes and their netns.
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::cri::{self, CriDaemon, Flavor};
@@ -36,6 +36,12 @@ impl Containerd {
     /// images into `k8s.io`. Panics naming what is missing (root, containerd, runc, CNI plugins,
     /// images) or, with the daemon's log, when it does not come up.
     pub async fn start() -> Containerd {
+        Containerd::start_in(None).await
+    }
+
+    /// [`Containerd::start`] in the mount namespace `mount_ns` (a kubelet node's, whose mounts
+    /// its containers must see), or in the test's own.
+    pub(crate) async fn start_in(mount_ns: Option<PathBuf>) -> Containerd {
         cri::require_common();
         prereq::require_command("containerd", "containerd");
         prereq::require_command("ctr", "containerd");
@@ -56,6 +62,7 @@ impl Containerd {
             socket,
             runc_root: dir.join("runc").join(CRI_NAMESPACE),
             pinned_siblings: &[],
+            mount_ns,
         };
         let containerd = Containerd {
             cri: CriDaemon::start(flavor, dir, network).await,

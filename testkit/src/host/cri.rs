@@ -51,6 +51,7 @@ pub(crate) fn instance_dir(prefix: &str) -> PathBuf {
 }
 
 /// How a runtime fixture's daemon is run: what [`CriDaemon`] needs to know of it.
+#[derive(Debug)]
 pub(crate) struct Flavor {
     /// The daemon's name in messages and its log file's (`<dir>/<name>.log`).
     pub name: &'static str,
@@ -63,6 +64,21 @@ pub(crate) struct Flavor {
     /// Other namespace kinds the runtime pins beside a sandbox's netns, under the same file
     /// name in sibling dirs (CRI-O's pinns: `/var/run/utsns/<id>` beside `/var/run/netns/<id>`).
     pub pinned_siblings: &'static [&'static str],
+    /// The mount namespace the daemon runs in (a kubelet node's, see `testkit::kubelet`), or
+    /// `None` for the test's own.
+    pub mount_ns: Option<PathBuf>,
+}
+
+impl Flavor {
+    /// The daemon, spawned for the instance in `dir` (in its mount namespace, if it has one).
+    fn spawn(&self, dir: &Path) -> Daemon {
+        let command = (self.command)(dir);
+        let command = match &self.mount_ns {
+            Some(ns) => process::in_mount_ns(ns, &command),
+            None => command,
+        };
+        Daemon::spawn(self.name, command, &dir.join(format!("{}.log", self.name)))
+    }
 }
 
 /// CRI on a unix socket, used the way the kubelet uses it. [`CriDaemon`] is one on a daemon the
@@ -241,14 +257,11 @@ impl CriSocket {
 /// calls are [`CriSocket`]'s.
 #[derive(Debug)]
 pub struct CriDaemon {
-    name: &'static str,
     dir: PathBuf,
     cri: CriSocket,
-    command: fn(&Path) -> Command,
+    flavor: Flavor,
     daemon: Daemon,
     network: CniNetwork,
-    runc_root: PathBuf,
-    pinned_siblings: &'static [&'static str],
     /// Netns files of sandboxes seen, removed by hand on drop if the runtime left them.
     netns: Mutex<BTreeSet<PathBuf>>,
 }
@@ -257,21 +270,13 @@ impl CriDaemon {
     /// Spawns the `flavor` of daemon for the instance in `dir` and waits until CRI answers.
     /// `network` is the CNI network its config names ([`cni_network`]).
     pub(crate) async fn start(flavor: Flavor, dir: PathBuf, network: CniNetwork) -> CriDaemon {
-        let name = flavor.name;
-        let daemon = Daemon::spawn(
-            name,
-            (flavor.command)(&dir),
-            &dir.join(format!("{name}.log")),
-        );
+        let daemon = flavor.spawn(&dir);
         let mut cri = CriDaemon {
-            name,
-            cri: CriSocket::new(name, flavor.socket),
+            cri: CriSocket::new(flavor.name, flavor.socket.clone()),
             dir,
-            command: flavor.command,
+            flavor,
             daemon,
             network,
-            runc_root: flavor.runc_root,
-            pinned_siblings: flavor.pinned_siblings,
             netns: Mutex::new(BTreeSet::new()),
         };
         cri.wait_ready().await;
@@ -298,9 +303,19 @@ impl CriDaemon {
         &self.network.bridge
     }
 
+    /// The prefix of the addresses in [`CriDaemon::subnet`], `198.19.<n>.`.
+    pub fn address_prefix(&self) -> String {
+        self.network.lease.address_prefix()
+    }
+
     /// The directory runc keeps the instance's containers' state in.
     pub fn runc_root(&self) -> &Path {
-        &self.runc_root
+        &self.flavor.runc_root
+    }
+
+    /// The end of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.daemon.log_tail()
     }
 
     /// Creates a pod sandbox the way the kubelet does and returns its id; panics with the
@@ -317,7 +332,7 @@ impl CriDaemon {
             .unwrap_or_else(|status| {
                 panic!(
                     "RunPodSandbox for pod {namespace}/{name} failed: {status}; {} log:\n{}",
-                    self.name,
+                    self.flavor.name,
                     self.daemon.log_tail()
                 )
             });
@@ -344,11 +359,7 @@ impl CriDaemon {
     /// waits until CRI answers.
     pub async fn start_daemon(&mut self) {
         self.daemon.stop_async().await;
-        self.daemon = Daemon::spawn(
-            self.name,
-            (self.command)(&self.dir),
-            &self.dir.join(format!("{}.log", self.name)),
-        );
+        self.daemon = self.flavor.spawn(&self.dir);
         self.wait_ready().await;
     }
 
@@ -363,7 +374,7 @@ impl CriDaemon {
             if Instant::now() > deadline {
                 panic!(
                     "{} did not answer on {} within {READY_TIMEOUT:?}; log:\n{}",
-                    self.name,
+                    self.flavor.name,
                     self.cri.socket().display(),
                     self.daemon.log_tail()
                 );
@@ -382,12 +393,13 @@ impl CriDaemon {
     /// Force-deletes containers runc still knows in the private runc root (when CRI could not
     /// stop them), so no container process outlives the instance.
     fn delete_runc_leftovers(&self) {
-        if !self.runc_root.is_dir() {
+        let runc_root = &self.flavor.runc_root;
+        if !runc_root.is_dir() {
             return;
         }
         let Ok(out) = Command::new("runc")
             .arg("--root")
-            .arg(&self.runc_root)
+            .arg(runc_root)
             .args(["list", "-q"])
             .output()
         else {
@@ -396,7 +408,7 @@ impl CriDaemon {
         for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             let _ = Command::new("runc")
                 .arg("--root")
-                .arg(&self.runc_root)
+                .arg(runc_root)
                 .args(["delete", "--force", id])
                 .output();
         }
@@ -429,7 +441,7 @@ impl Drop for CriDaemon {
             if let (Some(kinds), Some(id)) =
                 (path.parent().and_then(Path::parent), path.file_name())
             {
-                for kind in self.pinned_siblings {
+                for kind in self.flavor.pinned_siblings {
                     let sibling = kinds.join(kind).join(id);
                     if sibling.exists() {
                         process::remove_netns_file(&sibling);
@@ -442,7 +454,7 @@ impl Drop for CriDaemon {
         if let Err(err) = fs::remove_dir_all(&self.dir) {
             eprintln!(
                 "{} fixture: cannot remove {}: {err}",
-                self.name,
+                self.flavor.name,
                 self.dir.display()
             );
         }

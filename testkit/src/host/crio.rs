@@ -79,6 +79,7 @@ impl Crio {
             socket,
             runc_root: dir.join("runc"),
             pinned_siblings: &PINNED_SIBLINGS,
+            mount_ns: None,
         };
         Crio {
             cri: CriDaemon::start(flavor, dir, network).await,

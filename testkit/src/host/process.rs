@@ -210,6 +210,28 @@ pub(crate) fn unmount_under(dir: &Path) {
     }
 }
 
+/// `command`, run by `nsenter` in the mount namespace `ns` (a `/proc/<pid>/ns/mnt` file): the
+/// same program, arguments, environment and working dir. The process keeps the pid nsenter had,
+/// as nsenter execs it.
+pub(crate) fn in_mount_ns(ns: &Path, command: &Command) -> Command {
+    let mut entered = Command::new("nsenter");
+    entered
+        .arg(format!("--mount={}", ns.display()))
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => entered.env(key, value),
+            None => entered.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        entered.current_dir(dir);
+    }
+    entered
+}
+
 /// Removes a netns bind-mount file (`/var/run/netns/cni-…`) the runtime failed to remove.
 pub(crate) fn remove_netns_file(path: &Path) {
     if path.exists() {
