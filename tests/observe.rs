@@ -11,30 +11,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use testkit::node::{Agent, Node, has_link, ipv4};
+use testkit::node::{Agent, Node, has_link, ipv4, sample};
 
 const GREEN: &str = "net9f27410725ab";
 const BLUE: &str = "net48d6215903df";
 /// A link of podagent's name shape that no network of these tests maps to.
 const STRAY: &str = "net000000000000";
 const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
-
-/// The value of the sample `name` whose labels include every pair of `labels`; `None` when
-/// the exposition has no such sample.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-        if metric != name {
-            return None;
-        }
-        let pairs: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
-        let all = labels
-            .iter()
-            .all(|(key, val)| pairs.contains(&format!("{key}=\"{val}\"").as_str()));
-        all.then(|| value.parse().ok()).flatten()
-    })
-}
 
 /// The `/metrics` text once the agent is ready.
 async fn scrape(host: &Node, agent: &Agent) -> String {

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use crate::control_plane::{self, Shared};
 use crate::fault_proxy::FaultProxy;
 use crate::host::{Containerd, CriDaemon, Crio, Dockerd, SubnetLease};
+use crate::kubelet::KubeletNode;
 use crate::netns::unique_name;
 use crate::nspawn::Machine;
 use crate::prereq;
@@ -47,6 +48,8 @@ pub enum Runtime {
     /// The containerd of a node booted with a real systemd, where podagent is the installed
     /// service rather than a process of the test.
     Machine(Machine),
+    /// The containerd of a real kubelet, which runs the pods and plays its own part.
+    Kubelet(Box<KubeletNode>),
 }
 
 /// Who makes, finds and takes down a node's pod sandboxes.
@@ -60,7 +63,7 @@ impl Runtime {
     /// The runtime's name in podagent's config (`runtime.kind`).
     fn kind(&self) -> &'static str {
         match self {
-            Runtime::Containerd(_) | Runtime::Machine(_) => "containerd",
+            Runtime::Containerd(_) | Runtime::Machine(_) | Runtime::Kubelet(_) => "containerd",
             Runtime::Crio(_) => "crio",
             Runtime::Docker(_) => "docker",
         }
@@ -72,6 +75,7 @@ impl Runtime {
             Runtime::Crio(c) => Sandboxes::Cri(c),
             Runtime::Docker(d) => Sandboxes::Docker(d),
             Runtime::Machine(m) => Sandboxes::Machine(m),
+            Runtime::Kubelet(k) => Sandboxes::Cri(k.containerd()),
         }
     }
 }
@@ -134,6 +138,16 @@ impl Node {
         Node::new(podagent.into(), Runtime::Docker(Dockerd::start().await))
     }
 
+    /// A node run by a real kubelet (`testkit::kubelet`): pods are the kubelet's
+    /// ([`Node::kubelet_pod`]), not the test's; the rest (podagent, the plugin wrapper, the
+    /// operator's part) is as on every node.
+    pub async fn with_kubelet(podagent: impl Into<PathBuf>) -> Node {
+        let cluster = control_plane::shared();
+        let name = cluster.unique_name("node");
+        let kubelet = KubeletNode::start(&name, cluster.server(), cluster.dir()).await;
+        Node::new(podagent.into(), Runtime::Kubelet(Box::new(kubelet)))
+    }
+
     fn new(podagent: PathBuf, runtime: Runtime) -> Node {
         prereq::require_root();
         prereq::require_command("nsenter", "util-linux");
@@ -164,8 +178,12 @@ impl Node {
             .join("plugins")
             .join(PLUGIN);
         fs::copy(&wrapper, dir.path().join("bin").join(PLUGIN)).expect("copy wrapper plugin");
+        let name = match &runtime {
+            Runtime::Kubelet(kubelet) => kubelet.name().to_owned(),
+            _ => cluster.unique_name("node"),
+        };
         let node = Node {
-            name: cluster.unique_name("node"),
+            name,
             runtime,
             lease: SubnetLease::acquire(),
             bridge: unique_name("nbr"),
@@ -252,6 +270,22 @@ impl Node {
         match &self.runtime {
             Runtime::Machine(machine) => machine,
             other => panic!("node {} runs {}, not a machine", self.name, other.kind()),
+        }
+    }
+
+    /// The node's kubelet; panics on a node whose kubelet the test plays.
+    pub fn kubelet(&self) -> &KubeletNode {
+        match &self.runtime {
+            Runtime::Kubelet(k) => k,
+            other => panic!("node {} runs no kubelet ({})", self.name, other.kind()),
+        }
+    }
+
+    /// The node's kubelet, to restart it; panics on a node whose kubelet the test plays.
+    pub fn kubelet_mut(&mut self) -> &mut KubeletNode {
+        match &mut self.runtime {
+            Runtime::Kubelet(k) => k,
+            other => panic!("node {} runs no kubelet ({})", self.name, other.kind()),
         }
     }
 
@@ -346,6 +380,39 @@ impl Node {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Pods of a real kubelet
+
+    /// Creates pod `namespace/name` (the node's namespace behind the name) running `sleep` with
+    /// `annotations`, as a user would (the scheduler places it here), and waits until the
+    /// kubelet runs it; returns (uid, id of its ready sandbox).
+    pub async fn kubelet_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: Value,
+    ) -> (String, String) {
+        let kubelet = self.kubelet();
+        let namespace = self.ns(namespace);
+        let manifest = kubelet.pod_manifest(&namespace, name, &["sleep", "3600"], annotations);
+        self.cluster
+            .admin()
+            .create(manifest)
+            .unwrap_or_else(|err| panic!("creating pod {namespace}/{name}: {err:#}"));
+        let pod = kubelet.wait_running(&namespace, name).await;
+        let uid = pod["metadata"]["uid"].as_str().expect("a uid").to_owned();
+        let sandbox = self.ready_sandbox(&uid).await;
+        (uid, sandbox)
+    }
+
+    /// The id of pod `uid`'s ready sandbox in the node's CRI runtime; panics when it has none.
+    pub async fn ready_sandbox(&self, uid: &str) -> String {
+        self.cri()
+            .ready_sandbox(uid)
+            .await
+            .unwrap_or_else(|| panic!("pod {uid} has no ready sandbox on node {}", self.name))
+    }
+
+    // -----------------------------------------------------------------------------------------
     // The kubelet's part
 
     /// Creates a pod bound to this node with `networks` (the `networks` annotation), runs its
@@ -417,6 +484,7 @@ impl Node {
         // The scheme the kubelet reports: the runtime's name in CRI `Version`.
         let scheme = match self.runtime {
             Runtime::Crio(_) => "cri-o",
+            Runtime::Kubelet(_) => panic!("node {}: its kubelet reports its pods", self.name),
             _ => self.runtime.kind(),
         };
         self.cluster
@@ -592,6 +660,18 @@ impl Node {
         }
     }
 
+    /// Where each plugin call was sent, in start order: (command, pod, ifname, `CNI_NETNS` or
+    /// `-`), from the wrapper's `netns.log`.
+    pub fn call_netns(&self) -> Vec<(String, String, String, String)> {
+        let text = fs::read_to_string(self.path("bin/netns.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace().map(str::to_owned);
+                Some((parts.next()?, parts.next()?, parts.next()?, parts.next()?))
+            })
+            .collect()
+    }
+
     /// The plugin calls for pod `pod` after the first `since` calls of the node.
     pub fn calls_for(&self, pod: &str, since: usize) -> Vec<Call> {
         self.calls()
@@ -700,9 +780,23 @@ impl Node {
         wait: Duration,
         mut check: impl FnMut() -> Option<T>,
     ) -> T {
+        self.eventually_async(what, wait, || std::future::ready(check()))
+            .await
+    }
+
+    /// [`Node::eventually_for`] with a check that awaits (a CRI call, a scrape of podagent).
+    pub async fn eventually_async<T, F>(
+        &self,
+        what: &str,
+        wait: Duration,
+        mut check: impl FnMut() -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = Option<T>>,
+    {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(value) = check() {
+            if let Some(value) = check().await {
                 return value;
             }
             if Instant::now() > deadline {
@@ -884,6 +978,23 @@ listen = "{metrics}"
             extra = self.extra,
         )
     }
+}
+
+/// The value of the sample `name` in the Prometheus exposition `text` whose labels include
+/// every pair of `labels`; `None` when the exposition has no such sample.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if metric != name {
+            return None;
+        }
+        let pairs: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+        let all = labels
+            .iter()
+            .all(|(key, val)| pairs.contains(&format!("{key}=\"{val}\"").as_str()));
+        all.then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// `GET path` from the HTTP server at `address` (HTTP/1.0, so the server closes when done);

@@ -18,8 +18,9 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest, VersionRequest,
+    NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxState,
+    PodSandboxStateValue, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StopPodSandboxRequest, VersionRequest,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -170,6 +171,30 @@ impl CriSocket {
             .await?
             .into_inner()
             .pod_sandbox_id)
+    }
+
+    /// The id of the newest ready sandbox of pod `uid` (label `io.kubernetes.pod.uid`), as
+    /// podagent looks for it.
+    pub async fn ready_sandbox(&self, uid: &str) -> Option<String> {
+        let filter = PodSandboxFilter {
+            state: Some(PodSandboxStateValue {
+                state: PodSandboxState::SandboxReady.into(),
+            }),
+            label_selector: HashMap::from([("io.kubernetes.pod.uid".to_owned(), uid.to_owned())]),
+            ..Default::default()
+        };
+        self.runtime_client()
+            .await
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(filter),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .items
+            .into_iter()
+            .max_by_key(|sandbox| sandbox.created_at)
+            .map(|sandbox| sandbox.id)
     }
 
     /// The network namespace file of sandbox `id`, from the verbose `PodSandboxStatus`
