@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
 use testkit::control_plane;
+use testkit::kubelet::NodeRuntime;
 use testkit::netns::{HostLinks, unique_name};
 use testkit::node::{Agent, Node, WAIT, has_link, ipv4, sample};
 
@@ -73,7 +74,11 @@ struct Cluster {
 
 impl Cluster {
     async fn new(mode: Mode) -> Cluster {
-        let host = Node::with_kubelet(PODAGENT).await;
+        Cluster::on(mode, NodeRuntime::Containerd).await
+    }
+
+    async fn on(mode: Mode, runtime: NodeRuntime) -> Cluster {
+        let host = Node::with_kubelet_on(PODAGENT, runtime).await;
         let bridge = unique_name("kdb");
         let links = HostLinks(vec![bridge.clone()]);
         host.cluster().install_admission_policy();
@@ -241,7 +246,18 @@ const PAUSE: &str = "/bin/sleep 2147483647";
 const MAIN: &str = "sleep 3600";
 
 async fn hot_plug_and_unplug_seen_by_kubectl_exec(mode: Mode) {
-    let cluster = Cluster::new(mode).await;
+    hot_plug_and_unplug_seen_by_kubectl_exec_on(mode, NodeRuntime::Containerd).await;
+}
+
+/// The kubelet on the CRI-O the setup builds (pinned netns under /var/run/netns, no infra
+/// process), as the seed's users ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crio_hot_plug_and_unplug_seen_by_kubectl_exec() {
+    hot_plug_and_unplug_seen_by_kubectl_exec_on(Mode::Direct, NodeRuntime::Crio).await;
+}
+
+async fn hot_plug_and_unplug_seen_by_kubectl_exec_on(mode: Mode, runtime: NodeRuntime) {
+    let cluster = Cluster::on(mode, runtime).await;
     let host = &cluster.host;
     let (_uid, sandbox, netns) = cluster.pod("web", false).await;
     let _agent = cluster.start_agent();
@@ -445,7 +461,7 @@ async fn the_kubelets_status_and_podagents_annotation_never_clobber(mode: Mode) 
         assert!(
             pod["status"]["podIP"]
                 .as_str()
-                .is_some_and(|ip| ip.starts_with(&kubelet.containerd().address_prefix())),
+                .is_some_and(|ip| ip.starts_with(&kubelet.cri().address_prefix())),
             "{name} keeps the kubelet's pod IP: {}",
             pod["status"]
         );

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::control_plane::{self, Shared};
 use crate::fault_proxy::FaultProxy;
 use crate::host::{Containerd, CriDaemon, Crio, Dockerd, SubnetLease};
-use crate::kubelet::KubeletNode;
+use crate::kubelet::{KubeletNode, NodeRuntime};
 use crate::netns::unique_name;
 use crate::nspawn::Machine;
 use crate::prereq;
@@ -63,8 +63,9 @@ impl Runtime {
     /// The runtime's name in podagent's config (`runtime.kind`).
     fn kind(&self) -> &'static str {
         match self {
-            Runtime::Containerd(_) | Runtime::Machine(_) | Runtime::Kubelet(_) => "containerd",
+            Runtime::Containerd(_) | Runtime::Machine(_) => "containerd",
             Runtime::Crio(_) => "crio",
+            Runtime::Kubelet(kubelet) => kubelet.runtime_kind(),
             Runtime::Docker(_) => "docker",
         }
     }
@@ -75,7 +76,7 @@ impl Runtime {
             Runtime::Crio(c) => Sandboxes::Cri(c),
             Runtime::Docker(d) => Sandboxes::Docker(d),
             Runtime::Machine(m) => Sandboxes::Machine(m),
-            Runtime::Kubelet(k) => Sandboxes::Cri(k.containerd()),
+            Runtime::Kubelet(k) => Sandboxes::Cri(k.cri()),
         }
     }
 }
@@ -142,9 +143,14 @@ impl Node {
     /// ([`Node::kubelet_pod`]), not the test's; the rest (podagent, the plugin wrapper, the
     /// operator's part) is as on every node.
     pub async fn with_kubelet(podagent: impl Into<PathBuf>) -> Node {
+        Node::with_kubelet_on(podagent, NodeRuntime::Containerd).await
+    }
+
+    /// [`Node::with_kubelet`] with the kubelet on `runtime`.
+    pub async fn with_kubelet_on(podagent: impl Into<PathBuf>, runtime: NodeRuntime) -> Node {
         let cluster = control_plane::shared();
         let name = cluster.unique_name("node");
-        let kubelet = KubeletNode::start(&name, cluster.server(), cluster.dir()).await;
+        let kubelet = KubeletNode::start_on(runtime, &name, cluster.server(), cluster.dir()).await;
         Node::new(podagent.into(), Runtime::Kubelet(Box::new(kubelet)))
     }
 

@@ -101,7 +101,7 @@ async fn a_kubelet_node_runs_pods_and_leaves_the_host_as_it_found_it() {
     );
     let ip = pod["status"]["podIP"].as_str().expect("a pod IP");
     assert!(
-        ip.starts_with(&node.containerd().address_prefix()) && ip != node.ip(),
+        ip.starts_with(&node.cri().address_prefix()) && ip != node.ip(),
         "pod IP {ip} comes from the node's primary network, not the node's own {}",
         node.ip()
     );

@@ -86,7 +86,7 @@ async fn main() -> ExitCode {
             "node {} ip {} cri unix://{}",
             node.name(),
             node.ip(),
-            node.containerd().socket().display()
+            node.cri().socket().display()
         ));
         nodes.push(node);
     }

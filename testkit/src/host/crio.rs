@@ -53,6 +53,12 @@ impl Crio {
     /// waits until CRI answers. Panics naming what is missing (root, the built CRI-O, conmon,
     /// runc, CNI plugins, images) or, with the daemon's log, when it does not come up.
     pub async fn start() -> Crio {
+        Crio::start_in(None).await
+    }
+
+    /// [`Crio::start`] in the mount namespace `mount_ns` (a kubelet node's, whose mounts its
+    /// containers must see), or in the test's own.
+    pub(crate) async fn start_in(mount_ns: Option<PathBuf>) -> Crio {
         cri::require_common();
         prereq::require_command("conmon", "conmon");
         let [_, pinns, copyimg] = ["crio", "pinns", "copyimg"].map(binary);
@@ -79,7 +85,7 @@ impl Crio {
             socket,
             runc_root: dir.join("runc"),
             pinned_siblings: &PINNED_SIBLINGS,
-            mount_ns: None,
+            mount_ns,
         };
         Crio {
             cri: CriDaemon::start(flavor, dir, network).await,

@@ -8,8 +8,8 @@
 //! runs DaemonSet pods with their probes.
 //!
 //! A [`KubeletNode`] is the kubelet (the pinned Kubernetes release, built beside the control
-//! plane) with a containerd of its own — the kubelet removes sandboxes it did not make, so it
-//! must own its runtime — and the node's primary network: the Debian bridge + host-local on a
+//! plane) with a containerd (or the CRI-O the setup builds) of its own — the kubelet removes
+//! sandboxes it did not make, so it must own its runtime — and the node's primary network: the Debian bridge + host-local on a
 //! leased /24 whose first address, on the bridge, is the node's IP (the kubelet refuses
 //! loopback, and the API server dials it there for `exec`). It speaks to the API server as
 //! `system:node:<name>` with a client certificate from the control plane's CA, under the Node
@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use crate::control_plane::{self, Admin};
 use crate::host::process::Daemon;
-use crate::host::{BUSYBOX_IMAGE, Containerd};
+use crate::host::{BUSYBOX_IMAGE, Containerd, CriDaemon, Crio};
 use crate::netns::run_ip;
 use crate::prereq;
 
@@ -47,25 +47,51 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// none of its chains (`KUBE-FIREWALL`, `KUBE-IPTABLES-HINT`) to the host's tables.
 const KUBELET_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The container runtime a kubelet node's kubelet drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRuntime {
+    /// Debian's containerd (the default).
+    Containerd,
+    /// The CRI-O `scripts/setup-test-host.sh` builds.
+    Crio,
+}
+
+/// The node's runtime, running.
+enum Runtime {
+    Containerd(Containerd),
+    Crio(Crio),
+}
+
 /// A node run by a real kubelet; stopped, and everything it made removed, on drop.
 pub struct KubeletNode {
     name: String,
     ip: String,
     config: PathBuf,
-    // Dropped in this order: the kubelet (stopped first in `drop`), its containerd (which
+    // Dropped in this order: the kubelet (stopped first in `drop`), its runtime (which
     // removes the sandboxes through CRI), the mount namespace, the node's dir.
     kubelet: Option<Daemon>,
     admin: Admin,
-    containerd: Containerd,
+    runtime: Runtime,
     mount_ns: MountNs,
     dir: tempfile::TempDir,
 }
 
 impl KubeletNode {
-    /// Starts node `name` for the control plane serving at `server` whose dir (keys, admin
-    /// kubeconfig) is `plane_dir`, and returns once the Node is Ready and schedulable. Panics
-    /// with the kubelet's last log lines and its config when it does not get there.
+    /// Starts node `name` on containerd for the control plane serving at `server` whose dir
+    /// (keys, admin kubeconfig) is `plane_dir`, and returns once the Node is Ready and
+    /// schedulable. Panics with the kubelet's last log lines and its config when it does not get
+    /// there.
     pub async fn start(name: &str, server: &str, plane_dir: &Path) -> KubeletNode {
+        KubeletNode::start_on(NodeRuntime::Containerd, name, server, plane_dir).await
+    }
+
+    /// [`KubeletNode::start`] on `runtime`.
+    pub async fn start_on(
+        runtime: NodeRuntime,
+        name: &str,
+        server: &str,
+        plane_dir: &Path,
+    ) -> KubeletNode {
         prereq::require_root();
         prereq::require_command("unshare", "util-linux");
         prereq::require_command("nsenter", "util-linux");
@@ -78,16 +104,16 @@ impl KubeletNode {
             .tempdir()
             .unwrap_or_else(|err| panic!("cannot create a kubelet node dir: {err}"));
         let mount_ns = MountNs::create(dir.path());
-        let containerd = Containerd::start_in(Some(mount_ns.path())).await;
-        let ip = format!("{}1", containerd.address_prefix());
-        run_ip(&[
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            containerd.bridge(),
-        ]);
-        run_ip(&["link", "set", containerd.bridge(), "up"]);
+        let runtime = match runtime {
+            NodeRuntime::Containerd => {
+                Runtime::Containerd(Containerd::start_in(Some(mount_ns.path())).await)
+            }
+            NodeRuntime::Crio => Runtime::Crio(Crio::start_in(Some(mount_ns.path())).await),
+        };
+        let cri = runtime.cri();
+        let ip = format!("{}1", cri.address_prefix());
+        run_ip(&["addr", "add", &format!("{ip}/24"), "dev", cri.bridge()]);
+        run_ip(&["link", "set", cri.bridge(), "up"]);
 
         let pki = dir.path().join("pki");
         let (cert, key) = control_plane::client_certificate(
@@ -120,7 +146,7 @@ impl KubeletNode {
         let config = dir.path().join("kubelet.yaml");
         write(
             &config,
-            &serde_json::to_string_pretty(&kubelet_config(&ip, port, &ca, containerd.socket()))
+            &serde_json::to_string_pretty(&kubelet_config(&ip, port, &ca, cri.socket()))
                 .expect("json"),
         );
         let admin = Admin::new(&plane_dir.join("admin.kubeconfig"))
@@ -132,7 +158,7 @@ impl KubeletNode {
             config,
             kubelet: None,
             admin,
-            containerd,
+            runtime,
             mount_ns,
             dir,
         };
@@ -151,9 +177,17 @@ impl KubeletNode {
         &self.ip
     }
 
-    /// The node's containerd: its CRI socket is what podagent on this node uses.
-    pub fn containerd(&self) -> &Containerd {
-        &self.containerd
+    /// The node's runtime: its CRI socket is what podagent on this node uses.
+    pub fn cri(&self) -> &CriDaemon {
+        self.runtime.cri()
+    }
+
+    /// The node's runtime, as podagent's `runtime.kind` names it.
+    pub fn runtime_kind(&self) -> &'static str {
+        match self.runtime {
+            Runtime::Containerd(_) => "containerd",
+            Runtime::Crio(_) => "crio",
+        }
     }
 
     /// The node's dir: the kubelet's root (`root/`), its config, and what its pods log
@@ -317,6 +351,15 @@ impl Drop for KubeletNode {
         // With the kubelet gone nothing re-registers it; its pods stay as objects, as on a
         // cluster that lost a node.
         let _ = self.admin.delete("v1", "Node", None, &self.name, None);
+    }
+}
+
+impl Runtime {
+    fn cri(&self) -> &CriDaemon {
+        match self {
+            Runtime::Containerd(containerd) => containerd,
+            Runtime::Crio(crio) => crio,
+        }
     }
 }
 

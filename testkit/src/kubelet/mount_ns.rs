@@ -49,6 +49,9 @@ mount --bind "$1/log" /var/log
 mkdir -p "$1/var-lib/upper" "$1/var-lib/work"
 mount -t overlay overlay \
     -o "lowerdir=/var/lib,upperdir=$1/var-lib/upper,workdir=$1/var-lib/work" /var/lib
+# No huge page sizes: the kubelet would ask for a hugetlb limit per size, which runc cannot
+# set under CRI-O on a cgroup v1 host without the v1 hugetlb controller (containerd drops them).
+mount -t tmpfs -o ro,size=4k none /sys/kernel/mm/hugepages
 for file in "$1"/sysctl/*; do
     mount --bind "$file" "/proc/sys/$(basename "$file" | tr . /)"
 done
