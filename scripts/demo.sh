@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The seed README's example, end to end on this machine (Debian 12, as root): hot-plugs the
-# `data` network into a running pod of hello-multi-net with the real podagent, shows the
-# interface inside the pod, removes it, and does it again on the second pod.
+# The seed README's example, end to end on this machine (Debian 12, as root), literally: the
+# `data` network applied, hello-multi-net deployed with 2 replicas that a real kubelet runs,
+# `data` hot-plugged into the first pod by the real podagent and seen with `kubectl exec … ip a`,
+# removed again, the pods never restarted, then `data` added to the second pod.
 #
-# Usage: sudo scripts/demo.sh [--mode direct|npwg|kactus] [--runtime containerd|crio]
-#                             [--binary-dir DIR] [--wait SECONDS]
+# Usage: scripts/demo.sh [--mode direct|npwg|kactus] [--runtime containerd|crio]
+#                        [--binary-dir DIR] [--wait SECONDS]
 #   --mode MODE       podagent's network mode (default direct: podagent runs the `data`
 #                     Network's own config; npwg: the `data` NetworkAttachmentDefinition's,
 #                     asked for with the k8s.v1.cni.cncf.io/networks annotation as Multus users
 #                     do; kactus: the node's primary config, a stand-in for kactus delegating
 #                     to `data`).
-#   --runtime NAME    the node's container runtime (default containerd; crio: the CRI-O that
+#   --runtime NAME    the kubelet's container runtime (default containerd; crio: the CRI-O that
 #                     scripts/setup-test-host.sh builds, the seed's own runtime).
 #   --binary-dir DIR  use the podagent, podagent-demo and control-plane binaries in DIR
 #                     instead of building them (the test suite passes its debug build);
@@ -18,19 +19,18 @@
 #   --wait SECONDS    how long each step may take before the demo fails (default 20).
 #
 # What runs: scripts/setup-test-host.sh installs the packages and local images the demo needs
-# and builds the real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager
-# and a kubectl of the same version) and CRI-O, from pinned Go modules, once per machine;
+# and builds, once per machine from pinned Go modules, the real Kubernetes control plane and
+# kubelet (and CRI-O with --runtime crio; nothing else of the test suite's tools);
 # `cargo build --release` builds podagent, the demo driver (testkit/src/bin/podagent-demo/) and
-# the control-plane command. The driver starts that control plane on loopback, a node (a private
-# containerd or CRI-O and the node's CNI config) and podagent with the credentials of the
-# shipped RBAC, creates the two pods through the API as real pod sandboxes (playing the kubelet,
-# which there is none of), and runs the example's commands (kubectl, the operator scripts) step
-# by step with the admin kubeconfig. Everything it starts or creates is removed when it ends,
-# also on Ctrl-C.
+# the control-plane command. The driver starts that control plane on loopback (API server,
+# scheduler, controller manager), one node run by a real kubelet with a containerd (or CRI-O) of
+# its own, and podagent on that node's own credentials, then runs the example's commands
+# (kubectl, the operator scripts) step by step with the admin kubeconfig. Everything it starts
+# or creates is removed when it ends, also on Ctrl-C.
 set -euo pipefail
 
 usage() {
-    sed -n '6,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '7,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -79,11 +79,16 @@ while [ "$#" -gt 0 ]; do
 done
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run as root (it starts a container runtime and creates network namespaces): sudo $0" >&2
+    echo "demo.sh: run as root: it starts a kubelet and a container runtime and creates network namespaces" >&2
     exit 1
 fi
 
-"$repo/scripts/setup-test-host.sh"
+# Only what the demo uses: the control plane and the kubelet, CRI-O when it runs the pods.
+parts=control-plane
+if [ "$runtime" = crio ]; then
+    parts+=,crio
+fi
+"$repo/scripts/setup-test-host.sh" --only "$parts"
 
 if [ -z "$binary_dir" ]; then
     cargo=$(command -v cargo || true)
@@ -119,8 +124,9 @@ export KUBECACHEDIR=$kube_cache
 
 # The driver runs in the background, in a process group of its own (it moves itself), so that
 # a signal to this script (Ctrl-C on the terminal, or a SIGTERM sent to it alone) is passed on
-# to the driver alone: it stops podagent and the runtime and removes what it made before this
-# script exits; the control plane it started stops (and removes its dir) as soon as it is gone.
+# to the driver alone: it deletes the pods, stops podagent, the kubelet and its runtime, and
+# removes what it made before this script exits; the control plane it started stops (and
+# removes its dir) as soon as it is gone.
 driver_pid=
 # shellcheck disable=SC2317 # called from the traps below
 stop_driver() {

@@ -1,7 +1,45 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 test host for podagent's test suite (root, idempotent): installs the real
 # components the tests run against and builds the local container images they use.
+#
+# Usage: scripts/setup-test-host.sh [--only PARTS]
+#   --only PARTS  build only these of the test tools, comma-separated: control-plane (etcd,
+#                 kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and the
+#                 kubelet), crio (CRI-O, ~2.5 min cold), rootfs (the Debian root file system
+#                 tests/service.rs boots, debootstrap, ~1 min cold). The packages and the local
+#                 images are always set up (seconds once present). Without --only: everything,
+#                 which the test suite (scripts/test.sh) needs; scripts/demo.sh asks for
+#                 control-plane, and crio with --runtime crio.
 set -euo pipefail
+
+parts=control-plane,crio,rootfs
+while [ "$#" -gt 0 ]; do
+    case $1 in
+        --only)
+            [ "$#" -ge 2 ] || { echo "setup-test-host: --only needs a list of parts (control-plane,crio,rootfs)" >&2; exit 64; }
+            parts=$2
+            shift 2
+            ;;
+        *)
+            echo "setup-test-host: unknown argument $1 (usage: $0 [--only control-plane,crio,rootfs])" >&2
+            exit 64
+            ;;
+    esac
+done
+for part in ${parts//,/ }; do
+    case $part in
+        control-plane | crio | rootfs) ;;
+        *) echo "setup-test-host: --only: no part $part (parts: control-plane, crio, rootfs)" >&2; exit 64 ;;
+    esac
+done
+
+# wanted PART: whether PART is to be set up.
+wanted() {
+    case ,$parts, in
+        *,"$1",*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
 
 packages=(
     containernetworking-plugins # bridge, host-local, macvlan, tuning, portmap in /usr/lib/cni
@@ -174,7 +212,9 @@ etcd_version=$(required_version "$module_dir/go.mod" go.etcd.io/etcd/server/v3)
 cp_dir=/var/lib/podagent-test/control-plane/kubernetes-$kube_version-etcd-$etcd_version
 cp_stamp="$(cat "$module_dir/go.mod" "$module_dir/go.sum" "$module_dir/etcd/main.go" | sha256sum | cut -d' ' -f1) recipe-$cp_recipe"
 
-if tools_present "$cp_dir" "$cp_stamp" etcd kube-apiserver kube-controller-manager kube-scheduler \
+if ! wanted control-plane; then
+    echo "setup-test-host: control plane not asked for (--only $parts)"
+elif tools_present "$cp_dir" "$cp_stamp" etcd kube-apiserver kube-controller-manager kube-scheduler \
     kubectl kubelet; then
     echo "setup-test-host: control plane (Kubernetes $kube_version, etcd $etcd_version) present in $cp_dir"
 else
@@ -210,7 +250,9 @@ crio_stamp="$(cat "$module_dir/go.mod" "$module_dir/go.sum" | sha256sum | cut -d
 crio_tags="containers_image_openpgp containers_image_ostree_stub exclude_graphdriver_btrfs"
 crio_tags+=" exclude_graphdriver_devicemapper btrfs_noversion"
 
-if tools_present "$crio_dir" "$crio_stamp" crio pinns copyimg; then
+if ! wanted crio; then
+    echo "setup-test-host: CRI-O not asked for (--only $parts)"
+elif tools_present "$crio_dir" "$crio_stamp" crio pinns copyimg; then
     echo "setup-test-host: CRI-O $crio_version present in $crio_dir"
 else
     use_go "$module_dir"
@@ -241,7 +283,9 @@ rootfs_packages=systemd,systemd-sysv,dbus,iproute2,containerd,docker.io,containe
 rootfs_recipe=3 # bump when the configuration below changes
 rootfs_key=$(printf '%s recipe-%s' "$rootfs_packages" "$rootfs_recipe" | sha256sum | cut -c1-16)
 rootfs_dir=/var/lib/podagent-test/rootfs/bookworm-$rootfs_key
-if [ -f "$rootfs_dir/stamp" ]; then
+if ! wanted rootfs; then
+    echo "setup-test-host: node root file system not asked for (--only $parts)"
+elif [ -f "$rootfs_dir/stamp" ]; then
     echo "setup-test-host: node root file system present in $rootfs_dir"
 else
     mirror=$(awk '$1 == "URIs:" {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -282,4 +326,6 @@ TOML
     echo "setup-test-host: node root file system built in $(($(date +%s) - started))s"
 fi
 # testkit::nspawn boots whatever this names.
-ln -sfn "$(basename "$rootfs_dir")" /var/lib/podagent-test/rootfs/bookworm
+if wanted rootfs; then
+    ln -sfn "$(basename "$rootfs_dir")" /var/lib/podagent-test/rootfs/bookworm
+fi

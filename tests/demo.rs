@@ -1,10 +1,12 @@
 //! The one-command demo (`scripts/demo.sh`) runs to completion on this host (as root) with the
 //! test build's binaries, in every network mode and on CRI-O too, and its transcript shows what
-//! the README promises: the `data` interface appears in the first pod, goes away, appears in the
-//! second pod, and neither pod's sandbox is replaced; in direct mode (the default) the
-//! interface's address is from the `data` Network of `examples/data-net.yaml`. The demo itself
-//! waits for each step and fails when one does not happen, so this test checks the transcript,
-//! the exit status, and that nothing was left behind.
+//! the README promises, in the seed's own commands on pods a real kubelet runs: `kubectl exec …
+//! ip a` shows the `data` interface with its address in the first pod, then no longer, then in
+//! the second pod; `kubectl get pod -o wide` shows 0 restarts and the runtime the same sandbox
+//! throughout; in direct and npwg mode the address is from the `data` object's range, and npwg
+//! mode shows the `network-status` a Multus user reads. The demo itself waits for each step and
+//! fails when one does not happen, so this test checks the transcript, the exit status, and that
+//! nothing was left behind.
 
 use std::path::Path;
 use std::process::Command;
@@ -50,11 +52,45 @@ fn section<'a>(transcript: &'a str, title: &str) -> &'a str {
 
 /// The interface lines of `ip a` output in `text` (`N: name@peer: <…>`).
 fn shows_interface(text: &str, ifname: &str) -> bool {
-    text.lines().any(|line| {
-        line.split(": ")
-            .nth(1)
-            .is_some_and(|name| name.split('@').next() == Some(ifname))
-    })
+    text.lines().any(|line| interface_of(line) == Some(ifname))
+}
+
+/// The interface an `ip a` header line (`N: name@peer: <…>`) names.
+fn interface_of(line: &str) -> Option<&str> {
+    let (index, rest) = line.split_once(": ")?;
+    index.parse::<u32>().ok()?;
+    rest.split(['@', ':']).next()
+}
+
+/// The IPv4 address (`a.b.c.d/len`) `ip a` output in `text` shows on `ifname`.
+fn address_of(text: &str, ifname: &str) -> Option<String> {
+    let mut current = None;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            current = interface_of(line);
+        } else if current == Some(ifname)
+            && let Some(rest) = line.trim_start().strip_prefix("inet ")
+        {
+            return rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// What the `kubectl exec … -- ip a` of the step in `section` printed (up to the next line that
+/// is not `ip a` output).
+fn exec_output(section: &str) -> &str {
+    let start = section
+        .find("$ kubectl exec ")
+        .unwrap_or_else(|| panic!("the step runs kubectl exec:\n{section}"));
+    let rest = &section[start..];
+    let body = rest.find('\n').map_or("", |at| &rest[at + 1..]);
+    let end = body
+        .lines()
+        .take_while(|line| line.starts_with(char::is_whitespace) || interface_of(line).is_some())
+        .map(|line| line.len() + 1)
+        .sum::<usize>();
+    &body[..end.min(body.len())]
 }
 
 /// `scripts/demo.sh` with `args` and the test build's binaries; its transcript.
@@ -82,12 +118,17 @@ fn replay(args: &[&str]) -> String {
 fn demo_replays_the_example_in_every_mode() {
     prereq::require_root();
     runs_the_data_object_of_the_example(&[], "direct", "Network");
-    runs_the_data_object_of_the_example(&["--mode", "npwg"], "npwg", "NetworkAttachmentDefinition");
+    let npwg = runs_the_data_object_of_the_example(
+        &["--mode", "npwg"],
+        "npwg",
+        "NetworkAttachmentDefinition",
+    );
+    npwg_shows_the_network_status(&npwg);
     kactus_mode_stays_available();
     runs_on_crio();
 }
 
-/// `--runtime crio`: the same example with the pods' sandboxes in a real CRI-O.
+/// `--runtime crio`: the same example with the kubelet on a real CRI-O.
 fn runs_on_crio() {
     let transcript =
         runs_the_data_object_of_the_example(&["--runtime", "crio"], "direct", "Network");
@@ -95,7 +136,7 @@ fn runs_on_crio() {
     let version = testkit::host::crio_version().trim_start_matches('v');
     assert!(
         setup.contains(&format!(
-            "container runtime: a private CRI-O {version} (pid "
+            "container runtime: the kubelet's own CRI-O {version} (pid "
         )),
         "the first screen names CRI-O:\n{setup}"
     );
@@ -107,7 +148,8 @@ fn runs_on_crio() {
 }
 
 /// Direct mode (the default) runs the `Network` of examples/data-net.yaml, npwg mode the
-/// NetworkAttachmentDefinition of examples/data-nad.yaml, asked for with the NPWG annotation.
+/// NetworkAttachmentDefinition of examples/data-nad.yaml, asked for with the NPWG annotation;
+/// `kubectl exec` shows the interface with an address of the object's range.
 fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) -> String {
     let transcript = replay(args);
     let setup = section(&transcript, "Setting up");
@@ -126,17 +168,21 @@ fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) ->
             "the NPWG annotation is what asks for `data`:\n{add}"
         );
     }
-    let added = section(&transcript, "4. Verify that");
-    let from_range = added
-        .lines()
-        .find(|line| line.starts_with(&format!("✓ {IFNAME} has 172.20.1.")))
-        .unwrap_or_else(|| panic!("step 4 shows the address from the object's range:\n{added}"));
-    assert!(
-        from_range.contains(&format!(
-            "from the `data` {kind}'s range 172.20.1.10–172.20.1.254"
-        )),
-        "{from_range}"
-    );
+    for step in ["4. Verify that", "10. Verify that"] {
+        let added = section(&transcript, step);
+        let address = address_of(exec_output(added), IFNAME)
+            .unwrap_or_else(|| panic!("kubectl exec shows {IFNAME} with an address:\n{added}"));
+        assert!(
+            address.starts_with("172.20.1.") && address.ends_with("/24"),
+            "{IFNAME} has {address}, not an address of the data network (172.20.1.0/24):\n{added}"
+        );
+        assert!(
+            added.contains(&format!(
+                "✓ {IFNAME} has {address}: from the `data` {kind}'s range 172.20.1.10–172.20.1.254"
+            )),
+            "the demo checked the address against the {kind}:\n{added}"
+        );
+    }
     assert_replayed(&transcript);
     let cleanup = section(&transcript, "Cleaning up");
     assert!(
@@ -146,6 +192,48 @@ fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) ->
     transcript
 }
 
+/// Npwg mode: after each change the pod's `k8s.v1.cni.cncf.io/network-status` is shown as a
+/// Multus user reads it, with the `data` entry on the interface while it is attached.
+fn npwg_shows_the_network_status(transcript: &str) {
+    for (step, listed) in [
+        ("3. Add the", true),
+        ("6. Delete the", false),
+        ("9. Repeat", true),
+    ] {
+        let text = section(transcript, step);
+        let start = text
+            .find("-o jsonpath='{.metadata.annotations.k8s\\.v1\\.cni\\.cncf\\.io/network-status}'")
+            .unwrap_or_else(|| panic!("step {step:?} shows the network-status:\n{text}"));
+        let shown = &text[start..];
+        let shown = &shown[shown.find('\n').map_or(shown.len(), |at| at + 1)..];
+        let json_end = shown.find("\n✓ ").unwrap_or(shown.len());
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_str(&shown[..json_end]).unwrap_or_default();
+        let data = entries.iter().find(|entry| entry["interface"] == IFNAME);
+        if listed {
+            let data = data
+                .unwrap_or_else(|| panic!("step {step:?}: network-status lists {IFNAME}:\n{text}"));
+            assert!(
+                data["name"]
+                    .as_str()
+                    .is_some_and(|name| name.ends_with("/data")),
+                "step {step:?}: the entry is the data network's: {data}"
+            );
+            assert!(
+                data["ips"][0]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with("172.20.1.")),
+                "step {step:?}: the entry has the data address: {data}"
+            );
+        } else {
+            assert!(
+                data.is_none(),
+                "step {step:?}: network-status no longer lists {IFNAME}:\n{text}"
+            );
+        }
+    }
+}
+
 fn kactus_mode_stays_available() {
     let transcript = replay(&["--mode", "kactus"]);
     let setup = section(&transcript, "Setting up");
@@ -153,42 +241,76 @@ fn kactus_mode_stays_available() {
         setup.contains("podagent's network mode: kactus — CNI config "),
         "{setup}"
     );
+    let added = section(&transcript, "4. Verify that");
+    assert!(
+        address_of(exec_output(added), IFNAME).is_some(),
+        "kubectl exec shows {IFNAME} with an address:\n{added}"
+    );
     assert_replayed(&transcript);
 }
 
-/// What both modes show: the interface comes and goes, no pod restarts, nothing is left.
+/// What every mode shows: the Deployment's two pods run by the kubelet, the interface comes and
+/// goes as `kubectl exec` shows it, no pod restarts, nothing is left.
 fn assert_replayed(transcript: &str) {
-    let added = section(transcript, "4. Verify that");
+    let created = section(transcript, "2. Deploy");
+    assert!(
+        created.contains("$ kubectl create deployment -n demo-")
+            && created.contains(
+                " hello-multi-net --image=localhost/podagent-test/busybox:1 --replicas=2 -- top"
+            )
+            && created.contains("successfully rolled out"),
+        "step 2 deploys with kubectl and waits for the rollout:\n{created}"
+    );
+    let added = exec_output(section(transcript, "4. Verify that"));
     assert!(
         shows_interface(added, IFNAME) && shows_interface(added, "eth0"),
-        "ip a after the add shows {IFNAME} next to eth0:\n{added}"
+        "kubectl exec … ip a after the add shows {IFNAME} next to eth0:\n{added}"
     );
-    let gone = section(transcript, "7. Verify that");
+    let gone = exec_output(section(transcript, "7. Verify that"));
     assert!(
         !shows_interface(gone, IFNAME) && shows_interface(gone, "eth0"),
-        "ip a after the delete shows eth0 and no {IFNAME}:\n{gone}"
+        "kubectl exec … ip a after the delete shows eth0 and no {IFNAME}:\n{gone}"
     );
-    let second = section(transcript, "10. Verify that");
+    let second = exec_output(section(transcript, "10. Verify that"));
     assert!(
         shows_interface(second, IFNAME),
-        "ip a of the second pod shows {IFNAME}:\n{second}"
+        "kubectl exec … ip a in the second pod shows {IFNAME}:\n{second}"
     );
 
-    // The sandboxes created in step 2 are the ones the runtime lists after each change.
-    let created = section(transcript, "2. Deploy");
-    let sandboxes: Vec<&str> = created
+    // The pods and sandboxes of step 2 are the ones after each change, with 0 restarts.
+    let pods: Vec<(&str, &str)> = created
         .lines()
-        .filter(|line| line.starts_with("pod hello-multi-net-"))
-        .filter_map(|line| line.split("sandbox ").nth(1))
-        .filter_map(|rest| rest.split(',').next())
+        .filter_map(|line| line.strip_prefix("pod "))
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once(": ")?;
+            let sandbox = rest.split("sandbox ").nth(1)?.split(',').next()?;
+            Some((name, sandbox))
+        })
         .collect();
-    assert_eq!(sandboxes.len(), 2, "step 2 names two sandboxes:\n{created}");
-    for (step, sandbox) in [
-        ("5. Verify that the first pod", sandboxes[0]),
-        ("8. Verify that the first pod", sandboxes[0]),
-        ("11. Verify that the second pod", sandboxes[1]),
+    assert_eq!(
+        pods.len(),
+        2,
+        "step 2 names two pods and their sandboxes:\n{created}"
+    );
+    for (step, (pod, sandbox)) in [
+        ("5. Verify that the first pod", pods[0]),
+        ("8. Verify that the first pod", pods[0]),
+        ("11. Verify that the second pod", pods[1]),
     ] {
         let text = section(transcript, step);
+        let row: Vec<&str> = text
+            .lines()
+            .find(|line| line.starts_with(pod))
+            .unwrap_or_else(|| {
+                panic!("step {step:?} shows {pod}'s row of kubectl get pod:\n{text}")
+            })
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            row.get(1..4),
+            Some(&["1/1", "Running", "0"][..]),
+            "step {step:?}: {pod} is Running with 0 restarts:\n{text}"
+        );
         let unchanged = text
             .lines()
             .find(|line| line.contains("unchanged since step 2"))

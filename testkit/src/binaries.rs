@@ -94,6 +94,32 @@ pub fn packaging_script(script: &Path) -> Command {
     command
 }
 
+/// The DaemonSet's image of [`shipped_podagent`], written to `out` by `scripts/build-image.sh`:
+/// (the image id it printed, the tar's path). Panics with the script's output when it fails.
+pub fn podagent_image(out: &Path) -> (String, PathBuf) {
+    let mut command = packaging_script(&workspace().join("scripts/build-image.sh"));
+    command.arg("--output").arg(out);
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\nstdout: {printed}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = printed.lines().rev();
+    let tar = PathBuf::from(lines.next().expect("tar path").trim());
+    let id = lines
+        .next()
+        .and_then(|line| line.rsplit_once(", id "))
+        .map(|(_, id)| id.to_owned())
+        .unwrap_or_else(|| panic!("no image id in {printed:?}"));
+    assert_eq!(tar, out, "{printed}");
+    (id, tar)
+}
+
 /// The target directory the running test was built into: `<target>/<profile>/deps/<test>` →
 /// `<target>`.
 pub fn test_target_dir() -> PathBuf {

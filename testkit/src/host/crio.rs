@@ -93,6 +93,18 @@ impl Crio {
         }
     }
 
+    /// Imports the docker-save image `tar` as `name` into the running CRI-O's storage (which
+    /// reads it anew on each image request).
+    pub(crate) fn import_image(&self, name: &str, tar: &Path) {
+        import(
+            &binary("copyimg"),
+            self.dir(),
+            self.storage_driver,
+            name,
+            tar,
+        );
+    }
+
     /// The containers/storage driver in use: `overlay`, or `vfs` where an overlay mount fails.
     pub fn storage_driver(&self) -> &str {
         self.storage_driver

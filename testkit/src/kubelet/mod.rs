@@ -108,9 +108,24 @@ impl KubeletNode {
             NodeRuntime::Containerd => {
                 Runtime::Containerd(Containerd::start_in(Some(mount_ns.path())).await)
             }
-            NodeRuntime::Crio => Runtime::Crio(Crio::start_in(Some(mount_ns.path())).await),
+            NodeRuntime::Crio => {
+                // What a CRI-O node's containers-common gives it: short image names (the
+                // DaemonSet manifests' `kaloom/podagent:<v>`) resolve to docker.io.
+                write(
+                    &mount_ns.resolve("/etc/containers/registries.conf"),
+                    "unqualified-search-registries = [\"docker.io\"]\n",
+                );
+                Runtime::Crio(Crio::start_in(Some(mount_ns.path())).await)
+            }
         };
         let cri = runtime.cri();
+        // The runtime's socket dir and CNI config where the node's own would be.
+        let socket_dir = match runtime {
+            Runtime::Containerd(_) => "/run/containerd",
+            Runtime::Crio(_) => "/run/crio",
+        };
+        mount_ns.bind(cri.dir(), socket_dir);
+        mount_ns.bind(&cri.dir().join("net.d"), "/etc/cni/net.d");
         let ip = format!("{}1", cri.address_prefix());
         run_ip(&["addr", "add", &format!("{ip}/24"), "dev", cri.bridge()]);
         run_ip(&["link", "set", cri.bridge(), "up"]);
@@ -180,6 +195,15 @@ impl KubeletNode {
     /// The node's runtime: its CRI socket is what podagent on this node uses.
     pub fn cri(&self) -> &CriDaemon {
         self.runtime.cri()
+    }
+
+    /// Makes the docker-save image `tar` (tagged `name`) one of the node's local images, as
+    /// `ctr images import` or CRI-O's `copyimg` would on a node without a registry.
+    pub fn import_image(&self, name: &str, tar: &Path) {
+        match &self.runtime {
+            Runtime::Containerd(containerd) => crate::host::import_image(containerd.socket(), tar),
+            Runtime::Crio(crio) => crio.import_image(name, tar),
+        }
     }
 
     /// The node's runtime, as podagent's `runtime.kind` names it.
@@ -273,6 +297,12 @@ impl KubeletNode {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `path` on the node (its `/var/lib`, `/etc` and `/opt` are its own, see [`mount_ns`]), as
+    /// a path the test can read.
+    pub fn node_path(&self, path: &str) -> PathBuf {
+        self.mount_ns.resolve(path)
     }
 
     /// The kubelet's last log lines.

@@ -4,8 +4,10 @@
 //! `/var/log/containers` and sysctls into `/proc/sys`; its containerd bind-mounts the volumes
 //! into containers, so the two must see one mount table. Giving them one of their own keeps all
 //! of it off the host: the mounts die with the namespace, `/var/log` inside is a dir of the
-//! node's, `/var/lib` an overlay whose writes land in the node's dir (the kubelet puts its
-//! device-plugin socket in `/var/lib/kubelet` whatever its root dir), and the six sysctls the kubelet insists on (`setupKernelTunables`) are files of the
+//! node's, `/etc`, `/opt` and `/var/lib` are overlays whose writes land in the node's dir (the
+//! kubelet puts its device-plugin socket in `/var/lib/kubelet` whatever its root dir, containerd
+//! makes `/opt/containerd`, a DaemonSet's `DirectoryOrCreate` volumes are made there; the node
+//! has `/opt/cni/bin` and `/etc/cni/net.d` as a node has), and the six sysctls the kubelet insists on (`setupKernelTunables`) are files of the
 //! node's bind-mounted over their `/proc/sys` entries, holding the values it wants, so it finds
 //! them set and writes nothing (it would otherwise set `vm.overcommit_memory`, `kernel.panic` and
 //! `kernel.panic_on_oops` on the host, seen on this kind of machine).
@@ -14,7 +16,9 @@
 //! sandbox's network namespace. podagent and the tests run on the host, as a node's own
 //! processes do, and must open those files. The namespace is made with propagation unchanged
 //! after `/run/netns` is a shared mount point (as iproute2 leaves it after its first `ip netns
-//! add`), then every other mount point in it is made private.
+//! add`), then every other mount point in it is made private (cut from the host's peer groups)
+//! and, once the node's own mounts are made, shared again within the namespace, as a systemd
+//! node's mounts are.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,9 +50,18 @@ while read -r _ _ _ _ point _; do
     mount --make-private "$point"
 done </proc/self/mountinfo
 mount --bind "$1/log" /var/log
-mkdir -p "$1/var-lib/upper" "$1/var-lib/work"
-mount -t overlay overlay \
-    -o "lowerdir=/var/lib,upperdir=$1/var-lib/upper,workdir=$1/var-lib/work" /var/lib
+for dir in /etc /opt /var/lib; do
+    layer="$1/overlay$dir"
+    mkdir -p "$layer/upper" "$layer/work"
+    mount -t overlay overlay -o "lowerdir=$dir,upperdir=$layer/upper,workdir=$layer/work" "$dir"
+done
+# Where a node's runtime and podagent look for plugins and configs (Debian puts the plugins in
+# /usr/lib/cni).
+[ -e /opt/cni/bin ] || { mkdir -p /opt/cni && ln -s /usr/lib/cni /opt/cni/bin; }
+mkdir -p /etc/cni/net.d
+# Shared within the namespace, as a systemd node's mounts are: containerd and CRI-O refuse a
+# HostToContainer volume (a DaemonSet's node root at /host) of a private mount.
+mount --make-rshared /
 # No huge page sizes: the kubelet would ask for a hugetlb limit per size, which runc cannot
 # set under CRI-O on a cgroup v1 host without the v1 hugetlb controller (containerd drops them).
 mount -t tmpfs -o ro,size=4k none /sys/kernel/mm/hugepages
@@ -71,7 +84,7 @@ pub(crate) struct MountNs {
 
 impl MountNs {
     /// Sets up the namespace for the node whose dir is `dir` (its `log/` becomes `/var/log`
-    /// inside, `var-lib/upper` takes what is written to `/var/lib`). Panics with the holder's output when a step fails.
+    /// inside, `overlay/<dir>/upper` takes what is written to `/etc`, `/opt`, `/var/lib`). Panics with the holder's output when a step fails.
     pub(crate) fn create(dir: &Path) -> MountNs {
         share_netns_dir();
         fs::create_dir_all(dir.join("log"))
@@ -125,6 +138,35 @@ impl MountNs {
     /// The namespace's file, for `nsenter --mount=`.
     pub(crate) fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/mnt", self.holder.id()))
+    }
+
+    /// `path` as the namespace sees it (through the holder's `/proc/<pid>/root`).
+    pub(crate) fn resolve(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.holder.id())).join(path.trim_start_matches('/'))
+    }
+
+    /// Bind-mounts `source` onto `target` inside the namespace: where a node's runtime keeps
+    /// its socket and CNI config (`/run/containerd`, `/etc/cni/net.d`), for what mounts those
+    /// paths (a DaemonSet). A target under `/run`, which is the host's, is made on the host if
+    /// missing, as the runtime itself would make it on its first start.
+    pub(crate) fn bind(&self, source: &Path, target: &str) {
+        if target.starts_with("/run/") {
+            fs::create_dir_all(target)
+                .unwrap_or_else(|err| panic!("cannot create {target}: {err}"));
+        }
+        let out = Command::new("nsenter")
+            .arg(format!("--mount={}", self.path().display()))
+            .args(["--", "mount", "--bind"])
+            .arg(source)
+            .arg(target)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run nsenter mount: {err}"));
+        assert!(
+            out.status.success(),
+            "binding {} onto {target} in the kubelet node's mount namespace failed: {}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
 }
 

@@ -1,33 +1,38 @@
 //! `podagent-demo`: replays the seed README's "Example" against the real podagent, on one
-//! machine, with a real Kubernetes control plane and nothing else of a cluster (run by
-//! `scripts/demo.sh`).
+//! machine, on pods a real kubelet runs (run by `scripts/demo.sh`).
 //!
 //! The seed's example needs a Kubernetes cluster with kactus as its CNI plugin. A test host has
-//! neither, so the demo builds the smallest honest stand-in for one node and keeps everything
-//! real: etcd, kube-apiserver and kube-controller-manager (`testkit::control_plane`, built by
-//! `scripts/setup-test-host.sh`, started by the `control-plane` command next to this binary)
-//! are the cluster; a private containerd (or, with `--runtime crio`, CRI-O) runs the two pods of
-//! `hello-multi-net` as real pod sandboxes; and the real `podagent` binary, on the credentials the shipped RBAC grants it,
-//! watches the node and runs the Debian `bridge` and `host-local` plugins. In direct mode (the
-//! default) podagent reads the `data` Network of `examples/data-net.yaml` itself and runs its
-//! config (bridge `data-br`, addresses from its range); in kactus mode (`--mode kactus`) the
-//! node's primary config (bridge + host-local + tuning) stands in for kactus. That node
-//! is `testkit::node::Node`, the fixture the end-to-end tests use. The user-visible steps are the
-//! seed's own commands, run through bash with the control plane's own `kubectl`, `jq` and
-//! `scripts/*-network-annotation.sh`, as an operator with the admin kubeconfig. There is no
-//! scheduler or kubelet: the demo creates the pods bound to the node and plays the kubelet's
-//! part (the sandbox, then `pods/status`); and `kubectl exec … ip a`, which needs a kubelet, is
-//! replaced by `ip -n <sandbox netns> a`, which shows the same namespace from the host.
+//! neither, so the demo builds the smallest honest one-node cluster and keeps everything real:
+//! etcd, kube-apiserver, kube-scheduler and kube-controller-manager (`testkit::control_plane`,
+//! built by `scripts/setup-test-host.sh`, started by the `control-plane` command next to this
+//! binary); one node run by a real kubelet with a containerd (or, with `--runtime crio`, CRI-O)
+//! of its own (`testkit::kubelet`, held by `testkit::node::Node`, the fixture the end-to-end
+//! tests use), which gives the pods their eth0 from its own CNI network; and the real `podagent`
+//! binary on that node's own identity (`scripts/create-kubeconfig.sh --node`, with
+//! `manifests/podagent-admission-policy.yaml` applied), running the Debian `bridge` and
+//! `host-local` plugins. In direct mode (the default) podagent reads the `data` Network of
+//! `examples/data-net.yaml` itself and runs its config (bridge `data-br`, addresses from its
+//! range); npwg mode does the same with the NetworkAttachmentDefinition of
+//! `examples/data-nad.yaml`; in kactus mode the node's primary config in podagent's conf dir
+//! (bridge + host-local + tuning) stands in for kactus delegating to `data`.
 //!
-//! Each step waits for its outcome (the interface in the sandbox's netns and podagent's Event)
-//! for a bounded time and fails the demo with a message saying what did not happen. Everything
-//! the demo starts or creates is removed on exit, also on SIGINT/SIGTERM: podagent is stopped by
-//! PID, the runtime removes the sandboxes (and their netns) before it is stopped, the node's
-//! bridge and dir are deleted, the cleanup is verified and printed, and the control plane stops
-//! and removes its dir once this process has exited.
+//! The user-visible steps are the seed's own commands, run through bash with the control plane's
+//! own `kubectl`, `jq` and `scripts/*-network-annotation.sh`, as an operator with the admin
+//! kubeconfig: the Deployment is made with `kubectl create deployment` (the seed's
+//! `kubectl run --replicas` was removed from kubectl), its pods are found by the label that sets,
+//! and `kubectl exec … ip a` goes through the API server to the kubelet, as on any cluster.
 //!
-//! `node` starts and tears down the node (control plane, runtime, podagent); `steps`
-//! replays the example on it.
+//! Each step waits for its outcome (the interface in the pod's netns, podagent's Event, the
+//! rollout) for a bounded time and fails the demo with a message saying what did not happen; what
+//! `kubectl exec` shows is checked too. Everything the demo starts or creates is removed on exit,
+//! also on SIGINT/SIGTERM: the Deployment is deleted and its pods go as the kubelet stops them
+//! (podagent releasing their `data` addresses), podagent is stopped by PID, the kubelet and its
+//! runtime stop and remove their sandboxes, the node's bridges and dirs are deleted, the cleanup
+//! is verified and printed, and the control plane stops and removes its dir once this process
+//! has exited.
+//!
+//! `node` starts and tears down the node (control plane, kubelet, podagent); `steps` replays the
+//! example on it.
 
 mod node;
 mod steps;
@@ -47,18 +52,18 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The attachment the example adds, and the interface kactus names it: net + md5("data")[:12].
 const NETWORK: &str = "data";
 const IFNAME: &str = "net8d777f385d3d";
+/// The example's Deployment, and the `app` label `kubectl create deployment` gives its pods.
 const APP: &str = "hello-multi-net";
 /// The node's name for the example's namespace; the real one is `demo-<pid>-<n>`, made by the
 /// demo (see [`Node::ns`]) and printed in every command.
 const NAMESPACE: &str = "demo";
-/// What `kubectl run hello-multi-net --replicas=2` names its pods: deployment, template hash,
-/// random suffix. Sorted as `kubectl get pod` lists them, so `head -1` is the first.
-const POD_NAMES: [&str; 2] = [
-    "hello-multi-net-5d8f9c7b6-4xk2p",
-    "hello-multi-net-5d8f9c7b6-r9wzt",
-];
 /// How long podagent may take to stop after SIGTERM before it is killed.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the two pods may take from `kubectl create deployment` to Running: the scheduler
+/// binds them at once, the image is local (never pulled) and the kubelet's PLEG relists every
+/// second, so they run within seconds (seen: 2–5 s); this is the bound `testkit::kubelet` gives
+/// a pod, for a loaded machine.
+const ROLLOUT_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Parser)]
 #[command(about = "Replays the seed README's example against the real podagent on this machine")]
@@ -77,7 +82,7 @@ struct Args {
     /// config (a stand-in for kactus).
     #[arg(long, default_value = "direct", value_parser = ["direct", "npwg", "kactus"])]
     mode: String,
-    /// The node's container runtime: a private `containerd` or `crio` (CRI-O).
+    /// The kubelet's container runtime: a `containerd` or `crio` (CRI-O) of its own.
     #[arg(long, default_value = "containerd", value_parser = ["containerd", "crio"])]
     runtime: String,
 }
@@ -105,6 +110,12 @@ enum DemoError {
     Cri { pod: String, source: tonic::Status },
     #[error("{detail}")]
     WrongAddress { detail: String },
+    #[error("`kubectl exec {pod} -- ip a` {detail}")]
+    Exec { pod: String, detail: String },
+    #[error("pod {pod}'s network-status: {detail}")]
+    NetworkStatus { pod: String, detail: String },
+    #[error("deployment {APP}: {detail}")]
+    Deployment { detail: String },
     #[error("pod {pod} was restarted: {detail}")]
     Restarted { pod: String, detail: String },
     #[error("installing the {signal} handler: {source}")]
@@ -116,27 +127,18 @@ enum DemoError {
     Interrupted(&'static str),
 }
 
-/// One pod of `hello-multi-net`: its API object and its real sandbox.
+/// One pod of `hello-multi-net`, as the kubelet runs it.
+#[derive(Debug)]
 struct DemoPod {
-    name: &'static str,
+    name: String,
     uid: String,
     sandbox: String,
     netns: PathBuf,
 }
 
-impl DemoPod {
-    /// The netns name `ip -n` takes (containerd and CRI-O both put it under /var/run/netns).
-    fn netns_name(&self) -> String {
-        self.netns
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-}
-
 /// Everything the demo runs. Fields drop in this order: podagent first (so it does not react to
-/// the teardown), then the node (the runtime with the sandboxes, the bridge, the node's dir).
-/// The control plane is the process's shared one: it stops when the process exits.
+/// the teardown), then the node (the kubelet, its runtime with the sandboxes, the bridges, the
+/// node's dirs). The control plane is the process's shared one: it stops when the process exits.
 struct Demo {
     /// `None` once stopped.
     agent: Mutex<Option<Agent>>,
@@ -149,6 +151,8 @@ struct Demo {
     /// PATH for the commands shown: the control plane's kubectl first.
     path: std::ffi::OsString,
     wait: Duration,
+    /// The two pods, in the order `kubectl get pod` lists them (by name): `head -1` is the
+    /// first. Empty until the rollout.
     pods: Vec<DemoPod>,
     /// How far podagent's log has been shown.
     log_shown: Mutex<u64>,
@@ -158,8 +162,10 @@ struct Demo {
     npwg: bool,
     /// `data-br` was there before the demo (then the demo leaves it).
     data_bridge_existed: bool,
-    /// The `data` Network's host-local dir was there before the demo (then it stays).
-    data_leases_existed: bool,
+    /// The dirs of the `data` network's host-local state that were not there before the demo
+    /// (its own, and `/var/lib/cni/networks` on a host where no host-local ran yet), innermost
+    /// first: removed once the leases are released, the parents only when empty.
+    data_leases_made: Vec<PathBuf>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -211,12 +217,13 @@ async fn run(args: Args) -> Result<(), DemoError> {
             demo.show_log_tail(30);
         }
     }
+    let names: Vec<String> = demo.pods.iter().map(|pod| pod.name.clone()).collect();
     demo.clean_up().await;
-    if outcome.is_ok() {
+    if let (Ok(()), [first, second]) = (&outcome, names.as_slice()) {
         println!(
-            "\nDemo complete: {IFNAME} came and went in {} and came into {}, \
-             neither pod restarted ({} mode).",
-            POD_NAMES[0], POD_NAMES[1], args.mode
+            "\nDemo complete: {IFNAME} came and went in {first} and came into {second}, \
+             neither pod restarted ({} mode, {}).",
+            args.mode, args.runtime
         );
     }
     outcome

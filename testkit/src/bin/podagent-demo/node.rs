@@ -1,7 +1,7 @@
-//! The demo's node: the shared control plane, a `testkit::node::Node` (private runtime, the
-//! node's CNI config, podagent's state dir) and the real podagent on it, started in an order
-//! that lets each wait for the previous one, and torn down in the reverse order with a check
-//! that nothing is left.
+//! The demo's node: the shared control plane, a `testkit::node::Node` run by a real kubelet
+//! (its own containerd or CRI-O, podagent's CNI dirs and state dir) and the real podagent on it,
+//! started in an order that lets each wait for the previous one, and torn down in the reverse
+//! order with a check that nothing is left.
 
 use std::ffi::OsString;
 use std::fs;
@@ -14,15 +14,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use testkit::control_plane;
+use testkit::kubelet::NodeRuntime;
 use testkit::node::{Agent, Node};
 use testkit::prereq;
 
-use crate::{AGENT_STOP_GRACE, Args, DATA_BRIDGE, Demo, DemoError, NAMESPACE, heading, say};
+use crate::{
+    AGENT_STOP_GRACE, APP, Args, DATA_BRIDGE, Demo, DemoError, NAMESPACE, ROLLOUT_WAIT, heading,
+    say,
+};
 
 impl Demo {
-    /// Starts the control plane, the node and podagent; returns once podagent is ready.
+    /// Starts the control plane, the kubelet node and podagent; returns once podagent is ready.
     pub(crate) async fn start(args: &Args) -> Result<Demo, DemoError> {
-        heading("Setting up one node: control plane, container runtime, CNI, podagent");
+        heading("Setting up one node: control plane, kubelet, container runtime, podagent");
         prereq::require_root();
         for (program, package) in [("jq", "jq"), ("ip", "iproute2")] {
             prereq::require_command(program, package);
@@ -32,7 +36,8 @@ impl Demo {
         let bin_dir = control_plane::bin_dir();
         let cluster = control_plane::shared();
         println!(
-            "control plane: Kubernetes {} (etcd {}, kube-apiserver, kube-controller-manager) at {}",
+            "control plane: Kubernetes {} (etcd {}, kube-apiserver, kube-scheduler, \
+             kube-controller-manager) at {}",
             control_plane::kubernetes_version(),
             control_plane::etcd_version(),
             cluster.server()
@@ -41,29 +46,39 @@ impl Demo {
             "  kubectl: {} (the server's version; first on PATH for every command shown)",
             kubectl.display()
         );
-        say(
-            "A real API server (RBAC, admission, CRDs, Events), but no scheduler and no kubelet:\n\
-             the demo binds the pods to the node itself and does the kubelet's part.",
-        );
 
         let (node, runtime) = if args.runtime == "crio" {
             let version = testkit::host::crio_version().trim_start_matches('v');
-            let node = Node::with_crio(&args.podagent).await;
+            let node = Node::with_kubelet_on(&args.podagent, NodeRuntime::Crio).await;
             (node, format!("CRI-O {version}"))
         } else {
-            let node = Node::with_containerd(&args.podagent).await;
+            let node = Node::with_kubelet_on(&args.podagent, NodeRuntime::Containerd).await;
             (node, format!("containerd {}", containerd_version()))
         };
-        let cri = node.cri();
+        let kubelet = node.kubelet();
+        let cri = kubelet.cri();
         println!(
-            "container runtime: a private {runtime} (pid {}), socket {}",
+            "node {}: a real kubelet (Kubernetes {}) at {}, Ready, as system:node:{}",
+            kubelet.name(),
+            control_plane::kubernetes_version(),
+            kubelet.ip(),
+            kubelet.name()
+        );
+        println!(
+            "  container runtime: the kubelet's own {runtime} (pid {}), socket {}",
             cri.pid(),
             cri.socket().display()
         );
         println!(
-            "  pods get eth0 from the runtime's own CNI network (bridge {}, {}): their default network",
+            "  pods get eth0 from the runtime's own CNI network (bridge {}, {}): their default \
+             network",
             cri.bridge(),
             cri.subnet()
+        );
+        say(
+            "The only node of this cluster: the scheduler places the pods here, the kubelet runs them,\n\
+             reports their status and answers `kubectl exec`; podagent runs beside it on the host, as\n\
+             the systemd unit does.",
         );
         let npwg = args.mode == "npwg";
         let direct = args.mode == "direct" || npwg;
@@ -73,7 +88,11 @@ impl Demo {
             "Network object, examples/data-net.yaml"
         };
         let data_bridge_existed = link_exists(DATA_BRIDGE);
-        let data_leases_existed = Path::new(DATA_LEASES).exists();
+        let data_leases_made: Vec<PathBuf> = Path::new(DATA_LEASES)
+            .ancestors()
+            .take_while(|dir| !dir.exists())
+            .map(Path::to_owned)
+            .collect();
         if direct {
             // No stand-in: podagent's conf dir stays empty, the network is the Network object.
             let (conflist, _) = conflist(&node);
@@ -89,7 +108,7 @@ impl Demo {
                 node.path("conf").display()
             );
             say(
-                "podagent looks the `data` Network up itself (cached from a watch) and runs its config\n\
+                "podagent looks the `data` network up itself (cached from a watch) and runs its config\n\
                  with the Debian plugins, whatever the node's primary CNI is: no kactus needed. When a\n\
                  pod goes, podagent's own DEL releases the address, since nobody else knows of it.",
             );
@@ -105,15 +124,13 @@ impl Demo {
                 "On a real node this dir holds kactus', which delegates to the plugin of the network\n\
                  named in K8S_POD_NETWORK (here `data`: a bridge like the seed's data-br). This Debian\n\
                  bridge + host-local config (reached through testkit's logging wrapper wrap-bridge)\n\
-                 stands in for kactus delegating to the `data` network.",
+                 stands in for kactus delegating to the `data` network; the kubelet's runtime keeps its\n\
+                 own CNI network for eth0.",
             );
         }
 
         let ns = node.ns(NAMESPACE);
-        println!(
-            "node {}; the example's namespace: {ns} (created for the demo)",
-            node.name()
-        );
+        println!("the example's namespace: {ns} (created for the demo)");
         let mut path = OsString::from(&bin_dir);
         path.push(":");
         path.push(std::env::var_os("PATH").unwrap_or_default());
@@ -124,18 +141,23 @@ impl Demo {
             bin_dir.display()
         ));
 
+        cluster.install_admission_policy();
         let mut config = node.agent_config();
+        config.kubeconfig = cluster.node_kubeconfig(node.name());
         config.log_level = "info".into();
         config.shutdown_grace = "5s".into();
         if direct {
             config.networks = format!("mode = \"{}\"\n", args.mode);
         }
         println!("podagent's kubeconfig: {}", config.kubeconfig.display());
-        say(
-            "Made by scripts/create-kubeconfig.sh for the service account of\n\
-             manifests/podagent-serviceaccount-and-rbac.yaml: podagent has the shipped RBAC, not\n\
-             the admin's rights.",
-        );
+        say(&format!(
+            "Made by scripts/create-kubeconfig.sh --node {node} for the service account\n\
+             kube-system/podagent-node-{node}, bound to the ClusterRole of\n\
+             manifests/podagent-serviceaccount-and-rbac.yaml: podagent has the shipped RBAC, not the\n\
+             admin's rights, and manifests/podagent-admission-policy.yaml (applied) lets it change\n\
+             nothing but its status annotation, on this node's pods only.",
+            node = node.name()
+        ));
         if npwg {
             // podagent lists the definitions before it says it is ready; on a Multus cluster
             // their CRD is already there.
@@ -174,7 +196,7 @@ impl Demo {
             direct,
             npwg,
             data_bridge_existed,
-            data_leases_existed,
+            data_leases_made,
         };
         demo.eventually("podagent to log that it is ready", || {
             Ok(demo
@@ -221,31 +243,47 @@ impl Demo {
         }
     }
 
-    /// Prints `$ command` and runs it with bash in the checkout, as the operator: the admin
+    /// Prints `$ command`, runs it with bash in the checkout, as the operator (the admin
     /// kubeconfig, the control plane's kubectl first on PATH, and kubectl's discovery cache in
-    /// the node's dir (removed with it, instead of one more dir in ~/.kube/cache per run).
-    pub(crate) async fn shell(&self, command: &str) -> Result<(), DemoError> {
+    /// the node's dir, removed with it, instead of one more dir in ~/.kube/cache per run), prints
+    /// its output and returns it. A command gets as long as the longest wait it makes on its own
+    /// (`kubectl rollout status --timeout`) and a step's wait on top.
+    pub(crate) async fn shell(&self, command: &str) -> Result<String, DemoError> {
         println!("$ {command}");
-        let status = tokio::process::Command::new("bash")
+        let spawn_error = |source| DemoError::Spawn {
+            command: command.to_owned(),
+            source,
+        };
+        let child = tokio::process::Command::new("bash")
             .args(["-c", command])
             .current_dir(&self.repo)
             .env("KUBECONFIG", self.cluster.kubeconfig())
             .env("PATH", &self.path)
             .env("KUBECACHEDIR", self.node.path("kube-cache"))
             .env_remove("KUBECTL")
+            .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .status()
+            .spawn()
+            .map_err(spawn_error)?;
+        let waited = ROLLOUT_WAIT + self.wait;
+        let output = tokio::time::timeout(waited, child.wait_with_output())
             .await
-            .map_err(|source| DemoError::Spawn {
-                command: command.to_owned(),
-                source,
-            })?;
-        if status.success() {
-            Ok(())
+            .map_err(|_| DemoError::Timeout {
+                what: format!("`{command}` to finish"),
+                waited,
+            })?
+            .map_err(spawn_error)?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        print!("{text}");
+        if !text.is_empty() && !text.ends_with('\n') {
+            println!();
+        }
+        if output.status.success() {
+            Ok(text)
         } else {
             Err(DemoError::Command {
                 command: command.to_owned(),
-                status,
+                status: output.status,
             })
         }
     }
@@ -255,6 +293,16 @@ impl Demo {
     pub(crate) async fn eventually(
         &self,
         what: &str,
+        check: impl FnMut() -> Result<Option<()>, DemoError>,
+    ) -> Result<Duration, DemoError> {
+        self.eventually_within(what, self.wait, check).await
+    }
+
+    /// [`Demo::eventually`] up to `wait`, for what takes longer by design.
+    pub(crate) async fn eventually_within(
+        &self,
+        what: &str,
+        wait: Duration,
         mut check: impl FnMut() -> Result<Option<()>, DemoError>,
     ) -> Result<Duration, DemoError> {
         let started = Instant::now();
@@ -265,10 +313,10 @@ impl Demo {
             if check()?.is_some() {
                 return Ok(started.elapsed());
             }
-            if started.elapsed() > self.wait {
+            if started.elapsed() > wait {
                 return Err(DemoError::Timeout {
                     what: what.to_owned(),
-                    waited: self.wait,
+                    waited: wait,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -312,9 +360,7 @@ impl Demo {
     /// Stops and removes everything, then checks that nothing is left.
     pub(crate) async fn clean_up(self) {
         heading("Cleaning up");
-        if self.direct {
-            self.delete_pods().await;
-        }
+        self.delete_deployment().await;
         println!("podagent (pid {}): {}", self.agent_pid, self.stop_agent());
         self.show_log();
         let Demo {
@@ -324,37 +370,47 @@ impl Demo {
             pods,
             direct,
             data_bridge_existed,
-            data_leases_existed,
+            data_leases_made,
             ..
         } = self;
-        let runtime_pid = node.cri().pid();
-        let runtime_dir = node.cri().dir().to_owned();
+        let kubelet = node.kubelet();
+        let node_name = kubelet.name().to_owned();
+        let kubelet_dir = kubelet.dir().to_owned();
+        let runtime_pid = kubelet.cri().pid();
+        let runtime_dir = kubelet.cri().dir().to_owned();
+        let pod_bridge = kubelet.cri().bridge().to_owned();
         let node_dir = node_dir(&node);
-        // Direct mode: no conflist, so no bridge of the node's own; data-br is the one made.
+        // Direct mode: no conflist, so no bridge of podagent's own; data-br is the one made.
         let bridge = match conflist(&node) {
             (_, bridge) if !bridge.is_empty() => bridge,
             _ => DATA_BRIDGE.to_owned(),
         };
-        // The node's drop deletes its bridge; the runtime's stops and removes every sandbox
-        // through CRI (which runs CNI DEL and deletes the netns), then stops the daemon and
-        // removes its dir; then the node's dir goes. It blocks.
+        // The node's drop deletes the stand-in's bridge; the kubelet node's stops the kubelet
+        // and deletes its Node, then its runtime stops and removes every sandbox left through
+        // CRI (which deletes the netns), stops the daemon, deletes its bridge and removes its
+        // dir; then the kubelet's mount namespace and dir go, then the node's dir. It blocks.
         tokio::task::block_in_place(|| drop(node));
         println!(
-            "container runtime (pid {runtime_pid}): sandboxes removed, daemon stopped, {} removed",
+            "kubelet (node {node_name}): stopped, Node deleted, {} removed",
+            kubelet_dir.display()
+        );
+        println!(
+            "container runtime (pid {runtime_pid}): sandboxes removed, daemon stopped, bridge \
+             {pod_bridge} deleted, {} removed",
             runtime_dir.display()
         );
         if direct {
-            println!("node: {} removed", node_dir.display());
+            println!("podagent's node dir: {} removed", node_dir.display());
         } else {
             println!(
-                "node: bridge {bridge} deleted, {} removed",
+                "podagent's node dir: bridge {bridge} deleted, {} removed",
                 node_dir.display()
             );
         }
         if direct && !data_bridge_existed {
-            // Made by the bridge plugin for the `data` Network's first attachment.
+            // Made by the bridge plugin for the `data` network's first attachment.
             delete_link(DATA_BRIDGE);
-            println!("bridge {DATA_BRIDGE} (made by the data Network's first attachment): deleted");
+            println!("bridge {DATA_BRIDGE} (made by the data network's first attachment): deleted");
         }
         let control_dir = cluster
             .kubeconfig()
@@ -376,24 +432,52 @@ impl Demo {
         if link_exists(&bridge) && !(direct && data_bridge_existed) {
             left.push(format!("bridge {bridge}"));
         }
+        if link_exists(&pod_bridge) {
+            left.push(format!("bridge {pod_bridge}"));
+        }
         let leases = if direct { data_leases() } else { Vec::new() };
         if !leases.is_empty() {
             left.push(format!("host-local leases {}", leases.join(", ")));
-        } else if direct && !data_leases_existed && fs::remove_dir_all(DATA_LEASES).is_ok() {
-            println!(
-                "{DATA_LEASES} (the data Network's host-local state, all leases released): removed"
-            );
+        } else if direct && let Some((own, parents)) = data_leases_made.split_first() {
+            if fs::remove_dir_all(own).is_ok() {
+                println!(
+                    "{} (the data network's host-local state, all leases released): removed",
+                    own.display()
+                );
+            }
+            // Other host-local networks may have come to use them meanwhile: only when empty.
+            for parent in parents {
+                if fs::remove_dir(parent).is_ok() {
+                    println!("{} (made for it): removed", parent.display());
+                }
+            }
         }
-        for path in [&node_dir, &runtime_dir] {
+        for path in [&node_dir, &runtime_dir, &kubelet_dir] {
             if path.exists() {
                 left.push(path.display().to_string());
             }
         }
+        let dirs = [kubelet_dir.as_path(), runtime_dir.as_path()];
+        for (pid, cmdline) in processes_naming(&dirs) {
+            left.push(format!("process {pid} ({cmdline})"));
+        }
+        if Path::new(&format!("/proc/{runtime_pid}")).exists() {
+            left.push(format!("runtime process {runtime_pid}"));
+        }
+        if cluster
+            .admin()
+            .get("v1", "Node", None, &node_name)
+            .is_some()
+        {
+            left.push(format!("Node {node_name}"));
+        }
         if left.is_empty() {
             println!(
-                "✓ nothing left: no pod netns, no bridge {bridge}, no {}, no {}",
-                node_dir.display(),
-                runtime_dir.display()
+                "✓ nothing left: no process of the kubelet or its runtime, no Node {node_name}, no \
+                 pod netns, no bridge {bridge} or {pod_bridge}, no {}, {} or {}",
+                kubelet_dir.display(),
+                runtime_dir.display(),
+                node_dir.display()
             );
         } else {
             println!("✗ left behind: {}", left.join(", "));
@@ -402,31 +486,103 @@ impl Demo {
 }
 
 impl Demo {
-    /// Direct and npwg mode: the pods go as the kubelet deletes them (sandbox stopped and removed, then
-    /// the final delete) while podagent runs, so its DELs release the `data` addresses.
-    async fn delete_pods(&self) {
-        for pod in &self.pods {
-            self.node
-                .delete_pod(NAMESPACE, pod.name, Some(&pod.sandbox))
-                .await;
+    /// Deletes the Deployment as its user would, and waits until its pods are gone: the garbage
+    /// collector deletes the ReplicaSet and the pods, the kubelet stops each within its grace
+    /// period and makes the final delete. podagent runs meanwhile, so in direct and npwg mode
+    /// its DELs release the `data` addresses (in kactus mode that is kactus' part), and it
+    /// forgets the pods.
+    async fn delete_deployment(&self) {
+        let pods = self.deployment_pods();
+        if let Err(error) = self
+            .shell(&format!(
+                "kubectl delete -n {} deployment {APP} --ignore-not-found",
+                self.ns
+            ))
+            .await
+        {
+            println!("✗ {error}");
+            return;
         }
+        // The kubelet sends SIGTERM, and SIGKILL after the pod's grace period (`top` exits on
+        // SIGTERM); a step's wait on top for the garbage collector, the kubelet and podagent.
+        let grace = pods
+            .iter()
+            .filter_map(|pod| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+            .max()
+            .unwrap_or(0);
+        let wait = Duration::from_secs(grace) + self.wait;
+        let gone = self
+            .eventually_within(
+                &format!("the kubelet to stop and delete the pods of {APP}"),
+                wait,
+                || Ok(self.deployment_pods().is_empty().then_some(())),
+            )
+            .await;
+        if let Err(error) = gone {
+            println!("✗ {error}");
+            return;
+        }
+        let uids: Vec<&str> = pods
+            .iter()
+            .filter_map(|pod| pod["metadata"]["uid"].as_str())
+            .collect();
         let released = self
             .eventually("podagent to release the pods' attachments", || {
-                Ok(self
-                    .pods
+                Ok(uids
                     .iter()
-                    .all(|pod| self.node.record(&pod.uid).is_none())
+                    .all(|uid| self.node.record(uid).is_none())
                     .then_some(()))
             })
             .await;
         match released {
+            Ok(_) if self.direct => println!(
+                "pods deleted by the kubelet; podagent ran DEL for their `data` attachments \
+                 (outside kactus mode the teardown is podagent's), their records are gone"
+            ),
             Ok(_) => println!(
-                "pods deleted; podagent ran DEL for their `data` attachments (outside kactus \
-                 mode the teardown is podagent's), their records are gone"
+                "pods deleted by the kubelet; podagent forgot their records (their `data` \
+                 attachments went with their netns: on a real node kactus' DEL releases them)"
             ),
             Err(error) => println!("✗ pods deleted, but {error}"),
         }
     }
+
+    /// The pods of the Deployment, as the API has them (terminating ones too).
+    pub(crate) fn deployment_pods(&self) -> Vec<Value> {
+        self.cluster
+            .admin()
+            .list("v1", "Pod", Some(&self.ns))
+            .into_iter()
+            .filter(|pod| pod["metadata"]["labels"]["app"] == APP)
+            .collect()
+    }
+}
+
+/// Processes whose command line names one of `dirs` (a kubelet's `--root-dir`, a runtime's
+/// config, a shim's socket, conmon's paths), with their command lines.
+fn processes_naming(dirs: &[&Path]) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let cmdline = cmdline.trim_end();
+        if dirs
+            .iter()
+            .any(|dir| cmdline.contains(&*dir.to_string_lossy()))
+        {
+            found.push((pid, cmdline.to_owned()));
+        }
+    }
+    found
 }
 
 /// Where host-local keeps the `data` Network's leases (its default dataDir).

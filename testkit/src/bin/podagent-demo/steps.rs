@@ -1,17 +1,23 @@
-//! The seed README's example as steps: each runs the seed's command (or says what stands in for
-//! it), waits for what podagent does in the pod's netns and in the API, and shows it.
+//! The seed README's example as steps: each runs the seed's command (in today's kubectl
+//! spelling where kubectl changed), waits for what podagent does in the pod's netns and in the
+//! API, and shows it, in the pod as `kubectl exec` shows it too.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use k8s_cri::v1::{ListPodSandboxRequest, PodSandboxFilter, PodSandboxState};
-use serde_json::json;
-use testkit::node::{has_link, ipv4};
+use serde_json::Value;
+use testkit::host::BUSYBOX_IMAGE;
+use testkit::node::has_link;
 
-use crate::{APP, Demo, DemoError, DemoPod, IFNAME, NAMESPACE, NETWORK, POD_NAMES, heading, say};
+use crate::{
+    APP, Demo, DemoError, DemoPod, IFNAME, NAMESPACE, NETWORK, ROLLOUT_WAIT, heading, say,
+};
 
 /// The annotation Multus users list networks in (npwg mode).
 const NPWG_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// The annotation podagent reports a pod's attachments in, in npwg mode (Multus' own).
+const NPWG_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
 
 impl Demo {
     /// The seed's example, step by step.
@@ -63,32 +69,46 @@ impl Demo {
         heading("2. Deploy hello-multi-net with 2 replicas");
         say(&format!(
             "The seed: kubectl run hello-multi-net --image=alpine --replicas=2 -- top\n\
-             There is no scheduler or kubelet here, so the demo creates the two pods through the API\n\
-             bound to node {node}, and does the kubelet's part: a real pod sandbox per pod, then\n\
-             the pod's status through pods/status (Running on {node}, with its IP).\n{holder}",
-            node = self.node.name(),
-            holder = if self.node.runtime_endpoint().0 == "crio" {
-                "CRI-O's pinns pins the pod's netns at /var/run/netns/<id>, and no process holds it;\n\
-                 eth0 is from CRI-O's own CNI network."
-            } else {
-                "The sandbox's pause process holds the pod's netns; eth0 is from containerd's own CNI\n\
-                 network."
-            }
+             kubectl run lost --replicas (it makes one pod now): a Deployment of 2 replicas is its\n\
+             spelling today, and its pods carry the label app=hello-multi-net where kubectl run set\n\
+             run=hello-multi-net. The image is the local {BUSYBOX_IMAGE} (no registry is\n\
+             reachable from here; tag :1, so never pulled): its `top` and `ip` are busybox's, as\n\
+             alpine's are. The scheduler places both pods on node {node}, whose kubelet runs them.",
+            node = self.node.name()
         ));
-        for name in POD_NAMES {
-            let pod = self.create_pod(name).await?;
+        self.shell(&format!(
+            "kubectl create deployment -n {ns} {APP} --image={BUSYBOX_IMAGE} --replicas=2 -- top"
+        ))
+        .await?;
+        self.shell(&format!(
+            "kubectl rollout status -n {ns} deployment/{APP} --timeout={}s",
+            ROLLOUT_WAIT.as_secs()
+        ))
+        .await?;
+        self.pods = self.running_pods().await?;
+        for pod in &self.pods {
             println!(
-                "pod {name}: uid {}, sandbox {}, netns {}",
+                "pod {}: uid {}, sandbox {}, netns {}",
+                pod.name,
                 pod.uid,
                 short(&pod.sandbox),
                 pod.netns.display()
             );
-            self.pods.push(pod);
         }
-        self.shell(&format!(
-            "kubectl get -n {ns} pod -l run=hello-multi-net -o wide"
-        ))
-        .await?;
+        self.shell(&format!("kubectl get -n {ns} pod -l app={APP} -o wide"))
+            .await?;
+        say("The seed picks the pods by name order: `head -1` is the first, `tail -1` the second.");
+        let listed = self
+            .shell(&format!(
+                "kubectl get -n {ns} pod -l app={APP} -o name | cut -d/ -f2"
+            ))
+            .await?;
+        let names: Vec<&str> = self.pods.iter().map(|pod| pod.name.as_str()).collect();
+        if listed.lines().collect::<Vec<_>>() != names {
+            return Err(DemoError::Deployment {
+                detail: format!("kubectl lists its pods as {listed:?}, the API as {names:?}"),
+            });
+        }
 
         heading("3. Add the `data` network attachment to the first pod");
         self.add(0, &first).await?;
@@ -96,10 +116,7 @@ impl Demo {
         heading(&format!(
             "4. Verify that {IFNAME} is present in the first pod"
         ));
-        self.show_interfaces(0).await?;
-        if self.direct {
-            self.show_address_source(0)?;
-        }
+        self.show_interfaces(0, &first, true).await?;
 
         heading("5. Verify that the first pod didn't get re-started");
         self.show_not_restarted(0, &first).await?;
@@ -124,12 +141,13 @@ impl Demo {
         );
         self.wait_for_event(0, "RemovedInterface").await?;
         self.show_events().await?;
+        self.show_network_status(0, &first, false).await?;
         self.show_log();
 
         heading(&format!(
             "7. Verify that {IFNAME} is gone from the first pod"
         ));
-        self.show_interfaces(0).await?;
+        self.show_interfaces(0, &first, false).await?;
 
         heading("8. Verify that the first pod didn't get re-started");
         self.show_not_restarted(0, &first).await?;
@@ -140,7 +158,7 @@ impl Demo {
         heading(&format!(
             "10. Verify that {IFNAME} is present in the second pod"
         ));
-        self.show_interfaces(1).await?;
+        self.show_interfaces(1, &second, true).await?;
 
         heading("11. Verify that the second pod didn't get re-started");
         self.show_not_restarted(1, &second).await?;
@@ -148,12 +166,64 @@ impl Demo {
     }
 
     /// The seed's way of naming the first (`head`) or the second (`tail`) pod in a command,
-    /// kept verbatim but for the namespace.
+    /// kept verbatim but for the namespace and the label `kubectl create deployment` sets.
     fn pod_in_shell(&self, end: &str) -> String {
         format!(
-            "$(kubectl get -n {} pod -l run=hello-multi-net -o name | cut -d/ -f2 | {end} -1)",
+            "$(kubectl get -n {} pod -l app={APP} -o name | cut -d/ -f2 | {end} -1)",
             self.ns
         )
+    }
+
+    /// The Deployment's two pods once it has rolled out, by name, with their sandboxes.
+    async fn running_pods(&self) -> Result<Vec<DemoPod>, DemoError> {
+        let mut objects: Vec<Value> = self
+            .deployment_pods()
+            .into_iter()
+            .filter(|pod| {
+                pod["metadata"]["deletionTimestamp"].is_null()
+                    && pod["status"]["phase"] == "Running"
+            })
+            .collect();
+        objects.sort_by(|a, b| {
+            a["metadata"]["name"]
+                .as_str()
+                .cmp(&b["metadata"]["name"].as_str())
+        });
+        if objects.len() != 2 {
+            return Err(DemoError::Deployment {
+                detail: format!(
+                    "rolled out, but {} of its pods are Running: {:?}",
+                    objects.len(),
+                    objects
+                        .iter()
+                        .map(|pod| &pod["metadata"]["name"])
+                        .collect::<Vec<_>>()
+                ),
+            });
+        }
+        let mut pods = Vec::new();
+        for object in objects {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
+            let sandbox =
+                self.node
+                    .cri()
+                    .ready_sandbox(uid)
+                    .await
+                    .ok_or_else(|| DemoError::Deployment {
+                        detail: format!(
+                            "pod {name} is Running, but the runtime has no ready sandbox for it"
+                        ),
+                    })?;
+            let netns = self.node.netns(&sandbox).await;
+            pods.push(DemoPod {
+                name: name.to_owned(),
+                uid: uid.to_owned(),
+                sandbox,
+                netns,
+            });
+        }
+        Ok(pods)
     }
 
     /// Runs the seed's add command on pod `index` (named in the shell by `selector`) and waits
@@ -184,82 +254,65 @@ impl Demo {
         );
         self.wait_for_event(index, "AddedInterface").await?;
         self.show_events().await?;
+        self.show_network_status(index, selector, true).await?;
         self.show_log();
         Ok(())
     }
 
-    /// Creates pod `name` as a ReplicaSet would (bound to the node, as the scheduler would),
-    /// then does the kubelet's part: its sandbox, then Running with its IP through pods/status.
-    async fn create_pod(&self, name: &'static str) -> Result<DemoPod, DemoError> {
-        let admin = self.cluster.admin();
-        let created = admin.create(json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": self.ns,
-                "labels": {"run": APP, "pod-template-hash": "5d8f9c7b6"},
-            },
-            "spec": {
-                "nodeName": self.node.name(),
-                "automountServiceAccountToken": false,
-                "containers": [{"name": APP, "image": "alpine", "args": ["top"]}],
-            },
-        }))?;
-        let uid = created["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let sandbox = self.node.run_sandbox(&uid, NAMESPACE, name).await;
-        let netns = self.node.netns(&sandbox).await;
-        let pod_ip = ipv4(&netns, "eth0").unwrap_or_default();
-        let now = created["metadata"]["creationTimestamp"].clone();
-        admin.patch_status(
-            "v1",
-            "Pod",
-            Some(&self.ns),
-            name,
-            json!({"status": {
-                "phase": "Running",
-                "hostIP": "127.0.0.1",
-                "hostIPs": [{"ip": "127.0.0.1"}],
-                "podIP": pod_ip,
-                "podIPs": [{"ip": pod_ip}],
-                "startTime": now,
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "containerStatuses": [{
-                    "name": APP, "image": "alpine", "imageID": "", "ready": true,
-                    "started": true, "restartCount": 0,
-                    "state": {"running": {"startedAt": now}},
-                }],
-            }}),
-        )?;
-        Ok(DemoPod {
-            name,
-            uid,
-            sandbox,
-            netns,
-        })
+    /// The seed's `kubectl exec -t <pod> -- ip a`, through the API server and the kubelet, and
+    /// what it must show: the interface with an address of the `data` network, or no interface.
+    async fn show_interfaces(
+        &self,
+        index: usize,
+        selector: &str,
+        present: bool,
+    ) -> Result<(), DemoError> {
+        let pod = &self.pods[index];
+        let shown = self
+            .shell(&format!(
+                "kubectl exec -n {} -t {selector} -- ip a",
+                self.ns
+            ))
+            .await?;
+        let exec_error = |detail: String| DemoError::Exec {
+            pod: pod.name.clone(),
+            detail,
+        };
+        if !present {
+            if shows_interface(&shown, IFNAME) {
+                return Err(exec_error(format!("still shows {IFNAME}")));
+            }
+            println!("✓ {IFNAME} is gone from {}, eth0 is still there", pod.name);
+            return Ok(());
+        }
+        let address = address_of(&shown, IFNAME)
+            .ok_or_else(|| exec_error(format!("shows no {IFNAME} with an IPv4 address")))?;
+        self.check_address_source(&address)
     }
 
-    /// `ip a` inside the pod, the way the seed's `kubectl exec -t <pod> -- ip a` shows it.
-    async fn show_interfaces(&self, index: usize) -> Result<(), DemoError> {
-        let pod = &self.pods[index];
-        say(&format!(
-            "The seed: kubectl exec -t <pod> -- ip a. exec goes through the kubelet, and there is\n\
-             none here, so this is the same view from the host: `ip` inside the netns of the\n\
-             sandbox of {} ({}).",
-            pod.name,
-            short(&pod.sandbox)
-        ));
-        self.shell(&format!("ip -n {} a", pod.netns_name())).await?;
-        Ok(())
-    }
-
-    /// Direct and npwg mode: the interface's address is from the `data` object's own IPAM
-    /// range, as the API server holds it.
-    fn show_address_source(&self, index: usize) -> Result<(), DemoError> {
-        let pod = &self.pods[index];
+    /// Where `address` (of the interface, as `ip a` shows it) must come from: in direct and npwg
+    /// mode the `data` object's own IPAM range, as the API server holds it; in kactus mode the
+    /// stand-in config's host-local subnet.
+    fn check_address_source(&self, address: &str) -> Result<(), DemoError> {
+        let ip = address
+            .split('/')
+            .next()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok());
+        if !self.direct {
+            if ip.is_some() && address.starts_with(&self.node.address_prefix()) {
+                println!(
+                    "✓ {IFNAME} has {address}: from the stand-in config's host-local subnet {}",
+                    self.node.subnet()
+                );
+                return Ok(());
+            }
+            return Err(DemoError::WrongAddress {
+                detail: format!(
+                    "{IFNAME} has {address:?}, not an address of the stand-in's subnet {}",
+                    self.node.subnet()
+                ),
+            });
+        }
         let (api_version, kind) = if self.npwg {
             ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition")
         } else {
@@ -270,16 +323,11 @@ impl Demo {
             .admin()
             .get(api_version, kind, Some(&self.ns), NETWORK)
             .unwrap_or_default();
-        let config: serde_json::Value =
+        let config: Value =
             serde_json::from_str(network["spec"]["config"].as_str().unwrap_or_default())
                 .unwrap_or_default();
         let ipam = &config["ipam"];
         let bound = |key: &str| ipam[key].as_str().and_then(|a| a.parse::<Ipv4Addr>().ok());
-        let address = ipv4(&pod.netns, IFNAME).unwrap_or_default();
-        let ip = address
-            .split('/')
-            .next()
-            .and_then(|a| a.parse::<Ipv4Addr>().ok());
         match (ip, bound("rangeStart"), bound("rangeEnd")) {
             (Some(ip), Some(start), Some(end)) if (start..=end).contains(&ip) => {
                 println!(
@@ -291,22 +339,106 @@ impl Demo {
             }
             _ => Err(DemoError::WrongAddress {
                 detail: format!(
-                    "{IFNAME} of {} has {address:?}, not an address of the data Network's range \
-                     (ipam {ipam})",
-                    pod.name
+                    "{IFNAME} has {address:?}, not an address of the data {kind}'s range \
+                     (ipam {ipam})"
                 ),
             }),
         }
     }
 
-    /// The pod object and the runtime both show the same, never restarted, sandbox.
+    /// Npwg mode: the pod's `network-status` annotation as a Multus user reads it, once podagent
+    /// has written the `data` entry in (`present`) or taken it out.
+    async fn show_network_status(
+        &self,
+        index: usize,
+        selector: &str,
+        present: bool,
+    ) -> Result<(), DemoError> {
+        if !self.npwg {
+            return Ok(());
+        }
+        let pod = &self.pods[index];
+        let lists_data = || {
+            self.cluster
+                .admin()
+                .get("v1", "Pod", Some(&self.ns), &pod.name)
+                .and_then(|pod| {
+                    let text = pod["metadata"]["annotations"][NPWG_STATUS]
+                        .as_str()?
+                        .to_owned();
+                    Some(network_status_lists(&text, IFNAME))
+                })
+                .unwrap_or(false)
+        };
+        let what = if present {
+            format!("podagent to list {IFNAME} in {}'s {NPWG_STATUS}", pod.name)
+        } else {
+            format!(
+                "podagent to take {IFNAME} out of {}'s {NPWG_STATUS}",
+                pod.name
+            )
+        };
+        self.eventually(&what, || Ok((lists_data() == present).then_some(())))
+            .await?;
+        say(&format!(
+            "The pod's {NPWG_STATUS}, as a Multus user reads it:"
+        ));
+        let shown = self
+            .shell(&format!(
+                "kubectl get -n {} pod {selector} -o jsonpath='{{.metadata.annotations.k8s\\.v1\\.cni\\.cncf\\.io/network-status}}'",
+                self.ns
+            ))
+            .await?;
+        if shown.is_empty() {
+            println!("(no output: podagent lists no attachment of the pod)");
+        }
+        if network_status_lists(&shown, IFNAME) != present {
+            return Err(DemoError::NetworkStatus {
+                pod: pod.name.clone(),
+                detail: format!("kubectl shows {shown:?}"),
+            });
+        }
+        if present {
+            println!("✓ network-status lists `{NETWORK}` on {IFNAME}");
+        } else {
+            println!("✓ network-status no longer lists {IFNAME}");
+        }
+        Ok(())
+    }
+
+    /// The seed's check (the pod's line of `kubectl get pod -o wide`: 0 restarts), the pod's
+    /// container statuses, and the runtime: the same, never replaced, sandbox.
     async fn show_not_restarted(&self, index: usize, selector: &str) -> Result<(), DemoError> {
         let pod = &self.pods[index];
         self.shell(&format!(
-            "kubectl get -n {} pod -l run=hello-multi-net -o wide | grep {selector}",
+            "kubectl get -n {} pod -l app={APP} -o wide | grep {selector}",
             self.ns
         ))
         .await?;
+        let object = self
+            .cluster
+            .admin()
+            .get("v1", "Pod", Some(&self.ns), &pod.name)
+            .unwrap_or_default();
+        let restarts: u64 = object["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|status| status["restartCount"].as_u64().unwrap_or(0))
+            .sum();
+        if restarts != 0 || object["metadata"]["uid"] != pod.uid.as_str() {
+            return Err(DemoError::Restarted {
+                pod: pod.name.clone(),
+                detail: format!(
+                    "the API has uid {} with {restarts} container restarts, not uid {} with 0",
+                    object["metadata"]["uid"], pod.uid
+                ),
+            });
+        }
+        println!(
+            "✓ 0 restarts: the kubelet reports {}'s container never restarted",
+            pod.name
+        );
         say(
             "The runtime's word (what `crictl pods` shows on a node): the pod's sandboxes, over CRI.",
         );
@@ -323,7 +455,7 @@ impl Demo {
                 Ok(())
             }
             _ => Err(DemoError::Restarted {
-                pod: pod.name.to_owned(),
+                pod: pod.name.clone(),
                 detail: format!(
                     "expected only sandbox {} (READY), the runtime has {sandboxes:?}",
                     pod.sandbox
@@ -350,7 +482,7 @@ impl Demo {
             })
             .await
             .map_err(|source| DemoError::Cri {
-                pod: pod.name.to_owned(),
+                pod: pod.name.clone(),
                 source,
             })?
             .into_inner()
@@ -379,11 +511,49 @@ impl Demo {
     }
 
     async fn show_events(&self) -> Result<(), DemoError> {
-        say("podagent's Events:");
-        self.shell(&format!("kubectl get -n {} events", self.ns))
-            .await?;
+        say("podagent's Events (the scheduler's, the kubelet's and the controllers' left out):");
+        self.shell(&format!(
+            "kubectl get -n {} events --field-selector reportingComponent=podagent",
+            self.ns
+        ))
+        .await?;
         Ok(())
     }
+}
+
+/// Whether `ip a` output shows interface `ifname` (`N: name@peer: <…>`).
+fn shows_interface(shown: &str, ifname: &str) -> bool {
+    shown.lines().any(|line| interface_of(line) == Some(ifname))
+}
+
+/// The interface an `ip a` header line (`N: name@peer: <…>`) names.
+fn interface_of(line: &str) -> Option<&str> {
+    let (index, rest) = line.split_once(": ")?;
+    index.parse::<u32>().ok()?;
+    rest.split(['@', ':']).next()
+}
+
+/// The first IPv4 address (`a.b.c.d/len`) `ip a` output shows on `ifname`.
+fn address_of(shown: &str, ifname: &str) -> Option<String> {
+    let mut current = None;
+    for line in shown.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            current = interface_of(line);
+        } else if current == Some(ifname)
+            && let Some(rest) = line.trim_start().strip_prefix("inet ")
+        {
+            return rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// Whether an NPWG `network-status` annotation lists interface `ifname`.
+fn network_status_lists(text: &str, ifname: &str) -> bool {
+    serde_json::from_str::<Vec<Value>>(text)
+        .unwrap_or_default()
+        .iter()
+        .any(|entry| entry["interface"] == ifname)
 }
 
 /// The first 13 characters of a sandbox id, as crictl shows them.
