@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use testkit::netns::ip_a;
 use testkit::prereq;
 
 const IFNAME: &str = "net8d777f385d3d";
@@ -50,33 +51,6 @@ fn section<'a>(transcript: &'a str, title: &str) -> &'a str {
     &rest[..end]
 }
 
-/// The interface lines of `ip a` output in `text` (`N: name@peer: <…>`).
-fn shows_interface(text: &str, ifname: &str) -> bool {
-    text.lines().any(|line| interface_of(line) == Some(ifname))
-}
-
-/// The interface an `ip a` header line (`N: name@peer: <…>`) names.
-fn interface_of(line: &str) -> Option<&str> {
-    let (index, rest) = line.split_once(": ")?;
-    index.parse::<u32>().ok()?;
-    rest.split(['@', ':']).next()
-}
-
-/// The IPv4 address (`a.b.c.d/len`) `ip a` output in `text` shows on `ifname`.
-fn address_of(text: &str, ifname: &str) -> Option<String> {
-    let mut current = None;
-    for line in text.lines() {
-        if !line.starts_with(char::is_whitespace) {
-            current = interface_of(line);
-        } else if current == Some(ifname)
-            && let Some(rest) = line.trim_start().strip_prefix("inet ")
-        {
-            return rest.split_whitespace().next().map(str::to_owned);
-        }
-    }
-    None
-}
-
 /// What the `kubectl exec … -- ip a` of the step in `section` printed (up to the next line that
 /// is not `ip a` output).
 fn exec_output(section: &str) -> &str {
@@ -87,7 +61,9 @@ fn exec_output(section: &str) -> &str {
     let body = rest.find('\n').map_or("", |at| &rest[at + 1..]);
     let end = body
         .lines()
-        .take_while(|line| line.starts_with(char::is_whitespace) || interface_of(line).is_some())
+        .take_while(|line| {
+            line.starts_with(char::is_whitespace) || ip_a::interface_of(line).is_some()
+        })
         .map(|line| line.len() + 1)
         .sum::<usize>();
     &body[..end.min(body.len())]
@@ -170,7 +146,7 @@ fn runs_the_data_object_of_the_example(args: &[&str], mode: &str, kind: &str) ->
     }
     for step in ["4. Verify that", "10. Verify that"] {
         let added = section(&transcript, step);
-        let address = address_of(exec_output(added), IFNAME)
+        let address = ip_a::address_of(exec_output(added), IFNAME)
             .unwrap_or_else(|| panic!("kubectl exec shows {IFNAME} with an address:\n{added}"));
         assert!(
             address.starts_with("172.20.1.") && address.ends_with("/24"),
@@ -243,7 +219,7 @@ fn kactus_mode_stays_available() {
     );
     let added = section(&transcript, "4. Verify that");
     assert!(
-        address_of(exec_output(added), IFNAME).is_some(),
+        ip_a::address_of(exec_output(added), IFNAME).is_some(),
         "kubectl exec shows {IFNAME} with an address:\n{added}"
     );
     assert_replayed(&transcript);
@@ -263,17 +239,17 @@ fn assert_replayed(transcript: &str) {
     );
     let added = exec_output(section(transcript, "4. Verify that"));
     assert!(
-        shows_interface(added, IFNAME) && shows_interface(added, "eth0"),
+        ip_a::shows(added, IFNAME) && ip_a::shows(added, "eth0"),
         "kubectl exec … ip a after the add shows {IFNAME} next to eth0:\n{added}"
     );
     let gone = exec_output(section(transcript, "7. Verify that"));
     assert!(
-        !shows_interface(gone, IFNAME) && shows_interface(gone, "eth0"),
+        !ip_a::shows(gone, IFNAME) && ip_a::shows(gone, "eth0"),
         "kubectl exec … ip a after the delete shows eth0 and no {IFNAME}:\n{gone}"
     );
     let second = exec_output(section(transcript, "10. Verify that"));
     assert!(
-        shows_interface(second, IFNAME),
+        ip_a::shows(second, IFNAME),
         "kubectl exec … ip a in the second pod shows {IFNAME}:\n{second}"
     );
 

@@ -211,23 +211,13 @@ fn processes_in(netns: &Path) -> Vec<(i32, String)> {
     let Ok(pinned) = std::fs::metadata(netns) else {
         return Vec::new();
     };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let same = std::fs::metadata(entry.path().join("ns/net"))
-            .is_ok_and(|ns| ns.ino() == pinned.ino() && ns.dev() == pinned.dev());
-        if same {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
-        }
-    }
-    found
+    testkit::host::processes()
+        .into_iter()
+        .filter(|(pid, _)| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|ns| ns.ino() == pinned.ino() && ns.dev() == pinned.dev())
+        })
+        .collect()
 }
 
 /// The pid of the process in `netns` whose command line is `command`.

@@ -141,3 +141,65 @@ mod tests {
         assert!(a.len() <= 15, "{a} is longer than IFNAMSIZ-1");
     }
 }
+
+/// Reading `ip a` as a person runs it (inside a pod with `kubectl exec`, say): what the demo
+/// shows and its test checks.
+pub mod ip_a {
+    /// Whether `ip a` output `text` shows interface `ifname`.
+    pub fn shows(text: &str, ifname: &str) -> bool {
+        text.lines().any(|line| interface_of(line) == Some(ifname))
+    }
+
+    /// The interface an `ip a` header line (`N: name@peer: <…>`) names.
+    pub fn interface_of(line: &str) -> Option<&str> {
+        let (index, rest) = line.split_once(": ")?;
+        index.parse::<u32>().ok()?;
+        rest.split(['@', ':']).next()
+    }
+
+    /// The first IPv4 address (`a.b.c.d/len`) `ip a` output `text` shows on `ifname`.
+    pub fn address_of(text: &str, ifname: &str) -> Option<String> {
+        let mut current = None;
+        for line in text.lines() {
+            if !line.starts_with(char::is_whitespace) {
+                current = interface_of(line);
+            } else if current == Some(ifname)
+                && let Some(rest) = line.trim_start().strip_prefix("inet ")
+            {
+                return rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        const SHOWN: &str = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue qlen 1000
+    inet 127.0.0.1/8 scope host lo
+2: eth0@if474: <BROADCAST,MULTICAST,UP,LOWER_UP,M-DOWN> mtu 1500 qdisc noqueue
+    inet 198.19.249.3/24 brd 198.19.249.255 scope global eth0
+3: net8d777f385d3d@if476: <BROADCAST,MULTICAST,UP,LOWER_UP,M-DOWN> mtu 1500 qdisc noqueue
+    link/ether 82:e9:00:00:00:01 brd ff:ff:ff:ff:ff:ff
+    inet 172.20.1.10/24 brd 172.20.1.255 scope global net8d777f385d3d
+";
+
+        #[test]
+        fn finds_interfaces_and_their_addresses() {
+            assert!(super::shows(SHOWN, "net8d777f385d3d") && super::shows(SHOWN, "lo"));
+            assert!(!super::shows(SHOWN, "net8d777f385d3"));
+            assert_eq!(
+                super::address_of(SHOWN, "net8d777f385d3d").as_deref(),
+                Some("172.20.1.10/24")
+            );
+            assert_eq!(
+                super::address_of(SHOWN, "eth0").as_deref(),
+                Some("198.19.249.3/24")
+            );
+            assert_eq!(super::address_of(SHOWN, "eth1"), None);
+            assert_eq!(
+                super::interface_of("    inet 127.0.0.1/8 scope host lo"),
+                None
+            );
+        }
+    }
+}

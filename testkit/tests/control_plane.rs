@@ -56,15 +56,10 @@ fn kubectl(program: &Path, kubeconfig: &Path, args: &[&str]) -> String {
 }
 
 /// The pids of processes whose command line mentions `dir`.
-fn processes_naming(dir: &Path) -> Vec<u32> {
-    let marker = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(&marker))
-        })
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    testkit::host::processes_naming(dir)
+        .into_iter()
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -121,7 +116,7 @@ fn ready_line_real_server_kubectl_and_a_clean_sigterm_stop() {
     assert!(wait_for_exit(&mut child).success(), "exit 0 on SIGTERM");
     assert_eq!(
         processes_naming(dir.path()),
-        Vec::<u32>::new(),
+        Vec::<i32>::new(),
         "daemons left"
     );
     assert!(
@@ -142,7 +137,7 @@ fn ephemeral_stops_and_cleans_up_when_stdin_closes() {
         wait_for_exit(&mut child).success(),
         "exit 0 once stdin closed"
     );
-    assert_eq!(processes_naming(&dir), Vec::<u32>::new(), "daemons left");
+    assert_eq!(processes_naming(&dir), Vec::<i32>::new(), "daemons left");
     assert!(!dir.exists(), "{} removed", dir.display());
 }
 
@@ -194,7 +189,7 @@ fn nodes_are_ready_kubelets_named_with_their_ip_and_runtime_and_stop_with_it() {
     assert!(wait_for_exit(&mut child).success(), "exit 0 on SIGTERM");
     assert_eq!(
         processes_naming(&runtime_dir),
-        Vec::<u32>::new(),
+        Vec::<i32>::new(),
         "left running"
     );
     assert!(!runtime_dir.exists(), "{} removed", runtime_dir.display());

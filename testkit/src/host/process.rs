@@ -138,38 +138,47 @@ impl Drop for Daemon {
     }
 }
 
+/// Every process on the host but this one: its pid and command line (arguments joined by
+/// spaces). For finding what a fixture started by identity: its dir in the command line, its
+/// network namespace.
+pub fn processes() -> Vec<(i32, String)> {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (pid != me).then(|| (i32::try_from(pid).ok(), cmdline.trim_end().to_owned()))
+        })
+        .filter_map(|(pid, cmdline)| Some((pid?, cmdline)))
+        .collect()
+}
+
+/// The processes whose command line mentions `dir` (with a trailing slash, so a sibling dir
+/// sharing its name as a prefix never matches, or as the whole last argument).
+pub fn processes_naming(dir: &Path) -> Vec<(i32, String)> {
+    let dir = dir.display().to_string();
+    let inside = format!("{dir}/");
+    processes()
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            cmdline.contains(&inside) || cmdline.split(' ').any(|arg| arg == dir)
+        })
+        .collect()
+}
+
 /// Kills every process whose command line mentions `dir` (containerd shims name their daemon's
 /// socket, docker's managed containerd its config) and waits until they are gone. They were
 /// started by our daemon but left its process group, so the group kill does not reach them.
 pub(crate) fn kill_processes_naming(dir: &Path) {
-    // With the trailing slash, so a sibling dir sharing our name as a prefix never matches.
-    let marker = dir.join("").into_os_string().into_encoded_bytes();
-    let me = std::process::id();
     let mut victims = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline
-            .windows(marker.len())
-            .any(|w| w == marker.as_slice())
-        {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            victims.push(pid);
-        }
+    for (pid, _) in processes_naming(dir) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        victims.push(pid.unsigned_abs());
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while victims.iter().any(|pid| is_alive(*pid)) && Instant::now() < deadline {

@@ -457,9 +457,11 @@ impl Demo {
                 left.push(path.display().to_string());
             }
         }
-        let dirs = [kubelet_dir.as_path(), runtime_dir.as_path()];
-        for (pid, cmdline) in processes_naming(&dirs) {
-            left.push(format!("process {pid} ({cmdline})"));
+        // A kubelet's `--root-dir`, a runtime's config, a shim's socket, conmon's paths.
+        for dir in [&kubelet_dir, &runtime_dir] {
+            for (pid, cmdline) in testkit::host::processes_naming(dir) {
+                left.push(format!("process {pid} ({cmdline})"));
+            }
         }
         if Path::new(&format!("/proc/{runtime_pid}")).exists() {
             left.push(format!("runtime process {runtime_pid}"));
@@ -556,33 +558,6 @@ impl Demo {
             .filter(|pod| pod["metadata"]["labels"]["app"] == APP)
             .collect()
     }
-}
-
-/// Processes whose command line names one of `dirs` (a kubelet's `--root-dir`, a runtime's
-/// config, a shim's socket, conmon's paths), with their command lines.
-fn processes_naming(dirs: &[&Path]) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let cmdline = cmdline.trim_end();
-        if dirs
-            .iter()
-            .any(|dir| cmdline.contains(&*dir.to_string_lossy()))
-        {
-            found.push((pid, cmdline.to_owned()));
-        }
-    }
-    found
 }
 
 /// Where host-local keeps the `data` Network's leases (its default dataDir).

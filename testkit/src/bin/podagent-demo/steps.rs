@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use k8s_cri::v1::{ListPodSandboxRequest, PodSandboxFilter, PodSandboxState};
 use serde_json::Value;
 use testkit::host::BUSYBOX_IMAGE;
+use testkit::netns::ip_a;
 use testkit::node::has_link;
 
 use crate::{
@@ -279,13 +280,13 @@ impl Demo {
             detail,
         };
         if !present {
-            if shows_interface(&shown, IFNAME) {
+            if ip_a::shows(&shown, IFNAME) {
                 return Err(exec_error(format!("still shows {IFNAME}")));
             }
             println!("✓ {IFNAME} is gone from {}, eth0 is still there", pod.name);
             return Ok(());
         }
-        let address = address_of(&shown, IFNAME)
+        let address = ip_a::address_of(&shown, IFNAME)
             .ok_or_else(|| exec_error(format!("shows no {IFNAME} with an IPv4 address")))?;
         self.check_address_source(&address)
     }
@@ -519,33 +520,6 @@ impl Demo {
         .await?;
         Ok(())
     }
-}
-
-/// Whether `ip a` output shows interface `ifname` (`N: name@peer: <…>`).
-fn shows_interface(shown: &str, ifname: &str) -> bool {
-    shown.lines().any(|line| interface_of(line) == Some(ifname))
-}
-
-/// The interface an `ip a` header line (`N: name@peer: <…>`) names.
-fn interface_of(line: &str) -> Option<&str> {
-    let (index, rest) = line.split_once(": ")?;
-    index.parse::<u32>().ok()?;
-    rest.split(['@', ':']).next()
-}
-
-/// The first IPv4 address (`a.b.c.d/len`) `ip a` output shows on `ifname`.
-fn address_of(shown: &str, ifname: &str) -> Option<String> {
-    let mut current = None;
-    for line in shown.lines() {
-        if !line.starts_with(char::is_whitespace) {
-            current = interface_of(line);
-        } else if current == Some(ifname)
-            && let Some(rest) = line.trim_start().strip_prefix("inet ")
-        {
-            return rest.split_whitespace().next().map(str::to_owned);
-        }
-    }
-    None
 }
 
 /// Whether an NPWG `network-status` annotation lists interface `ifname`.
