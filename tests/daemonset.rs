@@ -23,7 +23,7 @@
 //! and its listener the host network's port 9754.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
@@ -52,12 +52,10 @@ fn shell(cluster: &Shared, script: &str) -> String {
         control_plane::bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new("sh")
-        .args(["-c", script])
+    let out = cluster
+        .as_admin(Command::new("sh").args(["-c", script]))
         .current_dir(repo())
         .env("PATH", path)
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("KUBECACHEDIR", cluster.kubectl_cache())
         .output()
         .expect("running sh");
     assert!(
@@ -77,6 +75,13 @@ fn podagent_pods(cluster: &Shared) -> Vec<Value> {
         .into_iter()
         .filter(|pod| pod["metadata"]["labels"]["app.kubernetes.io/name"] == "podagent")
         .collect()
+}
+
+/// A pod the kubelet runs, asking for `green`: (uid, netns).
+async fn green_pod(host: &Node, name: &str) -> (String, PathBuf) {
+    let networks = json!({"networks": r#"[{"name":"green"}]"#});
+    let (uid, sandbox) = host.kubelet_pod("default", name, networks).await;
+    (uid, host.netns(&sandbox).await)
 }
 
 /// The CNI plugin runs the running podagent made, from its own metrics.
@@ -169,15 +174,8 @@ async fn the_containerd_daemonset_is_scheduled_run_restarted_and_deleted_by_the_
     );
 
     // A hot-plug from inside the pod into one the kubelet runs.
-    let (uid, sandbox) = host
-        .kubelet_pod(
-            "default",
-            "web",
-            json!({"networks": r#"[{"name":"green"}]"#}),
-        )
-        .await;
-    let netns = host.netns(&sandbox).await;
     let green = podagent::annotation::ifname("green");
+    let (uid, netns) = green_pod(&host, "web").await;
     let address = host
         .eventually("green plugged by the DaemonSet's podagent", || {
             ipv4(&netns, &green)
@@ -222,14 +220,7 @@ async fn the_containerd_daemonset_is_scheduled_run_restarted_and_deleted_by_the_
     })
     .await;
     // Ready means its first sync is done; a pod created now is plugged after everything it had.
-    let (_, marker) = host
-        .kubelet_pod(
-            "default",
-            "marker",
-            json!({"networks": r#"[{"name":"green"}]"#}),
-        )
-        .await;
-    let marker_netns = host.netns(&marker).await;
+    let (_, marker_netns) = green_pod(&host, "marker").await;
     host.eventually("the marker plugged", || ipv4(&marker_netns, &green))
         .await;
     // The plugin's metric is written once its run has ended, a moment after the link is made.
@@ -250,10 +241,9 @@ async fn the_containerd_daemonset_is_scheduled_run_restarted_and_deleted_by_the_
     assert!(lease.is_file(), "web's lease kept");
 
     // Deleting the DaemonSet: the kubelet's SIGTERM, and podagent says it stopped.
-    let mut follow = Command::new(control_plane::binary("kubectl"))
+    let mut follow = cluster
+        .kubectl()
         .args(["-n", "kube-system", "logs", "-f", &second])
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("KUBECACHEDIR", cluster.kubectl_cache())
         .stdout(Stdio::piped())
         .spawn()
         .expect("kubectl logs -f");

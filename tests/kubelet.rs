@@ -11,13 +11,11 @@
 //! `kubectl exec` and the API, never from podagent's log.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
-use testkit::control_plane;
 use testkit::kubelet::NodeRuntime;
 use testkit::netns::{HostLinks, unique_name};
 use testkit::node::{Agent, Node, WAIT, has_link, ipv4, sample};
@@ -168,12 +166,12 @@ impl Cluster {
     /// `kubectl -n <the node's default namespace> ARGS` as the admin; its output, or a panic
     /// with its error.
     fn kubectl(&self, args: &[&str]) -> String {
-        let cluster = self.host.cluster();
-        let out = Command::new(control_plane::binary("kubectl"))
+        let out = self
+            .host
+            .cluster()
+            .kubectl()
             .args(["-n", &self.host.ns("default")])
             .args(args)
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .env("KUBECACHEDIR", cluster.kubectl_cache())
             .output()
             .expect("running kubectl");
         assert!(

@@ -151,6 +151,21 @@ impl Shared {
         panic!("namespace {name} got no default service account within 60s");
     }
 
+    /// The control plane's own kubectl as the admin: the operator's and the user's commands.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(super::binary("kubectl"));
+        self.as_admin(&mut command);
+        command
+    }
+
+    /// Gives `command` (kubectl, or a script that runs it) the admin kubeconfig and the
+    /// discovery cache.
+    pub fn as_admin<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", self.kubectl_cache())
+    }
+
     /// A discovery cache for kubectl inside the control plane's dir (`KUBECACHEDIR`), so no
     /// test leaves one per server port in root's home.
     pub fn kubectl_cache(&self) -> PathBuf {
@@ -263,9 +278,8 @@ impl Shared {
     /// Runs an operator's command with the admin kubeconfig; panics with its output when it
     /// fails.
     fn run_as_admin(&self, mut command: Command) {
-        let output = command
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("KUBECACHEDIR", self.kubectl_cache())
+        let output = self
+            .as_admin(&mut command)
             .output()
             .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
         assert!(
