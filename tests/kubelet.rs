@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use podagent::annotation::ifname;
 use serde_json::{Value, json};
-use testkit::kubelet::NodeRuntime;
+use testkit::kubelet::{NodeRuntime, PAUSE_COMMAND, POD_COMMAND, pid_running};
 use testkit::netns::{HostLinks, unique_name};
 use testkit::node::{Agent, Node, WAIT, has_link, ipv4, sample};
 
@@ -203,36 +203,6 @@ fn settled(agent: &Agent) -> Option<f64> {
     )
 }
 
-/// Processes whose network namespace is the one pinned at `netns`, with their command lines.
-fn processes_in(netns: &Path) -> Vec<(i32, String)> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(pinned) = std::fs::metadata(netns) else {
-        return Vec::new();
-    };
-    testkit::host::processes()
-        .into_iter()
-        .filter(|(pid, _)| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|ns| ns.ino() == pinned.ino() && ns.dev() == pinned.dev())
-        })
-        .collect()
-}
-
-/// The pid of the process in `netns` whose command line is `command`.
-fn pid_running(netns: &Path, command: &str) -> i32 {
-    let processes = processes_in(netns);
-    processes
-        .iter()
-        .find(|(_, cmdline)| cmdline.trim_end() == command)
-        .map(|(pid, _)| *pid)
-        .unwrap_or_else(|| panic!("no `{command}` in {}: {processes:?}", netns.display()))
-}
-
-/// The pause image's process (`testkit::host::images`), which holds the sandbox.
-const PAUSE: &str = "/bin/sleep 2147483647";
-/// The test pods' container.
-const MAIN: &str = "sleep 3600";
-
 async fn hot_plug_and_unplug_seen_by_kubectl_exec(mode: Mode) {
     hot_plug_and_unplug_seen_by_kubectl_exec_on(mode, NodeRuntime::Containerd).await;
 }
@@ -291,7 +261,7 @@ async fn a_dead_sandbox_is_recreated_replugged_and_its_lease_released(mode: Mode
     cluster.plugged(&old_netns).await;
     assert_eq!(cluster.lease_holders(), std::slice::from_ref(&old_sandbox));
 
-    let pause = pid_running(&old_netns, PAUSE);
+    let pause = pid_running(&old_netns, PAUSE_COMMAND);
     kill(Pid::from_raw(pause), Signal::SIGKILL).expect("killing the pause process");
     let new_sandbox = host
         .eventually_async("the kubelet's new sandbox", WAIT, || async {
@@ -332,7 +302,7 @@ async fn a_container_restart_changes_nothing(mode: Mode) {
         .eventually("podagent's metrics", || settled(&agent))
         .await;
 
-    let main = pid_running(&netns, MAIN);
+    let main = pid_running(&netns, &POD_COMMAND.join(" "));
     kill(Pid::from_raw(main), Signal::SIGKILL).expect("killing the container");
     host.eventually("the container restarted", || {
         let status = &cluster.pod_object("web")["status"]["containerStatuses"][0];
@@ -426,7 +396,7 @@ async fn the_kubelets_status_and_podagents_annotation_never_clobber(mode: Mode) 
     for name in &names {
         host.cluster()
             .admin()
-            .create(kubelet.pod_manifest(&namespace, name, &["sleep", "3600"], mode.with_data()))
+            .create(kubelet.pod_manifest(&namespace, name, &POD_COMMAND, mode.with_data()))
             .unwrap_or_else(|err| panic!("creating {name}: {err:#}"));
     }
     for name in &names {
@@ -479,7 +449,7 @@ async fn a_rollout_plugs_every_new_pod_and_releases_every_old_lease(mode: Mode) 
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels, "annotations": mode.with_data()},
-                    "spec": host.kubelet().pod_spec(&["sleep", "3600"]),
+                    "spec": host.kubelet().pod_spec(&POD_COMMAND),
                 },
             },
         }))

@@ -5,8 +5,15 @@
 //! and npwg mode adding edits and deletions of their network objects (each deleted one is
 //! created again a moment later) to the actions.
 //!
+//! A kubelet phase follows (direct mode): the same invariants on a node a real kubelet runs,
+//! while it re-creates sandboxes whose pause process was killed, replaces deleted pods of a
+//! Deployment and rolls it, restarts killed containers, and is restarted itself beside podagent
+//! restarts and annotation edits of standalone pods; the model of which pods exist, and their
+//! sandboxes, is read back from the API and the runtime, and a quiet period ends only once every
+//! pod runs (none terminating) and the rollout has settled.
+//!
 //! The suite runs a short version (a few rounds); `scripts/soak.sh --minutes N` runs rounds for
-//! N minutes (env `PODAGENT_SOAK_MINUTES`). The seed is printed first; `PODAGENT_SOAK_SEED=<n>`
+//! N minutes (env `PODAGENT_SOAK_MINUTES`) in each mode and phase. The seed is printed first; `PODAGENT_SOAK_SEED=<n>`
 //! replays the same sequence of actions (timing still differs, as on a real node).
 //!
 //! Invariants after each quiet period, for every live pod:
@@ -46,6 +53,7 @@ use serde_json::{Value, json};
 use testkit::fault_proxy::FaultProxy;
 use testkit::node::{Agent, Node};
 
+const PODAGENT: &str = env!("CARGO_BIN_EXE_podagent");
 const NETWORKS: [&str; 4] = ["green", "blue", "red", "data"];
 const PODS: usize = 4;
 const SHORT_ROUNDS: u32 = 5;
@@ -61,6 +69,13 @@ const DIRECT_SHORT_SEED: u64 = 40;
 /// red to data).
 const NPWG_SHORT_SEED: u64 = 7;
 const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
+/// The kubelet phase's short run: a pause process killed, Deployment pods deleted and rolled,
+/// the kubelet and podagent restarted, a container killed, standalone pods' annotations edited.
+const KUBELET_SHORT_SEED: u64 = 3;
+/// The kubelet phase's Deployment, its replicas, and the pods it adds on their own.
+const DEPLOYMENT: &str = "web";
+const REPLICAS: usize = 2;
+const STANDALONE: usize = 2;
 /// The annotation podagent reads in npwg mode, and the status it merges its entries into.
 const NPWG_NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
 const NPWG_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
@@ -111,6 +126,7 @@ impl Rng {
 }
 
 /// One network a pod asks for.
+#[derive(Clone)]
 struct Want {
     network: String,
     mac: Option<String>,
@@ -149,7 +165,10 @@ struct World {
 
 impl World {
     async fn new(mode: Mode) -> World {
-        let node = Node::with_containerd(env!("CARGO_BIN_EXE_podagent")).await;
+        World::on(Node::with_containerd(PODAGENT).await, mode).await
+    }
+
+    async fn on(node: Node, mode: Mode) -> World {
         let proxy = node.fault_proxy().await;
         let mtus = NETWORKS.iter().map(|n| (*n, 1500)).collect();
         let world = World {
@@ -410,25 +429,7 @@ impl World {
                 pod.netns = netns;
                 format!("re-create sandbox of {name}")
             }
-            6 => {
-                let mut agent = self.agent.take().expect("agent");
-                let kill = rng.below(2) == 0;
-                if kill {
-                    agent.signal(nix::sys::signal::Signal::SIGKILL);
-                } else {
-                    agent.signal(nix::sys::signal::Signal::SIGTERM);
-                }
-                let status = agent.wait_exit(Duration::from_secs(30));
-                assert!(
-                    kill || status.success(),
-                    "podagent exited {status} on SIGTERM"
-                );
-                self.start_agent();
-                format!(
-                    "restart podagent ({})",
-                    if kill { "SIGKILL" } else { "SIGTERM" }
-                )
-            }
+            6 => self.restart_agent(rng),
             7 => {
                 self.node.containerd_mut().restart().await;
                 "restart containerd".to_owned()
@@ -495,6 +496,27 @@ impl World {
                 format!("CNI conf now {}", self.conf_file)
             }
         }
+    }
+
+    /// Stops podagent (SIGTERM, or SIGKILL at random) and starts it again.
+    fn restart_agent(&mut self, rng: &mut Rng) -> String {
+        let mut agent = self.agent.take().expect("agent");
+        let kill = rng.below(2) == 0;
+        if kill {
+            agent.signal(nix::sys::signal::Signal::SIGKILL);
+        } else {
+            agent.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        let status = agent.wait_exit(Duration::from_secs(30));
+        assert!(
+            kill || status.success(),
+            "podagent exited {status} on SIGTERM"
+        );
+        self.start_agent();
+        format!(
+            "restart podagent ({})",
+            if kill { "SIGKILL" } else { "SIGTERM" }
+        )
     }
 
     /// Every invariant violated now; empty when the node is as it should be.
@@ -715,32 +737,21 @@ fn catches_sigterm(pid: i32) -> bool {
         .is_some_and(|mask| mask & bit != 0)
 }
 
-/// All three modes, one after the other: a kube-apiserver restart reaches every test of this
-/// binary, and each run's own API calls must not meet another's restart.
+/// All three modes, then the kubelet phase, one after the other: a kube-apiserver restart
+/// reaches every test of this binary, and each run's own API calls must not meet another's
+/// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_keeps_every_invariant() {
     soak(Mode::Kactus, SHORT_SEED).await;
     soak(Mode::Direct, DIRECT_SHORT_SEED).await;
     soak(Mode::Npwg, NPWG_SHORT_SEED).await;
+    kubelet_soak(KUBELET_SHORT_SEED).await;
 }
 
 /// Rounds of actions and quiet periods, for the minutes `PODAGENT_SOAK_MINUTES` asks, or the
 /// short run of `short_seed`.
 async fn soak(mode: Mode, short_seed: u64) {
-    let minutes: Option<f64> = std::env::var("PODAGENT_SOAK_MINUTES")
-        .ok()
-        .map(|m| m.parse().expect("PODAGENT_SOAK_MINUTES is a number"));
-    // The suite's short run replays one fixed sequence; long runs explore new ones.
-    let seed = match std::env::var("PODAGENT_SOAK_SEED") {
-        Ok(seed) => seed.parse().expect("PODAGENT_SOAK_SEED is a number"),
-        Err(_) if minutes.is_none() => short_seed,
-        Err(_) => {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        }
-    };
+    let (seed, minutes) = seed_and_minutes(short_seed);
     println!(
         "soak seed {seed}, {} mode (replay with PODAGENT_SOAK_SEED={seed})",
         mode.as_str()
@@ -756,15 +767,8 @@ async fn soak(mode: Mode, short_seed: u64) {
 
     let started = Instant::now();
     let mut round = 0;
-    loop {
+    while !done(round, minutes, started) {
         round += 1;
-        let done = match minutes {
-            Some(m) => started.elapsed() > Duration::from_secs_f64(m * 60.0),
-            None => round > SHORT_ROUNDS,
-        };
-        if done {
-            break;
-        }
         for _ in 0..3 {
             let action = world.act(&mut rng).await;
             println!("round {round}: {action}");
@@ -773,8 +777,291 @@ async fn soak(mode: Mode, short_seed: u64) {
         world.quiet(round, seed).await;
     }
     println!(
-        "soak passed: {} rounds in {:?}, seed {seed}",
-        round - 1,
+        "soak passed: {round} rounds in {:?}, seed {seed}",
+        started.elapsed()
+    );
+}
+
+/// The seed (`PODAGENT_SOAK_SEED`, else `short_seed` for the suite's short run, else a new one)
+/// and the minutes `PODAGENT_SOAK_MINUTES` asks for (none: the short run).
+fn seed_and_minutes(short_seed: u64) -> (u64, Option<f64>) {
+    let minutes: Option<f64> = std::env::var("PODAGENT_SOAK_MINUTES")
+        .ok()
+        .map(|m| m.parse().expect("PODAGENT_SOAK_MINUTES is a number"));
+    // The suite's short run replays one fixed sequence; long runs explore new ones.
+    let seed = match std::env::var("PODAGENT_SOAK_SEED") {
+        Ok(seed) => seed.parse().expect("PODAGENT_SOAK_SEED is a number"),
+        Err(_) if minutes.is_none() => short_seed,
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        }
+    };
+    (seed, minutes)
+}
+
+/// Whether a run that has done `round` rounds since `started` is over.
+fn done(round: u32, minutes: Option<f64>, started: Instant) -> bool {
+    match minutes {
+        Some(m) => started.elapsed() > Duration::from_secs_f64(m * 60.0),
+        None => round >= SHORT_ROUNDS,
+    }
+}
+
+/// The kubelet phase (direct mode): the same invariants on a node a real kubelet runs, while it
+/// re-creates sandboxes whose pause process died, replaces and rolls a Deployment's pods, and
+/// restarts containers, itself and podagent. Pods and their sandboxes are the kubelet's: before
+/// each check the model is read back from the API and the runtime, and a check passes only
+/// once every pod is Running (none terminating) and the Deployment's rollout has settled.
+struct KubeletPhase {
+    world: World,
+    /// What the Deployment's pods ask for (no MAC: its replicas share one template).
+    template: Vec<Want>,
+    /// What each standalone pod (`solo-<n>`) asks for now.
+    standalone: Vec<Vec<Want>>,
+}
+
+impl KubeletPhase {
+    async fn new(rng: &mut Rng) -> KubeletPhase {
+        let world = World::on(Node::with_kubelet(PODAGENT).await, Mode::Direct).await;
+        let template = vec![
+            Want {
+                network: "green".into(),
+                mac: None,
+                interface: None,
+            },
+            Want {
+                network: "blue".into(),
+                mac: None,
+                interface: None,
+            },
+        ];
+        let mut phase = KubeletPhase {
+            world,
+            template,
+            standalone: Vec::new(),
+        };
+        let node = &phase.world.node;
+        let labels = json!({"app": DEPLOYMENT});
+        node.cluster()
+            .admin()
+            .create(json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"namespace": node.ns("default"), "name": DEPLOYMENT},
+                "spec": {
+                    "replicas": REPLICAS,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels, "annotations":
+                            {"networks": phase.world.annotation(&phase.template)}},
+                        "spec": node.kubelet().pod_spec(&testkit::kubelet::POD_COMMAND),
+                    },
+                },
+            }))
+            .expect("creating the Deployment");
+        for n in 0..STANDALONE {
+            let desired = phase.world.random_desired(rng, n);
+            let annotations = json!({"networks": phase.world.annotation(&desired)});
+            node.kubelet_pod("default", &format!("solo-{n}"), annotations)
+                .await;
+            phase.standalone.push(desired);
+        }
+        phase
+    }
+
+    /// The pods as the kubelet runs them now, with what each asks for; `Err` saying what has
+    /// not settled yet (a pod pending or terminating, a rollout under way, no ready sandbox).
+    async fn pods(&self) -> Result<Vec<Pod>, String> {
+        let node = &self.world.node;
+        let namespace = node.ns("default");
+        let admin = node.cluster().admin();
+        let deployment = admin
+            .get("apps/v1", "Deployment", Some(&namespace), DEPLOYMENT)
+            .ok_or("no Deployment")?;
+        let status = &deployment["status"];
+        let rolled = deployment["metadata"]["generation"] == status["observedGeneration"]
+            && ["replicas", "updatedReplicas", "readyReplicas"]
+                .iter()
+                .all(|field| status[*field] == REPLICAS);
+        if !rolled {
+            return Err(format!("the Deployment's rollout is under way: {status}"));
+        }
+        let mut pods = Vec::new();
+        for pod in admin.list("v1", "Pod", Some(&namespace)) {
+            let name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "ContainersReady" && c["status"] == "True");
+            if !pod["metadata"]["deletionTimestamp"].is_null() || !ready {
+                return Err(format!(
+                    "pod {name} is not Running and ready, or terminating"
+                ));
+            }
+            let desired = match name
+                .strip_prefix("solo-")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                Some(n) => &self.standalone[n],
+                None => &self.template,
+            };
+            let uid = pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let sandbox = node
+                .cri()
+                .ready_sandbox(&uid)
+                .await
+                .ok_or(format!("pod {name} has no ready sandbox"))?;
+            let netns = node.netns(&sandbox).await;
+            pods.push(Pod {
+                name,
+                uid,
+                sandbox,
+                netns,
+                desired: desired.clone(),
+                generation: 0,
+            });
+        }
+        Ok(pods)
+    }
+
+    async fn act(&mut self, rng: &mut Rng) -> String {
+        let pods = &self.world.pods;
+        let pod = &pods[rng.below(pods.len() as u64) as usize];
+        let node = &self.world.node;
+        let namespace = node.ns("default");
+        match rng.below(7) {
+            0 => format!(
+                "kill the pause process of {}: {}",
+                pod.name,
+                kill_in(&pod.netns, testkit::kubelet::PAUSE_COMMAND)
+            ),
+            1 => format!(
+                "kill the container of {}: {}",
+                pod.name,
+                kill_in(&pod.netns, &testkit::kubelet::POD_COMMAND.join(" "))
+            ),
+            2 => {
+                let victim = pods
+                    .iter()
+                    .find(|p| !p.name.starts_with("solo-"))
+                    .expect("a replica");
+                node.cluster()
+                    .admin()
+                    .delete("v1", "Pod", Some(&namespace), &victim.name, None)
+                    .unwrap_or_else(|e| panic!("deleting {}: {e:#}", victim.name));
+                format!("delete {} (its ReplicaSet replaces it)", victim.name)
+            }
+            3 => {
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                node.cluster()
+                    .admin()
+                    .patch_merge(
+                        "apps/v1",
+                        "Deployment",
+                        Some(&namespace),
+                        DEPLOYMENT,
+                        json!({"spec": {"template": {"metadata": {"annotations":
+                            {"kubectl.kubernetes.io/restartedAt": at.to_string()}}}}}),
+                    )
+                    .expect("restarting the rollout");
+                format!("roll the Deployment {DEPLOYMENT}")
+            }
+            4 => {
+                let n = rng.below(STANDALONE as u64) as usize;
+                let desired = self.world.random_desired(rng, n);
+                let value = self.world.annotation(&desired);
+                node.annotate("default", &format!("solo-{n}"), "networks", Some(&value));
+                self.standalone[n] = desired;
+                format!("edit solo-{n} -> {value}")
+            }
+            5 => {
+                self.world.node.kubelet_mut().restart_kubelet().await;
+                "restart the kubelet".to_owned()
+            }
+            _ => self.world.restart_agent(rng),
+        }
+    }
+
+    /// Waits until the pods have settled and every invariant holds (for [`QUIET_TIMEOUT`]).
+    async fn quiet(&mut self, round: u32, seed: u64) {
+        let deadline = Instant::now() + QUIET_TIMEOUT;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let violations = match self.pods().await {
+                Ok(pods) => {
+                    self.world.pods = pods;
+                    self.world.violations()
+                }
+                Err(unsettled) => vec![unsettled],
+            };
+            if violations.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = self.world.node.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "kubelet round {round} (seed {seed}): invariants still violated after \
+                     {QUIET_TIMEOUT:?}:\n{}\npodagent log (newest first):\n{}\nkubelet log:\n{}",
+                    violations.join("\n"),
+                    tail.join("\n"),
+                    self.world.node.kubelet().kubelet_log_tail()
+                );
+            }
+        }
+    }
+}
+
+/// Kills the process running `command` in the network namespace pinned at `netns`; what the
+/// kubelet does about it, or that it was gone already (its pod rolled, or a kill before).
+fn kill_in(netns: &std::path::Path, command: &str) -> &'static str {
+    let found = testkit::host::processes_in_netns(netns)
+        .into_iter()
+        .find(|(_, cmdline)| cmdline == command);
+    match found {
+        Some((pid, _)) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            "the kubelet starts it again"
+        }
+        None => "gone already",
+    }
+}
+
+/// The kubelet phase's rounds, for the minutes `PODAGENT_SOAK_MINUTES` asks, or the short run.
+async fn kubelet_soak(short_seed: u64) {
+    let (seed, minutes) = seed_and_minutes(short_seed);
+    println!("soak seed {seed}, kubelet phase (replay with PODAGENT_SOAK_SEED={seed})");
+    let mut rng = Rng(seed);
+    let mut phase = KubeletPhase::new(&mut rng).await;
+    phase.world.start_agent();
+    phase.quiet(0, seed).await;
+    let started = Instant::now();
+    let mut round = 0;
+    while !done(round, minutes, started) {
+        round += 1;
+        for _ in 0..2 {
+            let action = phase.act(&mut rng).await;
+            println!("kubelet round {round}: {action}");
+        }
+        phase.quiet(round, seed).await;
+    }
+    println!(
+        "kubelet phase passed: {round} rounds in {:?}, seed {seed}",
         started.elapsed()
     );
 }

@@ -388,7 +388,8 @@ impl Node {
     // -----------------------------------------------------------------------------------------
     // Pods of a real kubelet
 
-    /// Creates pod `namespace/name` (the node's namespace behind the name) running `sleep` with
+    /// Creates pod `namespace/name` (the node's namespace behind the name) running
+    /// [`crate::kubelet::POD_COMMAND`] with
     /// `annotations`, as a user would (the scheduler places it here), and waits until the
     /// kubelet runs it; returns (uid, id of its ready sandbox).
     pub async fn kubelet_pod(
@@ -399,7 +400,8 @@ impl Node {
     ) -> (String, String) {
         let kubelet = self.kubelet();
         let namespace = self.ns(namespace);
-        let manifest = kubelet.pod_manifest(&namespace, name, &["sleep", "3600"], annotations);
+        let manifest =
+            kubelet.pod_manifest(&namespace, name, &crate::kubelet::POD_COMMAND, annotations);
         self.cluster
             .admin()
             .create(manifest)

@@ -92,7 +92,7 @@ async fn a_kubelet_node_runs_pods_and_leaves_the_host_as_it_found_it() {
     .await;
     let namespace = cluster.create_namespace("kubelet");
     admin
-        .create(node.pod_manifest(&namespace, "web", &["sleep", "3600"], json!({})))
+        .create(node.pod_manifest(&namespace, "web", &kubelet::POD_COMMAND, json!({})))
         .expect("creating pod web");
     let pod = node.wait_running(&namespace, "web").await;
     assert_eq!(

@@ -27,4 +27,4 @@ pub use cri::{CriDaemon, CriSocket};
 pub use crio::{Crio, NAMESPACES_DIR as CRIO_NAMESPACES_DIR, binary as crio_binary, crio_version};
 pub use dockerd::Dockerd;
 pub use images::{BUSYBOX_IMAGE, IMAGE_DIR, PAUSE_IMAGE, image_tar};
-pub use process::{SubnetLease, processes, processes_naming, stale_socket};
+pub use process::{SubnetLease, processes, processes_in_netns, processes_naming, stale_socket};

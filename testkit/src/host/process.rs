@@ -158,6 +158,22 @@ pub fn processes() -> Vec<(i32, String)> {
         .collect()
 }
 
+/// The processes whose network namespace is the one pinned at `netns` (a pod's sandbox and
+/// containers).
+pub fn processes_in_netns(netns: &Path) -> Vec<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(pinned) = fs::metadata(netns) else {
+        return Vec::new();
+    };
+    processes()
+        .into_iter()
+        .filter(|(pid, _)| {
+            fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|ns| ns.ino() == pinned.ino() && ns.dev() == pinned.dev())
+        })
+        .collect()
+}
+
 /// The processes whose command line mentions `dir` (with a trailing slash, so a sibling dir
 /// sharing its name as a prefix never matches, or as the whole last argument).
 pub fn processes_naming(dir: &Path) -> Vec<(i32, String)> {

@@ -47,6 +47,23 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// none of its chains (`KUBE-FIREWALL`, `KUBE-IPTABLES-HINT`) to the host's tables.
 const KUBELET_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// What the pods of [`crate::node::Node::kubelet_pod`] run.
+pub const POD_COMMAND: [&str; 2] = ["sleep", "3600"];
+/// The command line of the pause image's process, which holds a sandbox's namespaces
+/// (`testkit::host::images`).
+pub const PAUSE_COMMAND: &str = "/bin/sleep 2147483647";
+
+/// The pid of the process in the network namespace pinned at `netns` whose command line is
+/// `command` (a pod's pause process, its container); panics listing what runs there.
+pub fn pid_running(netns: &Path, command: &str) -> i32 {
+    let processes = crate::host::processes_in_netns(netns);
+    processes
+        .iter()
+        .find(|(_, cmdline)| cmdline == command)
+        .map(|(pid, _)| *pid)
+        .unwrap_or_else(|| panic!("no `{command}` in {}: {processes:?}", netns.display()))
+}
+
 /// The container runtime a kubelet node's kubelet drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeRuntime {
