@@ -362,21 +362,36 @@ async fn a_graceful_delete_releases_everything_and_reports_nothing_after(mode: M
 async fn kubelet_and_podagent_restarts_converge_without_a_cni_call(mode: Mode) {
     let mut cluster = Cluster::new(mode).await;
     let (uid, sandbox, netns) = cluster.pod("web", true).await;
+    let (_, _, busy) = cluster.pod("busy", false).await;
     let agent = cluster.start_agent();
     cluster.plugged(&netns).await;
     let calls = cluster.host.calls().len();
 
+    // The kubelet restarted while podagent works (on busy's new selection), then podagent
+    // restarted while the kubelet works (on a pod it is starting).
+    cluster.select("busy", Some(&mode.asks_for_data()));
     cluster.host.kubelet_mut().restart_kubelet().await;
+    let namespace = cluster.host.ns("default");
+    let starting =
+        cluster
+            .host
+            .kubelet()
+            .pod_manifest(&namespace, "starting", &POD_COMMAND, mode.with_data());
+    cluster
+        .host
+        .cluster()
+        .admin()
+        .create(starting)
+        .expect("creating pod starting");
     agent.stop();
-    let agent = cluster.start_agent();
+    let _agent = cluster.start_agent();
     let host = &cluster.host;
-    host.eventually("podagent reconciled web after its restart", || {
-        (settled(&agent)? >= 1.0).then_some(())
-    })
-    .await;
-    // A pod created now is plugged: everything before it was reconciled.
-    let (_, _, marker) = cluster.pod("marker", true).await;
-    cluster.plugged(&marker).await;
+    cluster.plugged(&busy).await;
+    host.kubelet().wait_running(&namespace, "starting").await;
+    let starting = cluster.pod_object("starting");
+    let uid_of_starting = starting["metadata"]["uid"].as_str().expect("a uid");
+    let starting = host.netns(&host.ready_sandbox(uid_of_starting).await).await;
+    cluster.plugged(&starting).await;
     assert_eq!(host.ready_sandbox(&uid).await, sandbox, "the same sandbox");
     assert_eq!(
         host.calls_for("web", calls),

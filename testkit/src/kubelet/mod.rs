@@ -9,14 +9,15 @@
 //!
 //! A [`KubeletNode`] is the kubelet (the pinned Kubernetes release, built beside the control
 //! plane) with a containerd (or the CRI-O the setup builds) of its own — the kubelet removes
-//! sandboxes it did not make, so it must own its runtime — and the node's primary network: the Debian bridge + host-local on a
-//! leased /24 whose first address, on the bridge, is the node's IP (the kubelet refuses
-//! loopback, and the API server dials it there for `exec`). It speaks to the API server as
+//! sandboxes it did not make, so it must own its runtime — and the node's primary network: the
+//! Debian bridge + host-local on a leased /24 whose first address, on the bridge, is the node's
+//! IP (the kubelet refuses loopback, and the API server dials it there for `exec`). It speaks to the API server as
 //! `system:node:<name>` with a client certificate from the control plane's CA, under the Node
 //! authorizer and NodeRestriction. Local images only.
 //!
-//! The host is left as it was: the kubelet and its containerd share a mount namespace of their
-//! own ([`mount_ns`]), which takes their mounts, `/var/log` and the sysctls the kubelet wants;
+//! The host is left as it was: the kubelet and its runtime share a mount namespace of their own
+//! ([`mount_ns`]), which takes their mounts, what they write to `/etc`, `/opt`, `/var/lib` and
+//! `/var/log`, and the sysctls the kubelet wants;
 //! its `PATH` has no `iptables`, so it adds no rules to the host's tables; the Node object is
 //! deleted on drop. The config suits this kind of host: cgroup v1 (`failCgroupV1: false`), no
 //! QoS cgroups, no swap check, no eviction or image GC thresholds that a busy disk could trip.
@@ -112,10 +113,8 @@ impl KubeletNode {
         prereq::require_root();
         prereq::require_command("unshare", "util-linux");
         prereq::require_command("nsenter", "util-linux");
-        prereq::require_path(
-            &control_plane::binary("kubelet"),
-            "the kubelet built beside the control plane",
-        );
+        // Panics naming scripts/setup-test-host.sh when the kubelet is not built.
+        control_plane::binary("kubelet");
         let dir = tempfile::Builder::new()
             .prefix("pa-kubelet")
             .tempdir()
