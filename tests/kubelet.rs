@@ -357,6 +357,20 @@ async fn a_graceful_delete_releases_everything_and_reports_nothing_after(mode: M
         "podagent logged an error:\n{}",
         host.log()
     );
+    // The kubelet's own teardown (its CNI DEL of the primary network, the sandbox's removal)
+    // went through beside podagent's. (Its log has harmless errors of other kinds: a status
+    // read of the pod just deleted, a container already gone.)
+    let kubelet_log = host.kubelet().kubelet_log();
+    for failure in [
+        "StopPodSandbox from runtime service failed",
+        "KillPodSandbox",
+    ] {
+        assert!(
+            !kubelet_log.contains(failure),
+            "the kubelet's teardown failed ({failure}):\n{}",
+            host.kubelet().kubelet_log_tail()
+        );
+    }
 }
 
 async fn kubelet_and_podagent_restarts_converge_without_a_cni_call(mode: Mode) {

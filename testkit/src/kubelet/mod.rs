@@ -321,6 +321,11 @@ impl KubeletNode {
         self.mount_ns.resolve(path)
     }
 
+    /// Everything the kubelet logged so far (all its runs).
+    pub fn kubelet_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
+    }
+
     /// The kubelet's last log lines.
     pub fn kubelet_log_tail(&self) -> String {
         self.kubelet
