@@ -13,8 +13,9 @@
 //! pod runs (none terminating) and the rollout has settled.
 //!
 //! The suite runs a short version (a few rounds); `scripts/soak.sh --minutes N` runs rounds for
-//! N minutes (env `PODAGENT_SOAK_MINUTES`) in each mode and phase. The seed is printed first; `PODAGENT_SOAK_SEED=<n>`
-//! replays the same sequence of actions (timing still differs, as on a real node).
+//! N minutes (env `PODAGENT_SOAK_MINUTES`) in each mode and phase. The seed is printed first;
+//! `PODAGENT_SOAK_SEED=<n>` replays the same sequence of actions (timing still differs, as on a
+//! real node).
 //!
 //! Invariants after each quiet period, for every live pod:
 //! - its netns holds exactly one link per desired attachment on the interface it asks for or

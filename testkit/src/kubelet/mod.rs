@@ -11,9 +11,9 @@
 //! plane) with a containerd (or the CRI-O the setup builds) of its own — the kubelet removes
 //! sandboxes it did not make, so it must own its runtime — and the node's primary network: the
 //! Debian bridge + host-local on a leased /24 whose first address, on the bridge, is the node's
-//! IP (the kubelet refuses loopback, and the API server dials it there for `exec`). It speaks to the API server as
-//! `system:node:<name>` with a client certificate from the control plane's CA, under the Node
-//! authorizer and NodeRestriction. Local images only.
+//! IP (the kubelet refuses loopback, and the API server dials it there for `exec`). It speaks to
+//! the API server as `system:node:<name>` with a client certificate from the control plane's CA,
+//! under the Node authorizer and NodeRestriction. Local images only.
 //!
 //! The host is left as it was: the kubelet and its runtime share a mount namespace of their own
 //! ([`mount_ns`]), which takes their mounts, what they write to `/etc`, `/opt`, `/var/lib` and
@@ -286,7 +286,8 @@ impl KubeletNode {
                     let reason = status["state"]["waiting"]["reason"].as_str().unwrap_or("");
                     if ["ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull"].contains(&reason) {
                         panic!(
-                            "pod {namespace}/{name}: image {} is not on node {} ({reason});                              only local images run here (see testkit::host::images)",
+                            "pod {namespace}/{name}: image {} is not on node {} ({reason}); \
+                             only local images run here (see testkit::host::images)",
                             status["image"], self.name
                         );
                     }

@@ -1,4 +1,4 @@
-//! The mount namespace a kubelet node's kubelet and containerd share.
+//! The mount namespace a kubelet node's kubelet and runtime share.
 //!
 //! A kubelet mounts things (its root dir rshared, every pod's volumes), writes links into
 //! `/var/log/containers` and sysctls into `/proc/sys`; its containerd bind-mounts the volumes
@@ -7,10 +7,11 @@
 //! node's, `/etc`, `/opt` and `/var/lib` are overlays whose writes land in the node's dir (the
 //! kubelet puts its device-plugin socket in `/var/lib/kubelet` whatever its root dir, containerd
 //! makes `/opt/containerd`, a DaemonSet's `DirectoryOrCreate` volumes are made there; the node
-//! has `/opt/cni/bin` and `/etc/cni/net.d` as a node has), and the six sysctls the kubelet insists on (`setupKernelTunables`) are files of the
-//! node's bind-mounted over their `/proc/sys` entries, holding the values it wants, so it finds
-//! them set and writes nothing (it would otherwise set `vm.overcommit_memory`, `kernel.panic` and
-//! `kernel.panic_on_oops` on the host, seen on this kind of machine).
+//! has `/opt/cni/bin` and `/etc/cni/net.d` as a node has), and the six sysctls the kubelet
+//! insists on (`setupKernelTunables`) are files of the node's bind-mounted over their
+//! `/proc/sys` entries, holding the values it wants, so it finds them set and writes nothing (it
+//! would otherwise set `vm.overcommit_memory`, `kernel.panic` and `kernel.panic_on_oops` on the
+//! host, seen on this kind of machine).
 //!
 //! One mount is shared with the host on purpose: `/run/netns`, where containerd pins each
 //! sandbox's network namespace. podagent and the tests run on the host, as a node's own
@@ -84,7 +85,8 @@ pub(crate) struct MountNs {
 
 impl MountNs {
     /// Sets up the namespace for the node whose dir is `dir` (its `log/` becomes `/var/log`
-    /// inside, `overlay/<dir>/upper` takes what is written to `/etc`, `/opt`, `/var/lib`). Panics with the holder's output when a step fails.
+    /// inside, `overlay/<dir>/upper` takes what is written to `/etc`, `/opt`, `/var/lib`).
+    /// Panics with the holder's output when a step fails.
     pub(crate) fn create(dir: &Path) -> MountNs {
         share_netns_dir();
         fs::create_dir_all(dir.join("log"))
